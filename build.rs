@@ -1,0 +1,26 @@
+//! Compiles `proto/roster/v1` into Rust with tonic-prost-build, using a vendored protoc so a
+//! fresh machine needs nothing but cargo.
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "proto/roster/v1/resources.proto",
+    "proto/roster/v1/team_service.proto",
+    "proto/roster/v1/access_service.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let well_known = protoc_bin_vendored::include_path()?;
+    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("roster_descriptor.bin"))
+        .compile_protos(&protos, &[PathBuf::from("proto"), well_known])?;
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    Ok(())
+}

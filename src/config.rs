@@ -1,0 +1,185 @@
+//! Configuration: defaults < `ROSTER_*` environment variables < command-line flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::storage::redact_url;
+
+/// Roster: team management and access control over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "roster", version, about)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Apply migrations, then serve gRPC (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How callers are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Trust the `x-user-id` and `x-user-email` metadata. For loopback use and tests only.
+    Dev,
+}
+
+/// Every setting of the server.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ROSTER_LISTEN", default_value = "127.0.0.1:50051", global = true)]
+    pub listen: SocketAddr,
+
+    /// Database URL: `sqlite://FILE?mode=rwc` or `postgres://USER:PASSWORD@HOST/DB`.
+    #[arg(
+        long,
+        env = "ROSTER_DATABASE_URL",
+        default_value = "sqlite://roster.db?mode=rwc",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Folder where invitation emails are written as `.eml` files when no SMTP URL is set.
+    #[arg(long, env = "ROSTER_MAIL_DIR", default_value = "mail", global = true)]
+    pub mail_dir: PathBuf,
+
+    /// SMTP server for invitation emails, e.g. `smtp://mail:25` or `smtps://user:pass@host`.
+    #[arg(long, env = "ROSTER_SMTP_URL", global = true)]
+    pub smtp_url: Option<String>,
+
+    /// Sender of invitation emails.
+    #[arg(
+        long,
+        env = "ROSTER_MAIL_FROM",
+        default_value = "Roster <roster@localhost>",
+        global = true
+    )]
+    pub mail_from: String,
+
+    /// Accept-link template; `{token}` is replaced by the invitation token.
+    #[arg(
+        long,
+        env = "ROSTER_INVITE_URL",
+        default_value = "http://localhost:3000/invitations/accept?token={token}",
+        global = true
+    )]
+    pub invite_url: String,
+
+    /// Delay before the first retry of a failed email, in milliseconds; doubles per failure.
+    #[arg(long, env = "ROSTER_MAIL_RETRY_BASE_MS", default_value_t = 2000, global = true)]
+    pub mail_retry_base_ms: u64,
+
+    /// Longest delay between email retries, in milliseconds.
+    #[arg(long, env = "ROSTER_MAIL_RETRY_MAX_MS", default_value_t = 300_000, global = true)]
+    pub mail_retry_max_ms: u64,
+
+    /// Attempts before an email is marked failed.
+    #[arg(long, env = "ROSTER_MAIL_MAX_ATTEMPTS", default_value_t = 12, global = true)]
+    pub mail_max_attempts: i32,
+
+    /// How callers are identified.
+    #[arg(long, env = "ROSTER_AUTH", value_enum, default_value = "dev", global = true)]
+    pub auth: AuthMode,
+
+    /// Log format.
+    #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    /// Seconds to let in-flight calls finish after SIGINT or SIGTERM.
+    #[arg(long, env = "ROSTER_SHUTDOWN_GRACE_SECS", default_value_t = 30, global = true)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.invite_url.contains("{token}") {
+            anyhow::bail!("--invite-url must contain {{token}}, where the invitation token goes");
+        }
+        if self.mail_max_attempts < 1 {
+            anyhow::bail!("--mail-max-attempts must be at least 1");
+        }
+        if self.mail_retry_base_ms == 0 || self.mail_retry_max_ms < self.mail_retry_base_ms {
+            anyhow::bail!("--mail-retry-base-ms must be positive and at most --mail-retry-max-ms");
+        }
+        Ok(())
+    }
+
+    /// Delay before the first retry.
+    pub fn mail_retry_base(&self) -> Duration {
+        Duration::from_millis(self.mail_retry_base_ms)
+    }
+
+    /// Longest retry delay.
+    pub fn mail_retry_max(&self) -> Duration {
+        Duration::from_millis(self.mail_retry_max_ms)
+    }
+}
+
+impl fmt::Debug for Config {
+    // Database and SMTP URLs may hold passwords.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("mail_dir", &self.mail_dir)
+            .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
+            .field("mail_from", &self.mail_from)
+            .field("invite_url", &self.invite_url)
+            .field("auth", &self.auth)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// The defaults, as if no flag or variable were given.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["roster"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_redacts_passwords() {
+        let mut config = Config::defaults();
+        config.database_url = "postgres://roster:hunter2@db/roster".to_owned();
+        config.smtp_url = Some("smtps://mailer:pa55@smtp.example.com".to_owned());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("pa55"));
+    }
+
+    #[test]
+    fn flags_work_before_and_after_the_subcommand() {
+        let cli = Cli::parse_from(["roster", "migrate", "--database-url", "sqlite://x.db"]);
+        assert!(matches!(cli.command, Some(Command::Migrate)));
+        assert_eq!(cli.config.database_url, "sqlite://x.db");
+    }
+}

@@ -1,0 +1,355 @@
+//! The decision function. Pure and total: role, workspace facts and permission in, an allow or
+//! deny with its reason out. Every data condition is a denial, never an error.
+
+use super::ids::{OrganizationId, UserId};
+use super::permission::{Permission, Scope};
+use super::values::{Access, Role};
+
+/// Why a check was allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The user is an Owner, who holds WRITE on every workspace.
+    AllowedByOwner,
+    /// The user's role includes the organization permission.
+    AllowedByRole,
+    /// The user's workspace grant includes the permission.
+    AllowedByWorkspaceAccess,
+    /// The user is not a member (or the organization does not exist).
+    DeniedNotAMember,
+    /// The role does not include the organization permission.
+    DeniedByRole,
+    /// No grant on the workspace.
+    DeniedNoWorkspaceAccess,
+    /// A READ grant where WRITE is needed.
+    DeniedReadOnly,
+    /// No such workspace in the organization.
+    DeniedWorkspaceNotFound,
+}
+
+/// What is known about the workspace named by a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceFacts {
+    /// The check is organization-scoped and names no workspace.
+    NotApplicable,
+    /// The workspace does not exist in the organization.
+    Missing,
+    /// The workspace exists; the user's explicit grant on it, if any.
+    Present(Option<Access>),
+}
+
+/// The outcome of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the user may do it.
+    pub allowed: bool,
+    /// Why.
+    pub reason: Reason,
+    /// The user's role, if a member.
+    pub role: Option<Role>,
+    /// The user's effective access to the workspace: `None` for organization checks;
+    /// `Some(None)` when the user holds none.
+    pub workspace_access: Option<Option<Access>>,
+}
+
+/// Which roles hold an organization-scoped permission (SPEC, first table).
+pub fn role_allows(role: Role, permission: Permission) -> bool {
+    use Permission as P;
+    use Role::*;
+    match permission {
+        P::OrganizationRead | P::MembersRead => true,
+        P::OrganizationUpdate => matches!(role, Owner | Admin),
+        P::OrganizationDelete | P::OrganizationTransferOwnership => role == Owner,
+        P::MembersInvite | P::MembersRemove | P::MembersUpdateRole | P::InvitationsRead => {
+            matches!(role, Owner | Admin)
+        }
+        P::WorkspacesCreate
+        | P::WorkspacesUpdate
+        | P::WorkspacesDelete
+        | P::WorkspaceAccessManage => {
+            matches!(role, Owner | Admin)
+        }
+        P::AuditRead => matches!(role, Owner | Admin),
+        P::BillingRead | P::BillingManage => matches!(role, Owner | Billing),
+        // Workspace permissions are never held through a role alone.
+        P::WorkspaceRead
+        | P::SourcesRead
+        | P::DestinationsRead
+        | P::SchedulesRead
+        | P::DatasetsRead
+        | P::ExecutionsRead
+        | P::SourcesCreate
+        | P::SourcesUpdate
+        | P::SourcesDelete
+        | P::DestinationsCreate
+        | P::DestinationsUpdate
+        | P::DestinationsDelete
+        | P::SchedulesCreate
+        | P::SchedulesUpdate
+        | P::SchedulesDelete
+        | P::DatasetsConfigure
+        | P::SyncsTrigger => false,
+    }
+}
+
+/// The access level a workspace permission needs (SPEC, second table); `None` for
+/// organization permissions.
+pub fn required_access(permission: Permission) -> Option<Access> {
+    use Permission as P;
+    match permission {
+        P::WorkspaceRead
+        | P::SourcesRead
+        | P::DestinationsRead
+        | P::SchedulesRead
+        | P::DatasetsRead
+        | P::ExecutionsRead => Some(Access::Read),
+        P::SourcesCreate
+        | P::SourcesUpdate
+        | P::SourcesDelete
+        | P::DestinationsCreate
+        | P::DestinationsUpdate
+        | P::DestinationsDelete
+        | P::SchedulesCreate
+        | P::SchedulesUpdate
+        | P::SchedulesDelete
+        | P::DatasetsConfigure
+        | P::SyncsTrigger => Some(Access::Write),
+        _ => None,
+    }
+}
+
+/// Decides whether a user with `role` (None: not a member) may use `permission`, given what is
+/// known of the workspace the check names.
+pub fn decide(role: Option<Role>, workspace: WorkspaceFacts, permission: Permission) -> Decision {
+    let Some(role) = role else {
+        // A non-member learns nothing, not even whether the workspace exists.
+        return Decision {
+            allowed: false,
+            reason: Reason::DeniedNotAMember,
+            role: None,
+            workspace_access: match permission.scope() {
+                Scope::Organization => None,
+                Scope::Workspace => Some(None),
+            },
+        };
+    };
+    match (permission.scope(), required_access(permission)) {
+        (Scope::Organization, _) | (Scope::Workspace, None) => {
+            let allowed = role_allows(role, permission);
+            Decision {
+                allowed,
+                reason: if allowed { Reason::AllowedByRole } else { Reason::DeniedByRole },
+                role: Some(role),
+                workspace_access: None,
+            }
+        }
+        (Scope::Workspace, Some(needed)) => {
+            let grant = match workspace {
+                WorkspaceFacts::Present(grant) => grant,
+                WorkspaceFacts::Missing | WorkspaceFacts::NotApplicable => {
+                    return Decision {
+                        allowed: false,
+                        reason: Reason::DeniedWorkspaceNotFound,
+                        role: Some(role),
+                        workspace_access: Some(None),
+                    };
+                }
+            };
+            if role == Role::Owner {
+                return Decision {
+                    allowed: true,
+                    reason: Reason::AllowedByOwner,
+                    role: Some(role),
+                    workspace_access: Some(Some(Access::Write)),
+                };
+            }
+            let (allowed, reason) = match grant {
+                None => (false, Reason::DeniedNoWorkspaceAccess),
+                Some(held) if held >= needed => (true, Reason::AllowedByWorkspaceAccess),
+                Some(_) => (false, Reason::DeniedReadOnly),
+            };
+            Decision { allowed, reason, role: Some(role), workspace_access: Some(grant) }
+        }
+    }
+}
+
+/// Proof that an actor passed a permission check in an organization. Storage calls that change
+/// an organization take one and use its organization id, so a write without a check, or a write
+/// to another organization than the one checked, does not compile.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    organization_id: OrganizationId,
+    actor: UserId,
+    role: Role,
+}
+
+impl Pass {
+    /// Checks an organization-scoped permission for a member and mints the proof, or returns
+    /// the denial.
+    pub fn check(
+        organization_id: OrganizationId,
+        actor: UserId,
+        role: Option<Role>,
+        permission: Permission,
+    ) -> Result<Pass, Decision> {
+        let decision = decide(role, WorkspaceFacts::NotApplicable, permission);
+        match (decision.allowed, decision.role) {
+            (true, Some(role)) => Ok(Pass { organization_id, actor, role }),
+            _ => Err(decision),
+        }
+    }
+
+    /// The organization the check passed in.
+    pub fn organization_id(&self) -> OrganizationId {
+        self.organization_id
+    }
+
+    /// The actor who passed it.
+    pub fn actor(&self) -> &UserId {
+        &self.actor
+    }
+
+    /// The actor's role at the time of the check.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Written from SPEC's organization table, row by row: the roles holding each permission.
+    const ORGANIZATION_TABLE: &[(&str, &[&str])] = &[
+        ("organization.read", &["owner", "admin", "billing", "member"]),
+        ("members.read", &["owner", "admin", "billing", "member"]),
+        ("organization.update", &["owner", "admin"]),
+        ("organization.delete", &["owner"]),
+        ("organization.transfer_ownership", &["owner"]),
+        ("members.invite", &["owner", "admin"]),
+        ("members.remove", &["owner", "admin"]),
+        ("members.update_role", &["owner", "admin"]),
+        ("invitations.read", &["owner", "admin"]),
+        ("workspaces.create", &["owner", "admin"]),
+        ("workspaces.update", &["owner", "admin"]),
+        ("workspaces.delete", &["owner", "admin"]),
+        ("workspace_access.manage", &["owner", "admin"]),
+        ("audit.read", &["owner", "admin"]),
+        ("billing.read", &["owner", "billing"]),
+        ("billing.manage", &["owner", "billing"]),
+    ];
+
+    // Written from SPEC's workspace table: the access levels holding each permission.
+    const WORKSPACE_TABLE: &[(&str, &[&str])] = &[
+        ("workspace.read", &["read", "write"]),
+        ("sources.read", &["read", "write"]),
+        ("destinations.read", &["read", "write"]),
+        ("schedules.read", &["read", "write"]),
+        ("datasets.read", &["read", "write"]),
+        ("executions.read", &["read", "write"]),
+        ("sources.create", &["write"]),
+        ("sources.update", &["write"]),
+        ("sources.delete", &["write"]),
+        ("destinations.create", &["write"]),
+        ("destinations.update", &["write"]),
+        ("destinations.delete", &["write"]),
+        ("schedules.create", &["write"]),
+        ("schedules.update", &["write"]),
+        ("schedules.delete", &["write"]),
+        ("datasets.configure", &["write"]),
+        ("syncs.trigger", &["write"]),
+    ];
+
+    #[test]
+    fn the_tables_cover_the_whole_catalogue() {
+        let listed = ORGANIZATION_TABLE.len() + WORKSPACE_TABLE.len();
+        assert_eq!(listed, Permission::ALL.len());
+        for (name, _) in ORGANIZATION_TABLE {
+            let p = Permission::from_name(name).expect(name);
+            assert_eq!(p.scope(), Scope::Organization, "{name}");
+        }
+        for (name, _) in WORKSPACE_TABLE {
+            let p = Permission::from_name(name).expect(name);
+            assert_eq!(p.scope(), Scope::Workspace, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_role_and_organization_permission_matches_the_table() {
+        for (name, holders) in ORGANIZATION_TABLE {
+            let permission = Permission::from_name(name).unwrap();
+            for role in Role::ALL {
+                let expected = holders.contains(&role.as_str());
+                let decision = decide(Some(role), WorkspaceFacts::NotApplicable, permission);
+                assert_eq!(decision.allowed, expected, "{role:?} / {name}");
+                let reason = if expected { Reason::AllowedByRole } else { Reason::DeniedByRole };
+                assert_eq!(decision.reason, reason, "{role:?} / {name}");
+                assert_eq!(decision.role, Some(role));
+            }
+            let outsider = decide(None, WorkspaceFacts::NotApplicable, permission);
+            assert!(!outsider.allowed);
+            assert_eq!(outsider.reason, Reason::DeniedNotAMember);
+        }
+    }
+
+    #[test]
+    fn every_role_access_and_workspace_permission_matches_the_table() {
+        let grants = [None, Some(Access::Read), Some(Access::Write)];
+        for (name, holders) in WORKSPACE_TABLE {
+            let permission = Permission::from_name(name).unwrap();
+            for role in Role::ALL {
+                for grant in grants {
+                    let decision = decide(Some(role), WorkspaceFacts::Present(grant), permission);
+                    if role == Role::Owner {
+                        // Owners hold WRITE on every workspace, granted or not.
+                        assert!(decision.allowed, "owner / {grant:?} / {name}");
+                        assert_eq!(decision.reason, Reason::AllowedByOwner);
+                        assert_eq!(decision.workspace_access, Some(Some(Access::Write)));
+                        continue;
+                    }
+                    let expected = grant.is_some_and(|g| holders.contains(&g.as_str()));
+                    assert_eq!(decision.allowed, expected, "{role:?} / {grant:?} / {name}");
+                    let reason = match (expected, grant) {
+                        (true, _) => Reason::AllowedByWorkspaceAccess,
+                        (false, None) => Reason::DeniedNoWorkspaceAccess,
+                        (false, Some(_)) => Reason::DeniedReadOnly,
+                    };
+                    assert_eq!(decision.reason, reason, "{role:?} / {grant:?} / {name}");
+                    assert_eq!(decision.workspace_access, Some(grant));
+                }
+                let missing = decide(Some(role), WorkspaceFacts::Missing, permission);
+                assert!(!missing.allowed);
+                assert_eq!(missing.reason, Reason::DeniedWorkspaceNotFound);
+            }
+            for facts in [WorkspaceFacts::Missing, WorkspaceFacts::Present(Some(Access::Write))] {
+                let outsider = decide(None, facts, permission);
+                assert!(!outsider.allowed);
+                assert_eq!(outsider.reason, Reason::DeniedNotAMember);
+            }
+        }
+    }
+
+    #[test]
+    fn write_grants_everything_read_grants() {
+        for permission in Permission::ALL {
+            for role in Role::ALL {
+                let read =
+                    decide(Some(role), WorkspaceFacts::Present(Some(Access::Read)), *permission);
+                let write =
+                    decide(Some(role), WorkspaceFacts::Present(Some(Access::Write)), *permission);
+                assert!(!read.allowed || write.allowed, "{role:?} / {}", permission.name());
+            }
+        }
+    }
+
+    #[test]
+    fn a_pass_is_minted_only_for_allowed_checks() {
+        let org = OrganizationId::generate();
+        let actor = UserId::parse("u1").unwrap();
+        let pass = Pass::check(org, actor.clone(), Some(Role::Admin), Permission::MembersInvite);
+        assert_eq!(pass.unwrap().organization_id(), org);
+        let denied = Pass::check(org, actor.clone(), Some(Role::Member), Permission::MembersInvite);
+        assert_eq!(denied.unwrap_err().reason, Reason::DeniedByRole);
+        let outsider = Pass::check(org, actor, None, Permission::OrganizationRead);
+        assert_eq!(outsider.unwrap_err().reason, Reason::DeniedNotAMember);
+    }
+}

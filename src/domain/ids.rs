@@ -1,0 +1,137 @@
+//! Identifier newtypes, so that an organization id can never be passed where a workspace id is
+//! expected.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+/// Why an identifier was rejected; the caller names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdError(pub &'static str);
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A new time-ordered id, so that ordering by id is ordering by creation.
+            pub fn generate() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// Wraps a stored UUID.
+            pub fn from_uuid(id: Uuid) -> Self {
+                Self(id)
+            }
+
+            /// Parses the canonical hyphenated form sent by clients.
+            pub fn parse(text: &str) -> Result<Self, IdError> {
+                if text.is_empty() {
+                    return Err(IdError("is required"));
+                }
+                // Only the hyphenated form: one spelling per id keeps ids comparable as text.
+                if text.len() != 36 {
+                    return Err(IdError("must be a UUID such as 0190c3b2-7d1e-7a3c-9f00-5b1d2c3e4f50"));
+                }
+                Uuid::try_parse(text)
+                    .map(Self)
+                    .map_err(|_| IdError("must be a UUID such as 0190c3b2-7d1e-7a3c-9f00-5b1d2c3e4f50"))
+            }
+
+            /// The UUID, for storage.
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Identifies an organization.
+    OrganizationId
+);
+uuid_id!(
+    /// Identifies a workspace.
+    WorkspaceId
+);
+uuid_id!(
+    /// Identifies an invitation.
+    InvitationId
+);
+uuid_id!(
+    /// Identifies an audit event.
+    AuditEventId
+);
+
+/// The identity provider's stable subject for a user: 1 to 255 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Longest accepted user id, in characters.
+    pub const MAX_CHARS: usize = 255;
+
+    /// Validates a user id sent by a client or read from credentials.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        if text.is_empty() {
+            return Err(IdError("is required"));
+        }
+        if text.chars().count() > Self::MAX_CHARS {
+            return Err(IdError("must be at most 255 characters"));
+        }
+        // Printable: no control characters and no surrounding blanks that would make two
+        // spellings of one subject.
+        if text.chars().any(char::is_control) || text.trim() != text {
+            return Err(IdError("must be printable characters without leading or trailing spaces"));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Wraps a stored user id.
+    pub fn from_stored(text: String) -> Self {
+        Self(text)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_only_the_hyphenated_form() {
+        let id = OrganizationId::generate();
+        assert_eq!(OrganizationId::parse(&id.to_string()), Ok(id));
+        assert!(OrganizationId::parse(&id.as_uuid().simple().to_string()).is_err());
+        assert!(OrganizationId::parse("").is_err());
+        assert!(OrganizationId::parse("not-a-uuid-but-36-characters-long!!!").is_err());
+    }
+
+    #[test]
+    fn user_ids_reject_control_characters_and_overlong_values() {
+        assert!(UserId::parse("auth0|1234").is_ok());
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse("a\u{0}b").is_err());
+        assert!(UserId::parse(" padded").is_err());
+        assert!(UserId::parse(&"x".repeat(255)).is_ok());
+        assert!(UserId::parse(&"x".repeat(256)).is_err());
+    }
+}

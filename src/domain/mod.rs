@@ -1,0 +1,18 @@
+//! The rules of Roster with no I/O: identifiers, values, the permission catalogue and the
+//! decision function, and the invitation state machine.
+
+pub mod authz;
+pub mod ids;
+pub mod invitation;
+pub mod model;
+pub mod permission;
+pub mod values;
+
+pub use authz::{Decision, Pass, Reason, WorkspaceFacts, decide};
+pub use ids::{AuditEventId, InvitationId, OrganizationId, UserId, WorkspaceId};
+pub use invitation::InvitationState;
+pub use model::{
+    AuditEvent, DeliveryState, Grant, Invitation, Member, Organization, Timestamp, Workspace,
+};
+pub use permission::{Permission, Scope};
+pub use values::{Access, DisplayName, Email, InvitationTtl, Role};

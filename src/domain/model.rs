@@ -1,0 +1,175 @@
+//! The records Roster keeps, as the services see them.
+
+use super::ids::{AuditEventId, InvitationId, OrganizationId, UserId, WorkspaceId};
+use super::invitation::InvitationState;
+use super::values::{Access, DisplayName, Email, InvitationTtl, Role};
+
+/// A point in time, in microseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self(chrono::Utc::now().timestamp_micros())
+    }
+
+    /// Wraps stored microseconds.
+    pub fn from_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    /// Microseconds since the epoch.
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// This time plus a duration, saturating.
+    pub fn plus(self, duration: std::time::Duration) -> Self {
+        let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_add(micros))
+    }
+}
+
+/// An organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    /// Its id.
+    pub id: OrganizationId,
+    /// Its name.
+    pub display_name: DisplayName,
+    /// Validity of its invitations.
+    pub invitation_ttl: InvitationTtl,
+    /// Creation time.
+    pub create_time: Timestamp,
+    /// Last change of name or settings.
+    pub update_time: Timestamp,
+}
+
+/// A membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The organization.
+    pub organization_id: OrganizationId,
+    /// The user.
+    pub user_id: UserId,
+    /// The user's email when they joined.
+    pub email: Email,
+    /// The role.
+    pub role: Role,
+    /// When they joined.
+    pub create_time: Timestamp,
+}
+
+/// A workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// Its id.
+    pub id: WorkspaceId,
+    /// Its organization.
+    pub organization_id: OrganizationId,
+    /// Its name.
+    pub display_name: DisplayName,
+    /// Creation time.
+    pub create_time: Timestamp,
+}
+
+/// A member's access to a workspace; `access` None reports a removed grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The organization.
+    pub organization_id: OrganizationId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The member.
+    pub user_id: UserId,
+    /// The access held, if any.
+    pub access: Option<Access>,
+}
+
+/// How far an invitation's latest email has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Failed at least once; will be retried.
+    Retrying,
+    /// Delivered to the transport.
+    Sent,
+    /// Given up after every retry.
+    Failed,
+}
+
+impl DeliveryState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Retrying => "retrying",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        [Self::Queued, Self::Retrying, Self::Sent, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// An invitation, with its state as stored (see [`Invitation::state_at`] for what readers see).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// Its id.
+    pub id: InvitationId,
+    /// The organization.
+    pub organization_id: OrganizationId,
+    /// The invitee's normalized email.
+    pub email: Email,
+    /// Role on acceptance.
+    pub role: Role,
+    /// The stored state.
+    pub stored_state: InvitationState,
+    /// Grants applied on acceptance.
+    pub workspace_grants: Vec<(WorkspaceId, Access)>,
+    /// Who invited.
+    pub inviter_user_id: UserId,
+    /// Creation time.
+    pub create_time: Timestamp,
+    /// When the current token expires.
+    pub expire_time: Timestamp,
+    /// Emails queued so far.
+    pub send_count: i32,
+    /// Latest email's delivery state.
+    pub delivery_state: DeliveryState,
+    /// Latest email's last delivery error.
+    pub last_delivery_error: Option<String>,
+}
+
+impl Invitation {
+    /// The state as seen at `now`: a pending invitation past its expiry is expired.
+    pub fn state_at(&self, now: Timestamp) -> InvitationState {
+        self.stored_state.effective(self.expire_time.as_micros(), now.as_micros())
+    }
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Its id.
+    pub id: AuditEventId,
+    /// The organization.
+    pub organization_id: OrganizationId,
+    /// Who acted.
+    pub actor_user_id: UserId,
+    /// What was done.
+    pub action: String,
+    /// To what.
+    pub target: String,
+    /// Details as a JSON object.
+    pub details: serde_json::Value,
+    /// When.
+    pub create_time: Timestamp,
+}

@@ -1,0 +1,162 @@
+//! AccessService handlers.
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::domain::{Permission, Scope};
+use crate::error::{Error, Violations};
+use crate::pb::{self, access_service_server::AccessService};
+use crate::service::access::Check;
+use crate::service::{Services, page};
+
+/// Most checks one BatchAuthorize may carry.
+pub const MAX_BATCH_CHECKS: usize = 1000;
+
+/// Serves AccessService.
+pub struct AccessApi {
+    services: Services,
+}
+
+impl AccessApi {
+    /// A handler set over the use-cases.
+    pub fn new(services: Services) -> Self {
+        Self { services }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn permission(v: &mut Violations, field: &str, name: &str) -> Option<Permission> {
+    if name.is_empty() {
+        v.add(field, "is required, for example sources.read; ListPermissions lists them all");
+        return None;
+    }
+    let found = Permission::from_name(name);
+    if found.is_none() {
+        v.add(field, "is not in the permission catalogue; ListPermissions lists them all");
+    }
+    found
+}
+
+/// Validates one check; `prefix` names its place in a batch.
+fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option<Check> {
+    let user_id = convert::user_id(v, &format!("{prefix}user_id"), &req.user_id);
+    let organization_id =
+        convert::organization_id(v, &format!("{prefix}organization_id"), &req.organization_id);
+    let permission = permission(v, &format!("{prefix}permission"), &req.permission);
+    let workspace_field = format!("{prefix}workspace_id");
+    let workspace_id = match permission.map(Permission::scope) {
+        Some(Scope::Workspace) if req.workspace_id.is_empty() => {
+            v.add(workspace_field, "is required for a workspace permission");
+            None
+        }
+        Some(Scope::Organization) if !req.workspace_id.is_empty() => {
+            v.add(workspace_field, "must be empty for an organization permission");
+            None
+        }
+        _ => convert::optional_workspace_id(v, &workspace_field, &req.workspace_id),
+    };
+    Some(Check {
+        user_id: user_id?,
+        organization_id: organization_id?,
+        workspace_id: workspace_id?,
+        permission: permission?,
+    })
+}
+
+#[tonic::async_trait]
+impl AccessService for AccessApi {
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Reply<pb::AuthorizeResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let Some(check) = check(&mut v, "", &req) else { return Err(v.into_error().into()) };
+        let decision = self.services.authorize(&check).await?;
+        Ok(Response::new(convert::decision(decision)))
+    }
+
+    async fn batch_authorize(
+        &self,
+        request: Request<pb::BatchAuthorizeRequest>,
+    ) -> Reply<pb::BatchAuthorizeResponse> {
+        let req = request.into_inner();
+        if req.checks.is_empty() {
+            return Err(Error::invalid("checks", "must hold at least one check").into());
+        }
+        if req.checks.len() > MAX_BATCH_CHECKS {
+            return Err(
+                Error::invalid("checks", "must hold at most 1000 checks; split the batch").into()
+            );
+        }
+        let mut v = Violations::new();
+        let checks: Vec<Option<Check>> = req
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| check(&mut v, &format!("checks[{i}]."), c))
+            .collect();
+        v.finish()?;
+        let Some(checks) = checks.into_iter().collect::<Option<Vec<Check>>>() else {
+            return Err(Error::invalid("checks", "holds a malformed check").into());
+        };
+        let decisions = self.services.batch_authorize(&checks).await?;
+        Ok(Response::new(pb::BatchAuthorizeResponse {
+            results: decisions.into_iter().map(convert::decision).collect(),
+        }))
+    }
+
+    async fn list_permissions(
+        &self,
+        _request: Request<pb::ListPermissionsRequest>,
+    ) -> Reply<pb::ListPermissionsResponse> {
+        Ok(Response::new(pb::ListPermissionsResponse {
+            permissions: Permission::ALL.iter().copied().map(convert::permission).collect(),
+        }))
+    }
+
+    async fn list_granted_permissions(
+        &self,
+        request: Request<pb::ListGrantedPermissionsRequest>,
+    ) -> Reply<pb::ListGrantedPermissionsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let user = convert::user_id(&mut v, "user_id", &req.user_id);
+        let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
+        let ws = convert::optional_workspace_id(&mut v, "workspace_id", &req.workspace_id);
+        let (Some(user), Some(org), Some(ws)) = (user, org, ws) else {
+            return Err(v.into_error().into());
+        };
+        let permissions = self.services.list_granted_permissions(&user, org, ws).await?;
+        Ok(Response::new(pb::ListGrantedPermissionsResponse {
+            permissions: permissions.into_iter().map(|p| p.name().to_owned()).collect(),
+        }))
+    }
+
+    async fn list_accessible_workspaces(
+        &self,
+        request: Request<pb::ListAccessibleWorkspacesRequest>,
+    ) -> Reply<pb::ListAccessibleWorkspacesResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let user = convert::user_id(&mut v, "user_id", &req.user_id);
+        let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
+        let permission = permission(&mut v, "permission", &req.permission);
+        if permission.is_some_and(|p| p.scope() != Scope::Workspace) {
+            v.add("permission", "must be a workspace permission, such as sources.read");
+        }
+        let page = v.absorb(page::parse("accessible", req.page_size, &req.page_token));
+        let (Some(user), Some(org), Some(permission), Some(page)) = (user, org, permission, page)
+        else {
+            return Err(v.into_error().into());
+        };
+        v.finish()?;
+        let (items, next_page_token) =
+            self.services.list_accessible_workspaces(&user, org, permission, page).await?;
+        Ok(Response::new(pb::ListAccessibleWorkspacesResponse {
+            workspaces: items.into_iter().map(convert::workspace).collect(),
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,7 @@
+//! The gRPC edge: handlers for each service, conversions, status mapping and caller identity.
+
+pub mod access;
+pub mod auth;
+pub mod convert;
+pub mod status;
+pub mod team;

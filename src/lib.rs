@@ -1,0 +1,13 @@
+//! Roster: organizations, members, workspaces, invitations and the `Authorize` decision, served
+//! over gRPC.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod email;
+pub mod error;
+pub mod grpc;
+pub mod pb;
+pub mod service;
+pub mod storage;
+pub mod telemetry;

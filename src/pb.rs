@@ -1,0 +1,7 @@
+//! Generated protobuf and gRPC code, and the descriptor set served by reflection.
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+tonic::include_proto!("roster.v1");
+
+/// The encoded descriptor set of `roster.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("roster_descriptor");

@@ -1,0 +1,46 @@
+//! Use-cases. Each mutation checks the actor's permission inside its transaction, applies the
+//! change, and writes its audit event (and outbox email) in that same transaction.
+
+pub mod access;
+pub mod page;
+pub mod team;
+pub mod token;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::domain::{Email, UserId};
+use crate::storage::Store;
+
+/// The end user on whose behalf a TeamService call runs.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The user's id.
+    pub user_id: UserId,
+    /// The user's email, when the credentials carry one.
+    pub email: Option<Email>,
+}
+
+/// Settings the use-cases need.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Accept-link template with a `{token}` placeholder.
+    pub invite_url: String,
+}
+
+/// Shared state of the use-cases.
+#[derive(Clone)]
+pub struct Services {
+    pub(crate) store: Store,
+    pub(crate) settings: Arc<ServiceSettings>,
+    /// Wakes the outbox worker when an email is queued.
+    pub(crate) outbox_signal: Arc<Notify>,
+}
+
+impl Services {
+    /// Builds the use-cases over a store.
+    pub fn new(store: Store, settings: ServiceSettings, outbox_signal: Arc<Notify>) -> Self {
+        Self { store, settings: Arc::new(settings), outbox_signal }
+    }
+}

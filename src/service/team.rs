@@ -1,0 +1,936 @@
+//! TeamService use-cases, acting for an end user.
+
+use serde_json::json;
+use tracing::instrument;
+
+use super::page::{self, PageRequest};
+use super::token::{self, Token};
+use super::{Actor, Services};
+use crate::domain::invitation::{self as lifecycle, Transition};
+use crate::domain::{
+    Access, AuditEvent, AuditEventId, DeliveryState, DisplayName, Email, Grant, Invitation,
+    InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId, Pass,
+    Permission, Role, Timestamp, UserId, Workspace, WorkspaceId,
+};
+use crate::email::render;
+use crate::error::Error;
+use crate::storage::WriteTx;
+use crate::storage::repo::{self, OutboxEmail};
+
+/// A page of results and the token of the next one (empty on the last page).
+pub type Page<T> = (Vec<T>, String);
+
+/// Fields of an organization to change; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct OrganizationChanges {
+    /// New name.
+    pub display_name: Option<DisplayName>,
+    /// New invitation validity.
+    pub invitation_ttl: Option<InvitationTtl>,
+}
+
+/// A validated CreateInvitation request.
+#[derive(Debug)]
+pub struct NewInvitation {
+    /// The invitee.
+    pub email: Email,
+    /// Role on acceptance.
+    pub role: Role,
+    /// Grants on acceptance, one per workspace.
+    pub workspace_grants: Vec<(WorkspaceId, Access)>,
+}
+
+fn denied(message: &str) -> Error {
+    Error::PermissionDenied(message.to_owned())
+}
+
+/// The caller's membership, or NOT_FOUND as if the organization did not exist.
+async fn membership(
+    db: &impl sea_orm::ConnectionTrait,
+    org: OrganizationId,
+    actor: &Actor,
+) -> Result<Member, Error> {
+    repo::find_member(db, org, &actor.user_id).await?.ok_or(Error::NotFound("organization"))
+}
+
+/// Checks a permission for a member and mints the pass storage writes need.
+fn require(member: &Member, permission: Permission) -> Result<Pass, Error> {
+    Pass::check(member.organization_id, member.user_id.clone(), Some(member.role), permission)
+        .map_err(|_| {
+            Error::PermissionDenied(format!(
+                "your role does not include the permission {}",
+                permission.name()
+            ))
+        })
+}
+
+/// Opens a write transaction on an organization: takes its lock first, so that concurrent
+/// changes to it serialize, then checks the actor's permission on the state as of the lock.
+async fn begin_on(
+    services: &Services,
+    org: OrganizationId,
+    actor: &Actor,
+    permission: Permission,
+) -> Result<(WriteTx, Member, Pass), Error> {
+    let tx = services.store.begin_write().await?;
+    if !repo::lock_organization(&*tx, org).await? {
+        return Err(Error::NotFound("organization"));
+    }
+    let me = membership(&*tx, org, actor).await?;
+    let pass = require(&me, permission)?;
+    Ok((tx, me, pass))
+}
+
+async fn audit(
+    tx: &WriteTx,
+    org: OrganizationId,
+    actor: &UserId,
+    action: &str,
+    target: String,
+    details: serde_json::Value,
+    now: Timestamp,
+) -> Result<(), Error> {
+    repo::insert_audit(
+        &**tx,
+        &AuditEvent {
+            id: AuditEventId::generate(),
+            organization_id: org,
+            actor_user_id: actor.clone(),
+            action: action.to_owned(),
+            target,
+            details,
+            create_time: now,
+        },
+    )
+    .await
+}
+
+fn sees_everything(role: Role) -> bool {
+    matches!(role, Role::Owner | Role::Admin)
+}
+
+impl Services {
+    // -----------------------------------------------------------------------------------------
+    // Organizations
+
+    /// Creates an organization with the actor as its first Owner.
+    #[instrument(skip_all, fields(actor = %actor.user_id))]
+    pub async fn create_organization(
+        &self,
+        actor: &Actor,
+        display_name: DisplayName,
+    ) -> Result<Organization, Error> {
+        let email = actor.email.clone().ok_or_else(|| {
+            Error::Unauthenticated(
+                "the caller's email is required to create an organization (x-user-email)"
+                    .to_owned(),
+            )
+        })?;
+        let now = Timestamp::now();
+        let org = Organization {
+            id: OrganizationId::generate(),
+            display_name,
+            invitation_ttl: InvitationTtl::DEFAULT,
+            create_time: now,
+            update_time: now,
+        };
+        let tx = self.store.begin_write().await?;
+        repo::insert_organization(&*tx, &org).await?;
+        repo::insert_founder(
+            &*tx,
+            &Member {
+                organization_id: org.id,
+                user_id: actor.user_id.clone(),
+                email,
+                role: Role::Owner,
+                create_time: now,
+            },
+        )
+        .await?;
+        let details = json!({ "display_name": org.display_name.as_str() });
+        audit(
+            &tx,
+            org.id,
+            &actor.user_id,
+            "organization.created",
+            format!("organization/{}", org.id),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(org)
+    }
+
+    /// Returns an organization the actor belongs to.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn get_organization(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+    ) -> Result<Organization, Error> {
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        require(&me, Permission::OrganizationRead)?;
+        repo::find_organization(db, org).await?.ok_or(Error::NotFound("organization"))
+    }
+
+    /// Lists the actor's organizations.
+    #[instrument(skip_all, fields(actor = %actor.user_id))]
+    pub async fn list_organizations(
+        &self,
+        actor: &Actor,
+        page: PageRequest,
+    ) -> Result<Page<Organization>, Error> {
+        let after = page::uuid_cursor(page.after, OrganizationId::parse)?;
+        let orgs =
+            repo::list_organizations_of(self.store.reader(), &actor.user_id, after, page.size + 1)
+                .await?;
+        Ok(page::finish("organizations", orgs, page.size, |o| o.id.to_string()))
+    }
+
+    /// Changes an organization's name and settings.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn update_organization(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        changes: OrganizationChanges,
+    ) -> Result<Organization, Error> {
+        let (tx, _, pass) = begin_on(self, org, actor, Permission::OrganizationUpdate).await?;
+        let current =
+            repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
+        let now = Timestamp::now();
+        let display_name = changes.display_name.unwrap_or_else(|| current.display_name.clone());
+        let ttl = changes.invitation_ttl.unwrap_or(current.invitation_ttl);
+        if display_name == current.display_name && ttl == current.invitation_ttl {
+            return Ok(current);
+        }
+        repo::update_organization(&*tx, &pass, &display_name, ttl, now).await?;
+        let details = json!({
+            "display_name": display_name.as_str(),
+            "invitation_ttl_secs": ttl.as_secs(),
+        });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "organization.updated",
+            format!("organization/{org}"),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Organization { display_name, invitation_ttl: ttl, update_time: now, ..current })
+    }
+
+    /// Deletes an organization and everything in it.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn delete_organization(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+    ) -> Result<(), Error> {
+        let (tx, _, pass) = begin_on(self, org, actor, Permission::OrganizationDelete).await?;
+        let now = Timestamp::now();
+        repo::delete_organization(&*tx, &pass).await?;
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "organization.deleted",
+            format!("organization/{org}"),
+            json!({}),
+            now,
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Members
+
+    /// Lists members.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn list_members(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        page: PageRequest,
+    ) -> Result<Page<Member>, Error> {
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        require(&me, Permission::MembersRead)?;
+        let members = repo::list_members(db, org, page.after.as_deref(), page.size + 1).await?;
+        Ok(page::finish("members", members, page.size, |m| m.user_id.to_string()))
+    }
+
+    /// Returns a member.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn get_member(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        user: &UserId,
+    ) -> Result<Member, Error> {
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        require(&me, Permission::MembersRead)?;
+        repo::find_member(db, org, user).await?.ok_or(Error::NotFound("member"))
+    }
+
+    /// Changes a member's role (rules 1 and 2).
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, user = %user))]
+    pub async fn update_member_role(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<Member, Error> {
+        let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersUpdateRole).await?;
+        let target = repo::find_member(&*tx, org, user).await?.ok_or(Error::NotFound("member"))?;
+        if me.role != Role::Owner {
+            // Rule 1: only Owners touch Owners or make Owners.
+            if target.role == Role::Owner {
+                return Err(denied("only an Owner can change an Owner's role"));
+            }
+            if role == Role::Owner {
+                return Err(denied("only an Owner can make a member Owner"));
+            }
+        }
+        if target.role == role {
+            return Ok(target);
+        }
+        if target.role == Role::Owner && repo::count_owners(&*tx, org).await? <= 1 {
+            return Err(last_owner("demote"));
+        }
+        let now = Timestamp::now();
+        repo::update_member_role(&*tx, &pass, user, role).await?;
+        let details = json!({ "old_role": target.role.as_str(), "new_role": role.as_str() });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "member.role_updated",
+            format!("member/{user}"),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Member { role, ..target })
+    }
+
+    /// Removes a member and their grants (rules 1, 2 and 4).
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, user = %user))]
+    pub async fn remove_member(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        user: &UserId,
+    ) -> Result<(), Error> {
+        let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersRemove).await?;
+        let target = repo::find_member(&*tx, org, user).await?.ok_or(Error::NotFound("member"))?;
+        if target.role == Role::Owner && me.role != Role::Owner {
+            return Err(denied("only an Owner can remove an Owner"));
+        }
+        if target.role == Role::Owner && repo::count_owners(&*tx, org).await? <= 1 {
+            return Err(last_owner("remove"));
+        }
+        let now = Timestamp::now();
+        repo::delete_member(&*tx, &pass, user).await?;
+        let details = json!({ "role": target.role.as_str() });
+        audit(&tx, org, &actor.user_id, "member.removed", format!("member/{user}"), details, now)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Removes the actor from an organization (rule 2).
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn leave_organization(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+    ) -> Result<(), Error> {
+        // Every member may leave: organization.read is held by every role.
+        let (tx, me, pass) = begin_on(self, org, actor, Permission::OrganizationRead).await?;
+        if me.role == Role::Owner && repo::count_owners(&*tx, org).await? <= 1 {
+            return Err(last_owner("leave as"));
+        }
+        let now = Timestamp::now();
+        repo::delete_member(&*tx, &pass, &actor.user_id).await?;
+        let details = json!({ "role": me.role.as_str() });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "member.left",
+            format!("member/{}", actor.user_id),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Makes another member Owner and the calling Owner an Admin (rule 3).
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, user = %new_owner))]
+    pub async fn transfer_ownership(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        new_owner: &UserId,
+    ) -> Result<(Member, Member), Error> {
+        if *new_owner == actor.user_id {
+            return Err(Error::invalid(
+                "new_owner_user_id",
+                "must name another member than yourself",
+            ));
+        }
+        let (tx, me, pass) =
+            begin_on(self, org, actor, Permission::OrganizationTransferOwnership).await?;
+        let target =
+            repo::find_member(&*tx, org, new_owner).await?.ok_or(Error::NotFound("member"))?;
+        let now = Timestamp::now();
+        repo::update_member_role(&*tx, &pass, new_owner, Role::Owner).await?;
+        repo::update_member_role(&*tx, &pass, &actor.user_id, Role::Admin).await?;
+        let details = json!({ "new_owner": new_owner.as_str(), "new_owner_previous_role": target.role.as_str() });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "organization.ownership_transferred",
+            format!("member/{new_owner}"),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((Member { role: Role::Admin, ..me }, Member { role: Role::Owner, ..target }))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Workspaces
+
+    /// Creates a workspace.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn create_workspace(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        display_name: DisplayName,
+    ) -> Result<Workspace, Error> {
+        let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspacesCreate).await?;
+        let now = Timestamp::now();
+        let ws = repo::insert_workspace(&*tx, &pass, WorkspaceId::generate(), &display_name, now)
+            .await?;
+        let details = json!({ "display_name": display_name.as_str() });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "workspace.created",
+            format!("workspace/{}", ws.id),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ws)
+    }
+
+    /// Returns a workspace the actor may see.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, workspace = %id))]
+    pub async fn get_workspace(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        id: WorkspaceId,
+    ) -> Result<Workspace, Error> {
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        let ws = repo::find_workspace(db, org, id).await?.ok_or(Error::NotFound("workspace"))?;
+        if !sees_everything(me.role)
+            && repo::find_grant(db, org, id, &actor.user_id).await?.is_none()
+        {
+            // Billing and Member users see only workspaces they hold a grant on.
+            return Err(Error::NotFound("workspace"));
+        }
+        Ok(ws)
+    }
+
+    /// Lists the workspaces the actor may see.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn list_workspaces(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        page: PageRequest,
+    ) -> Result<Page<Workspace>, Error> {
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        let after = page::uuid_cursor(page.after, WorkspaceId::parse)?;
+        let granted_to = (!sees_everything(me.role)).then_some((&actor.user_id, Access::Read));
+        let items = repo::list_workspaces(db, org, granted_to, after, page.size + 1).await?;
+        Ok(page::finish("workspaces", items, page.size, |w| w.id.to_string()))
+    }
+
+    /// Renames a workspace.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, workspace = %id))]
+    pub async fn update_workspace(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        id: WorkspaceId,
+        display_name: DisplayName,
+    ) -> Result<Workspace, Error> {
+        let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspacesUpdate).await?;
+        let ws = repo::find_workspace(&*tx, org, id).await?.ok_or(Error::NotFound("workspace"))?;
+        if ws.display_name == display_name {
+            return Ok(ws);
+        }
+        let now = Timestamp::now();
+        repo::update_workspace_name(&*tx, &pass, id, &display_name).await?;
+        let details = json!({ "old_display_name": ws.display_name.as_str(), "display_name": display_name.as_str() });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "workspace.updated",
+            format!("workspace/{id}"),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Workspace { display_name, ..ws })
+    }
+
+    /// Deletes a workspace and its grants.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, workspace = %id))]
+    pub async fn delete_workspace(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        id: WorkspaceId,
+    ) -> Result<(), Error> {
+        let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspacesDelete).await?;
+        let ws = repo::find_workspace(&*tx, org, id).await?.ok_or(Error::NotFound("workspace"))?;
+        let now = Timestamp::now();
+        repo::delete_workspace(&*tx, &pass, id).await?;
+        let details = json!({ "display_name": ws.display_name.as_str() });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "workspace.deleted",
+            format!("workspace/{id}"),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Grants, changes or (with `None`) removes a member's access to a workspace.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, workspace = %workspace_id, user = %user))]
+    pub async fn set_workspace_access(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        workspace_id: WorkspaceId,
+        user: &UserId,
+        access: Option<Access>,
+    ) -> Result<Grant, Error> {
+        let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspaceAccessManage).await?;
+        repo::find_workspace(&*tx, org, workspace_id).await?.ok_or(Error::NotFound("workspace"))?;
+        repo::find_member(&*tx, org, user).await?.ok_or(Error::NotFound("member"))?;
+        let previous = repo::find_grant(&*tx, org, workspace_id, user).await?;
+        let grant = Grant { organization_id: org, workspace_id, user_id: user.clone(), access };
+        if previous == access {
+            return Ok(grant);
+        }
+        let now = Timestamp::now();
+        let action = match access {
+            Some(access) => {
+                repo::upsert_grant(&*tx, &pass, workspace_id, user, access).await?;
+                "workspace_access.set"
+            }
+            None => {
+                repo::delete_grant(&*tx, &pass, workspace_id, user).await?;
+                "workspace_access.removed"
+            }
+        };
+        let details = json!({
+            "workspace_id": workspace_id.to_string(),
+            "old_access": previous.map(Access::as_str),
+            "new_access": access.map(Access::as_str),
+        });
+        audit(&tx, org, &actor.user_id, action, format!("member/{user}"), details, now).await?;
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    /// Lists grants; Billing and Member users see only their own.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn list_workspace_access(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        workspace_id: Option<WorkspaceId>,
+        user: Option<UserId>,
+        page: PageRequest,
+    ) -> Result<Page<Grant>, Error> {
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        let user = if sees_everything(me.role) {
+            user
+        } else {
+            match user {
+                Some(other) if other != actor.user_id => {
+                    return Err(denied("you can list only your own workspace access"));
+                }
+                _ => Some(actor.user_id.clone()),
+            }
+        };
+        let after = match page.after {
+            None => None,
+            Some(text) => {
+                let forged = || {
+                    Error::invalid(
+                        "page_token",
+                        "is not a token returned by this list; start again without it",
+                    )
+                };
+                let (ws, user) = text.split_once('/').ok_or_else(forged)?;
+                Some((WorkspaceId::parse(ws).map_err(|_| forged())?, user.to_owned()))
+            }
+        };
+        let grants =
+            repo::list_grants(db, org, workspace_id, user.as_ref(), after, page.size + 1).await?;
+        Ok(page::finish("grants", grants, page.size, |g| {
+            format!("{}/{}", g.workspace_id, g.user_id)
+        }))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Invitations
+
+    /// Invites an email address and queues the email.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn create_invitation(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        new: NewInvitation,
+    ) -> Result<Invitation, Error> {
+        let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
+        if new.role == Role::Owner && me.role != Role::Owner {
+            return Err(denied("only an Owner can invite an Owner"));
+        }
+        for (i, (workspace_id, _)) in new.workspace_grants.iter().enumerate() {
+            if repo::find_workspace(&*tx, org, *workspace_id).await?.is_none() {
+                return Err(Error::invalid(
+                    format!("workspace_grants[{i}].workspace_id"),
+                    "names no workspace of this organization",
+                ));
+            }
+        }
+        if repo::find_member_by_email(&*tx, org, &new.email).await?.is_some() {
+            return Err(Error::AlreadyExists(
+                "this email belongs to a member of the organization already".to_owned(),
+            ));
+        }
+        let now = Timestamp::now();
+        if let Some(pending) = repo::find_pending_invitation_for(&*tx, org, &new.email).await? {
+            if pending.state_at(now) == InvitationState::Pending {
+                return Err(repo::pending_exists());
+            }
+            // Expired without a sweep: record it, so the new invitation is the pending one.
+            repo::update_invitation_state(&*tx, org, pending.id, InvitationState::Expired, now)
+                .await?;
+        }
+        let organization =
+            repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
+        let token = Token::generate().map_err(Error::internal)?;
+        let invitation = Invitation {
+            id: InvitationId::generate(),
+            organization_id: org,
+            email: new.email,
+            role: new.role,
+            stored_state: InvitationState::Pending,
+            workspace_grants: new.workspace_grants,
+            inviter_user_id: actor.user_id.clone(),
+            create_time: now,
+            expire_time: now.plus(organization.invitation_ttl.duration()),
+            send_count: 1,
+            delivery_state: DeliveryState::Queued,
+            last_delivery_error: None,
+        };
+        repo::insert_invitation(&*tx, &pass, &invitation, &token.hash()).await?;
+        self.queue_email(&tx, &organization, &me, &invitation, &token, now).await?;
+        let details = json!({
+            "email": invitation.email.as_str(),
+            "role": invitation.role.as_str(),
+            "workspace_grants": invitation.workspace_grants.len(),
+        });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "invitation.created",
+            format!("invitation/{}", invitation.id),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox_signal.notify_one();
+        tracing::info!(invitation = %invitation.id, invitee = %invitation.email.redacted(), "invitation created");
+        Ok(invitation)
+    }
+
+    async fn queue_email(
+        &self,
+        tx: &WriteTx,
+        organization: &Organization,
+        inviter: &Member,
+        invitation: &Invitation,
+        token: &Token,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let url = render::accept_url(&self.settings.invite_url, token.expose());
+        let rendered = render::invitation(&render::InvitationEmail {
+            organization: organization.display_name.as_str(),
+            inviter: inviter.email.as_str(),
+            role: invitation.role,
+            expire_time: invitation.expire_time,
+            accept_url: &url,
+            token: token.expose(),
+        });
+        repo::insert_outbox(
+            &**tx,
+            &OutboxEmail {
+                id: uuid::Uuid::now_v7(),
+                invitation_id: invitation.id,
+                send_number: invitation.send_count,
+                recipient: invitation.email.as_str().to_owned(),
+                subject: rendered.subject,
+                body_text: rendered.text,
+                body_html: rendered.html,
+                attempts: 0,
+                next_attempt_time: now.as_micros(),
+            },
+            now,
+        )
+        .await
+    }
+
+    /// Lists invitations, optionally by state.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn list_invitations(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        state: Option<InvitationState>,
+        page: PageRequest,
+    ) -> Result<Page<Invitation>, Error> {
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        require(&me, Permission::InvitationsRead)?;
+        let after = page::uuid_cursor(page.after, InvitationId::parse)?;
+        let items =
+            repo::list_invitations(db, org, state, Timestamp::now(), after, page.size + 1).await?;
+        Ok(page::finish("invitations", items, page.size, |i| i.id.to_string()))
+    }
+
+    /// Issues a fresh token, expiry and email for a PENDING or EXPIRED invitation.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, invitation = %id))]
+    pub async fn resend_invitation(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        id: InvitationId,
+    ) -> Result<Invitation, Error> {
+        let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
+        let invitation =
+            repo::find_invitation(&*tx, org, id).await?.ok_or(Error::NotFound("invitation"))?;
+        if invitation.role == Role::Owner && me.role != Role::Owner {
+            return Err(denied("only an Owner can resend an invitation to become Owner"));
+        }
+        let now = Timestamp::now();
+        if let Transition::Refuse(why) = lifecycle::resend(invitation.state_at(now)) {
+            return Err(Error::FailedPrecondition(why.to_owned()));
+        }
+        if repo::find_member_by_email(&*tx, org, &invitation.email).await?.is_some() {
+            return Err(Error::FailedPrecondition(
+                "this email belongs to a member of the organization already".to_owned(),
+            ));
+        }
+        let organization =
+            repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
+        let token = Token::generate().map_err(Error::internal)?;
+        let expire_time = now.plus(organization.invitation_ttl.duration());
+        repo::update_invitation_for_resend(&*tx, &pass, id, &token.hash(), expire_time, now)
+            .await?;
+        let resent = Invitation {
+            stored_state: InvitationState::Pending,
+            expire_time,
+            send_count: invitation.send_count + 1,
+            delivery_state: DeliveryState::Queued,
+            last_delivery_error: None,
+            ..invitation
+        };
+        self.queue_email(&tx, &organization, &me, &resent, &token, now).await?;
+        let details = json!({ "send_count": resent.send_count });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "invitation.resent",
+            format!("invitation/{id}"),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox_signal.notify_one();
+        Ok(resent)
+    }
+
+    /// Revokes a PENDING or EXPIRED invitation; revoking again succeeds without a change.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, invitation = %id))]
+    pub async fn revoke_invitation(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        id: InvitationId,
+    ) -> Result<Invitation, Error> {
+        let (tx, _, _pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
+        let invitation =
+            repo::find_invitation(&*tx, org, id).await?.ok_or(Error::NotFound("invitation"))?;
+        let now = Timestamp::now();
+        match lifecycle::revoke(invitation.state_at(now)) {
+            Transition::Refuse(why) => Err(Error::FailedPrecondition(why.to_owned())),
+            Transition::NoOp => Ok(invitation),
+            Transition::Apply => {
+                repo::update_invitation_state(&*tx, org, id, InvitationState::Revoked, now).await?;
+                audit(
+                    &tx,
+                    org,
+                    &actor.user_id,
+                    "invitation.revoked",
+                    format!("invitation/{id}"),
+                    json!({}),
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(Invitation { stored_state: InvitationState::Revoked, ..invitation })
+            }
+        }
+    }
+
+    /// Accepts an invitation with its token: the member, the grants and the ACCEPTED state in
+    /// one transaction.
+    #[instrument(skip_all, fields(actor = %actor.user_id))]
+    pub async fn accept_invitation(&self, actor: &Actor, presented: &str) -> Result<Member, Error> {
+        let email = actor.email.clone().ok_or_else(|| {
+            Error::Unauthenticated(
+                "the caller's email is required to accept an invitation (x-user-email)".to_owned(),
+            )
+        })?;
+        if !token::is_well_formed(presented) {
+            return Err(Error::invalid(
+                "token",
+                "is not an invitation token; copy it whole from the email",
+            ));
+        }
+        let presented_hash = token::hash(presented);
+        let Some((found, _)) =
+            repo::find_invitation_by_token_hash(self.store.reader(), &presented_hash).await?
+        else {
+            return Err(Error::NotFound("invitation"));
+        };
+        let org = found.organization_id;
+        let tx = self.store.begin_write().await?;
+        if !repo::lock_organization(&*tx, org).await? {
+            return Err(Error::NotFound("invitation"));
+        }
+        // Read again under the lock: a concurrent accept, resend or revoke may have won.
+        let Some((invitation, stored_hash)) =
+            repo::find_invitation_by_token_hash(&*tx, &presented_hash).await?
+        else {
+            return Err(Error::NotFound("invitation"));
+        };
+        if !token::hashes_match(&presented_hash, &stored_hash) {
+            return Err(Error::NotFound("invitation"));
+        }
+        if invitation.email != email {
+            return Err(denied("this invitation was sent to another email address"));
+        }
+        if repo::find_member(&*tx, org, &actor.user_id).await?.is_some()
+            || repo::find_member_by_email(&*tx, org, &email).await?.is_some()
+        {
+            return Err(Error::AlreadyExists(
+                "you are already a member of this organization".to_owned(),
+            ));
+        }
+        let now = Timestamp::now();
+        if let Transition::Refuse(why) = lifecycle::accept(invitation.state_at(now)) {
+            return Err(Error::FailedPrecondition(why.to_owned()));
+        }
+        let member = Member {
+            organization_id: org,
+            user_id: actor.user_id.clone(),
+            email,
+            role: invitation.role,
+            create_time: now,
+        };
+        repo::insert_invited_member(&*tx, &invitation, &member).await?;
+        repo::insert_invited_grants(&*tx, &invitation, &actor.user_id).await?;
+        repo::update_invitation_state(&*tx, org, invitation.id, InvitationState::Accepted, now)
+            .await?;
+        let details =
+            json!({ "invitation_id": invitation.id.to_string(), "role": invitation.role.as_str() });
+        audit(
+            &tx,
+            org,
+            &actor.user_id,
+            "invitation.accepted",
+            format!("member/{}", actor.user_id),
+            details,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(member)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Audit
+
+    /// Lists audit events, newest first.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
+    pub async fn list_audit_events(
+        &self,
+        actor: &Actor,
+        org: OrganizationId,
+        page: PageRequest,
+    ) -> Result<Page<AuditEvent>, Error> {
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        require(&me, Permission::AuditRead)?;
+        let before = page::uuid_cursor(page.after, AuditEventId::parse)?;
+        let events = repo::list_audit(db, org, before, page.size + 1).await?;
+        Ok(page::finish("audit", events, page.size, |e| e.id.to_string()))
+    }
+}
+
+fn last_owner(verb: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "cannot {verb} the last Owner; make another member Owner first"
+    ))
+}

@@ -1,0 +1,171 @@
+//! SeaORM entities, one module per table. Relations are expressed as queries in the repository
+//! rather than on the models, because every query here is scoped by organization explicitly.
+
+/// `organizations`
+pub mod organization {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "organizations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub display_name: String,
+        pub invitation_ttl_secs: i64,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `members`
+pub mod member {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "members")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub organization_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        pub email: String,
+        pub role: String,
+        pub create_time: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `workspaces`
+pub mod workspace {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "workspaces")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organization_id: Uuid,
+        pub display_name: String,
+        pub create_time: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `workspace_grants`
+pub mod workspace_grant {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "workspace_grants")]
+    pub struct Model {
+        pub organization_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub workspace_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        pub access: String,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `invitations`
+pub mod invitation {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "invitations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organization_id: Uuid,
+        pub email: String,
+        pub role: String,
+        pub state: String,
+        pub token_hash: String,
+        pub inviter_user_id: String,
+        pub create_time: i64,
+        pub expire_time: i64,
+        pub send_count: i32,
+        pub delivery_state: String,
+        pub last_delivery_error: Option<String>,
+        pub update_time: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `invitation_grants`
+pub mod invitation_grant {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "invitation_grants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub invitation_id: Uuid,
+        pub organization_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub workspace_id: Uuid,
+        pub access: String,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `outbox`
+pub mod outbox {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub invitation_id: Uuid,
+        pub send_number: i32,
+        pub recipient: String,
+        pub subject: String,
+        pub body_text: Option<String>,
+        pub body_html: Option<String>,
+        pub state: String,
+        pub attempts: i32,
+        pub next_attempt_time: i64,
+        pub last_error: Option<String>,
+        pub create_time: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `audit_events`
+pub mod audit_event {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub organization_id: Uuid,
+        pub actor_user_id: String,
+        pub action: String,
+        pub target: String,
+        pub details: String,
+        pub create_time: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,0 +1,16 @@
+//! Schema migrations, one set for SQLite and PostgreSQL. A merged migration is never edited;
+//! changes come as new migrations.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_initial_schema;
+
+/// Runs Roster's migrations.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_initial_schema::Migration)]
+    }
+}
