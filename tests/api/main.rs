@@ -1,0 +1,12 @@
+//! Behaviour tests: the real server on loopback, called through the generated clients, each test
+//! on a SQLite file and on PostgreSQL.
+
+mod common;
+
+mod access;
+mod invitations;
+mod members;
+mod organizations;
+mod races;
+mod scenario;
+mod workspaces;
