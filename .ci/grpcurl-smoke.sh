@@ -8,6 +8,16 @@ command -v grpcurl >/dev/null || export PATH="$(python3 -m site --user-base)/bin
 
 scratch=$(mktemp -d)
 addr=127.0.0.1:50151
+
+# `migrate` applies the schema and exits.
+"$binary" migrate --database-url "sqlite://$scratch/migrated.db?mode=rwc" --log-format json
+test -s "$scratch/migrated.db"
+# Dev auth refuses a non-loopback address unless forced.
+if "$binary" --listen 0.0.0.0:50152 --mail-dir "$scratch/m" --database-url "sqlite://$scratch/x.db?mode=rwc" 2>"$scratch/refused.log"; then
+  echo "dev auth started on 0.0.0.0"; exit 1
+fi
+grep -q "insecure-dev-auth-on-network" "$scratch/refused.log"
+
 (cd "$scratch" && exec "$binary" --listen "$addr" >server.log 2>&1) &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$scratch"' EXIT

@@ -84,10 +84,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So that clients can decode the google.rpc.BadRequest details of errors.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let store = open_store(config).await?;
@@ -141,6 +144,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             }),
     );
+    if config.auth == crate::config::AuthMode::Dev {
+        tracing::warn!(
+            "dev auth: callers are trusted to name themselves with x-user-id; do not expose this port"
+        );
+    }
     tracing::info!(%addr, "serving gRPC");
     Ok(Running { addr, stop, server, worker, store })
 }

@@ -104,6 +104,11 @@ pub struct Config {
     #[arg(long, env = "ROSTER_AUTH", value_enum, default_value = "dev", global = true)]
     pub auth: AuthMode,
 
+    /// Allow `--auth dev` on an address other than loopback. Dev mode trusts whatever user id a
+    /// caller sends, so on a reachable address anyone can act as anyone.
+    #[arg(long, env = "ROSTER_INSECURE_DEV_AUTH_ON_NETWORK", global = true)]
+    pub insecure_dev_auth_on_network: bool,
+
     /// Log format.
     #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
@@ -118,6 +123,16 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if !self.invite_url.contains("{token}") {
             anyhow::bail!("--invite-url must contain {{token}}, where the invitation token goes");
+        }
+        if self.auth == AuthMode::Dev
+            && !self.listen.ip().is_loopback()
+            && !self.insecure_dev_auth_on_network
+        {
+            anyhow::bail!(
+                "--auth dev trusts the x-user-id header of every caller and is refused on {}; \
+                 listen on 127.0.0.1, or pass --insecure-dev-auth-on-network if you really mean it",
+                self.listen
+            );
         }
         if self.mail_max_attempts < 1 {
             anyhow::bail!("--mail-max-attempts must be at least 1");
@@ -174,6 +189,16 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("pa55"));
+    }
+
+    #[test]
+    fn dev_auth_is_refused_off_loopback_unless_forced() {
+        let mut config = Config::defaults();
+        assert!(config.validate().is_ok());
+        config.listen = "0.0.0.0:50051".parse().unwrap();
+        assert!(config.validate().is_err());
+        config.insecure_dev_auth_on_network = true;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

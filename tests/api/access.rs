@@ -77,15 +77,28 @@ async fn batch_authorize_answers_in_order_and_bounds_its_size(backend: Backend) 
             Why::DeniedNotAMember as i32,
         ]
     );
-    assert_eq!(results.iter().map(|r| r.allowed).collect::<Vec<_>>(), vec![true, false, true, false, false]);
+    assert_eq!(
+        results.iter().map(|r| r.allowed).collect::<Vec<_>>(),
+        vec![true, false, true, false, false]
+    );
 
     let full = vec![check("reader", &org, &ws, "sources.read"); 1000];
-    let answered = access.batch_authorize(pb::BatchAuthorizeRequest { checks: full }).await.unwrap();
+    let answered =
+        access.batch_authorize(pb::BatchAuthorizeRequest { checks: full }).await.unwrap();
     assert_eq!(answered.into_inner().results.len(), 1000);
     let too_many = vec![check("reader", &org, &ws, "sources.read"); 1001];
-    assert_code(access.batch_authorize(pb::BatchAuthorizeRequest { checks: too_many }).await, Code::InvalidArgument, Some("checks"));
-    assert_code(access.batch_authorize(pb::BatchAuthorizeRequest { checks: vec![] }).await, Code::InvalidArgument, Some("checks"));
-    let one_bad = vec![check("reader", &org, &ws, "sources.read"), check("reader", &org, "", "sources.read")];
+    assert_code(
+        access.batch_authorize(pb::BatchAuthorizeRequest { checks: too_many }).await,
+        Code::InvalidArgument,
+        Some("checks"),
+    );
+    assert_code(
+        access.batch_authorize(pb::BatchAuthorizeRequest { checks: vec![] }).await,
+        Code::InvalidArgument,
+        Some("checks"),
+    );
+    let one_bad =
+        vec![check("reader", &org, &ws, "sources.read"), check("reader", &org, "", "sources.read")];
     assert_code(
         access.batch_authorize(pb::BatchAuthorizeRequest { checks: one_bad }).await,
         Code::InvalidArgument,
@@ -105,7 +118,9 @@ async fn list_permissions_is_the_whole_catalogue(backend: Backend) {
         .into_inner()
         .permissions;
     assert_eq!(permissions.len(), 33);
-    let find = |name: &str| permissions.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name}"));
+    let find = |name: &str| {
+        permissions.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name}"))
+    };
     assert_eq!(find("billing.manage").scope, pb::PermissionScope::Organization as i32);
     assert_eq!(find("syncs.trigger").scope, pb::PermissionScope::Workspace as i32);
     assert!(permissions.iter().all(|p| !p.description.is_empty()));
@@ -125,16 +140,46 @@ async fn list_granted_permissions_follows_role_and_grant(backend: Backend) {
         organization_id: org.clone(),
         workspace_id: ws.to_owned(),
     };
-    let org_level = access.list_granted_permissions(granted("billing", "")).await.unwrap().into_inner().permissions;
-    assert_eq!(org_level, vec!["organization.read", "members.read", "billing.read", "billing.manage"]);
-    let ws_level = access.list_granted_permissions(granted("billing", &ws)).await.unwrap().into_inner().permissions;
+    let org_level = access
+        .list_granted_permissions(granted("billing", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .permissions;
+    assert_eq!(
+        org_level,
+        vec!["organization.read", "members.read", "billing.read", "billing.manage"]
+    );
+    let ws_level = access
+        .list_granted_permissions(granted("billing", &ws))
+        .await
+        .unwrap()
+        .into_inner()
+        .permissions;
     assert_eq!(
         ws_level,
-        vec!["workspace.read", "sources.read", "destinations.read", "schedules.read", "datasets.read", "executions.read"]
+        vec![
+            "workspace.read",
+            "sources.read",
+            "destinations.read",
+            "schedules.read",
+            "datasets.read",
+            "executions.read"
+        ]
     );
-    let owner_ws = access.list_granted_permissions(granted("owner", &ws)).await.unwrap().into_inner().permissions;
+    let owner_ws = access
+        .list_granted_permissions(granted("owner", &ws))
+        .await
+        .unwrap()
+        .into_inner()
+        .permissions;
     assert_eq!(owner_ws.len(), 17);
-    let stranger = access.list_granted_permissions(granted("stranger", "")).await.unwrap().into_inner().permissions;
+    let stranger = access
+        .list_granted_permissions(granted("stranger", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .permissions;
     assert!(stranger.is_empty());
     app.stop().await;
 }
@@ -148,30 +193,59 @@ async fn list_accessible_workspaces_follows_grants_and_ownership(backend: Backen
     for name in ["a", "b", "c", "d"] {
         all.push(app.create_workspace(&owner, &org, name).await);
     }
-    app.join(&owner, &org, &dev, R::Member, &[(&all[0], A::Read), (&all[2], A::Write), (&all[3], A::Write)]).await;
+    app.join(
+        &owner,
+        &org,
+        &dev,
+        R::Member,
+        &[(&all[0], A::Read), (&all[2], A::Write), (&all[3], A::Write)],
+    )
+    .await;
     let mut access = app.access.clone();
-    let list = |user: &str, permission: &str, page_size: i32, page_token: String| pb::ListAccessibleWorkspacesRequest {
-        user_id: user.to_owned(),
-        organization_id: org.clone(),
-        permission: permission.to_owned(),
-        page_size,
-        page_token,
+    let list = |user: &str, permission: &str, page_size: i32, page_token: String| {
+        pb::ListAccessibleWorkspacesRequest {
+            user_id: user.to_owned(),
+            organization_id: org.clone(),
+            permission: permission.to_owned(),
+            page_size,
+            page_token,
+        }
     };
-    let ids = |r: pb::ListAccessibleWorkspacesResponse| r.workspaces.into_iter().map(|w| w.id).collect::<Vec<_>>();
-    let readable = access.list_accessible_workspaces(list("dev", "sources.read", 0, String::new())).await.unwrap();
+    let ids = |r: pb::ListAccessibleWorkspacesResponse| {
+        r.workspaces.into_iter().map(|w| w.id).collect::<Vec<_>>()
+    };
+    let readable = access
+        .list_accessible_workspaces(list("dev", "sources.read", 0, String::new()))
+        .await
+        .unwrap();
     assert_eq!(ids(readable.into_inner()), vec![all[0].clone(), all[2].clone(), all[3].clone()]);
-    let first = access.list_accessible_workspaces(list("dev", "sources.create", 1, String::new())).await.unwrap().into_inner();
+    let first = access
+        .list_accessible_workspaces(list("dev", "sources.create", 1, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!first.next_page_token.is_empty());
     let token = first.next_page_token.clone();
     let mut writable = ids(first);
-    let second = access.list_accessible_workspaces(list("dev", "sources.create", 1, token)).await.unwrap().into_inner();
+    let second = access
+        .list_accessible_workspaces(list("dev", "sources.create", 1, token))
+        .await
+        .unwrap()
+        .into_inner();
     writable.extend(ids(second));
     assert_eq!(writable, vec![all[2].clone(), all[3].clone()]);
-    let owner_all = access.list_accessible_workspaces(list("owner", "syncs.trigger", 0, String::new())).await.unwrap();
+    let owner_all = access
+        .list_accessible_workspaces(list("owner", "syncs.trigger", 0, String::new()))
+        .await
+        .unwrap();
     assert_eq!(ids(owner_all.into_inner()), all);
-    let stranger = access.list_accessible_workspaces(list("stranger", "sources.read", 0, String::new())).await.unwrap();
+    let stranger = access
+        .list_accessible_workspaces(list("stranger", "sources.read", 0, String::new()))
+        .await
+        .unwrap();
     assert!(stranger.into_inner().workspaces.is_empty());
-    let org_permission = access.list_accessible_workspaces(list("dev", "billing.read", 0, String::new())).await;
+    let org_permission =
+        access.list_accessible_workspaces(list("dev", "billing.read", 0, String::new())).await;
     assert_code(org_permission, Code::InvalidArgument, Some("permission"));
     app.stop().await;
 }

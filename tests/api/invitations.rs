@@ -42,11 +42,17 @@ async fn wait_until_sent(app: &TestApp, owner: &User, org: &str) {
 }
 
 fn resend(actor: &User, org: &str, id: &str) -> tonic::Request<pb::ResendInvitationRequest> {
-    actor.req(pb::ResendInvitationRequest { organization_id: org.to_owned(), invitation_id: id.to_owned() })
+    actor.req(pb::ResendInvitationRequest {
+        organization_id: org.to_owned(),
+        invitation_id: id.to_owned(),
+    })
 }
 
 fn revoke(actor: &User, org: &str, id: &str) -> tonic::Request<pb::RevokeInvitationRequest> {
-    actor.req(pb::RevokeInvitationRequest { organization_id: org.to_owned(), invitation_id: id.to_owned() })
+    actor.req(pb::RevokeInvitationRequest {
+        organization_id: org.to_owned(),
+        invitation_id: id.to_owned(),
+    })
 }
 
 async fn an_invitation_is_emailed_and_accepting_it_makes_the_member_with_grants(backend: Backend) {
@@ -125,7 +131,8 @@ async fn resend_issues_a_fresh_token_and_the_old_one_stops_working(backend: Back
     let invitation = app.invite(&owner, &org, &dave.email, R::Member, &[]).await.unwrap();
     let first = app.smtp.wait_for(&dave.email, 1).await.token().unwrap();
 
-    let resent = app.team.clone().resend_invitation(resend(&owner, &org, &invitation.id)).await.unwrap();
+    let resent =
+        app.team.clone().resend_invitation(resend(&owner, &org, &invitation.id)).await.unwrap();
     let resent = resent.into_inner().invitation.unwrap();
     assert_eq!(resent.send_count, 2);
     assert_eq!(resent.state, S::Pending as i32);
@@ -135,7 +142,8 @@ async fn resend_issues_a_fresh_token_and_the_old_one_stops_working(backend: Back
 
     assert_code(app.accept(&dave, &first).await, Code::NotFound, None);
     app.accept(&dave, &second).await.unwrap();
-    let after_accept = app.team.clone().resend_invitation(resend(&owner, &org, &invitation.id)).await;
+    let after_accept =
+        app.team.clone().resend_invitation(resend(&owner, &org, &invitation.id)).await;
     assert_code(after_accept, Code::FailedPrecondition, None);
     let unknown = app
         .team
@@ -167,7 +175,11 @@ async fn revoke_is_final_and_idempotent(backend: Backend) {
     let status = accept.as_ref().unwrap_err().clone();
     assert_code(accept, Code::FailedPrecondition, None);
     assert!(status.message().contains("revoked"));
-    assert_code(team.resend_invitation(resend(&owner, &org, &invitation.id)).await, Code::FailedPrecondition, None);
+    assert_code(
+        team.resend_invitation(resend(&owner, &org, &invitation.id)).await,
+        Code::FailedPrecondition,
+        None,
+    );
 
     // An accepted invitation cannot be revoked.
     app.join(&owner, &org, &frank, R::Member, &[]).await;
@@ -229,7 +241,8 @@ async fn a_past_expiry_reads_as_expired_everywhere(backend: Backend) {
     assert!(status.message().contains("expired"), "{}", status.message());
 
     // An expired invitation can be resent, and the new token works.
-    let resent = app.team.clone().resend_invitation(resend(&owner, &org, &invitation.id)).await.unwrap();
+    let resent =
+        app.team.clone().resend_invitation(resend(&owner, &org, &invitation.id)).await.unwrap();
     assert_eq!(resent.into_inner().invitation.unwrap().state, S::Pending as i32);
     let fresh = app.smtp.wait_for(&heidi.email, 2).await.token().unwrap();
     app.accept(&heidi, &fresh).await.unwrap();
@@ -273,7 +286,10 @@ async fn no_token_is_kept_in_the_database_or_returned(backend: Backend) {
     ] {
         let rows = sea_orm::ConnectionTrait::query_all_raw(
             &app.db,
-            sea_orm::Statement::from_string(backend_kind, format!("SELECT {columns} AS v FROM {table}")),
+            sea_orm::Statement::from_string(
+                backend_kind,
+                format!("SELECT {columns} AS v FROM {table}"),
+            ),
         )
         .await
         .unwrap();
@@ -292,12 +308,19 @@ async fn invitations_are_listed_by_state(backend: Backend) {
     let org = app.create_org(&owner, "Acme").await;
     let mut ids = Vec::new();
     for name in ["a", "b", "c"] {
-        ids.push(app.invite(&owner, &org, &format!("{name}@example.com"), R::Member, &[]).await.unwrap().id);
+        ids.push(
+            app.invite(&owner, &org, &format!("{name}@example.com"), R::Member, &[])
+                .await
+                .unwrap()
+                .id,
+        );
     }
     app.team.clone().revoke_invitation(revoke(&owner, &org, &ids[1])).await.unwrap();
-    let pending: Vec<String> = list(&app, &owner, &org, S::Pending).await.into_iter().map(|i| i.id).collect();
+    let pending: Vec<String> =
+        list(&app, &owner, &org, S::Pending).await.into_iter().map(|i| i.id).collect();
     assert_eq!(pending, vec![ids[0].clone(), ids[2].clone()]);
-    let revoked: Vec<String> = list(&app, &owner, &org, S::Revoked).await.into_iter().map(|i| i.id).collect();
+    let revoked: Vec<String> =
+        list(&app, &owner, &org, S::Revoked).await.into_iter().map(|i| i.id).collect();
     assert_eq!(revoked, vec![ids[1].clone()]);
     assert_eq!(list(&app, &owner, &org, S::Unspecified).await.len(), 3);
     let bad_state = app

@@ -16,7 +16,10 @@ db_tests!(
 async fn role_of(app: &TestApp, actor: &User, org: &str, user: &str) -> i32 {
     app.team
         .clone()
-        .get_member(actor.req(pb::GetMemberRequest { organization_id: org.to_owned(), user_id: user.to_owned() }))
+        .get_member(actor.req(pb::GetMemberRequest {
+            organization_id: org.to_owned(),
+            user_id: user.to_owned(),
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -25,7 +28,12 @@ async fn role_of(app: &TestApp, actor: &User, org: &str, user: &str) -> i32 {
         .role
 }
 
-fn set_role(actor: &User, org: &str, user: &User, role: R) -> tonic::Request<pb::UpdateMemberRoleRequest> {
+fn set_role(
+    actor: &User,
+    org: &str,
+    user: &User,
+    role: R,
+) -> tonic::Request<pb::UpdateMemberRoleRequest> {
     actor.req(pb::UpdateMemberRoleRequest {
         organization_id: org.to_owned(),
         user_id: user.id.clone(),
@@ -48,11 +56,31 @@ async fn admin_cannot_invite_promote_demote_or_remove_an_owner(backend: Backend)
     let before = app.snapshot().await;
     let mut team = app.team.clone();
 
-    assert_code(app.invite(&admin, &org, "boss@example.com", R::Owner, &[]).await, Code::PermissionDenied, None);
-    assert_code(team.update_member_role(set_role(&admin, &org, &member, R::Owner)).await, Code::PermissionDenied, None);
-    assert_code(team.update_member_role(set_role(&admin, &org, &admin, R::Owner)).await, Code::PermissionDenied, None);
-    assert_code(team.update_member_role(set_role(&admin, &org, &owner, R::Member)).await, Code::PermissionDenied, None);
-    assert_code(team.remove_member(remove(&admin, &org, &owner)).await, Code::PermissionDenied, None);
+    assert_code(
+        app.invite(&admin, &org, "boss@example.com", R::Owner, &[]).await,
+        Code::PermissionDenied,
+        None,
+    );
+    assert_code(
+        team.update_member_role(set_role(&admin, &org, &member, R::Owner)).await,
+        Code::PermissionDenied,
+        None,
+    );
+    assert_code(
+        team.update_member_role(set_role(&admin, &org, &admin, R::Owner)).await,
+        Code::PermissionDenied,
+        None,
+    );
+    assert_code(
+        team.update_member_role(set_role(&admin, &org, &owner, R::Member)).await,
+        Code::PermissionDenied,
+        None,
+    );
+    assert_code(
+        team.remove_member(remove(&admin, &org, &owner)).await,
+        Code::PermissionDenied,
+        None,
+    );
     assert_code(
         team.transfer_ownership(admin.req(pb::TransferOwnershipRequest {
             organization_id: org.clone(),
@@ -65,12 +93,16 @@ async fn admin_cannot_invite_promote_demote_or_remove_an_owner(backend: Backend)
     assert_eq!(app.snapshot().await, before);
 
     // What an Admin may do: manage non-Owners.
-    let updated = team.update_member_role(set_role(&admin, &org, &member, R::Billing)).await.unwrap();
+    let updated =
+        team.update_member_role(set_role(&admin, &org, &member, R::Billing)).await.unwrap();
     assert_eq!(updated.into_inner().member.unwrap().role, R::Billing as i32);
     team.remove_member(remove(&admin, &org, &member)).await.unwrap();
     assert_code(
-        team.get_member(owner.req(pb::GetMemberRequest { organization_id: org.clone(), user_id: member.id.clone() }))
-            .await,
+        team.get_member(owner.req(pb::GetMemberRequest {
+            organization_id: org.clone(),
+            user_id: member.id.clone(),
+        }))
+        .await,
         Code::NotFound,
         None,
     );
@@ -85,20 +117,40 @@ async fn the_last_owner_cannot_leave_be_demoted_or_removed(backend: Backend) {
     let before = app.snapshot().await;
     let mut team = app.team.clone();
 
-    let leave = team.leave_organization(owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() })).await;
+    let leave = team
+        .leave_organization(
+            owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
+        )
+        .await;
     assert_code(leave, Code::FailedPrecondition, None);
-    assert_code(team.update_member_role(set_role(&owner, &org, &owner, R::Admin)).await, Code::FailedPrecondition, None);
-    assert_code(team.remove_member(remove(&owner, &org, &owner)).await, Code::FailedPrecondition, None);
+    assert_code(
+        team.update_member_role(set_role(&owner, &org, &owner, R::Admin)).await,
+        Code::FailedPrecondition,
+        None,
+    );
+    assert_code(
+        team.remove_member(remove(&owner, &org, &owner)).await,
+        Code::FailedPrecondition,
+        None,
+    );
     assert_eq!(app.snapshot().await, before);
 
     // With a second Owner, the first may step down, and then the second is the last.
     app.join(&owner, &org, &second, R::Owner, &[]).await;
     team.update_member_role(set_role(&owner, &org, &owner, R::Admin)).await.unwrap();
-    let leave = team.leave_organization(second.req(pb::LeaveOrganizationRequest { organization_id: org.clone() })).await;
+    let leave = team
+        .leave_organization(
+            second.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
+        )
+        .await;
     assert_code(leave, Code::FailedPrecondition, None);
     assert_eq!(role_of(&app, &second, &org, &second.id).await, R::Owner as i32);
     // The former Owner, now an Admin, can leave.
-    team.leave_organization(owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() })).await.unwrap();
+    team.leave_organization(
+        owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
+    )
+    .await
+    .unwrap();
     assert!(!app.allowed(&owner.id, &org, "", "organization.read").await);
     app.stop().await;
 }

@@ -32,18 +32,18 @@ async fn creating_an_organization_makes_the_caller_its_owner(backend: Backend) {
     assert_eq!(got.display_name, "Acme Data");
     assert_eq!(got.invitation_ttl.unwrap().seconds, 7 * 24 * 3600);
 
-    let member = app
-        .team
-        .clone()
-        .get_member(owner.req(pb::GetMemberRequest {
-            organization_id: org.clone(),
-            user_id: owner.id.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap();
+    let member =
+        app.team
+            .clone()
+            .get_member(owner.req(pb::GetMemberRequest {
+                organization_id: org.clone(),
+                user_id: owner.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .member
+            .unwrap();
     assert_eq!(member.role, pb::OrganizationRole::Owner as i32);
     assert_eq!(member.email, "owner@example.com");
 
@@ -51,17 +51,17 @@ async fn creating_an_organization_makes_the_caller_its_owner(backend: Backend) {
     assert!(decision.allowed);
     assert_eq!(decision.role, pb::OrganizationRole::Owner as i32);
 
-    let events = app
-        .team
-        .clone()
-        .list_audit_events(owner.req(pb::ListAuditEventsRequest {
-            organization_id: org.clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events =
+        app.team
+            .clone()
+            .list_audit_events(owner.req(pb::ListAuditEventsRequest {
+                organization_id: org.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].action, "organization.created");
     assert_eq!(events[0].actor_user_id, "owner");
@@ -79,7 +79,9 @@ async fn an_outsider_gets_not_found_whether_or_not_the_organization_exists(backe
     for target in [org.clone(), missing.clone()] {
         let mut team = app.team.clone();
         let get = team
-            .get_organization(outsider.req(pb::GetOrganizationRequest { organization_id: target.clone() }))
+            .get_organization(
+                outsider.req(pb::GetOrganizationRequest { organization_id: target.clone() }),
+            )
             .await;
         assert_code(get, Code::NotFound, None);
         let members = team
@@ -113,7 +115,9 @@ async fn an_outsider_gets_not_found_whether_or_not_the_organization_exists(backe
             .await;
         assert_code(invite, Code::NotFound, None);
         let leave = team
-            .leave_organization(outsider.req(pb::LeaveOrganizationRequest { organization_id: target.clone() }))
+            .leave_organization(
+                outsider.req(pb::LeaveOrganizationRequest { organization_id: target.clone() }),
+            )
             .await;
         assert_code(leave, Code::NotFound, None);
     }
@@ -123,7 +127,9 @@ async fn an_outsider_gets_not_found_whether_or_not_the_organization_exists(backe
     app.stop().await;
 }
 
-async fn a_member_without_the_permission_gets_permission_denied_and_nothing_changes(backend: Backend) {
+async fn a_member_without_the_permission_gets_permission_denied_and_nothing_changes(
+    backend: Backend,
+) {
     let app = spawn_app(backend).await;
     let owner = User::new("owner");
     let member = User::new("member");
@@ -153,9 +159,8 @@ async fn a_member_without_the_permission_gets_permission_denied_and_nothing_chan
             }))
             .await;
         assert_code(rename, Code::PermissionDenied, None);
-        let invite = app
-            .invite(user, &org, "friend@example.com", pb::OrganizationRole::Member, &[])
-            .await;
+        let invite =
+            app.invite(user, &org, "friend@example.com", pb::OrganizationRole::Member, &[]).await;
         assert_code(invite, Code::PermissionDenied, None);
         let audit = team
             .list_audit_events(user.req(pb::ListAuditEventsRequest {
@@ -183,15 +188,22 @@ async fn bad_input_names_the_field_and_changes_nothing(backend: Backend) {
     let before = app.snapshot().await;
     let mut team = app.team.clone();
 
-    let empty_name =
-        team.create_organization(owner.req(pb::CreateOrganizationRequest { display_name: "   ".into() })).await;
+    let empty_name = team
+        .create_organization(
+            owner.req(pb::CreateOrganizationRequest { display_name: "   ".into() }),
+        )
+        .await;
     assert_code(empty_name, Code::InvalidArgument, Some("display_name"));
     let long_name = team
-        .create_organization(owner.req(pb::CreateOrganizationRequest { display_name: "x".repeat(201) }))
+        .create_organization(
+            owner.req(pb::CreateOrganizationRequest { display_name: "x".repeat(201) }),
+        )
         .await;
     assert_code(long_name, Code::InvalidArgument, Some("display_name"));
     let bad_id = team
-        .get_organization(owner.req(pb::GetOrganizationRequest { organization_id: "acme'; DROP TABLE members;--".into() }))
+        .get_organization(owner.req(pb::GetOrganizationRequest {
+            organization_id: "acme'; DROP TABLE members;--".into(),
+        }))
         .await;
     assert_code(bad_id, Code::InvalidArgument, Some("organization_id"));
     let two_bad = team
@@ -234,11 +246,11 @@ async fn bad_input_names_the_field_and_changes_nothing(backend: Backend) {
         }))
         .await;
     assert_code(forged, Code::InvalidArgument, Some("page_token"));
-    let bad_email = app.invite(&owner, &org, "not-an-email", pb::OrganizationRole::Member, &[]).await;
+    let bad_email =
+        app.invite(&owner, &org, "not-an-email", pb::OrganizationRole::Member, &[]).await;
     assert_code(bad_email, Code::InvalidArgument, Some("email"));
-    let no_role = app
-        .invite(&owner, &org, "ok@example.com", pb::OrganizationRole::Unspecified, &[])
-        .await;
+    let no_role =
+        app.invite(&owner, &org, "ok@example.com", pb::OrganizationRole::Unspecified, &[]).await;
     assert_code(no_role, Code::InvalidArgument, Some("role"));
     let unknown_workspace = app
         .invite(
@@ -297,7 +309,8 @@ async fn update_organization_follows_the_mask_and_validates_the_ttl(backend: Bac
     let before = app.snapshot().await;
     let too_short = team.update_organization(update("", Some(3599), &["invitation_ttl"])).await;
     assert_code(too_short, Code::InvalidArgument, Some("organization.invitation_ttl"));
-    let too_long = team.update_organization(update("", Some(31 * 86400), &["invitation_ttl"])).await;
+    let too_long =
+        team.update_organization(update("", Some(31 * 86400), &["invitation_ttl"])).await;
     assert_code(too_long, Code::InvalidArgument, Some("organization.invitation_ttl"));
     let unknown_path = team.update_organization(update("X", None, &["id"])).await;
     assert_code(unknown_path, Code::InvalidArgument, Some("update_mask"));
@@ -312,20 +325,39 @@ async fn only_an_owner_deletes_an_organization_and_everything_goes_with_it(backe
     let org = app.create_org(&owner, "Acme").await;
     let other_org = app.create_org(&owner, "Other").await;
     let ws = app.create_workspace(&owner, &org, "prod").await;
-    app.join(&owner, &org, &admin, pb::OrganizationRole::Admin, &[(&ws, pb::WorkspaceAccess::Write)]).await;
-    app.invite(&owner, &org, "pending@example.com", pb::OrganizationRole::Member, &[(&ws, pb::WorkspaceAccess::Read)])
-        .await
-        .unwrap();
+    app.join(
+        &owner,
+        &org,
+        &admin,
+        pb::OrganizationRole::Admin,
+        &[(&ws, pb::WorkspaceAccess::Write)],
+    )
+    .await;
+    app.invite(
+        &owner,
+        &org,
+        "pending@example.com",
+        pb::OrganizationRole::Member,
+        &[(&ws, pb::WorkspaceAccess::Read)],
+    )
+    .await
+    .unwrap();
     let mut team = app.team.clone();
 
     let by_admin = team
-        .delete_organization(admin.req(pb::DeleteOrganizationRequest { organization_id: org.clone() }))
+        .delete_organization(
+            admin.req(pb::DeleteOrganizationRequest { organization_id: org.clone() }),
+        )
         .await;
     assert_code(by_admin, Code::PermissionDenied, None);
-    team.delete_organization(owner.req(pb::DeleteOrganizationRequest { organization_id: org.clone() }))
-        .await
-        .unwrap();
-    let gone = team.get_organization(owner.req(pb::GetOrganizationRequest { organization_id: org.clone() })).await;
+    team.delete_organization(
+        owner.req(pb::DeleteOrganizationRequest { organization_id: org.clone() }),
+    )
+    .await
+    .unwrap();
+    let gone = team
+        .get_organization(owner.req(pb::GetOrganizationRequest { organization_id: org.clone() }))
+        .await;
     assert_code(gone, Code::NotFound, None);
     assert!(!app.allowed(&admin.id, &org, &ws, "workspace.read").await);
     assert_eq!(app.count("members").await, 1, "only the other organization's owner remains");
@@ -352,7 +384,9 @@ async fn list_organizations_pages_through_the_callers_organizations(backend: Bac
         let page = app
             .team
             .clone()
-            .list_organizations(owner.req(pb::ListOrganizationsRequest { page_size: 2, page_token: token }))
+            .list_organizations(
+                owner.req(pb::ListOrganizationsRequest { page_size: 2, page_token: token }),
+            )
             .await
             .unwrap()
             .into_inner();
@@ -372,7 +406,9 @@ async fn a_call_without_identity_is_unauthenticated(backend: Backend) {
     let result = app
         .team
         .clone()
-        .create_organization(tonic::Request::new(pb::CreateOrganizationRequest { display_name: "Acme".into() }))
+        .create_organization(tonic::Request::new(pb::CreateOrganizationRequest {
+            display_name: "Acme".into(),
+        }))
         .await;
     assert_code(result, Code::Unauthenticated, None);
     let mut bad = tonic::Request::new(pb::ListOrganizationsRequest::default());

@@ -18,7 +18,11 @@ db_tests!(
 fn acceptable(code: Code) -> bool {
     matches!(
         code,
-        Code::Ok | Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied | Code::AlreadyExists
+        Code::Ok
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::PermissionDenied
+            | Code::AlreadyExists
     )
 }
 
@@ -69,11 +73,16 @@ async fn at_least_one_owner_remains_under_concurrent_demote_remove_and_leave(bac
                         .await
                         .map(|_| ()),
                     2 | 3 => team
-                        .remove_member(actor.req(pb::RemoveMemberRequest { organization_id: org, user_id: other.id }))
+                        .remove_member(actor.req(pb::RemoveMemberRequest {
+                            organization_id: org,
+                            user_id: other.id,
+                        }))
                         .await
                         .map(|_| ()),
                     _ => team
-                        .leave_organization(actor.req(pb::LeaveOrganizationRequest { organization_id: org }))
+                        .leave_organization(
+                            actor.req(pb::LeaveOrganizationRequest { organization_id: org }),
+                        )
                         .await
                         .map(|_| ()),
                 };
@@ -105,14 +114,18 @@ async fn two_concurrent_accepts_of_one_token_make_one_member(backend: Backend) {
     let ws = app.create_workspace(&owner, &org, "prod").await;
     for round in 0..3 {
         let user = User { id: format!("kim-{round}"), email: format!("kim{round}@example.com") };
-        app.invite(&owner, &org, &user.email, R::Member, &[(&ws, pb::WorkspaceAccess::Read)]).await.unwrap();
+        app.invite(&owner, &org, &user.email, R::Member, &[(&ws, pb::WorkspaceAccess::Read)])
+            .await
+            .unwrap();
         let token = app.smtp.wait_for(&user.email, 1).await.token().unwrap();
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..8 {
             let (app_team, user, token) = (app.team.clone(), user.clone(), token.clone());
             calls.spawn(async move {
                 let mut team = app_team;
-                team.accept_invitation(user.req(pb::AcceptInvitationRequest { token })).await.map(|_| ())
+                team.accept_invitation(user.req(pb::AcceptInvitationRequest { token }))
+                    .await
+                    .map(|_| ())
             });
         }
         let mut won = 0;
@@ -143,7 +156,11 @@ async fn concurrent_invitations_of_one_email_make_one_pending_invitation(backend
             let mut team = team;
             team.create_invitation(owner.req(pb::CreateInvitationRequest {
                 organization_id: org,
-                email: if i % 2 == 0 { "Lee@Example.com".into() } else { "lee@example.com ".into() },
+                email: if i % 2 == 0 {
+                    "Lee@Example.com".into()
+                } else {
+                    "lee@example.com ".into()
+                },
                 role: R::Member as i32,
                 workspace_grants: vec![],
             }))

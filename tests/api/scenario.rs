@@ -46,8 +46,10 @@ async fn production_environment_control(backend: Backend) {
 
     app.join(&owner, &org, &admin, R::Admin, &[]).await;
     // The Admin brings in the engineers and the analyst.
-    app.join(&admin, &org, &senior, R::Member, &[(&production, A::Write), (&sandbox, A::Write)]).await;
-    app.join(&admin, &org, &junior, R::Member, &[(&production, A::Read), (&sandbox, A::Write)]).await;
+    app.join(&admin, &org, &senior, R::Member, &[(&production, A::Write), (&sandbox, A::Write)])
+        .await;
+    app.join(&admin, &org, &junior, R::Member, &[(&production, A::Read), (&sandbox, A::Write)])
+        .await;
     app.join(&admin, &org, &analyst, R::Member, &[(&production, A::Read)]).await;
 
     let people = [&owner, &admin, &senior, &junior, &analyst];
@@ -63,7 +65,12 @@ async fn production_environment_control(backend: Backend) {
     }
     for (permission, expected) in ORGANIZATION_EXPECTED {
         for (user, allowed) in people.iter().zip(expected) {
-            assert_eq!(app.allowed(&user.id, &org, "", permission).await, *allowed, "{} / {permission}", user.id);
+            assert_eq!(
+                app.allowed(&user.id, &org, "", permission).await,
+                *allowed,
+                "{} / {permission}",
+                user.id
+            );
         }
     }
     // The junior engineer experiments freely in the sandbox; the analyst cannot see it.

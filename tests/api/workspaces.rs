@@ -15,7 +15,10 @@ db_tests!(
 async fn visible(app: &TestApp, user: &User, org: &str) -> Vec<String> {
     app.team
         .clone()
-        .list_workspaces(user.req(pb::ListWorkspacesRequest { organization_id: org.to_owned(), ..Default::default() }))
+        .list_workspaces(user.req(pb::ListWorkspacesRequest {
+            organization_id: org.to_owned(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -25,7 +28,13 @@ async fn visible(app: &TestApp, user: &User, org: &str) -> Vec<String> {
         .collect()
 }
 
-fn set_access(actor: &User, org: &str, ws: &str, user: &User, access: A) -> tonic::Request<pb::SetWorkspaceAccessRequest> {
+fn set_access(
+    actor: &User,
+    org: &str,
+    ws: &str,
+    user: &User,
+    access: A,
+) -> tonic::Request<pb::SetWorkspaceAccessRequest> {
     actor.req(pb::SetWorkspaceAccessRequest {
         organization_id: org.to_owned(),
         workspace_id: ws.to_owned(),
@@ -54,11 +63,17 @@ async fn billing_and_member_users_see_only_workspaces_they_hold_a_grant_on(backe
 
     let mut team = app.team.clone();
     let hidden = team
-        .get_workspace(member.req(pb::GetWorkspaceRequest { organization_id: org.clone(), workspace_id: prod.clone() }))
+        .get_workspace(member.req(pb::GetWorkspaceRequest {
+            organization_id: org.clone(),
+            workspace_id: prod.clone(),
+        }))
         .await;
     assert_code(hidden, Code::NotFound, None);
     let shown = team
-        .get_workspace(member.req(pb::GetWorkspaceRequest { organization_id: org.clone(), workspace_id: staging.clone() }))
+        .get_workspace(member.req(pb::GetWorkspaceRequest {
+            organization_id: org.clone(),
+            workspace_id: staging.clone(),
+        }))
         .await
         .unwrap();
     assert_eq!(shown.into_inner().workspace.unwrap().display_name, "staging");
@@ -66,14 +81,20 @@ async fn billing_and_member_users_see_only_workspaces_they_hold_a_grant_on(backe
     // Grants: managers see all, others only their own.
     team.set_workspace_access(set_access(&owner, &org, &prod, &admin, A::Write)).await.unwrap();
     let all = team
-        .list_workspace_access(admin.req(pb::ListWorkspaceAccessRequest { organization_id: org.clone(), ..Default::default() }))
+        .list_workspace_access(admin.req(pb::ListWorkspaceAccessRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner()
         .grants;
     assert_eq!(all.len(), 2);
     let own = team
-        .list_workspace_access(member.req(pb::ListWorkspaceAccessRequest { organization_id: org.clone(), ..Default::default() }))
+        .list_workspace_access(member.req(pb::ListWorkspaceAccessRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -115,24 +136,34 @@ async fn set_workspace_access_grants_changes_and_removes(backend: Backend) {
     let mut team = app.team.clone();
 
     assert!(!app.allowed(&analyst.id, &org, &prod, "datasets.read").await);
-    let grant = team.set_workspace_access(set_access(&admin, &org, &prod, &analyst, A::Read)).await.unwrap();
+    let grant = team
+        .set_workspace_access(set_access(&admin, &org, &prod, &analyst, A::Read))
+        .await
+        .unwrap();
     assert_eq!(grant.into_inner().grant.unwrap().access, A::Read as i32);
     assert!(app.allowed(&analyst.id, &org, &prod, "datasets.read").await);
     assert!(!app.allowed(&analyst.id, &org, &prod, "datasets.configure").await);
     team.set_workspace_access(set_access(&admin, &org, &prod, &analyst, A::Write)).await.unwrap();
     assert!(app.allowed(&analyst.id, &org, &prod, "datasets.configure").await);
-    let removed = team.set_workspace_access(set_access(&admin, &org, &prod, &analyst, A::None)).await.unwrap();
+    let removed = team
+        .set_workspace_access(set_access(&admin, &org, &prod, &analyst, A::None))
+        .await
+        .unwrap();
     assert_eq!(removed.into_inner().grant.unwrap().access, A::None as i32);
     let decision = app.authorize(&analyst.id, &org, &prod, "datasets.read").await;
     assert_eq!(decision.reason, pb::DecisionReason::DeniedNoWorkspaceAccess as i32);
     assert_eq!(decision.workspace_access, A::None as i32);
 
     let before = app.snapshot().await;
-    let unspecified = team.set_workspace_access(set_access(&admin, &org, &prod, &analyst, A::Unspecified)).await;
+    let unspecified =
+        team.set_workspace_access(set_access(&admin, &org, &prod, &analyst, A::Unspecified)).await;
     assert_code(unspecified, Code::InvalidArgument, Some("access"));
-    let stranger = team.set_workspace_access(set_access(&admin, &org, &prod, &User::new("stranger"), A::Read)).await;
+    let stranger = team
+        .set_workspace_access(set_access(&admin, &org, &prod, &User::new("stranger"), A::Read))
+        .await;
     assert_code(stranger, Code::NotFound, None);
-    let by_member = team.set_workspace_access(set_access(&analyst, &org, &prod, &analyst, A::Write)).await;
+    let by_member =
+        team.set_workspace_access(set_access(&analyst, &org, &prod, &analyst, A::Write)).await;
     assert_code(by_member, Code::PermissionDenied, None);
     assert_eq!(app.snapshot().await, before);
     app.stop().await;
@@ -158,16 +189,22 @@ async fn deleting_a_workspace_deletes_its_grants(backend: Backend) {
         .unwrap();
     assert_eq!(renamed.into_inner().workspace.unwrap().display_name, "production");
 
-    team.delete_workspace(owner.req(pb::DeleteWorkspaceRequest { organization_id: org.clone(), workspace_id: prod.clone() }))
-        .await
-        .unwrap();
+    team.delete_workspace(owner.req(pb::DeleteWorkspaceRequest {
+        organization_id: org.clone(),
+        workspace_id: prod.clone(),
+    }))
+    .await
+    .unwrap();
     let decision = app.authorize(&engineer.id, &org, &prod, "sources.read").await;
     assert!(!decision.allowed);
     assert_eq!(decision.reason, pb::DecisionReason::DeniedWorkspaceNotFound as i32);
     assert!(app.allowed(&engineer.id, &org, &staging, "sources.delete").await);
     assert_eq!(app.count("workspace_grants").await, 1);
     let again = team
-        .delete_workspace(owner.req(pb::DeleteWorkspaceRequest { organization_id: org.clone(), workspace_id: prod.clone() }))
+        .delete_workspace(owner.req(pb::DeleteWorkspaceRequest {
+            organization_id: org.clone(),
+            workspace_id: prod.clone(),
+        }))
         .await;
     assert_code(again, Code::NotFound, None);
     app.stop().await;
@@ -188,10 +225,15 @@ async fn a_workspace_of_another_organization_is_never_reachable(backend: Backend
     assert!(!decision.allowed);
     assert_eq!(decision.reason, pb::DecisionReason::DeniedWorkspaceNotFound as i32);
     let get = team
-        .get_workspace(mallory.req(pb::GetWorkspaceRequest { organization_id: evil.clone(), workspace_id: acme_prod.clone() }))
+        .get_workspace(mallory.req(pb::GetWorkspaceRequest {
+            organization_id: evil.clone(),
+            workspace_id: acme_prod.clone(),
+        }))
         .await;
     assert_code(get, Code::NotFound, None);
-    let grant = team.set_workspace_access(set_access(&mallory, &evil, &acme_prod, &mallory, A::Write)).await;
+    let grant = team
+        .set_workspace_access(set_access(&mallory, &evil, &acme_prod, &mallory, A::Write))
+        .await;
     assert_code(grant, Code::NotFound, None);
     let rename = team
         .update_workspace(mallory.req(pb::UpdateWorkspaceRequest {
@@ -202,10 +244,15 @@ async fn a_workspace_of_another_organization_is_never_reachable(backend: Backend
         .await;
     assert_code(rename, Code::NotFound, None);
     let delete = team
-        .delete_workspace(mallory.req(pb::DeleteWorkspaceRequest { organization_id: evil.clone(), workspace_id: acme_prod.clone() }))
+        .delete_workspace(mallory.req(pb::DeleteWorkspaceRequest {
+            organization_id: evil.clone(),
+            workspace_id: acme_prod.clone(),
+        }))
         .await;
     assert_code(delete, Code::NotFound, None);
-    let invite = app.invite(&mallory, &evil, "mallory2@example.com", R::Member, &[(&acme_prod, A::Write)]).await;
+    let invite = app
+        .invite(&mallory, &evil, "mallory2@example.com", R::Member, &[(&acme_prod, A::Write)])
+        .await;
     assert_code(invite, Code::InvalidArgument, Some("workspace_grants[0].workspace_id"));
     assert_eq!(app.snapshot().await, before);
     assert!(!app.allowed(&mallory.id, &acme, &acme_prod, "sources.read").await);

@@ -105,18 +105,12 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> (String,
         }
         Backend::Postgres => {
             let admin_url = postgres_admin_url();
-            let name = format!(
-                "roster_t_{}_{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
+            let name =
+                format!("roster_t_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
             let admin = Database::connect(&admin_url)
                 .await
                 .expect("PostgreSQL is reachable at ROSTER_TEST_POSTGRES_URL");
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-                .await
-                .unwrap();
+            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
             admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
             admin.close().await.unwrap();
             let base = admin_url.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin_url);
@@ -166,13 +160,13 @@ impl TestApp {
             running.stop().await.unwrap();
         }
         let _ = self.db.clone().close().await;
-        if let Some(name) = self.pg_database.take() {
-            if let Ok(admin) = Database::connect(&postgres_admin_url()).await {
-                let _ = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-                let _ = admin.close().await;
-            }
+        if let Some(name) = self.pg_database.take()
+            && let Ok(admin) = Database::connect(&postgres_admin_url()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+            let _ = admin.close().await;
         }
     }
 
@@ -214,18 +208,20 @@ impl TestApp {
     ) -> Result<pb::Invitation, Status> {
         self.team
             .clone()
-            .create_invitation(inviter.req(pb::CreateInvitationRequest {
-                organization_id: org.to_owned(),
-                email: email.to_owned(),
-                role: role as i32,
-                workspace_grants: grants
-                    .iter()
-                    .map(|(ws, access)| pb::InvitationWorkspaceGrant {
-                        workspace_id: (*ws).to_owned(),
-                        access: *access as i32,
-                    })
-                    .collect(),
-            }))
+            .create_invitation(
+                inviter.req(pb::CreateInvitationRequest {
+                    organization_id: org.to_owned(),
+                    email: email.to_owned(),
+                    role: role as i32,
+                    workspace_grants: grants
+                        .iter()
+                        .map(|(ws, access)| pb::InvitationWorkspaceGrant {
+                            workspace_id: (*ws).to_owned(),
+                            access: *access as i32,
+                        })
+                        .collect(),
+                }),
+            )
             .await
             .map(|r| r.into_inner().invitation.unwrap())
     }
@@ -316,16 +312,26 @@ impl TestApp {
         ] {
             counts.push((table, self.count(table).await));
         }
-        counts.push(("member roles", self.checksum("SELECT user_id || role AS v FROM members").await));
-        counts.push(("grant levels", self.checksum("SELECT user_id || access AS v FROM workspace_grants").await));
-        counts.push(("invitation states", self.checksum("SELECT state || send_count AS v FROM invitations").await));
+        counts.push((
+            "member roles",
+            self.checksum("SELECT user_id || role AS v FROM members").await,
+        ));
+        counts.push((
+            "grant levels",
+            self.checksum("SELECT user_id || access AS v FROM workspace_grants").await,
+        ));
+        counts.push((
+            "invitation states",
+            self.checksum("SELECT state || send_count AS v FROM invitations").await,
+        ));
         counts.push(("names", self.checksum("SELECT display_name AS v FROM organizations UNION ALL SELECT display_name AS v FROM workspaces").await));
         counts
     }
 
     async fn checksum(&self, sql: &str) -> i64 {
         let backend = self.db.get_database_backend();
-        let rows = self.db.query_all_raw(Statement::from_string(backend, sql.to_owned())).await.unwrap();
+        let rows =
+            self.db.query_all_raw(Statement::from_string(backend, sql.to_owned())).await.unwrap();
         let mut values: Vec<String> =
             rows.iter().map(|r| r.try_get::<String>("", "v").unwrap()).collect();
         values.sort();

@@ -49,8 +49,7 @@ impl SmtpSink {
     /// Starts the sink on a given listener (to come back on a known port).
     pub fn serve(listener: TcpListener) -> Self {
         let port = listener.local_addr().unwrap().port();
-        let sink =
-            SmtpSink { port, received: Arc::default(), arrived: Arc::new(Notify::new()) };
+        let sink = SmtpSink { port, received: Arc::default(), arrived: Arc::new(Notify::new()) };
         let handle = sink.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
