@@ -9,4 +9,5 @@ mod members;
 mod organizations;
 mod races;
 mod scenario;
+mod server;
 mod workspaces;

@@ -83,6 +83,8 @@ impl User {
 
 /// The running server and everything a test needs around it.
 pub struct TestApp {
+    /// The channel the clients share.
+    channel: Channel,
     /// TeamService client.
     pub team: TeamServiceClient<Channel>,
     /// AccessService client.
@@ -144,7 +146,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     let db = Database::connect(&database_url).await.unwrap();
     TestApp {
         team: TeamServiceClient::new(channel.clone()),
-        access: AccessServiceClient::new(channel),
+        access: AccessServiceClient::new(channel.clone()),
+        channel,
         smtp,
         db,
         running: Some(running),
@@ -154,6 +157,11 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
 }
 
 impl TestApp {
+    /// A channel to the server, for clients of other services.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Stops the server and drops its PostgreSQL database.
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {

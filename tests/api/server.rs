@@ -1,0 +1,114 @@
+//! The server's plumbing: health, reflection (both versions) and the default mail folder.
+
+use roster::pb::{self, OrganizationRole as R};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::{v1, v1alpha};
+
+use crate::common::{Backend, User, spawn_app, spawn_app_with};
+use crate::db_tests;
+
+db_tests!(
+    health_reports_serving_for_the_server_and_each_service,
+    reflection_lists_the_services_in_both_protocol_versions,
+    without_smtp_invitation_emails_are_written_as_files,
+);
+
+async fn health_reports_serving_for_the_server_and_each_service(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut health = HealthClient::new(app.channel());
+    for service in ["", "roster.v1.TeamService", "roster.v1.AccessService"] {
+        let response = health
+            .check(tonic_health::pb::HealthCheckRequest { service: service.to_owned() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    app.stop().await;
+}
+
+async fn list_v1(channel: Channel) -> Vec<String> {
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream =
+        client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    match response.message_response {
+        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn list_v1alpha(channel: Channel) -> Vec<String> {
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream =
+        client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    match response.message_response {
+        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn reflection_lists_the_services_in_both_protocol_versions(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for services in [list_v1(app.channel()).await, list_v1alpha(app.channel()).await] {
+        for expected in
+            ["roster.v1.TeamService", "roster.v1.AccessService", "grpc.health.v1.Health"]
+        {
+            assert!(services.iter().any(|s| s == expected), "{expected} in {services:?}");
+        }
+    }
+    app.stop().await;
+}
+
+async fn without_smtp_invitation_emails_are_written_as_files(backend: Backend) {
+    let mail = tempfile::tempdir().unwrap();
+    let folder = mail.path().to_owned();
+    let app = spawn_app_with(backend, |config| {
+        config.smtp_url = None;
+        config.mail_dir = folder.clone();
+    })
+    .await;
+    let owner = User::new("owner");
+    let newcomer = User::new("newcomer");
+    let org = app.create_org(&owner, "Acme").await;
+    app.invite(&owner, &org, &newcomer.email, R::Member, &[]).await.unwrap();
+    let mut file = None;
+    for _ in 0..100 {
+        let found: Vec<_> = std::fs::read_dir(&folder)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .collect();
+        if let Some(entry) = found.first() {
+            file = Some(std::fs::read_to_string(entry.path()).unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let content = file.expect("an .eml file appears in the mail folder");
+    assert!(content.contains("To: newcomer@example.com"));
+    let email = crate::common::smtp::ReceivedEmail { recipients: vec![], data: content };
+    let token = email.token().expect("the file carries the token");
+    let member = app.accept(&newcomer, &token).await.unwrap();
+    assert_eq!(member.role, pb::OrganizationRole::Member as i32);
+    app.stop().await;
+}
