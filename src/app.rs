@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::email::mailer::Mailer;
 use crate::email::worker::{self, WorkerSettings};
 use crate::grpc::access::AccessApi;
+use crate::grpc::auth::Identity;
 use crate::grpc::team::TeamApi;
 use crate::pb::access_service_server::AccessServiceServer;
 use crate::pb::team_service_server::TeamServiceServer;
@@ -73,6 +74,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// reports SERVING.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     config.validate()?;
+    let identity = Arc::new(Identity::from_config(config)?);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -128,9 +130,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     health.set_serving::<AccessServiceServer<AccessApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
 
-    let team = TeamServiceServer::new(TeamApi::new(services.clone()))
+    let team = TeamServiceServer::new(TeamApi::new(services.clone(), identity.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let access = AccessServiceServer::new(AccessApi::new(services))
+    let access = AccessServiceServer::new(AccessApi::new(services, identity))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut shutdown = stopped;
     let server = tokio::spawn(

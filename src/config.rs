@@ -22,12 +22,18 @@ pub struct Cli {
 }
 
 /// Subcommands.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Apply migrations, then serve gRPC (the default).
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print a new service token for AccessService callers, and the line that allows it in
+    /// `--service-tokens-file`.
+    ServiceToken {
+        /// Name of the calling service, recorded with each of its Authorize calls.
+        name: String,
+    },
 }
 
 /// How logs are written.
@@ -44,6 +50,9 @@ pub enum LogFormat {
 pub enum AuthMode {
     /// Trust the `x-user-id` and `x-user-email` metadata. For loopback use and tests only.
     Dev,
+    /// End users present `authorization: Bearer <JWT>`; services a service token or a TLS client
+    /// certificate.
+    Jwt,
 }
 
 /// Every setting of the server.
@@ -103,6 +112,39 @@ pub struct Config {
     /// How callers are identified.
     #[arg(long, env = "ROSTER_AUTH", value_enum, default_value = "dev", global = true)]
     pub auth: AuthMode,
+
+    /// HS256 shared secret for end-user JWTs (a file of at least 32 bytes).
+    #[arg(long, env = "ROSTER_JWT_SECRET_FILE", global = true)]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA, P-256 or Ed25519) verifying end-user JWTs.
+    #[arg(long, env = "ROSTER_JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// JWKS document whose keys, chosen by `kid`, verify end-user JWTs.
+    #[arg(long, env = "ROSTER_JWT_JWKS_FILE", global = true)]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// Required `iss` of end-user JWTs.
+    #[arg(long, env = "ROSTER_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of end-user JWTs.
+    #[arg(long, env = "ROSTER_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "ROSTER_JWT_LEEWAY_SECS", default_value_t = 30, global = true)]
+    pub jwt_leeway_secs: u64,
+
+    /// File of `NAME SHA256HEX` lines: hashes of the bearer tokens services use on AccessService.
+    #[arg(long, env = "ROSTER_SERVICE_TOKENS_FILE", global = true)]
+    pub service_tokens_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) that signs the client certificates services may present instead of a
+    /// token; requires TLS.
+    #[arg(long, env = "ROSTER_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Allow `--auth dev` on an address other than loopback. Dev mode trusts whatever user id a
     /// caller sends, so on a reachable address anyone can act as anyone.

@@ -10,6 +10,11 @@ async fn main() -> anyhow::Result<()> {
     let config = cli.config;
     telemetry::init(config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
+        Command::ServiceToken { name } => {
+            let (token, line) = roster::grpc::auth::new_service_token(&name)?;
+            println!("token (give it to the service; it is shown only now):\n{token}\n");
+            println!("line for --service-tokens-file:\n{line}");
+        }
         Command::Migrate => {
             app::open_store(&config).await?.close().await;
             tracing::info!("migrations applied");

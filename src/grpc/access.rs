@@ -1,7 +1,11 @@
 //! AccessService handlers.
 
-use tonic::{Request, Response, Status};
+use std::sync::Arc;
 
+use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+
+use super::auth::{Identity, ServiceCaller};
 use super::convert;
 use crate::domain::{Permission, Scope};
 use crate::error::{Error, Violations};
@@ -15,12 +19,19 @@ pub const MAX_BATCH_CHECKS: usize = 1000;
 /// Serves AccessService.
 pub struct AccessApi {
     services: Services,
+    identity: Arc<Identity>,
 }
 
 impl AccessApi {
-    /// A handler set over the use-cases.
-    pub fn new(services: Services) -> Self {
-        Self { services }
+    /// A handler set over the use-cases, identifying callers with `identity`.
+    pub fn new(services: Services, identity: Arc<Identity>) -> Self {
+        Self { services, identity }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<ServiceCaller, Status> {
+        Ok(self
+            .identity
+            .service(request.metadata(), super::tls::has_client_certificate(request))?)
     }
 }
 
@@ -70,10 +81,12 @@ impl AccessService for AccessApi {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Reply<pb::AuthorizeResponse> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(check) = check(&mut v, "", &req) else { return Err(v.into_error().into()) };
-        let decision = self.services.authorize(&check).await?;
+        let span = tracing::info_span!("authorize", caller = %caller.0);
+        let decision = self.services.authorize(&check).instrument(span).await?;
         Ok(Response::new(convert::decision(decision)))
     }
 
@@ -81,6 +94,7 @@ impl AccessService for AccessApi {
         &self,
         request: Request<pb::BatchAuthorizeRequest>,
     ) -> Reply<pb::BatchAuthorizeResponse> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         if req.checks.is_empty() {
             return Err(Error::invalid("checks", "must hold at least one check").into());
@@ -101,7 +115,8 @@ impl AccessService for AccessApi {
         let Some(checks) = checks.into_iter().collect::<Option<Vec<Check>>>() else {
             return Err(Error::invalid("checks", "holds a malformed check").into());
         };
-        let decisions = self.services.batch_authorize(&checks).await?;
+        let span = tracing::info_span!("batch_authorize", caller = %caller.0);
+        let decisions = self.services.batch_authorize(&checks).instrument(span).await?;
         Ok(Response::new(pb::BatchAuthorizeResponse {
             results: decisions.into_iter().map(convert::decision).collect(),
         }))
@@ -109,8 +124,9 @@ impl AccessService for AccessApi {
 
     async fn list_permissions(
         &self,
-        _request: Request<pb::ListPermissionsRequest>,
+        request: Request<pb::ListPermissionsRequest>,
     ) -> Reply<pb::ListPermissionsResponse> {
+        self.caller(&request)?;
         Ok(Response::new(pb::ListPermissionsResponse {
             permissions: Permission::ALL.iter().copied().map(convert::permission).collect(),
         }))
@@ -120,6 +136,7 @@ impl AccessService for AccessApi {
         &self,
         request: Request<pb::ListGrantedPermissionsRequest>,
     ) -> Reply<pb::ListGrantedPermissionsResponse> {
+        self.caller(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let user = convert::user_id(&mut v, "user_id", &req.user_id);
@@ -138,6 +155,7 @@ impl AccessService for AccessApi {
         &self,
         request: Request<pb::ListAccessibleWorkspacesRequest>,
     ) -> Reply<pb::ListAccessibleWorkspacesResponse> {
+        self.caller(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let user = convert::user_id(&mut v, "user_id", &req.user_id);

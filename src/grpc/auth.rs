@@ -1,8 +1,23 @@
-//! Who is calling. In `dev` mode the end user is named by the `x-user-id` and `x-user-email`
-//! metadata, trusted as sent; this mode is meant for loopback use and tests.
+//! Who is calling.
+//!
+//! - End users (TeamService): in `dev` mode the `x-user-id` and `x-user-email` metadata, trusted as
+//!   sent (loopback use and tests only); in `jwt` mode `authorization: Bearer <JWT>`.
+//! - Internal services (AccessService): open in `dev` mode; in `jwt` mode a bearer service token
+//!   whose SHA-256 is listed in `--service-tokens-file`, or a TLS client certificate signed by
+//!   `--tls-client-ca`.
+//!
+//! No credential, or one that does not verify, is UNAUTHENTICATED; a good credential of the wrong
+//! kind (a user token on AccessService, a service token on TeamService) is PERMISSION_DENIED.
 
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 
+use super::jwt::{JwtVerifier, KeySource};
+use crate::config::{AuthMode, Config};
 use crate::domain::{Email, UserId};
 use crate::error::Error;
 use crate::service::Actor;
@@ -12,8 +27,231 @@ pub const USER_ID_HEADER: &str = "x-user-id";
 /// Metadata key carrying the end user's email in dev mode.
 pub const USER_EMAIL_HEADER: &str = "x-user-email";
 
-/// Reads the actor from request metadata.
-pub fn actor(metadata: &MetadataMap) -> Result<Actor, Error> {
+/// The named hashes of the service tokens allowed to call AccessService.
+#[derive(Default)]
+pub struct ServiceTokens {
+    entries: Vec<(String, [u8; 32])>,
+}
+
+impl ServiceTokens {
+    /// Parses `NAME SHA256HEX` lines; blank lines and `#` comments are skipped.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut entries = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let (Some(name), Some(hex), None) = (fields.next(), fields.next(), fields.next())
+            else {
+                bail!("line {}: expected `NAME SHA256HEX`", number + 1);
+            };
+            let hash = decode_hex(hex).with_context(|| {
+                format!("line {}: the hash must be 64 hexadecimal characters", number + 1)
+            })?;
+            entries.push((name.to_owned(), hash));
+        }
+        Ok(Self { entries })
+    }
+
+    /// Reads a tokens file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --service-tokens-file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("--service-tokens-file {}", path.display()))
+    }
+
+    /// The name of the service a token belongs to. Every entry is compared, in constant time, so
+    /// timing tells nothing about which entry, if any, was close.
+    pub fn identify(&self, token: &str) -> Option<&str> {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (name, hash) in &self.entries {
+            if bool::from(presented.ct_eq(hash)) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+
+    /// How many tokens are configured.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none are configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn decode_hex(hex: &str) -> anyhow::Result<[u8; 32]> {
+    if hex.len() != 64 {
+        bail!("wrong length");
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let text = std::str::from_utf8(chunk)?;
+        out[i] = u8::from_str_radix(text, 16)?;
+    }
+    Ok(out)
+}
+
+/// A new service token and the line that allows it, for `roster service-token`.
+pub fn new_service_token(name: &str) -> anyhow::Result<(String, String)> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("the service name must be a single word");
+    }
+    let token = crate::service::token::Token::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret = format!("rst_{}", token.expose());
+    let hash: String =
+        Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    Ok((secret.clone(), format!("{name} {hash}")))
+}
+
+enum UserAuth {
+    Dev,
+    Jwt(JwtVerifier),
+}
+
+/// Identifies callers according to the configured mode.
+pub struct Identity {
+    users: UserAuth,
+    services: ServiceTokens,
+    client_certificates: bool,
+}
+
+/// How an AccessService caller proved itself.
+#[derive(Debug, Clone)]
+pub struct ServiceCaller(pub String);
+
+impl Identity {
+    /// Builds the identity checks from configuration, loading keys and token hashes.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let services = match &config.service_tokens_file {
+            Some(path) => ServiceTokens::load(path)?,
+            None => ServiceTokens::default(),
+        };
+        let client_certificates = config.tls_client_ca.is_some();
+        let users = match config.auth {
+            AuthMode::Dev => UserAuth::Dev,
+            AuthMode::Jwt => {
+                let source = match (
+                    &config.jwt_secret_file,
+                    &config.jwt_public_key_file,
+                    &config.jwt_jwks_file,
+                ) {
+                    (Some(path), None, None) => KeySource::Secret(path),
+                    (None, Some(path), None) => KeySource::PublicKey(path),
+                    (None, None, Some(path)) => KeySource::Jwks(path),
+                    _ => bail!(
+                        "--auth jwt needs exactly one of --jwt-secret-file, --jwt-public-key-file, --jwt-jwks-file"
+                    ),
+                };
+                let (Some(issuer), Some(audience)) = (&config.jwt_issuer, &config.jwt_audience)
+                else {
+                    bail!("--auth jwt needs --jwt-issuer and --jwt-audience");
+                };
+                if services.is_empty() && !client_certificates {
+                    bail!(
+                        "--auth jwt needs --service-tokens-file or --tls-client-ca, so that services can call AccessService"
+                    );
+                }
+                UserAuth::Jwt(JwtVerifier::new(
+                    source,
+                    issuer.clone(),
+                    audience.clone(),
+                    config.jwt_leeway_secs,
+                )?)
+            }
+        };
+        Ok(Self { users, services, client_certificates })
+    }
+
+    /// Dev-mode identity, for tests and embedding.
+    pub fn dev() -> Self {
+        Self {
+            users: UserAuth::Dev,
+            services: ServiceTokens::default(),
+            client_certificates: false,
+        }
+    }
+
+    /// The end user a TeamService call acts for.
+    pub fn actor(&self, metadata: &MetadataMap) -> Result<Actor, Error> {
+        match &self.users {
+            UserAuth::Dev => dev_actor(metadata),
+            UserAuth::Jwt(verifier) => {
+                let token = bearer(metadata)?;
+                if self.services.identify(token).is_some() {
+                    return Err(Error::PermissionDenied(
+                        "a service token cannot act as an end user; send the user's JWT".to_owned(),
+                    ));
+                }
+                let claims = verifier.verify(token).map_err(Error::Unauthenticated)?;
+                let user_id = UserId::parse(&claims.sub).map_err(|e| {
+                    Error::Unauthenticated(format!("the token's sub claim {}", e.0))
+                })?;
+                let email =
+                    claims.email.as_deref().map(Email::parse).transpose().map_err(|e| {
+                        Error::Unauthenticated(format!("the token's email claim {e}"))
+                    })?;
+                Ok(Actor { user_id, email, email_verified: claims.email_verified })
+            }
+        }
+    }
+
+    /// The internal service calling AccessService. `client_certificate` says whether the TLS
+    /// layer verified a client certificate for this connection.
+    pub fn service(
+        &self,
+        metadata: &MetadataMap,
+        client_certificate: bool,
+    ) -> Result<ServiceCaller, Error> {
+        let verifier = match &self.users {
+            UserAuth::Dev => return Ok(ServiceCaller("dev".to_owned())),
+            UserAuth::Jwt(verifier) => verifier,
+        };
+        if self.client_certificates && client_certificate {
+            return Ok(ServiceCaller("tls-client-certificate".to_owned()));
+        }
+        let token = bearer(metadata)?;
+        if let Some(name) = self.services.identify(token) {
+            return Ok(ServiceCaller(name.to_owned()));
+        }
+        if verifier.verify(token).is_ok() {
+            return Err(Error::PermissionDenied(
+                "end-user tokens cannot call AccessService; use a service token".to_owned(),
+            ));
+        }
+        Err(Error::Unauthenticated("the bearer token is not a known service token".to_owned()))
+    }
+}
+
+fn bearer(metadata: &MetadataMap) -> Result<&str, Error> {
+    let Some(value) = metadata.get("authorization") else {
+        return Err(Error::Unauthenticated(
+            "no credentials: send authorization: Bearer <token>".to_owned(),
+        ));
+    };
+    let text = value.to_str().map_err(|_| {
+        Error::Unauthenticated("the authorization metadata is not printable ASCII".to_owned())
+    })?;
+    match text.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(Error::Unauthenticated(
+            "the authorization metadata must be `Bearer <token>`".to_owned(),
+        )),
+    }
+}
+
+/// Reads the actor from dev-mode metadata.
+fn dev_actor(metadata: &MetadataMap) -> Result<Actor, Error> {
     let Some(raw) = metadata.get(USER_ID_HEADER) else {
         return Err(Error::Unauthenticated(format!(
             "no caller identity: send the {USER_ID_HEADER} metadata"
@@ -36,5 +274,29 @@ pub fn actor(metadata: &MetadataMap) -> Result<Actor, Error> {
             )
         }
     };
-    Ok(Actor { user_id, email })
+    Ok(Actor { user_id, email, email_verified: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_tokens_are_identified_by_their_hash() {
+        let (token, line) = new_service_token("billing-api").unwrap();
+        let file = format!("# services\n\n{line}\nother {}\n", "0".repeat(64));
+        let tokens = ServiceTokens::parse(&file).unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens.identify(&token), Some("billing-api"));
+        assert_eq!(tokens.identify("rst_guess"), None);
+        assert!(!file.contains(&token), "the file holds only the hash");
+    }
+
+    #[test]
+    fn malformed_token_files_are_refused() {
+        assert!(ServiceTokens::parse("name").is_err());
+        assert!(ServiceTokens::parse("name abc").is_err());
+        assert!(ServiceTokens::parse(&format!("name {} extra", "a".repeat(64))).is_err());
+        assert!(ServiceTokens::parse(&format!("name {}", "g".repeat(64))).is_err());
+    }
 }

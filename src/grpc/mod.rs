@@ -3,5 +3,7 @@
 pub mod access;
 pub mod auth;
 pub mod convert;
+pub mod jwt;
 pub mod status;
 pub mod team;
+pub mod tls;

@@ -2,7 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{auth, convert};
+use std::sync::Arc;
+
+use super::auth::Identity;
+use super::convert;
 use crate::domain::{DisplayName, Email, InvitationTtl};
 use crate::error::{Error, Violations};
 use crate::pb::{self, team_service_server::TeamService};
@@ -13,12 +16,13 @@ use crate::service::team::{NewInvitation, OrganizationChanges};
 /// Serves TeamService.
 pub struct TeamApi {
     services: Services,
+    identity: Arc<Identity>,
 }
 
 impl TeamApi {
-    /// A handler set over the use-cases.
-    pub fn new(services: Services) -> Self {
-        Self { services }
+    /// A handler set over the use-cases, identifying callers with `identity`.
+    pub fn new(services: Services, identity: Arc<Identity>) -> Self {
+        Self { services, identity }
     }
 }
 
@@ -35,7 +39,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::CreateOrganizationRequest>,
     ) -> Reply<pb::CreateOrganizationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(name) = v.check("display_name", DisplayName::parse(&req.display_name)) else {
@@ -51,7 +55,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::GetOrganizationRequest>,
     ) -> Reply<pb::GetOrganizationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(org) = convert::organization_id(&mut v, "organization_id", &req.organization_id)
@@ -68,7 +72,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::ListOrganizationsRequest>,
     ) -> Reply<pb::ListOrganizationsResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let page = page::parse("organizations", req.page_size, &req.page_token)?;
         let (orgs, next_page_token) = self.services.list_organizations(&actor, page).await?;
@@ -82,7 +86,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::UpdateOrganizationRequest>,
     ) -> Reply<pb::UpdateOrganizationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(body) = req.organization else {
@@ -143,7 +147,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::DeleteOrganizationRequest>,
     ) -> Reply<pb::DeleteOrganizationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(org) = convert::organization_id(&mut v, "organization_id", &req.organization_id)
@@ -158,7 +162,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::ListMembersRequest>,
     ) -> Reply<pb::ListMembersResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -175,7 +179,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::GetMemberRequest>,
     ) -> Reply<pb::GetMemberResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -189,7 +193,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::UpdateMemberRoleRequest>,
     ) -> Reply<pb::UpdateMemberRoleResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -206,7 +210,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Reply<pb::RemoveMemberResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -220,7 +224,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::LeaveOrganizationRequest>,
     ) -> Reply<pb::LeaveOrganizationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(org) = convert::organization_id(&mut v, "organization_id", &req.organization_id)
@@ -235,7 +239,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::TransferOwnershipRequest>,
     ) -> Reply<pb::TransferOwnershipResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -252,7 +256,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Reply<pb::CreateWorkspaceResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -266,7 +270,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::GetWorkspaceRequest>,
     ) -> Reply<pb::GetWorkspaceResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -280,7 +284,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::ListWorkspacesRequest>,
     ) -> Reply<pb::ListWorkspacesResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -297,7 +301,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::UpdateWorkspaceRequest>,
     ) -> Reply<pb::UpdateWorkspaceResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -314,7 +318,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Reply<pb::DeleteWorkspaceResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -328,7 +332,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::SetWorkspaceAccessRequest>,
     ) -> Reply<pb::SetWorkspaceAccessResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -346,7 +350,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::ListWorkspaceAccessRequest>,
     ) -> Reply<pb::ListWorkspaceAccessResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -372,7 +376,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::CreateInvitationRequest>,
     ) -> Reply<pb::CreateInvitationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -420,7 +424,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::ListInvitationsRequest>,
     ) -> Reply<pb::ListInvitationsResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -441,7 +445,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::ResendInvitationRequest>,
     ) -> Reply<pb::ResendInvitationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -457,7 +461,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::RevokeInvitationRequest>,
     ) -> Reply<pb::RevokeInvitationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -473,7 +477,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::AcceptInvitationRequest>,
     ) -> Reply<pb::AcceptInvitationResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         if req.token.is_empty() {
             return Err(
@@ -491,7 +495,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Reply<pb::ListAuditEventsResponse> {
-        let actor = auth::actor(request.metadata())?;
+        let actor = self.identity.actor(request.metadata())?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);

@@ -20,6 +20,8 @@ pub struct Actor {
     pub user_id: UserId,
     /// The user's email, when the credentials carry one.
     pub email: Option<Email>,
+    /// Whether the identity provider verified that email, when it says.
+    pub email_verified: Option<bool>,
 }
 
 /// Settings the use-cases need.

@@ -842,6 +842,11 @@ impl Services {
                 "the caller's email is required to accept an invitation (x-user-email)".to_owned(),
             )
         })?;
+        if actor.email_verified == Some(false) {
+            return Err(denied(
+                "your email address is not verified; verify it with your identity provider first",
+            ));
+        }
         if !token::is_well_formed(presented) {
             return Err(Error::invalid(
                 "token",

@@ -4,6 +4,7 @@
 mod common;
 
 mod access;
+mod auth;
 mod invitations;
 mod members;
 mod organizations;
