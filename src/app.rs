@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::config::Config;
@@ -135,8 +135,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let access = AccessServiceServer::new(AccessApi::new(services, identity))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut shutdown = stopped;
+    let mut builder = Server::builder();
+    if let Some(tls) = tls_config(config)? {
+        builder = builder.tls_config(tls).context("configuring TLS")?;
+    }
     let server = tokio::spawn(
-        Server::builder()
+        builder
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -153,6 +157,25 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
     tracing::info!(%addr, "serving gRPC");
     Ok(Running { addr, stop, server, worker, store })
+}
+
+/// The listener's TLS settings, if TLS is configured. Client certificates are optional (end
+/// users connect without one) but, when presented, must be signed by --tls-client-ca.
+fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
 }
 
 /// Completes on SIGINT or SIGTERM.

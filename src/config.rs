@@ -141,6 +141,14 @@ pub struct Config {
     #[arg(long, env = "ROSTER_SERVICE_TOKENS_FILE", global = true)]
     pub service_tokens_file: Option<PathBuf>,
 
+    /// Server certificate chain (PEM); with --tls-key, the listener speaks TLS.
+    #[arg(long, env = "ROSTER_TLS_CERT", global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "ROSTER_TLS_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// CA certificate (PEM) that signs the client certificates services may present instead of a
     /// token; requires TLS.
     #[arg(long, env = "ROSTER_TLS_CLIENT_CA", global = true)]
@@ -174,6 +182,11 @@ impl Config {
                 "--auth dev trusts the x-user-id header of every caller and is refused on {}; \
                  listen on 127.0.0.1, or pass --insecure-dev-auth-on-network if you really mean it",
                 self.listen
+            );
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            anyhow::bail!(
+                "--tls-client-ca needs TLS on the listener: set --tls-cert and --tls-key"
             );
         }
         if self.mail_max_attempts < 1 {

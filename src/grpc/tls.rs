@@ -2,8 +2,8 @@
 
 use tonic::Request;
 
-/// Whether the connection presented a client certificate that the TLS layer verified. The
-/// listener serves plaintext unless TLS is configured, so there is none to check yet.
-pub fn has_client_certificate<T>(_request: &Request<T>) -> bool {
-    false
+/// Whether the connection presented a client certificate. The TLS layer accepts one only when it
+/// chains to --tls-client-ca, so presence means a verified service.
+pub fn has_client_certificate<T>(request: &Request<T>) -> bool {
+    request.peer_certs().is_some_and(|certs| !certs.is_empty())
 }

@@ -11,4 +11,5 @@ mod organizations;
 mod races;
 mod scenario;
 mod server;
+mod tls;
 mod workspaces;

@@ -83,6 +83,8 @@ impl User {
 
 /// The running server and everything a test needs around it.
 pub struct TestApp {
+    /// Where the server listens.
+    pub addr: std::net::SocketAddr,
     /// The channel the clients share.
     channel: Channel,
     /// TeamService client.
@@ -142,9 +144,12 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     adjust(&mut config);
     let running = app::start(&config).await.expect("server starts");
     let endpoint = format!("http://{}", running.addr);
-    let channel = Channel::from_shared(endpoint).unwrap().connect().await.unwrap();
+    // Lazy, so that a TLS server (whose tests bring their own channels) starts all the same.
+    let channel = Channel::from_shared(endpoint).unwrap().connect_lazy();
     let db = Database::connect(&database_url).await.unwrap();
+    let addr = running.addr;
     TestApp {
+        addr,
         team: TeamServiceClient::new(channel.clone()),
         access: AccessServiceClient::new(channel.clone()),
         channel,

@@ -1,0 +1,126 @@
+//! TLS on the listener, and client certificates as service identity for AccessService.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use roster::config::AuthMode;
+use roster::pb::access_service_client::AccessServiceClient;
+use roster::pb::{self};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::common::{Backend, assert_code, spawn_app_with};
+use crate::db_tests;
+
+db_tests!(services_may_prove_themselves_with_a_client_certificate);
+
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+    rogue_client: (String, String),
+}
+
+fn leaf(
+    issuer: &CertifiedIssuer<'_, KeyPair>,
+    names: Vec<String>,
+    usage: ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names).unwrap();
+    params.extended_key_usages = vec![usage];
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn pki() -> Pki {
+    let ca = authority("roster test CA");
+    let rogue = authority("someone else's CA");
+    Pki {
+        ca_pem: ca.pem(),
+        server: leaf(&ca, vec!["localhost".into()], ExtendedKeyUsagePurpose::ServerAuth),
+        client: leaf(&ca, vec!["billing-api".into()], ExtendedKeyUsagePurpose::ClientAuth),
+        rogue_client: leaf(&rogue, vec!["billing-api".into()], ExtendedKeyUsagePurpose::ClientAuth),
+    }
+}
+
+async fn channel(
+    addr: std::net::SocketAddr,
+    ca: &str,
+    client: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls)?.connect().await
+}
+
+async fn services_may_prove_themselves_with_a_client_certificate(backend: Backend) {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert, key, ca, secret) = (
+        write("server.pem", &pki.server.0),
+        write("server.key", &pki.server.1),
+        write("ca.pem", &pki.ca_pem),
+        write("secret", "a-test-secret-of-at-least-thirty-two-bytes"),
+    );
+    let app = spawn_app_with(backend, |config| {
+        config.auth = AuthMode::Jwt;
+        config.jwt_secret_file = Some(secret);
+        config.jwt_issuer = Some("https://login.example.com/".into());
+        config.jwt_audience = Some("roster".into());
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+        config.tls_client_ca = Some(ca);
+    })
+    .await;
+    let check = || pb::AuthorizeRequest {
+        user_id: "nobody".into(),
+        organization_id: "01900000-0000-7000-8000-000000000000".into(),
+        workspace_id: String::new(),
+        permission: "organization.read".into(),
+    };
+
+    // A service with a certificate from the configured CA is identified by it.
+    let with_cert = channel(app.addr, &pki.ca_pem, Some(&pki.client)).await.unwrap();
+    let decision =
+        AccessServiceClient::new(with_cert).authorize(check()).await.unwrap().into_inner();
+    assert!(!decision.allowed);
+    assert_eq!(decision.reason, pb::DecisionReason::DeniedNotAMember as i32);
+
+    // Without a certificate (and without a token), over TLS: not identified.
+    let without = channel(app.addr, &pki.ca_pem, None).await.unwrap();
+    assert_code(
+        AccessServiceClient::new(without).authorize(check()).await,
+        Code::Unauthenticated,
+        None,
+    );
+
+    // A certificate from another CA does not get through the handshake.
+    let rogue = match channel(app.addr, &pki.ca_pem, Some(&pki.rogue_client)).await {
+        Err(_) => None,
+        Ok(channel) => Some(AccessServiceClient::new(channel).authorize(check()).await),
+    };
+    if let Some(result) = rogue {
+        assert!(result.is_err(), "a foreign client certificate must not be accepted");
+    }
+
+    // Plaintext clients cannot talk to the TLS listener.
+    let plaintext = app.access.clone().authorize(check()).await;
+    assert!(plaintext.is_err());
+    app.stop().await;
+}
