@@ -121,6 +121,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             retry_max: config.mail_retry_max(),
             max_attempts: config.mail_max_attempts,
             poll_interval: Duration::from_secs(1),
+            claim_lease: Duration::from_secs(config.mail_claim_lease_secs),
         },
         signal,
         stopped.clone(),

@@ -109,6 +109,11 @@ pub struct Config {
     #[arg(long, env = "ROSTER_MAIL_MAX_ATTEMPTS", default_value_t = 12, global = true)]
     pub mail_max_attempts: i32,
 
+    /// Seconds a worker reserves an email it is sending; if the process dies meanwhile, another
+    /// attempt follows after this lease (delivery is at least once).
+    #[arg(long, env = "ROSTER_MAIL_CLAIM_LEASE_SECS", default_value_t = 60, global = true)]
+    pub mail_claim_lease_secs: u64,
+
     /// How callers are identified.
     #[arg(long, env = "ROSTER_AUTH", value_enum, default_value = "dev", global = true)]
     pub auth: AuthMode,
@@ -188,6 +193,9 @@ impl Config {
             anyhow::bail!(
                 "--tls-client-ca needs TLS on the listener: set --tls-cert and --tls-key"
             );
+        }
+        if self.mail_claim_lease_secs == 0 {
+            anyhow::bail!("--mail-claim-lease-secs must be at least 1");
         }
         if self.mail_max_attempts < 1 {
             anyhow::bail!("--mail-max-attempts must be at least 1");

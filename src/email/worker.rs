@@ -28,6 +28,8 @@ pub struct WorkerSettings {
     pub max_attempts: i32,
     /// How often the outbox is polled when nothing signals new mail.
     pub poll_interval: Duration,
+    /// How long a claimed email is reserved for its worker before another may retry it.
+    pub claim_lease: Duration,
 }
 
 /// The delay before the attempt after `attempts` failed ones.
@@ -67,8 +69,8 @@ async fn drain(store: &Store, mailer: &Mailer, settings: &WorkerSettings) -> Res
     let due = repo::list_due_outbox(store.reader(), now, 20).await?;
     let mut attempted = 0;
     for email in due {
-        // A lease long enough for one SMTP conversation; after it, another worker may retry.
-        let lease = now.plus(Duration::from_secs(60));
+        // Long enough for one SMTP conversation; after it, another worker may retry.
+        let lease = now.plus(settings.claim_lease);
         if !claim(store, &email, lease).await? {
             continue;
         }
@@ -125,6 +127,7 @@ mod tests {
             retry_max: Duration::from_secs(60),
             max_attempts: 10,
             poll_interval: Duration::from_secs(1),
+            claim_lease: Duration::from_secs(60),
         };
         assert_eq!(backoff(&settings, 1), Duration::from_secs(2));
         assert_eq!(backoff(&settings, 2), Duration::from_secs(4));

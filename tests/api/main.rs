@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod auth;
+mod faults;
 mod invitations;
 mod members;
 mod organizations;

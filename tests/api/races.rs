@@ -12,6 +12,7 @@ db_tests!(
     at_least_one_owner_remains_under_concurrent_demote_remove_and_leave,
     two_concurrent_accepts_of_one_token_make_one_member,
     concurrent_invitations_of_one_email_make_one_pending_invitation,
+    resend_racing_accept_leaves_a_consistent_state,
 );
 
 /// Codes a racing request may legitimately get; anything else (INTERNAL, UNKNOWN) is a bug.
@@ -178,5 +179,68 @@ async fn concurrent_invitations_of_one_email_make_one_pending_invitation(backend
     assert_eq!(created, 1);
     assert_eq!(app.count("invitations").await, 1);
     assert_eq!(app.count("outbox").await, 1);
+    app.stop().await;
+}
+
+async fn resend_racing_accept_leaves_a_consistent_state(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let mut outcomes = HashSet::new();
+    for round in 0..6 {
+        let user =
+            User { id: format!("racer-{round}"), email: format!("racer{round}@example.com") };
+        let invitation = app.invite(&owner, &org, &user.email, R::Member, &[]).await.unwrap();
+        let token = app.smtp.wait_for(&user.email, 1).await.token().unwrap();
+        let (mut team_a, mut team_b) = (app.team.clone(), app.team.clone());
+        let resend = owner.req(pb::ResendInvitationRequest {
+            organization_id: org.clone(),
+            invitation_id: invitation.id.clone(),
+        });
+        let accept = user.req(pb::AcceptInvitationRequest { token });
+        let (resent, accepted) =
+            tokio::join!(team_a.resend_invitation(resend), team_b.accept_invitation(accept));
+        let is_member = app
+            .team
+            .clone()
+            .get_member(owner.req(pb::GetMemberRequest {
+                organization_id: org.clone(),
+                user_id: user.id.clone(),
+            }))
+            .await
+            .is_ok();
+        let listed = app
+            .team
+            .clone()
+            .list_invitations(owner.req(pb::ListInvitationsRequest {
+                organization_id: org.clone(),
+                page_size: 1000,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .invitations;
+        let stored = listed.iter().find(|i| i.id == invitation.id).unwrap();
+        match (resent, accepted) {
+            // Accept first: the member exists and the resend was refused.
+            (Err(resend_error), Ok(_)) => {
+                assert_eq!(resend_error.code(), Code::FailedPrecondition);
+                assert!(is_member);
+                assert_eq!(stored.state, pb::InvitationState::Accepted as i32);
+                outcomes.insert("accept won");
+            }
+            // Resend first: the old token stopped working, nobody joined, a new email went out.
+            (Ok(_), Err(accept_error)) => {
+                assert_eq!(accept_error.code(), Code::NotFound);
+                assert!(!is_member);
+                assert_eq!(stored.state, pb::InvitationState::Pending as i32);
+                assert_eq!(stored.send_count, 2);
+                outcomes.insert("resend won");
+            }
+            (resent, accepted) => panic!("inconsistent outcome: {resent:?} / {accepted:?}"),
+        }
+    }
+    println!("outcomes seen: {outcomes:?}");
     app.stop().await;
 }

@@ -1,0 +1,302 @@
+//! Faults: the mail server down, the process killed mid-burst, and what ends up in logs.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use roster::pb::team_service_client::TeamServiceClient;
+use roster::pb::{self, DeliveryState, InvitationState, OrganizationRole as R};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+use crate::common::{Backend, SmtpSink, User, fresh_database, spawn_app_with};
+use crate::db_tests;
+
+db_tests!(
+    an_smtp_outage_loses_no_email,
+    a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it,
+    logs_hold_no_token_and_no_invitee_address,
+);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn invitations(
+    team: &mut TeamServiceClient<Channel>,
+    owner: &User,
+    org: &str,
+) -> Vec<pb::Invitation> {
+    team.list_invitations(owner.req(pb::ListInvitationsRequest {
+        organization_id: org.to_owned(),
+        page_size: 1000,
+        ..Default::default()
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .invitations
+}
+
+async fn an_smtp_outage_loses_no_email(backend: Backend) {
+    let port = free_port();
+    let app = spawn_app_with(backend, |config| {
+        config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+    })
+    .await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let addresses: Vec<String> = (0..5).map(|i| format!("person{i}@example.com")).collect();
+    for address in &addresses {
+        app.invite(&owner, &org, address, R::Member, &[])
+            .await
+            .expect("invitations succeed while SMTP is down");
+    }
+    let mut team = app.team.clone();
+    let mut retrying = false;
+    for _ in 0..200 {
+        let listed = invitations(&mut team, &owner, &org).await;
+        if listed.iter().all(|i| {
+            i.delivery_state == DeliveryState::Retrying as i32 && !i.last_delivery_error.is_empty()
+        }) {
+            retrying = true;
+            println!(
+                "while SMTP is down the invitations show: {:?}",
+                listed[0].last_delivery_error
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(retrying, "every invitation shows a retrying delivery with its error");
+
+    // The mail server comes back on its port: every email arrives.
+    let sink = SmtpSink::serve(TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+    for address in &addresses {
+        let email = sink.wait_for(address, 1).await;
+        assert!(email.token().is_some());
+    }
+    let mut sent = false;
+    for _ in 0..200 {
+        let listed = invitations(&mut team, &owner, &org).await;
+        if listed.iter().all(|i| {
+            i.delivery_state == DeliveryState::Sent as i32 && i.last_delivery_error.is_empty()
+        }) {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sent, "every invitation shows its email as sent");
+    app.stop().await;
+}
+
+/// The real binary, run as a child process.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start(database_url: &str, smtp_port: u16, log: &std::path::Path) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+            .args(["--listen", &addr.to_string(), "--database-url", database_url])
+            .args(["--smtp-url", &format!("smtp://127.0.0.1:{smtp_port}")])
+            .args([
+                "--mail-retry-base-ms",
+                "50",
+                "--mail-retry-max-ms",
+                "500",
+                "--mail-claim-lease-secs",
+                "1",
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server { child, addr };
+        for _ in 0..200 {
+            if let Ok(channel) =
+                Channel::from_shared(format!("http://{addr}")).unwrap().connect().await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let check = health
+                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .await;
+                if check.is_ok_and(|r| r.into_inner().status == 1) {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    async fn team(&self) -> TeamServiceClient<Channel> {
+        TeamServiceClient::new(
+            Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap(),
+        )
+    }
+
+    fn kill_hard(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    fn stop(mut self) {
+        let status =
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "graceful stop exits cleanly: {exit:?}");
+    }
+}
+
+async fn drop_database(name: Option<String>) {
+    use sea_orm::ConnectionTrait;
+    if let Some(name) = name
+        && let Ok(admin) = sea_orm::Database::connect(&crate::common::postgres_admin_url()).await
+    {
+        let _ =
+            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    }
+}
+
+async fn a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (database_url, pg_database) = fresh_database(backend, dir.path()).await;
+    let sink = SmtpSink::start().await;
+    let log = dir.path().join("server.log");
+    let server = Server::start(&database_url, sink.port, &log).await;
+    let owner = User::new("owner");
+    let mut team = server.team().await;
+    let org = team
+        .create_organization(
+            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+
+    // A burst of invitations; the server is killed with SIGKILL while they are in flight.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let (mut team, owner, org, done) =
+            (team.clone(), owner.clone(), org.clone(), done_tx.clone());
+        burst.spawn(async move {
+            let email = format!("burst{i}@example.com");
+            let result = team
+                .create_invitation(owner.req(pb::CreateInvitationRequest {
+                    organization_id: org,
+                    email: email.clone(),
+                    role: R::Member as i32,
+                    workspace_grants: vec![],
+                }))
+                .await;
+            let _ = done.send(());
+            (email, result.is_ok())
+        });
+    }
+    for _ in 0..15 {
+        done_rx.recv().await;
+    }
+    server.kill_hard();
+    let mut acknowledged = Vec::new();
+    while let Some(outcome) = burst.join_next().await {
+        let (email, ok) = outcome.unwrap();
+        if ok {
+            acknowledged.push(email);
+        }
+    }
+    println!("{} of 60 invitations were acknowledged before SIGKILL", acknowledged.len());
+    assert!(acknowledged.len() >= 15);
+
+    let server = Server::start(&database_url, sink.port, &log).await;
+    let mut team = server.team().await;
+    let stored = invitations(&mut team, &owner, &org).await;
+    for email in &acknowledged {
+        assert!(
+            stored.iter().any(|i| &i.email == email && i.state == InvitationState::Pending as i32),
+            "{email} was acknowledged, so it is stored"
+        );
+        assert!(sink.wait_for(email, 1).await.token().is_some(), "{email} is delivered");
+    }
+    // At least once, and a duplicate can only be the same email (same token) sent again.
+    let received = sink.all().await;
+    let mut duplicates = 0;
+    for email in &acknowledged {
+        let copies: Vec<_> = received.iter().filter(|m| m.recipients.contains(email)).collect();
+        if copies.len() > 1 {
+            duplicates += copies.len() - 1;
+            assert!(
+                copies.iter().all(|m| m.token() == copies[0].token()),
+                "{email} got two different tokens"
+            );
+        }
+    }
+    println!("{duplicates} email(s) were delivered twice after the kill (at-least-once delivery)");
+    server.stop();
+    drop_database(pg_database).await;
+}
+
+async fn logs_hold_no_token_and_no_invitee_address(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (database_url, pg_database) = fresh_database(backend, dir.path()).await;
+    let sink = SmtpSink::start().await;
+    let log = dir.path().join("server.log");
+    let server = Server::start(&database_url, sink.port, &log).await;
+    let owner = User::new("owner");
+    let invitee = User { id: "invitee".into(), email: "secret.invitee@example.com".into() };
+    let mut team = server.team().await;
+    let org = team
+        .create_organization(
+            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+    let invitation = team
+        .create_invitation(owner.req(pb::CreateInvitationRequest {
+            organization_id: org.clone(),
+            email: invitee.email.clone(),
+            role: R::Member as i32,
+            workspace_grants: vec![],
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
+    let first = sink.wait_for(&invitee.email, 1).await.token().unwrap();
+    team.resend_invitation(owner.req(pb::ResendInvitationRequest {
+        organization_id: org.clone(),
+        invitation_id: invitation.id,
+    }))
+    .await
+    .unwrap();
+    let second = sink.wait_for(&invitee.email, 2).await.token().unwrap();
+    let _ = team
+        .accept_invitation(invitee.req(pb::AcceptInvitationRequest { token: first.clone() }))
+        .await;
+    team.accept_invitation(invitee.req(pb::AcceptInvitationRequest { token: second.clone() }))
+        .await
+        .unwrap();
+    server.stop();
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("invitation created"), "the log has the invitation events");
+    assert!(logs.contains("s***@example.com"), "the invitee appears only redacted");
+    assert!(!logs.contains(&first) && !logs.contains(&second), "a token is in the log");
+    assert!(!logs.contains("secret.invitee@example.com"), "the invitee's address is in the log");
+    drop_database(pg_database).await;
+}
