@@ -7,6 +7,7 @@ mod access;
 mod auth;
 mod faults;
 mod invitations;
+mod matrix;
 mod members;
 mod organizations;
 mod races;
