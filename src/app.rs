@@ -19,6 +19,7 @@ use crate::email::mailer::Mailer;
 use crate::email::worker::{self, WorkerSettings};
 use crate::grpc::access::AccessApi;
 use crate::grpc::auth::Identity;
+use crate::grpc::limits::LimitLayer;
 use crate::grpc::team::TeamApi;
 use crate::pb::access_service_server::AccessServiceServer;
 use crate::pb::team_service_server::TeamServiceServer;
@@ -107,7 +108,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let signal = Arc::new(Notify::new());
     let services = Services::new(
         store.clone(),
-        ServiceSettings { invite_url: config.invite_url.clone() },
+        ServiceSettings {
+            invite_url: config.invite_url.clone(),
+            invite_burst: config.invite_burst,
+            invite_rate_per_hour: config.invite_rate_per_hour,
+        },
         signal.clone(),
     );
 
@@ -140,8 +145,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     if let Some(tls) = tls_config(config)? {
         builder = builder.tls_config(tls).context("configuring TLS")?;
     }
+    let limits =
+        LimitLayer::new(config.max_in_flight, Duration::from_millis(config.request_timeout_ms));
     let server = tokio::spawn(
         builder
+            .layer(limits)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -168,6 +168,22 @@ pub struct Config {
     #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
 
+    /// Most calls served at once; calls beyond it are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ROSTER_MAX_IN_FLIGHT", default_value_t = 1024, global = true)]
+    pub max_in_flight: usize,
+
+    /// Longest a call may run, in milliseconds, before it is answered DEADLINE_EXCEEDED.
+    #[arg(long, env = "ROSTER_REQUEST_TIMEOUT_MS", default_value_t = 10_000, global = true)]
+    pub request_timeout_ms: u64,
+
+    /// Invitations (created or resent) one organization may send at once, before the rate applies.
+    #[arg(long, env = "ROSTER_INVITE_BURST", default_value_t = 20, global = true)]
+    pub invite_burst: u32,
+
+    /// Invitations (created or resent) per hour and organization after the burst, per replica.
+    #[arg(long, env = "ROSTER_INVITE_RATE_PER_HOUR", default_value_t = 100, global = true)]
+    pub invite_rate_per_hour: u32,
+
     /// Seconds to let in-flight calls finish after SIGINT or SIGTERM.
     #[arg(long, env = "ROSTER_SHUTDOWN_GRACE_SECS", default_value_t = 30, global = true)]
     pub shutdown_grace_secs: u64,
@@ -193,6 +209,12 @@ impl Config {
             anyhow::bail!(
                 "--tls-client-ca needs TLS on the listener: set --tls-cert and --tls-key"
             );
+        }
+        if self.max_in_flight == 0 || self.request_timeout_ms == 0 {
+            anyhow::bail!("--max-in-flight and --request-timeout-ms must be positive");
+        }
+        if self.invite_burst == 0 || self.invite_rate_per_hour == 0 {
+            anyhow::bail!("--invite-burst and --invite-rate-per-hour must be positive");
         }
         if self.mail_claim_lease_secs == 0 {
             anyhow::bail!("--mail-claim-lease-secs must be at least 1");

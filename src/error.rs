@@ -33,6 +33,9 @@ pub enum Error {
     /// The resource is not in a state that allows the request.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A limit was reached; retrying later may succeed.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The database or another dependency is unreachable; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),

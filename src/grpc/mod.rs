@@ -4,6 +4,7 @@ pub mod access;
 pub mod auth;
 pub mod convert;
 pub mod jwt;
+pub mod limits;
 pub mod status;
 pub mod team;
 pub mod tls;

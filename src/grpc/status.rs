@@ -23,6 +23,7 @@ impl From<Error> for Status {
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
             Error::Unavailable(message) => Status::unavailable(message),
             Error::Internal(cause) => {
                 // Logged once here with its chain; the client gets no internals.

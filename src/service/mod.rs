@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod page;
+pub mod ratelimit;
 pub mod team;
 pub mod token;
 
@@ -29,6 +30,10 @@ pub struct Actor {
 pub struct ServiceSettings {
     /// Accept-link template with a `{token}` placeholder.
     pub invite_url: String,
+    /// Invitations an organization may send at once.
+    pub invite_burst: u32,
+    /// Invitations per hour and organization after the burst.
+    pub invite_rate_per_hour: u32,
 }
 
 /// Shared state of the use-cases.
@@ -38,11 +43,17 @@ pub struct Services {
     pub(crate) settings: Arc<ServiceSettings>,
     /// Wakes the outbox worker when an email is queued.
     pub(crate) outbox_signal: Arc<Notify>,
+    /// Limits invitation emails per organization.
+    pub(crate) invite_limiter: Arc<ratelimit::RateLimiter>,
 }
 
 impl Services {
     /// Builds the use-cases over a store.
     pub fn new(store: Store, settings: ServiceSettings, outbox_signal: Arc<Notify>) -> Self {
-        Self { store, settings: Arc::new(settings), outbox_signal }
+        let invite_limiter = Arc::new(ratelimit::RateLimiter::new(
+            settings.invite_burst,
+            settings.invite_rate_per_hour,
+        ));
+        Self { store, settings: Arc::new(settings), outbox_signal, invite_limiter }
     }
 }

@@ -630,6 +630,7 @@ impl Services {
         if new.role == Role::Owner && me.role != Role::Owner {
             return Err(denied("only an Owner can invite an Owner"));
         }
+        self.take_invitation_send(org)?;
         for (i, (workspace_id, _)) in new.workspace_grants.iter().enumerate() {
             if repo::find_workspace(&*tx, org, *workspace_id).await?.is_none() {
                 return Err(Error::invalid(
@@ -690,6 +691,16 @@ impl Services {
         self.outbox_signal.notify_one();
         tracing::info!(invitation = %invitation.id, invitee = %invitation.email.redacted(), "invitation created");
         Ok(invitation)
+    }
+
+    /// Counts one invitation email against the organization's rate.
+    fn take_invitation_send(&self, org: OrganizationId) -> Result<(), Error> {
+        self.invite_limiter.try_take(org).map_err(|wait| {
+            Error::ResourceExhausted(format!(
+                "this organization has sent too many invitations; retry in {} s",
+                wait.as_secs().max(1)
+            ))
+        })
     }
 
     async fn queue_email(
@@ -764,6 +775,7 @@ impl Services {
         if let Transition::Refuse(why) = lifecycle::resend(invitation.state_at(now)) {
             return Err(Error::FailedPrecondition(why.to_owned()));
         }
+        self.take_invitation_send(org)?;
         if repo::find_member_by_email(&*tx, org, &invitation.email).await?.is_some() {
             return Err(Error::FailedPrecondition(
                 "this email belongs to a member of the organization already".to_owned(),

@@ -10,6 +10,7 @@ mod invitations;
 mod matrix;
 mod members;
 mod organizations;
+mod overload;
 mod races;
 mod scenario;
 mod server;

@@ -1,0 +1,117 @@
+//! Overload: calls beyond the in-flight limit are shed at once, slow calls hit the deadline,
+//! and invitations are rate limited per organization.
+
+use std::time::{Duration, Instant};
+
+use roster::pb::{self, OrganizationRole as R};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use tonic::Code;
+
+use crate::common::{Backend, User, assert_code, spawn_app_with};
+use crate::db_tests;
+
+db_tests!(
+    invitations_are_rate_limited_per_organization,
+    excess_calls_are_shed_and_slow_calls_hit_the_deadline,
+);
+
+async fn invitations_are_rate_limited_per_organization(backend: Backend) {
+    let app = spawn_app_with(backend, |config| {
+        config.invite_burst = 3;
+        config.invite_rate_per_hour = 1;
+    })
+    .await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let other = app.create_org(&owner, "Other").await;
+    let mut last = None;
+    for i in 0..3 {
+        last = Some(
+            app.invite(&owner, &org, &format!("p{i}@example.com"), R::Member, &[]).await.unwrap(),
+        );
+    }
+    let before = app.snapshot().await;
+    let status = app.invite(&owner, &org, "p3@example.com", R::Member, &[]).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("retry in"), "{}", status.message());
+    let resend = app
+        .team
+        .clone()
+        .resend_invitation(owner.req(pb::ResendInvitationRequest {
+            organization_id: org.clone(),
+            invitation_id: last.unwrap().id,
+        }))
+        .await;
+    assert_code(resend, Code::ResourceExhausted, None);
+    assert_eq!(app.snapshot().await, before);
+    app.invite(&owner, &other, "p3@example.com", R::Member, &[])
+        .await
+        .expect("another organization has its own budget");
+    app.stop().await;
+}
+
+async fn excess_calls_are_shed_and_slow_calls_hit_the_deadline(backend: Backend) {
+    let app = spawn_app_with(backend, |config| {
+        config.max_in_flight = 1;
+        config.request_timeout_ms = 800;
+    })
+    .await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let workspaces_before = app.count("workspaces").await;
+
+    // Another client holds a write lock on the organization, so Roster's next write waits.
+    let blocker = app.db.begin().await.unwrap();
+    blocker
+        .execute_unprepared("UPDATE organizations SET display_name = display_name")
+        .await
+        .unwrap();
+
+    let mut team = app.team.clone();
+    let slow_request = owner.req(pb::CreateWorkspaceRequest {
+        organization_id: org.clone(),
+        display_name: "slow".into(),
+    });
+    let started = Instant::now();
+    let slow = tokio::spawn(async move { team.create_workspace(slow_request).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The one slot is taken: the next call is refused at once, not queued.
+    let shed_started = Instant::now();
+    let shed = app
+        .team
+        .clone()
+        .get_organization(owner.req(pb::GetOrganizationRequest { organization_id: org.clone() }))
+        .await;
+    assert_code(shed, Code::ResourceExhausted, None);
+    println!("shed answered in {:?}", shed_started.elapsed());
+    // Health is exempt, so probes still answer.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel());
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+
+    let slow = slow.await.unwrap();
+    assert_code(slow, Code::DeadlineExceeded, None);
+    println!("the blocked call was cut off after {:?}", started.elapsed());
+    blocker.rollback().await.unwrap();
+
+    // Once the lock is gone, calls succeed again, and the cut-off call left nothing behind.
+    let mut ok = false;
+    for _ in 0..50 {
+        let result = app
+            .team
+            .clone()
+            .create_workspace(owner.req(pb::CreateWorkspaceRequest {
+                organization_id: org.clone(),
+                display_name: "fast".into(),
+            }))
+            .await;
+        if result.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "calls succeed again after the lock is released");
+    assert_eq!(app.count("workspaces").await, workspaces_before + 1);
+    app.stop().await;
+}
