@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("roster_descriptor.bin"))
+        // Malformed requests are INVALID_ARGUMENT, not INTERNAL (see src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::RosterCodec")
         .compile_protos(&protos, &[PathBuf::from("proto"), well_known])?;
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
