@@ -16,6 +16,7 @@ db_tests!(
     an_smtp_outage_loses_no_email,
     a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it,
     logs_hold_no_token_and_no_invitee_address,
+    each_authorize_call_names_its_calling_service_in_the_log,
 );
 
 fn free_port() -> u16 {
@@ -99,9 +100,24 @@ struct Server {
 
 impl Server {
     async fn start(database_url: &str, smtp_port: u16, log: &std::path::Path) -> Server {
+        Self::start_with(database_url, smtp_port, log, &[], None).await
+    }
+
+    async fn start_with(
+        database_url: &str,
+        smtp_port: u16,
+        log: &std::path::Path,
+        extra: &[&str],
+        rust_log: Option<&str>,
+    ) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_roster"));
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let child = command
             .args(["--listen", &addr.to_string(), "--database-url", database_url])
             .args(["--smtp-url", &format!("smtp://127.0.0.1:{smtp_port}")])
             .args([
@@ -112,7 +128,7 @@ impl Server {
                 "--mail-claim-lease-secs",
                 "1",
             ])
-            .env_remove("RUST_LOG")
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -298,5 +314,51 @@ async fn logs_hold_no_token_and_no_invitee_address(backend: Backend) {
     assert!(logs.contains("s***@example.com"), "the invitee appears only redacted");
     assert!(!logs.contains(&first) && !logs.contains(&second), "a token is in the log");
     assert!(!logs.contains("secret.invitee@example.com"), "the invitee's address is in the log");
+    drop_database(pg_database).await;
+}
+
+async fn each_authorize_call_names_its_calling_service_in_the_log(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (database_url, pg_database) = fresh_database(backend, dir.path()).await;
+    let sink = SmtpSink::start().await;
+    let log = dir.path().join("server.log");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-test-secret-of-at-least-thirty-two-bytes").unwrap();
+    let (token, line) = roster::grpc::auth::new_service_token("scheduler").unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{line}\n")).unwrap();
+    let args = [
+        "--auth",
+        "jwt",
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+        "--jwt-issuer",
+        "https://login.example.com/",
+        "--jwt-audience",
+        "roster",
+        "--service-tokens-file",
+        tokens.to_str().unwrap(),
+    ];
+    let server =
+        Server::start_with(&database_url, sink.port, &log, &args, Some("info,roster=debug")).await;
+    let channel =
+        Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let mut access = roster::pb::access_service_client::AccessServiceClient::new(channel);
+    let mut request = tonic::Request::new(pb::AuthorizeRequest {
+        user_id: "someone".into(),
+        organization_id: "01900000-0000-7000-8000-000000000000".into(),
+        workspace_id: String::new(),
+        permission: "organization.read".into(),
+    });
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    access.authorize(request).await.unwrap();
+    server.stop();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let decided = logs
+        .lines()
+        .find(|l| l.contains("decided"))
+        .unwrap_or_else(|| panic!("the decision is logged at debug:\n{logs}"));
+    assert!(decided.contains("caller=scheduler"), "{decided}");
+    assert!(!logs.contains(&token), "the service token is in the log");
     drop_database(pg_database).await;
 }
