@@ -1,7 +1,7 @@
 //! The database becomes unreachable under traffic: calls fail with UNAVAILABLE (Authorize too:
-//! never a guess) and succeed again once it is back, without restarting Roster. The outage is a
-//! TCP proxy in front of PostgreSQL that drops every connection and refuses new ones, which is
-//! what clients see when the server restarts; the shared test server itself keeps running.
+//! never a guess) and succeed again once it is back, without restarting Roster. Two outages: a
+//! real restart of a private PostgreSQL server the test runs itself (so the shared test server
+//! keeps serving the other tests), and a network cut through a TCP proxy.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,184 @@ use tokio::sync::watch;
 use tonic::Code;
 
 use crate::common::{Backend, User, postgres_admin_url, spawn_app_with};
+
+/// A PostgreSQL server of the test's own, in a temporary folder, on a free port.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("bin"))
+            .find(|bin| bin.join("pg_ctl").exists())
+            .expect("pg_ctl under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        // The server refuses to run as root; the folder belongs to the postgres user.
+        let chown =
+            std::process::Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
+        assert!(chown.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = PrivatePostgres { dir, port, bin };
+        server.as_postgres(&[
+            "initdb",
+            "-D",
+            &server.data(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
+        server.up();
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn as_postgres(&self, args: &[&str]) {
+        let program = self.bin.join(args[0]).display().to_string();
+        let status = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &program])
+            .args(&args[1..])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+
+    fn up(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.as_postgres(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-o",
+            &options,
+            "-l",
+            &log,
+            "-w",
+            "start",
+        ]);
+    }
+
+    fn down(&self) {
+        self.as_postgres(&["pg_ctl", "-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &self.bin.join("pg_ctl").display().to_string()])
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_traffic_is_unavailable_then_recovers_without_restarting_roster() {
+    let postgres = PrivatePostgres::start();
+    let url = postgres.url();
+    let app = spawn_app_with(Backend::Postgres, |config| config.database_url = url).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let check = pb::AuthorizeRequest {
+        user_id: owner.id.clone(),
+        organization_id: org.clone(),
+        workspace_id: String::new(),
+        permission: "organization.update".into(),
+    };
+
+    // Steady Authorize traffic throughout the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (mut access, check, stop) = (app.access.clone(), check.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let outcome = match access.authorize(check.clone()).await {
+                    Ok(decision) if decision.get_ref().allowed => "allowed",
+                    Ok(_) => "denied",
+                    Err(status) if status.code() == Code::Unavailable => "unavailable",
+                    Err(status) => panic!("during the restart Authorize answered {status:?}"),
+                };
+                seen.push(outcome);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    postgres.down();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let write = app
+        .team
+        .clone()
+        .create_workspace(owner.req(pb::CreateWorkspaceRequest {
+            organization_id: org.clone(),
+            display_name: "x".into(),
+        }))
+        .await;
+    assert_eq!(write.unwrap_err().code(), Code::Unavailable);
+    let read = app.access.clone().authorize(check.clone()).await;
+    assert_eq!(read.unwrap_err().code(), Code::Unavailable);
+
+    postgres.up();
+    let back = Instant::now();
+    let mut recovered = false;
+    for _ in 0..150 {
+        if app.access.clone().authorize(check.clone()).await.is_ok_and(|d| d.into_inner().allowed) {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "Authorize succeeds again after PostgreSQL restarts");
+    println!("recovered {:?} after PostgreSQL was back", back.elapsed());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::SeqCst);
+    let seen = traffic.await.unwrap();
+    let count = |what: &str| seen.iter().filter(|s| **s == what).count();
+    println!(
+        "traffic during the restart: {} allowed, {} unavailable, {} denied",
+        count("allowed"),
+        count("unavailable"),
+        count("denied")
+    );
+    assert_eq!(count("denied"), 0, "an outage never turns into a wrong decision");
+    assert!(count("unavailable") > 0 && count("allowed") > 0);
+    assert_eq!(seen.last(), Some(&"allowed"));
+    app.team
+        .clone()
+        .create_workspace(
+            owner.req(pb::CreateWorkspaceRequest {
+                organization_id: org,
+                display_name: "after".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    app.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
