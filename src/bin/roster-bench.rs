@@ -1,0 +1,502 @@
+//! Load benchmark for Authorize. Seeds a data set of a chosen size, starts the `roster` binary on
+//! it, drives a closed-loop load of Health/Check (the floor), an Authorize mix (about 90 %
+//! allowed) and BatchAuthorize of 100 checks, and prints throughput, latency percentiles, the
+//! ratios the targets are judged by, and the server's resident memory.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use rand::{Rng as _, SeedableRng as _};
+use roster::pb::access_service_client::AccessServiceClient;
+use roster::pb::team_service_client::TeamServiceClient;
+use roster::pb::{self, WorkspaceAccess};
+use roster::storage::entity::{member, organization, workspace, workspace_grant};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, EntityTrait, TransactionTrait};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+/// Authorize benchmark.
+#[derive(Debug, Parser)]
+#[command(name = "roster-bench")]
+struct Args {
+    /// Database to run on.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: BackendKind,
+    /// PostgreSQL server (a database `roster_bench` is created there, replacing any old one).
+    #[arg(
+        long,
+        env = "ROSTER_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+    /// Organizations to seed.
+    #[arg(long, default_value_t = 10)]
+    organizations: usize,
+    /// Members per organization (the first is its Owner, the second an Admin).
+    #[arg(long, default_value_t = 100)]
+    members: usize,
+    /// Workspaces per organization.
+    #[arg(long, default_value_t = 100)]
+    workspaces: usize,
+    /// Workspace grants per member (total grants = organizations × members × this).
+    #[arg(long, default_value_t = 1)]
+    grants_per_member: usize,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 connections the callers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds each phase runs.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Seconds of warm-up before each phase.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Grant changes per second made through TeamService while Authorize runs (0 = none).
+    #[arg(long, default_value_t = 0)]
+    write_rate: u32,
+    /// Folder for the SQLite file and server log (a temporary one by default).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+/// The seeded ids, and who holds what, so that requests can aim at allowed checks.
+struct DataSet {
+    orgs: Vec<Uuid>,
+    workspaces: Vec<Vec<Uuid>>,
+    members: usize,
+    grants_per_member: usize,
+}
+
+impl DataSet {
+    fn user(org: usize, member: usize) -> String {
+        format!("user-{org}-{member}")
+    }
+
+    /// The workspaces member `m` holds grants on: a deterministic spread, WRITE on even slots.
+    fn grant(&self, org: usize, m: usize, slot: usize) -> (usize, WorkspaceAccess) {
+        let count = self.workspaces[org].len();
+        let index = (m * 7 + slot * 13) % count;
+        let access =
+            if slot.is_multiple_of(2) { WorkspaceAccess::Write } else { WorkspaceAccess::Read };
+        (index, access)
+    }
+}
+
+async fn seed(url: &str, args: &Args) -> anyhow::Result<DataSet> {
+    let db = Database::connect(url).await.context("connecting to the benchmark database")?;
+    let orgs: Vec<Uuid> = (0..args.organizations).map(|_| Uuid::now_v7()).collect();
+    let workspaces: Vec<Vec<Uuid>> =
+        orgs.iter().map(|_| (0..args.workspaces).map(|_| Uuid::now_v7()).collect()).collect();
+    let data = DataSet {
+        orgs,
+        workspaces,
+        members: args.members,
+        grants_per_member: args.grants_per_member,
+    };
+    let started = Instant::now();
+    let tx = db.begin().await?;
+    for (o, org) in data.orgs.iter().enumerate() {
+        organization::Entity::insert(organization::ActiveModel {
+            id: Set(*org),
+            display_name: Set(format!("Org {o}")),
+            invitation_ttl_secs: Set(7 * 86400),
+            create_time: Set(0),
+            update_time: Set(0),
+        })
+        .exec_without_returning(&tx)
+        .await?;
+        for chunk in (0..args.members).collect::<Vec<_>>().chunks(500) {
+            let rows = chunk.iter().map(|m| member::ActiveModel {
+                organization_id: Set(*org),
+                user_id: Set(DataSet::user(o, *m)),
+                email: Set(format!("{}@bench.example", DataSet::user(o, *m))),
+                role: Set(match m {
+                    0 => "owner",
+                    1 => "admin",
+                    _ => "member",
+                }
+                .to_owned()),
+                create_time: Set(0),
+            });
+            member::Entity::insert_many(rows).exec_without_returning(&tx).await?;
+        }
+        for chunk in data.workspaces[o].chunks(500) {
+            let rows = chunk.iter().map(|ws| workspace::ActiveModel {
+                id: Set(*ws),
+                organization_id: Set(*org),
+                display_name: Set("ws".to_owned()),
+                create_time: Set(0),
+            });
+            workspace::Entity::insert_many(rows).exec_without_returning(&tx).await?;
+        }
+        let mut grants = Vec::new();
+        for m in 0..args.members {
+            let mut seen = std::collections::HashSet::new();
+            for slot in 0..args.grants_per_member {
+                let (index, access) = data.grant(o, m, slot);
+                if !seen.insert(index) {
+                    continue;
+                }
+                grants.push(workspace_grant::ActiveModel {
+                    organization_id: Set(*org),
+                    workspace_id: Set(data.workspaces[o][index]),
+                    user_id: Set(DataSet::user(o, m)),
+                    access: Set(
+                        if access == WorkspaceAccess::Write { "write" } else { "read" }.to_owned()
+                    ),
+                });
+            }
+        }
+        for chunk in grants.chunks(1000) {
+            workspace_grant::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    let grants: i64 = {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM workspace_grants",
+            ))
+            .await?
+            .context("count")?;
+        row.try_get("", "n")?
+    };
+    println!(
+        "seeded {} organizations, {} members, {} workspaces, {} grants in {:.1?}",
+        args.organizations,
+        args.organizations * args.members,
+        args.organizations * args.workspaces,
+        grants,
+        started.elapsed()
+    );
+    db.close().await?;
+    Ok(data)
+}
+
+const READS: &[&str] = &["workspace.read", "sources.read", "datasets.read", "executions.read"];
+const WRITES: &[&str] = &["sources.create", "syncs.trigger", "datasets.configure"];
+
+fn random_check(data: &DataSet, rng: &mut impl rand::Rng) -> pb::AuthorizeRequest {
+    let o = rng.random_range(0..data.orgs.len());
+    let m = rng.random_range(0..data.members);
+    let (workspace, permission) = if rng.random_bool(0.9) && data.grants_per_member > 0 {
+        // A workspace the member holds a grant on, with a permission its level allows.
+        let slot = rng.random_range(0..data.grants_per_member);
+        let (index, access) = data.grant(o, m, slot);
+        let permission = if access == WorkspaceAccess::Write && rng.random_bool(0.5) {
+            WRITES[rng.random_range(0..WRITES.len())]
+        } else {
+            READS[rng.random_range(0..READS.len())]
+        };
+        (data.workspaces[o][index], permission)
+    } else {
+        let index = rng.random_range(0..data.workspaces[o].len());
+        (data.workspaces[o][index], WRITES[rng.random_range(0..WRITES.len())])
+    };
+    pb::AuthorizeRequest {
+        user_id: DataSet::user(o, m),
+        organization_id: data.orgs[o].to_string(),
+        workspace_id: workspace.to_string(),
+        permission: permission.to_owned(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Health,
+    Authorize,
+    Batch,
+}
+
+struct Outcome {
+    requests: usize,
+    allowed: usize,
+    decisions: usize,
+    errors: usize,
+    latencies_us: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[index] as f64 / 1000.0
+    }
+}
+
+async fn drive(
+    phase: Phase,
+    channels: &[Channel],
+    data: &Arc<DataSet>,
+    args: &Args,
+    measure: Duration,
+) -> Outcome {
+    let deadline = Instant::now() + measure;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        let channel = channels[worker % channels.len()].clone();
+        let data = data.clone();
+        tasks.spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(worker as u64 + 1);
+            let mut health = HealthClient::new(channel.clone());
+            let mut access = AccessServiceClient::new(channel);
+            let (mut latencies, mut allowed, mut decisions, mut errors) = (Vec::new(), 0, 0, 0);
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let ok = match phase {
+                    Phase::Health => {
+                        health.check(HealthCheckRequest { service: String::new() }).await.is_ok()
+                    }
+                    Phase::Authorize => match access.authorize(random_check(&data, &mut rng)).await
+                    {
+                        Ok(r) => {
+                            decisions += 1;
+                            allowed += usize::from(r.into_inner().allowed);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    Phase::Batch => {
+                        let checks = (0..100).map(|_| random_check(&data, &mut rng)).collect();
+                        match access.batch_authorize(pb::BatchAuthorizeRequest { checks }).await {
+                            Ok(r) => {
+                                let results = r.into_inner().results;
+                                decisions += results.len();
+                                allowed += results.iter().filter(|d| d.allowed).count();
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                };
+                latencies.push(started.elapsed().as_micros() as u64);
+                errors += usize::from(!ok);
+            }
+            (latencies, allowed, decisions, errors)
+        });
+    }
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        requests: 0,
+        allowed: 0,
+        decisions: 0,
+        errors: 0,
+        latencies_us: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    while let Some(result) = tasks.join_next().await {
+        let (latencies, allowed, decisions, errors) = result.expect("a load task panicked");
+        outcome.requests += latencies.len();
+        outcome.latencies_us.extend(latencies);
+        outcome.allowed += allowed;
+        outcome.decisions += decisions;
+        outcome.errors += errors;
+    }
+    outcome.elapsed = started.elapsed().max(measure);
+    outcome.latencies_us.sort_unstable();
+    outcome
+}
+
+async fn writer(addr: String, data: Arc<DataSet>, rate: u32, stop: Arc<AtomicBool>) -> usize {
+    let Ok(channel) = Channel::from_shared(addr).expect("address").connect().await else {
+        return 0;
+    };
+    let mut team = TeamServiceClient::new(channel);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut writes = 0;
+    while !stop.load(Ordering::Relaxed) {
+        interval.tick().await;
+        let o = rng.random_range(0..data.orgs.len());
+        let m = rng.random_range(2..data.members.max(3));
+        let ws = data.workspaces[o][rng.random_range(0..data.workspaces[o].len())];
+        let mut request = tonic::Request::new(pb::SetWorkspaceAccessRequest {
+            organization_id: data.orgs[o].to_string(),
+            workspace_id: ws.to_string(),
+            user_id: DataSet::user(o, m),
+            access: if rng.random_bool(0.5) {
+                WorkspaceAccess::Read
+            } else {
+                WorkspaceAccess::Write
+            } as i32,
+        });
+        request.metadata_mut().insert("x-user-id", DataSet::user(o, 0).parse().expect("ascii"));
+        if team.set_workspace_access(request).await.is_ok() {
+            writes += 1;
+        }
+    }
+    writes
+}
+
+fn resident_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn start_server(database_url: &str, addr: &str, dir: &std::path::Path) -> anyhow::Result<Child> {
+    let binary = std::env::current_exe()?.with_file_name("roster");
+    if !binary.exists() {
+        bail!("{} not found; build it with `cargo build --release`", binary.display());
+    }
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    Ok(Command::new(binary)
+        .args(["--listen", addr, "--database-url", database_url, "--mail-dir"])
+        .arg(dir.join("mail"))
+        .args(["--log-format", "json", "--max-in-flight", "100000"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let temp = tempfile_dir()?;
+    let dir = args.work_dir.clone().unwrap_or_else(|| temp.clone());
+    std::fs::create_dir_all(&dir)?;
+    let database_url = match args.backend {
+        BackendKind::Sqlite => {
+            let path = dir.join("bench.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            format!("sqlite://{}?mode=rwc", path.display())
+        }
+        BackendKind::Postgres => {
+            let admin =
+                Database::connect(&args.postgres_url).await.context("connecting to PostgreSQL")?;
+            admin.execute_unprepared("DROP DATABASE IF EXISTS roster_bench WITH (FORCE)").await?;
+            admin.execute_unprepared("CREATE DATABASE roster_bench").await?;
+            admin.close().await?;
+            let base =
+                args.postgres_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&args.postgres_url);
+            format!("{base}/roster_bench")
+        }
+    };
+    roster::app::open_store(&roster::config::Config {
+        database_url: database_url.clone(),
+        ..roster::config::Config::defaults()
+    })
+    .await?
+    .close()
+    .await;
+    let data = Arc::new(seed(&database_url, &args).await?);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = start_server(&database_url, &addr, &dir)?;
+    let endpoint = format!("http://{addr}");
+    let mut channels = Vec::new();
+    for _ in 0..100 {
+        if let Ok(channel) = Channel::from_shared(endpoint.clone())?.connect().await {
+            channels.push(channel);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if channels.is_empty() {
+        let _ = server.kill();
+        bail!("the server did not start; see {}", dir.join("server.log").display());
+    }
+    for _ in 1..args.connections.max(1) {
+        channels.push(Channel::from_shared(endpoint.clone())?.connect().await?);
+    }
+    println!(
+        "load: {} callers over {} HTTP/2 connections, {} s per phase after {} s warm-up, {} grant writes/s",
+        args.concurrency, args.connections, args.duration_secs, args.warmup_secs, args.write_rate
+    );
+
+    let measure = Duration::from_secs(args.duration_secs);
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let mut results = Vec::new();
+    for (name, phase) in
+        [("health", Phase::Health), ("authorize", Phase::Authorize), ("batch(100)", Phase::Batch)]
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = (args.write_rate > 0 && !matches!(phase, Phase::Health)).then(|| {
+            tokio::spawn(writer(endpoint.clone(), data.clone(), args.write_rate, stop.clone()))
+        });
+        if !warmup.is_zero() {
+            drive(phase, &channels, &data, &args, warmup).await;
+        }
+        let outcome = drive(phase, &channels, &data, &args, measure).await;
+        stop.store(true, Ordering::Relaxed);
+        let written = match writes {
+            Some(task) => task.await.unwrap_or(0),
+            None => 0,
+        };
+        println!(
+            "{name:<11} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  errors {}{}{}",
+            outcome.rps(),
+            outcome.percentile(0.50),
+            outcome.percentile(0.99),
+            outcome.percentile(0.999),
+            outcome.errors,
+            if outcome.decisions > 0 {
+                format!(
+                    "  allowed {:.1} %",
+                    100.0 * outcome.allowed as f64 / outcome.decisions as f64
+                )
+            } else {
+                String::new()
+            },
+            if written > 0 { format!("  writes {written}") } else { String::new() },
+        );
+        results.push(outcome);
+    }
+    let (health, authorize, batch) = (&results[0], &results[1], &results[2]);
+    println!(
+        "ratio authorize/health throughput: {:.2} (target >= 0.85)",
+        authorize.rps() / health.rps()
+    );
+    println!(
+        "ratio authorize/health p99:        {:.2} (target <= 1.5)",
+        authorize.percentile(0.99) / health.percentile(0.99)
+    );
+    println!(
+        "batch checks/s over authorize/s:   {:.1} (target >= 20; {:.0} checks/s)",
+        batch.rps() * 100.0 / authorize.rps(),
+        batch.rps() * 100.0
+    );
+    match resident_mib(server.id()) {
+        Some(mib) => println!("server resident memory: {mib:.1} MiB"),
+        None => println!("server resident memory: unavailable"),
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("roster-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
