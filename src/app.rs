@@ -24,7 +24,8 @@ use crate::grpc::team::TeamApi;
 use crate::pb::access_service_server::AccessServiceServer;
 use crate::pb::team_service_server::TeamServiceServer;
 use crate::service::{ServiceSettings, Services};
-use crate::storage::Store;
+use crate::storage::snapshot::AuthzCache;
+use crate::storage::{Store, feed};
 
 /// Largest request Roster decodes; a full BatchAuthorize of 1000 checks fits well within it.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -36,6 +37,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     worker: JoinHandle<()>,
+    feed: Option<JoinHandle<()>>,
+    cache: Arc<AuthzCache>,
     store: Store,
 }
 
@@ -45,6 +48,16 @@ impl Running {
         let _ = self.stop.send(true);
         self.server.await.context("server task")?.context("serving")?;
         let _ = self.worker.await;
+        if let Some(feed) = self.feed {
+            let _ = feed.await;
+        }
+        let stats = self.cache.stats();
+        tracing::info!(
+            hits = stats.hits,
+            misses = stats.misses,
+            entries = stats.entries,
+            "authorization cache"
+        );
         self.store.close().await;
         Ok(())
     }
@@ -112,6 +125,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             invite_url: config.invite_url.clone(),
             invite_burst: config.invite_burst,
             invite_rate_per_hour: config.invite_rate_per_hour,
+            authz_cache_entries: config.authz_cache_entries,
         },
         signal.clone(),
     );
@@ -131,6 +145,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         signal,
         stopped.clone(),
     ));
+
+    let cache = services.authz_cache();
+    let feed = (store.backend() == sea_orm::DbBackend::Postgres)
+        .then(|| feed::spawn(store.clone(), cache.clone(), stopped.clone()));
 
     health.set_serving::<TeamServiceServer<TeamApi>>().await;
     health.set_serving::<AccessServiceServer<AccessApi>>().await;
@@ -169,7 +187,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         );
     }
     tracing::info!(%addr, "serving gRPC");
-    Ok(Running { addr, stop, server, worker, store })
+    Ok(Running { addr, stop, server, worker, feed, cache, store })
 }
 
 /// The listener's TLS settings, if TLS is configured. Client certificates are optional (end

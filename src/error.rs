@@ -129,8 +129,28 @@ impl From<DbErr> for Error {
             _ if is_connection_failure(&err) => {
                 Error::Unavailable("the database is unavailable; retry later".to_owned())
             }
+            _ if is_transient_conflict(&err) => {
+                Error::Unavailable("a concurrent change conflicted with this one; retry".to_owned())
+            }
             _ => Error::Internal(anyhow::Error::new(err).context("database")),
         }
+    }
+}
+
+/// Whether PostgreSQL aborted the statement to resolve a deadlock or a serialization conflict,
+/// which a retry resolves.
+fn is_transient_conflict(err: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx))) =
+        err
+    else {
+        return false;
+    };
+    match sqlx.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
     }
 }
 

@@ -212,6 +212,7 @@ fn random_check(data: &DataSet, rng: &mut impl rand::Rng) -> pb::AuthorizeReques
         (data.workspaces[o][index], WRITES[rng.random_range(0..WRITES.len())])
     };
     pb::AuthorizeRequest {
+        consistency: None,
         user_id: DataSet::user(o, m),
         organization_id: data.orgs[o].to_string(),
         workspace_id: workspace.to_string(),
@@ -283,7 +284,13 @@ async fn drive(
                     },
                     Phase::Batch => {
                         let checks = (0..100).map(|_| random_check(&data, &mut rng)).collect();
-                        match access.batch_authorize(pb::BatchAuthorizeRequest { checks }).await {
+                        match access
+                            .batch_authorize(pb::BatchAuthorizeRequest {
+                                consistency: None,
+                                checks,
+                            })
+                            .await
+                        {
                             Ok(r) => {
                                 let results = r.into_inner().results;
                                 decisions += results.len();

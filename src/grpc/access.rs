@@ -67,11 +67,13 @@ fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option
         }
         _ => convert::optional_workspace_id(v, &workspace_field, &req.workspace_id),
     };
+    let fresh = convert::consistency(v, &format!("{prefix}consistency"), req.consistency.as_ref());
     Some(Check {
         user_id: user_id?,
         organization_id: organization_id?,
         workspace_id: workspace_id?,
         permission: permission?,
+        fresh: fresh?,
     })
 }
 
@@ -111,10 +113,17 @@ impl AccessService for AccessApi {
             .enumerate()
             .map(|(i, c)| check(&mut v, &format!("checks[{i}]."), c))
             .collect();
+        let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
         v.finish()?;
-        let Some(checks) = checks.into_iter().collect::<Option<Vec<Check>>>() else {
+        let (Some(mut checks), Some(fresh)) =
+            (checks.into_iter().collect::<Option<Vec<Check>>>(), fresh)
+        else {
             return Err(Error::invalid("checks", "holds a malformed check").into());
         };
+        // The batch's requirement applies to every check in it.
+        for check in &mut checks {
+            check.fresh = fresh;
+        }
         let span = tracing::info_span!("batch_authorize", caller = %caller.0);
         let decisions = self.services.batch_authorize(&checks).instrument(span).await?;
         Ok(Response::new(pb::BatchAuthorizeResponse {
@@ -142,10 +151,11 @@ impl AccessService for AccessApi {
         let user = convert::user_id(&mut v, "user_id", &req.user_id);
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
         let ws = convert::optional_workspace_id(&mut v, "workspace_id", &req.workspace_id);
-        let (Some(user), Some(org), Some(ws)) = (user, org, ws) else {
+        let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
+        let (Some(user), Some(org), Some(ws), Some(fresh)) = (user, org, ws, fresh) else {
             return Err(v.into_error().into());
         };
-        let permissions = self.services.list_granted_permissions(&user, org, ws).await?;
+        let permissions = self.services.list_granted_permissions(&user, org, ws, fresh).await?;
         Ok(Response::new(pb::ListGrantedPermissionsResponse {
             permissions: permissions.into_iter().map(|p| p.name().to_owned()).collect(),
         }))
@@ -165,6 +175,8 @@ impl AccessService for AccessApi {
             v.add("permission", "must be a workspace permission, such as sources.read");
         }
         let page = v.absorb(page::parse("accessible", req.page_size, &req.page_token));
+        // Read from the database in any case; the requirement is validated all the same.
+        let _ = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
         let (Some(user), Some(org), Some(permission), Some(page)) = (user, org, permission, page)
         else {
             return Err(v.into_error().into());

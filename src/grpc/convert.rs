@@ -251,3 +251,43 @@ pub fn permission(p: domain::Permission) -> pb::Permission {
         description: p.description().to_owned(),
     }
 }
+
+/// The token a change's response carries: the time after its commit. Any replica answering
+/// AT_LEAST_AS_FRESH with it reads the database, which holds every committed change.
+pub fn consistency_token() -> String {
+    format!("v1.{}", Timestamp::now().as_micros())
+}
+
+/// Reads a consistency requirement; `Some(true)` when the answer must come from the database.
+pub fn consistency(
+    v: &mut Violations,
+    field: &str,
+    value: Option<&pb::Consistency>,
+) -> Option<bool> {
+    let Some(value) = value else { return Some(false) };
+    let requirement = pb::ConsistencyRequirement::try_from(value.requirement);
+    let fresh = match requirement {
+        Ok(
+            pb::ConsistencyRequirement::Unspecified | pb::ConsistencyRequirement::MinimizeLatency,
+        ) => Ok(false),
+        Ok(pb::ConsistencyRequirement::FullyConsistent) => Ok(true),
+        Ok(pb::ConsistencyRequirement::AtLeastAsFresh) => {
+            let well_formed = value.at_least_as_fresh.strip_prefix("v1.").is_some_and(|micros| {
+                !micros.is_empty()
+                    && micros.len() <= 20
+                    && micros.bytes().all(|b| b.is_ascii_digit())
+            });
+            if well_formed {
+                Ok(true)
+            } else {
+                v.add(
+                    format!("{field}.at_least_as_fresh"),
+                    "must be a consistency_token returned by a TeamService change",
+                );
+                return None;
+            }
+        }
+        Err(_) => Err("is not a known consistency requirement"),
+    };
+    v.check(&format!("{field}.requirement"), fresh)
+}

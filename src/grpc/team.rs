@@ -48,6 +48,7 @@ impl TeamService for TeamApi {
         let org = self.services.create_organization(&actor, name).await?;
         Ok(Response::new(pb::CreateOrganizationResponse {
             organization: Some(convert::organization(org)),
+            consistency_token: convert::consistency_token(),
         }))
     }
 
@@ -140,6 +141,7 @@ impl TeamService for TeamApi {
         let org = self.services.update_organization(&actor, org, changes).await?;
         Ok(Response::new(pb::UpdateOrganizationResponse {
             organization: Some(convert::organization(org)),
+            consistency_token: convert::consistency_token(),
         }))
     }
 
@@ -155,7 +157,9 @@ impl TeamService for TeamApi {
             return Err(v.into_error().into());
         };
         self.services.delete_organization(&actor, org).await?;
-        Ok(Response::new(pb::DeleteOrganizationResponse {}))
+        Ok(Response::new(pb::DeleteOrganizationResponse {
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn list_members(
@@ -203,7 +207,10 @@ impl TeamService for TeamApi {
             return Err(v.into_error().into());
         };
         let member = self.services.update_member_role(&actor, org, &user, role).await?;
-        Ok(Response::new(pb::UpdateMemberRoleResponse { member: Some(convert::member(member)) }))
+        Ok(Response::new(pb::UpdateMemberRoleResponse {
+            member: Some(convert::member(member)),
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn remove_member(
@@ -217,7 +224,9 @@ impl TeamService for TeamApi {
         let user = convert::user_id(&mut v, "user_id", &req.user_id);
         let (Some(org), Some(user)) = (org, user) else { return Err(v.into_error().into()) };
         self.services.remove_member(&actor, org, &user).await?;
-        Ok(Response::new(pb::RemoveMemberResponse {}))
+        Ok(Response::new(pb::RemoveMemberResponse {
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn leave_organization(
@@ -232,7 +241,9 @@ impl TeamService for TeamApi {
             return Err(v.into_error().into());
         };
         self.services.leave_organization(&actor, org).await?;
-        Ok(Response::new(pb::LeaveOrganizationResponse {}))
+        Ok(Response::new(pb::LeaveOrganizationResponse {
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn transfer_ownership(
@@ -249,6 +260,7 @@ impl TeamService for TeamApi {
         Ok(Response::new(pb::TransferOwnershipResponse {
             previous_owner: Some(convert::member(previous)),
             new_owner: Some(convert::member(new)),
+            consistency_token: convert::consistency_token(),
         }))
     }
 
@@ -263,7 +275,10 @@ impl TeamService for TeamApi {
         let name = v.check("display_name", DisplayName::parse(&req.display_name));
         let (Some(org), Some(name)) = (org, name) else { return Err(v.into_error().into()) };
         let ws = self.services.create_workspace(&actor, org, name).await?;
-        Ok(Response::new(pb::CreateWorkspaceResponse { workspace: Some(convert::workspace(ws)) }))
+        Ok(Response::new(pb::CreateWorkspaceResponse {
+            workspace: Some(convert::workspace(ws)),
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn get_workspace(
@@ -311,7 +326,10 @@ impl TeamService for TeamApi {
             return Err(v.into_error().into());
         };
         let ws = self.services.update_workspace(&actor, org, ws, name).await?;
-        Ok(Response::new(pb::UpdateWorkspaceResponse { workspace: Some(convert::workspace(ws)) }))
+        Ok(Response::new(pb::UpdateWorkspaceResponse {
+            workspace: Some(convert::workspace(ws)),
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn delete_workspace(
@@ -325,7 +343,9 @@ impl TeamService for TeamApi {
         let ws = convert::workspace_id(&mut v, "workspace_id", &req.workspace_id);
         let (Some(org), Some(ws)) = (org, ws) else { return Err(v.into_error().into()) };
         self.services.delete_workspace(&actor, org, ws).await?;
-        Ok(Response::new(pb::DeleteWorkspaceResponse {}))
+        Ok(Response::new(pb::DeleteWorkspaceResponse {
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn set_workspace_access(
@@ -343,7 +363,10 @@ impl TeamService for TeamApi {
             return Err(v.into_error().into());
         };
         let grant = self.services.set_workspace_access(&actor, org, ws, &user, access).await?;
-        Ok(Response::new(pb::SetWorkspaceAccessResponse { grant: Some(convert::grant(grant)) }))
+        Ok(Response::new(pb::SetWorkspaceAccessResponse {
+            grant: Some(convert::grant(grant)),
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn list_workspace_access(
@@ -417,6 +440,7 @@ impl TeamService for TeamApi {
         let invitation = self.services.create_invitation(&actor, org, new).await?;
         Ok(Response::new(pb::CreateInvitationResponse {
             invitation: Some(convert::invitation(invitation)),
+            consistency_token: convert::consistency_token(),
         }))
     }
 
@@ -454,6 +478,7 @@ impl TeamService for TeamApi {
         let invitation = self.services.resend_invitation(&actor, org, id).await?;
         Ok(Response::new(pb::ResendInvitationResponse {
             invitation: Some(convert::invitation(invitation)),
+            consistency_token: convert::consistency_token(),
         }))
     }
 
@@ -470,6 +495,7 @@ impl TeamService for TeamApi {
         let invitation = self.services.revoke_invitation(&actor, org, id).await?;
         Ok(Response::new(pb::RevokeInvitationResponse {
             invitation: Some(convert::invitation(invitation)),
+            consistency_token: convert::consistency_token(),
         }))
     }
 
@@ -488,7 +514,10 @@ impl TeamService for TeamApi {
             return Err(Error::invalid("token", "is too long to be an invitation token").into());
         }
         let member = self.services.accept_invitation(&actor, &req.token).await?;
-        Ok(Response::new(pb::AcceptInvitationResponse { member: Some(convert::member(member)) }))
+        Ok(Response::new(pb::AcceptInvitationResponse {
+            member: Some(convert::member(member)),
+            consistency_token: convert::consistency_token(),
+        }))
     }
 
     async fn list_audit_events(

@@ -11,6 +11,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::storage::repo;
+use crate::storage::snapshot::Facts;
 
 /// One validated check: the permission's scope and the presence of a workspace agree.
 #[derive(Debug, Clone)]
@@ -23,19 +24,17 @@ pub struct Check {
     pub workspace_id: Option<WorkspaceId>,
     /// What.
     pub permission: Permission,
+    /// Read the database rather than the cache (FULLY_CONSISTENT, or AT_LEAST_AS_FRESH).
+    pub fresh: bool,
 }
 
 impl Services {
     /// Decides one check with one indexed lookup.
     #[instrument(skip_all, fields(organization = %check.organization_id, permission = check.permission.name()))]
     pub async fn authorize(&self, check: &Check) -> Result<Decision, Error> {
-        let (role, facts) = repo::authorization_facts(
-            self.store.reader(),
-            check.organization_id,
-            &check.user_id,
-            check.workspace_id,
-        )
-        .await?;
+        let (role, facts) = self
+            .facts(check.organization_id, &check.user_id, check.workspace_id, check.fresh)
+            .await?;
         let decision = authz::decide(role, facts, check.permission);
         tracing::debug!(allowed = decision.allowed, reason = ?decision.reason, "decided");
         Ok(decision)
@@ -51,6 +50,26 @@ impl Services {
         Ok(decisions)
     }
 
+    /// The facts of a check: from memory when allowed and held, else from the database (and then
+    /// remembered, unless a change raced the read).
+    async fn facts(
+        &self,
+        org: OrganizationId,
+        user: &UserId,
+        workspace_id: Option<WorkspaceId>,
+        fresh: bool,
+    ) -> Result<Facts, Error> {
+        if fresh {
+            self.authz_cache.count_bypass();
+        } else if let Some(facts) = self.authz_cache.get(org, user, workspace_id) {
+            return Ok(facts);
+        }
+        let ticket = self.authz_cache.ticket();
+        let facts = repo::authorization_facts(self.store.reader(), org, user, workspace_id).await?;
+        self.authz_cache.fill(ticket, org, user, workspace_id, facts);
+        Ok(facts)
+    }
+
     /// The permissions a user holds in an organization or one of its workspaces.
     #[instrument(skip_all, fields(organization = %org))]
     pub async fn list_granted_permissions(
@@ -58,9 +77,9 @@ impl Services {
         user: &UserId,
         org: OrganizationId,
         workspace_id: Option<WorkspaceId>,
+        fresh: bool,
     ) -> Result<Vec<Permission>, Error> {
-        let (role, facts) =
-            repo::authorization_facts(self.store.reader(), org, user, workspace_id).await?;
+        let (role, facts) = self.facts(org, user, workspace_id, fresh).await?;
         let scope = if workspace_id.is_some() { Scope::Workspace } else { Scope::Organization };
         Ok(Permission::ALL
             .iter()

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::domain::{Email, UserId};
 use crate::storage::Store;
+use crate::storage::snapshot::AuthzCache;
 
 /// The end user on whose behalf a TeamService call runs.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct ServiceSettings {
     pub invite_burst: u32,
     /// Invitations per hour and organization after the burst.
     pub invite_rate_per_hour: u32,
+    /// Entries the Authorize cache may hold (0 disables it).
+    pub authz_cache_entries: usize,
 }
 
 /// Shared state of the use-cases.
@@ -45,6 +48,8 @@ pub struct Services {
     pub(crate) outbox_signal: Arc<Notify>,
     /// Limits invitation emails per organization.
     pub(crate) invite_limiter: Arc<ratelimit::RateLimiter>,
+    /// What Authorize has read recently.
+    pub(crate) authz_cache: Arc<AuthzCache>,
 }
 
 impl Services {
@@ -54,6 +59,12 @@ impl Services {
             settings.invite_burst,
             settings.invite_rate_per_hour,
         ));
-        Self { store, settings: Arc::new(settings), outbox_signal, invite_limiter }
+        let authz_cache = Arc::new(AuthzCache::new(settings.authz_cache_entries));
+        Self { store, settings: Arc::new(settings), outbox_signal, invite_limiter, authz_cache }
+    }
+
+    /// The Authorize cache, for the invalidation feed and for reporting.
+    pub fn authz_cache(&self) -> Arc<AuthzCache> {
+        self.authz_cache.clone()
     }
 }

@@ -14,8 +14,8 @@ use crate::domain::{
 };
 use crate::email::render;
 use crate::error::Error;
-use crate::storage::WriteTx;
 use crate::storage::repo::{self, OutboxEmail};
+use crate::storage::{WriteTx, feed};
 
 /// A page of results and the token of the next one (empty on the last page).
 pub type Page<T> = (Vec<T>, String);
@@ -158,7 +158,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx, org.id).await?;
         Ok(org)
     }
 
@@ -221,7 +221,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx, org).await?;
         Ok(Organization { display_name, invitation_ttl: ttl, update_time: now, ..current })
     }
 
@@ -245,7 +245,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await
+        self.commit(tx, org).await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -319,7 +319,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx, org).await?;
         Ok(Member { role, ..target })
     }
 
@@ -344,7 +344,7 @@ impl Services {
         let details = json!({ "role": target.role.as_str() });
         audit(&tx, org, &actor.user_id, "member.removed", format!("member/{user}"), details, now)
             .await?;
-        tx.commit().await
+        self.commit(tx, org).await
     }
 
     /// Removes the actor from an organization (rule 2).
@@ -372,7 +372,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await
+        self.commit(tx, org).await
     }
 
     /// Makes another member Owner and the calling Owner an Admin (rule 3).
@@ -407,7 +407,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx, org).await?;
         Ok((Member { role: Role::Admin, ..me }, Member { role: Role::Owner, ..target }))
     }
 
@@ -437,7 +437,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx, org).await?;
         Ok(ws)
     }
 
@@ -504,7 +504,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx, org).await?;
         Ok(Workspace { display_name, ..ws })
     }
 
@@ -531,7 +531,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await
+        self.commit(tx, org).await
     }
 
     /// Grants, changes or (with `None`) removes a member's access to a workspace.
@@ -569,7 +569,7 @@ impl Services {
             "new_access": access.map(Access::as_str),
         });
         audit(&tx, org, &actor.user_id, action, format!("member/{user}"), details, now).await?;
-        tx.commit().await?;
+        self.commit(tx, org).await?;
         Ok(grant)
     }
 
@@ -691,6 +691,16 @@ impl Services {
         self.outbox_signal.notify_one();
         tracing::info!(invitation = %invitation.id, invitee = %invitation.email.redacted(), "invitation created");
         Ok(invitation)
+    }
+
+    /// Commits a change to an organization's members, workspaces or grants: the invalidation
+    /// notice for other replicas travels in the transaction, and this replica's cache forgets
+    /// the organization before the RPC returns (rule 4).
+    async fn commit(&self, tx: WriteTx, org: OrganizationId) -> Result<(), Error> {
+        feed::notify(&*tx, org).await?;
+        tx.commit().await?;
+        self.authz_cache.invalidate(org);
+        Ok(())
     }
 
     /// Counts one invitation email against the organization's rate.
@@ -922,7 +932,7 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx, org).await?;
         Ok(member)
     }
 

@@ -1,8 +1,10 @@
 //! Persistence: SeaORM entities, migrations and the repository functions the services call.
 
 pub mod entity;
+pub mod feed;
 pub mod migration;
 pub mod repo;
+pub mod snapshot;
 
 use std::ops::Deref;
 use std::sync::Arc;

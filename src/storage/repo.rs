@@ -973,6 +973,15 @@ pub async fn record_delivery(
     error: Option<&str>,
     next_attempt: Timestamp,
 ) -> Result<(), Error> {
+    // The invitation row first, then the outbox row: the same order as a resend, so the two
+    // cannot deadlock.
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::DeliveryState, Expr::value(state.as_str()))
+        .col_expr(invitation::Column::LastDeliveryError, Expr::value(error.map(str::to_owned)))
+        .filter(invitation::Column::Id.eq(email.invitation_id.as_uuid()))
+        .filter(invitation::Column::SendCount.eq(email.send_number))
+        .exec(db)
+        .await?;
     let mut update = outbox::Entity::update_many()
         .col_expr(outbox::Column::State, Expr::value(state.as_str()))
         .col_expr(outbox::Column::Attempts, Expr::value(email.attempts + 1))
@@ -984,13 +993,6 @@ pub async fn record_delivery(
             .col_expr(outbox::Column::BodyHtml, Expr::value(Option::<String>::None));
     }
     update.filter(outbox::Column::Id.eq(email.id)).exec(db).await?;
-    invitation::Entity::update_many()
-        .col_expr(invitation::Column::DeliveryState, Expr::value(state.as_str()))
-        .col_expr(invitation::Column::LastDeliveryError, Expr::value(error.map(str::to_owned)))
-        .filter(invitation::Column::Id.eq(email.invitation_id.as_uuid()))
-        .filter(invitation::Column::SendCount.eq(email.send_number))
-        .exec(db)
-        .await?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ db_tests!(
 
 fn check(user: &str, org: &str, ws: &str, permission: &str) -> pb::AuthorizeRequest {
     pb::AuthorizeRequest {
+        consistency: None,
         user_id: user.to_owned(),
         organization_id: org.to_owned(),
         workspace_id: ws.to_owned(),
@@ -61,7 +62,7 @@ async fn batch_authorize_answers_in_order_and_bounds_its_size(backend: Backend) 
         check("stranger", &org, "", "organization.read"),
     ];
     let results = access
-        .batch_authorize(pb::BatchAuthorizeRequest { checks })
+        .batch_authorize(pb::BatchAuthorizeRequest { consistency: None, checks })
         .await
         .unwrap()
         .into_inner()
@@ -83,24 +84,32 @@ async fn batch_authorize_answers_in_order_and_bounds_its_size(backend: Backend) 
     );
 
     let full = vec![check("reader", &org, &ws, "sources.read"); 1000];
-    let answered =
-        access.batch_authorize(pb::BatchAuthorizeRequest { checks: full }).await.unwrap();
+    let answered = access
+        .batch_authorize(pb::BatchAuthorizeRequest { consistency: None, checks: full })
+        .await
+        .unwrap();
     assert_eq!(answered.into_inner().results.len(), 1000);
     let too_many = vec![check("reader", &org, &ws, "sources.read"); 1001];
     assert_code(
-        access.batch_authorize(pb::BatchAuthorizeRequest { checks: too_many }).await,
+        access
+            .batch_authorize(pb::BatchAuthorizeRequest { consistency: None, checks: too_many })
+            .await,
         Code::InvalidArgument,
         Some("checks"),
     );
     assert_code(
-        access.batch_authorize(pb::BatchAuthorizeRequest { checks: vec![] }).await,
+        access
+            .batch_authorize(pb::BatchAuthorizeRequest { consistency: None, checks: vec![] })
+            .await,
         Code::InvalidArgument,
         Some("checks"),
     );
     let one_bad =
         vec![check("reader", &org, &ws, "sources.read"), check("reader", &org, "", "sources.read")];
     assert_code(
-        access.batch_authorize(pb::BatchAuthorizeRequest { checks: one_bad }).await,
+        access
+            .batch_authorize(pb::BatchAuthorizeRequest { consistency: None, checks: one_bad })
+            .await,
         Code::InvalidArgument,
         Some("checks[1].workspace_id"),
     );
@@ -136,6 +145,7 @@ async fn list_granted_permissions_follows_role_and_grant(backend: Backend) {
     app.join(&owner, &org, &billing, R::Billing, &[(&ws, A::Read)]).await;
     let mut access = app.access.clone();
     let granted = |user: &str, ws: &str| pb::ListGrantedPermissionsRequest {
+        consistency: None,
         user_id: user.to_owned(),
         organization_id: org.clone(),
         workspace_id: ws.to_owned(),
@@ -204,6 +214,7 @@ async fn list_accessible_workspaces_follows_grants_and_ownership(backend: Backen
     let mut access = app.access.clone();
     let list = |user: &str, permission: &str, page_size: i32, page_token: String| {
         pb::ListAccessibleWorkspacesRequest {
+            consistency: None,
             user_id: user.to_owned(),
             organization_id: org.clone(),
             permission: permission.to_owned(),

@@ -241,6 +241,7 @@ async fn access_service_needs_a_service_token(backend: Backend) {
     let user = sign_hs(&claims("dave", "dave@example.com"), SECRET);
     let org = create_org(&app, &user).await.unwrap();
     let check = || pb::AuthorizeRequest {
+        consistency: None,
         user_id: "dave".into(),
         organization_id: org.clone(),
         workspace_id: String::new(),

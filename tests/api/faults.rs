@@ -1,7 +1,5 @@
 //! Faults: the mail server down, the process killed mid-burst, and what ends up in logs.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use roster::pb::team_service_client::TeamServiceClient;
@@ -9,6 +7,7 @@ use roster::pb::{self, DeliveryState, InvitationState, OrganizationRole as R};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
+use crate::common::process::{Server, free_port};
 use crate::common::{Backend, SmtpSink, User, fresh_database, spawn_app_with};
 use crate::db_tests;
 
@@ -18,10 +17,6 @@ db_tests!(
     logs_hold_no_token_and_no_invitee_address,
     each_authorize_call_names_its_calling_service_in_the_log,
 );
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 async fn invitations(
     team: &mut TeamServiceClient<Channel>,
@@ -90,85 +85,6 @@ async fn an_smtp_outage_loses_no_email(backend: Backend) {
     }
     assert!(sent, "every invitation shows its email as sent");
     app.stop().await;
-}
-
-/// The real binary, run as a child process.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    async fn start(database_url: &str, smtp_port: u16, log: &std::path::Path) -> Server {
-        Self::start_with(database_url, smtp_port, log, &[], None).await
-    }
-
-    async fn start_with(
-        database_url: &str,
-        smtp_port: u16,
-        log: &std::path::Path,
-        extra: &[&str],
-        rust_log: Option<&str>,
-    ) -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_roster"));
-        match rust_log {
-            Some(filter) => command.env("RUST_LOG", filter),
-            None => command.env_remove("RUST_LOG"),
-        };
-        let child = command
-            .args(["--listen", &addr.to_string(), "--database-url", database_url])
-            .args(["--smtp-url", &format!("smtp://127.0.0.1:{smtp_port}")])
-            .args([
-                "--mail-retry-base-ms",
-                "50",
-                "--mail-retry-max-ms",
-                "500",
-                "--mail-claim-lease-secs",
-                "1",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let server = Server { child, addr };
-        for _ in 0..200 {
-            if let Ok(channel) =
-                Channel::from_shared(format!("http://{addr}")).unwrap().connect().await
-            {
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                let check = health
-                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-                    .await;
-                if check.is_ok_and(|r| r.into_inner().status == 1) {
-                    return server;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the server did not become ready");
-    }
-
-    async fn team(&self) -> TeamServiceClient<Channel> {
-        TeamServiceClient::new(
-            Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap(),
-        )
-    }
-
-    fn kill_hard(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn stop(mut self) {
-        let status =
-            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "graceful stop exits cleanly: {exit:?}");
-    }
 }
 
 async fn drop_database(name: Option<String>) {
@@ -345,6 +261,7 @@ async fn each_authorize_call_names_its_calling_service_in_the_log(backend: Backe
         Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
     let mut access = roster::pb::access_service_client::AccessServiceClient::new(channel);
     let mut request = tonic::Request::new(pb::AuthorizeRequest {
+        consistency: None,
         user_id: "someone".into(),
         organization_id: "01900000-0000-7000-8000-000000000000".into(),
         workspace_id: String::new(),

@@ -100,6 +100,7 @@ fn calls(valid: Vec<String>) -> impl Strategy<Value = Call> {
         s().prop_map(|token| Call::AcceptInvitation(pb::AcceptInvitationRequest { token })),
         (s(), s(), s(), s()).prop_map(|(user_id, organization_id, workspace_id, permission)| {
             Call::Authorize(pb::AuthorizeRequest {
+                consistency: None,
                 user_id,
                 organization_id,
                 workspace_id,
@@ -108,10 +109,17 @@ fn calls(valid: Vec<String>) -> impl Strategy<Value = Call> {
         }),
         proptest::collection::vec((s(), s(), s(), s()), 0..4).prop_map(|checks| {
             Call::BatchAuthorize(pb::BatchAuthorizeRequest {
+                consistency: None,
                 checks: checks
                     .into_iter()
                     .map(|(user_id, organization_id, workspace_id, permission)| {
-                        pb::AuthorizeRequest { user_id, organization_id, workspace_id, permission }
+                        pb::AuthorizeRequest {
+                            consistency: None,
+                            user_id,
+                            organization_id,
+                            workspace_id,
+                            permission,
+                        }
                     })
                     .collect(),
             })

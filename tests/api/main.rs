@@ -14,6 +14,7 @@ mod organizations;
 mod outage;
 mod overload;
 mod races;
+mod replicas;
 mod scenario;
 mod server;
 mod tls;

@@ -89,6 +89,7 @@ async fn services_may_prove_themselves_with_a_client_certificate(backend: Backen
     })
     .await;
     let check = || pb::AuthorizeRequest {
+        consistency: None,
         user_id: "nobody".into(),
         organization_id: "01900000-0000-7000-8000-000000000000".into(),
         workspace_id: String::new(),

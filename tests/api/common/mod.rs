@@ -2,6 +2,7 @@
 //! (a SQLite file or a fresh PostgreSQL database) and a real SMTP sink, and hands out typed
 //! clients and fixtures named by role.
 
+pub mod process;
 pub mod smtp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -280,6 +281,7 @@ impl TestApp {
         self.access
             .clone()
             .authorize(pb::AuthorizeRequest {
+                consistency: None,
                 user_id: user.to_owned(),
                 organization_id: org.to_owned(),
                 workspace_id: workspace.to_owned(),

@@ -1,0 +1,163 @@
+//! Cross-replica invalidation through PostgreSQL: every committed change to an organization
+//! sends `NOTIFY roster_invalidate, '<organization id>'` inside its transaction, so it is
+//! delivered exactly when the change commits; each replica LISTENs and drops what it cached about
+//! that organization.
+//!
+//! Each replica also notifies itself once a second. A connection that breaks, or goes silent for
+//! three seconds, makes the replica stop trusting its cache (every check then reads the
+//! database) until its own heartbeat comes through again on a fresh subscription.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::Store;
+use super::snapshot::AuthzCache;
+use crate::domain::OrganizationId;
+use crate::error::Error;
+
+/// The notification channel.
+pub const CHANNEL: &str = "roster_invalidate";
+/// How often a replica pings itself through the feed.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Silence after which the feed is considered broken.
+pub const MAX_SILENCE: Duration = Duration::from_secs(3);
+
+/// Announces a change to `org`; call inside the change's transaction. No-op on SQLite, where a
+/// single process owns the database.
+pub async fn notify(db: &impl ConnectionTrait, org: OrganizationId) -> Result<(), Error> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_notify($1, $2)",
+        [CHANNEL.into(), org.to_string().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+enum Event {
+    Payload(String),
+    Lost,
+}
+
+/// Starts listening; the cache is bypassed until the first heartbeat arrives.
+pub fn spawn(store: Store, cache: Arc<AuthzCache>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    cache.set_trusted(false);
+    let (events, received) = mpsc::channel(1024);
+    let reader = tokio::spawn(read(store.clone(), events, stop.clone()));
+    tokio::spawn(async move {
+        coordinate(store, cache, received, stop).await;
+        reader.abort();
+    })
+}
+
+/// Holds the LISTEN connection and forwards what arrives.
+async fn read(store: Store, events: mpsc::Sender<Event>, mut stop: watch::Receiver<bool>) {
+    let pool = store.reader().get_postgres_connection_pool().clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "invalidation feed: cannot connect; retrying");
+                let _ = events.send(Event::Lost).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(err) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %err, "invalidation feed: LISTEN failed; retrying");
+            let _ = events.send(Event::Lost).await;
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        loop {
+            let next = tokio::select! {
+                next = listener.try_recv() => next,
+                _ = stop.changed() => return,
+            };
+            match next {
+                Ok(Some(notification)) => {
+                    if events.send(Event::Payload(notification.payload().to_owned())).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                // The connection dropped; notifications sent meanwhile are lost.
+                Ok(None) | Err(_) => {
+                    tracing::warn!(
+                        "invalidation feed: connection lost; bypassing the cache until resynced"
+                    );
+                    let _ = events.send(Event::Lost).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Applies invalidations, sends heartbeats, and decides whether the cache may be trusted.
+async fn coordinate(
+    store: Store,
+    cache: Arc<AuthzCache>,
+    mut received: mpsc::Receiver<Event>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let replica = uuid::Uuid::new_v4().simple().to_string();
+    let own_ping = format!("ping:{replica}");
+    let mut last_ping: Option<Instant> = None;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            event = received.recv() => match event {
+                None => return,
+                Some(Event::Lost) => {
+                    last_ping = None;
+                    cache.set_trusted(false);
+                }
+                Some(Event::Payload(payload)) => {
+                    if payload == own_ping {
+                        last_ping = Some(Instant::now());
+                        if !cache.is_trusted() {
+                            cache.set_trusted(true);
+                            tracing::info!("invalidation feed: subscribed; cache in use");
+                        }
+                    } else if let Ok(org) = OrganizationId::parse(&payload) {
+                        cache.invalidate(org);
+                    }
+                }
+            },
+            _ = heartbeat.tick() => {
+                if cache.is_trusted() && last_ping.is_none_or(|at| at.elapsed() > MAX_SILENCE) {
+                    tracing::warn!("invalidation feed: silent; bypassing the cache until resynced");
+                    cache.set_trusted(false);
+                }
+                let ping = Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_notify($1, $2)",
+                    [CHANNEL.into(), own_ping.clone().into()],
+                );
+                if let Err(err) = store.reader().execute_raw(ping).await {
+                    tracing::debug!(error = %err, "invalidation feed: heartbeat not sent");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The real `roster` binary as a child process, for tests that kill, restart or run several.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use roster::pb::access_service_client::AccessServiceClient;
+use roster::pb::team_service_client::TeamServiceClient;
+use tonic::transport::Channel;
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real binary, run as a child process.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the binary with the test settings.
+    pub async fn start(database_url: &str, smtp_port: u16, log: &std::path::Path) -> Server {
+        Self::start_with(database_url, smtp_port, log, &[], None).await
+    }
+
+    /// Starts the binary with extra flags and a log filter.
+    pub async fn start_with(
+        database_url: &str,
+        smtp_port: u16,
+        log: &std::path::Path,
+        extra: &[&str],
+        rust_log: Option<&str>,
+    ) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_roster"));
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let child = command
+            .args(["--listen", &addr.to_string(), "--database-url", database_url])
+            .args(["--smtp-url", &format!("smtp://127.0.0.1:{smtp_port}")])
+            .args([
+                "--mail-retry-base-ms",
+                "50",
+                "--mail-retry-max-ms",
+                "500",
+                "--mail-claim-lease-secs",
+                "1",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server { child, addr };
+        for _ in 0..200 {
+            if let Ok(channel) =
+                Channel::from_shared(format!("http://{addr}")).unwrap().connect().await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let check = health
+                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .await;
+                if check.is_ok_and(|r| r.into_inner().status == 1) {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    /// A TeamService client.
+    pub async fn team(&self) -> TeamServiceClient<Channel> {
+        TeamServiceClient::new(
+            Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap(),
+        )
+    }
+
+    /// SIGKILL.
+    pub fn kill_hard(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and a clean exit.
+    pub fn stop(mut self) {
+        let status =
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "graceful stop exits cleanly: {exit:?}");
+    }
+}
+
+impl Server {
+    /// An AccessService client.
+    pub async fn access(&self) -> AccessServiceClient<Channel> {
+        AccessServiceClient::new(
+            Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap(),
+        )
+    }
+}

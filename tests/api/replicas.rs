@@ -1,0 +1,212 @@
+//! Two Roster processes on one PostgreSQL database. A change made through one is seen by the
+//! other at once with its consistency token or FULLY_CONSISTENT, and within the feed's bound
+//! without them; a replica whose notification connection is killed serves no stale allow.
+
+use std::time::{Duration, Instant};
+
+use roster::pb::{
+    self, ConsistencyRequirement as Req, OrganizationRole as R, WorkspaceAccess as A,
+};
+use sea_orm::ConnectionTrait;
+
+use crate::common::process::Server;
+use crate::common::{Backend, SmtpSink, User, fresh_database, postgres_admin_url};
+
+struct Replicas {
+    a: Server,
+    b: Server,
+    org: String,
+    workspace: String,
+    engineer: User,
+    owner: User,
+    database_url: String,
+    database: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn check(user: &User, org: &str, ws: &str, requirement: Req, token: &str) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        user_id: user.id.clone(),
+        organization_id: org.to_owned(),
+        workspace_id: ws.to_owned(),
+        permission: "sources.create".into(),
+        consistency: Some(pb::Consistency {
+            requirement: requirement as i32,
+            at_least_as_fresh: token.to_owned(),
+        }),
+    }
+}
+
+/// Two replicas, an organization with an engineer holding WRITE on a workspace, and replica B's
+/// cache warmed with the engineer's allow.
+async fn replicas() -> Replicas {
+    let dir = tempfile::tempdir().unwrap();
+    let (database_url, database) = fresh_database(Backend::Postgres, dir.path()).await;
+    let sink = SmtpSink::start().await;
+    let a = Server::start(&database_url, sink.port, &dir.path().join("a.log")).await;
+    let b = Server::start(&database_url, sink.port, &dir.path().join("b.log")).await;
+    let (owner, engineer) = (User::new("owner"), User::new("engineer"));
+    let mut team = a.team().await;
+    let org = team
+        .create_organization(
+            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+    let workspace = team
+        .create_workspace(owner.req(pb::CreateWorkspaceRequest {
+            organization_id: org.clone(),
+            display_name: "prod".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .workspace
+        .unwrap()
+        .id;
+    team.create_invitation(owner.req(pb::CreateInvitationRequest {
+        organization_id: org.clone(),
+        email: engineer.email.clone(),
+        role: R::Member as i32,
+        workspace_grants: vec![pb::InvitationWorkspaceGrant {
+            workspace_id: workspace.clone(),
+            access: A::Write as i32,
+        }],
+    }))
+    .await
+    .unwrap();
+    let token = sink.wait_for(&engineer.email, 1).await.token().unwrap();
+    team.accept_invitation(engineer.req(pb::AcceptInvitationRequest { token })).await.unwrap();
+    // B is subscribed once its heartbeat goes round; then its cache serves the engineer's allow.
+    let mut access = b.access().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let decision = access
+            .authorize(check(&engineer, &org, &workspace, Req::MinimizeLatency, ""))
+            .await
+            .unwrap();
+        assert!(decision.into_inner().allowed);
+    }
+    Replicas { a, b, org, workspace, engineer, owner, database_url, database, _dir: dir }
+}
+
+impl Replicas {
+    async fn remove_engineer_through_a(&self) -> String {
+        self.a
+            .team()
+            .await
+            .remove_member(self.owner.req(pb::RemoveMemberRequest {
+                organization_id: self.org.clone(),
+                user_id: self.engineer.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .consistency_token
+    }
+
+    async fn finish(self) {
+        self.a.stop();
+        self.b.stop();
+        if let Some(name) = self.database {
+            let admin = sea_orm::Database::connect(&postgres_admin_url()).await.unwrap();
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+        let _ = self.database_url;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_through_one_replica_is_seen_by_the_other() {
+    let r = replicas().await;
+    let mut b = r.b.access().await;
+    let token = r.remove_engineer_through_a().await;
+    let removed_at = Instant::now();
+    assert!(token.starts_with("v1."), "{token}");
+
+    // With the change's token, or asking for full consistency: denied at once.
+    let fresh = b
+        .authorize(check(&r.engineer, &r.org, &r.workspace, Req::AtLeastAsFresh, &token))
+        .await
+        .unwrap();
+    assert!(!fresh.get_ref().allowed);
+    assert_eq!(fresh.get_ref().reason, pb::DecisionReason::DeniedNotAMember as i32);
+    let full = b
+        .authorize(check(&r.engineer, &r.org, &r.workspace, Req::FullyConsistent, ""))
+        .await
+        .unwrap();
+    assert!(!full.into_inner().allowed);
+
+    // Without them: denied once the notification arrives, within the documented bound.
+    let mut delay = None;
+    while removed_at.elapsed() < roster::storage::feed::MAX_SILENCE {
+        let decision = b
+            .authorize(check(&r.engineer, &r.org, &r.workspace, Req::MinimizeLatency, ""))
+            .await
+            .unwrap();
+        if !decision.into_inner().allowed {
+            delay = Some(removed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let delay = delay.expect("replica B denies within the staleness bound");
+    println!("replica B denied {delay:?} after the removal returned on replica A");
+
+    // A malformed token is refused, not ignored.
+    let forged = b
+        .authorize(check(&r.engineer, &r.org, &r.workspace, Req::AtLeastAsFresh, "yesterday"))
+        .await;
+    assert_eq!(forged.unwrap_err().code(), tonic::Code::InvalidArgument);
+    r.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_notification_connection_never_yields_a_stale_allow() {
+    let r = replicas().await;
+    let admin = sea_orm::Database::connect(&r.database_url).await.unwrap();
+    let killed = admin
+        .execute_unprepared(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%roster_invalidate%'",
+        )
+        .await
+        .unwrap();
+    println!("terminated {} notification connection(s)", killed.rows_affected());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A change whose notification B never receives: written straight into the database, as if
+    // it had been sent while B's connection was down.
+    admin
+        .execute_unprepared(
+            "DELETE FROM workspace_grants WHERE user_id = 'engineer'; \
+             DELETE FROM members WHERE user_id = 'engineer'",
+        )
+        .await
+        .unwrap();
+
+    // B lost its feed, so it dropped what it had cached: no stale allow.
+    let mut b = r.b.access().await;
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let decision = b
+            .authorize(check(&r.engineer, &r.org, &r.workspace, Req::MinimizeLatency, ""))
+            .await
+            .unwrap();
+        assert!(
+            !decision.into_inner().allowed,
+            "a stale allow after the notification connection died"
+        );
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("{calls} checks on replica B after the kill: all denied");
+    admin.close().await.unwrap();
+    r.finish().await;
+}
