@@ -12,6 +12,7 @@ use crate::domain::{
 use crate::error::Error;
 use crate::storage::repo;
 use crate::storage::snapshot::Facts;
+use std::sync::Arc;
 
 /// One validated check: the permission's scope and the presence of a workspace agree.
 #[derive(Debug, Clone)]
@@ -50,8 +51,8 @@ impl Services {
         Ok(decisions)
     }
 
-    /// The facts of a check: from memory when allowed and held, else from the database (and then
-    /// remembered, unless a change raced the read).
+    /// The facts of a check: from the organization's in-memory index when it may be used
+    /// (loading it on first use), else from the database.
     async fn facts(
         &self,
         org: OrganizationId,
@@ -59,15 +60,33 @@ impl Services {
         workspace_id: Option<WorkspaceId>,
         fresh: bool,
     ) -> Result<Facts, Error> {
-        if fresh {
-            self.authz_cache.count_bypass();
-        } else if let Some(facts) = self.authz_cache.get(org, user, workspace_id) {
-            return Ok(facts);
+        let cache = &self.authz_cache;
+        if !fresh && let Some(slot) = cache.slot(org) {
+            let was_loaded = slot.index.initialized();
+            let index = slot
+                .index
+                .get_or_try_init(|| async {
+                    let index = repo::load_organization_index(self.store.reader(), org).await?;
+                    if !cache.fits(&index) {
+                        tracing::warn!(organization = %org, rows = index.entries(), "organization larger than --authz-cache-entries; its checks read the database");
+                        return Ok::<_, Error>(None);
+                    }
+                    let index = Arc::new(index);
+                    cache.admit(org, &slot, &index);
+                    Ok(Some(index))
+                })
+                .await?;
+            if let Some(index) = index {
+                if was_loaded {
+                    cache.count_hit()
+                } else {
+                    cache.count_miss()
+                }
+                return Ok(index.facts(user, workspace_id));
+            }
         }
-        let ticket = self.authz_cache.ticket();
-        let facts = repo::authorization_facts(self.store.reader(), org, user, workspace_id).await?;
-        self.authz_cache.fill(ticket, org, user, workspace_id, facts);
-        Ok(facts)
+        cache.count_miss();
+        repo::authorization_facts(self.store.reader(), org, user, workspace_id).await
     }
 
     /// The permissions a user holds in an organization or one of its workspaces.

@@ -600,6 +600,53 @@ pub async fn authorization_facts(
     Ok((role, facts))
 }
 
+/// Reads everything Authorize needs about one organization: its members' roles, its
+/// workspaces and every grant, in three indexed queries.
+pub async fn load_organization_index(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+) -> Result<crate::storage::snapshot::OrgIndex, Error> {
+    let members: Vec<(String, String)> = member::Entity::find()
+        .select_only()
+        .column(member::Column::UserId)
+        .column(member::Column::Role)
+        .filter(member::Column::OrganizationId.eq(org.as_uuid()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let workspaces: Vec<uuid::Uuid> = workspace::Entity::find()
+        .select_only()
+        .column(workspace::Column::Id)
+        .filter(workspace::Column::OrganizationId.eq(org.as_uuid()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let grants: Vec<(uuid::Uuid, String, String)> = workspace_grant::Entity::find()
+        .select_only()
+        .column(workspace_grant::Column::WorkspaceId)
+        .column(workspace_grant::Column::UserId)
+        .column(workspace_grant::Column::Access)
+        .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let members = members
+        .into_iter()
+        .map(|(user, role)| Ok((UserId::from_stored(user), role_of(&role)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let grants = grants
+        .into_iter()
+        .map(|(ws, user, access)| {
+            Ok((WorkspaceId::from_uuid(ws), UserId::from_stored(user), access_of(&access)?))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(crate::storage::snapshot::OrgIndex::new(
+        members,
+        workspaces.into_iter().map(WorkspaceId::from_uuid).collect(),
+        grants,
+    ))
+}
+
 /// Builds a raw statement written with `?` placeholders for either backend.
 fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
     let sql = match backend {

@@ -1,61 +1,116 @@
-//! An in-memory cache of the facts Authorize decides on: a user's role in an organization and,
-//! per workspace, whether it exists there and the user's grant. Bounded by an entry limit, with
-//! hit and miss counters.
+//! An in-memory index of what Authorize decides on, one organization at a time: its members'
+//! roles, its workspaces, and every grant. The first check that names an organization loads it
+//! whole (three indexed queries); every later check is a memory lookup, whatever the data size.
+//! Bounded by an entry limit, with hit and miss counters.
 //!
-//! Freshness: every committed change to an organization invalidates that organization here before
-//! its RPC returns; other replicas invalidate when PostgreSQL delivers the change's NOTIFY. A fill
-//! whose database read may have started before an invalidation is discarded (a global generation
-//! guards it), so an old answer can never be cached after the change that made it old. While the
-//! notification feed is down the cache is bypassed.
+//! Freshness: every committed change to an organization drops its index here before the RPC
+//! returns, and on other replicas when PostgreSQL delivers the change's NOTIFY; the next check
+//! reloads it. A load that raced a change is never kept: the change removes the load's slot.
+//! While the notification feed is down the index is bypassed and checks read the database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
-use crate::domain::{OrganizationId, Role, UserId, WorkspaceFacts, WorkspaceId};
+use tokio::sync::OnceCell;
+
+use crate::domain::{Access, OrganizationId, Role, UserId, WorkspaceFacts, WorkspaceId};
 
 const SHARDS: usize = 16;
 
 /// The facts of one check.
 pub type Facts = (Option<Role>, WorkspaceFacts);
 
-type OrgFacts = HashMap<(UserId, Option<WorkspaceId>), Facts>;
+/// One organization, whole.
+#[derive(Debug, Default)]
+pub struct OrgIndex {
+    roles: HashMap<UserId, Role>,
+    workspaces: HashSet<WorkspaceId>,
+    grants: HashMap<WorkspaceId, HashMap<UserId, Access>>,
+    entries: usize,
+}
 
-/// Counters of the cache's use.
+impl OrgIndex {
+    /// Builds the index from the organization's rows.
+    pub fn new(
+        members: Vec<(UserId, Role)>,
+        workspaces: Vec<WorkspaceId>,
+        grants: Vec<(WorkspaceId, UserId, Access)>,
+    ) -> Self {
+        let entries = members.len() + workspaces.len() + grants.len();
+        let mut by_workspace: HashMap<WorkspaceId, HashMap<UserId, Access>> = HashMap::new();
+        for (workspace, user, access) in grants {
+            by_workspace.entry(workspace).or_default().insert(user, access);
+        }
+        Self {
+            roles: members.into_iter().collect(),
+            workspaces: workspaces.into_iter().collect(),
+            grants: by_workspace,
+            entries,
+        }
+    }
+
+    /// The facts of a check, from memory.
+    pub fn facts(&self, user: &UserId, workspace: Option<WorkspaceId>) -> Facts {
+        let role = self.roles.get(user).copied();
+        let facts = match workspace {
+            None => WorkspaceFacts::NotApplicable,
+            Some(id) if !self.workspaces.contains(&id) => WorkspaceFacts::Missing,
+            Some(id) => {
+                WorkspaceFacts::Present(self.grants.get(&id).and_then(|g| g.get(user)).copied())
+            }
+        };
+        (role, facts)
+    }
+
+    /// Rows held.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+}
+
+/// Where an organization's index is, or is being loaded.
+#[derive(Debug, Default)]
+pub struct SlotCell {
+    /// The index once loaded (concurrent checks wait for one load); `None` when the
+    /// organization alone is larger than the limit and its checks read the database.
+    pub index: OnceCell<Option<Arc<OrgIndex>>>,
+    /// Rows counted against the limit for this slot.
+    accounted: AtomicUsize,
+}
+
+/// A shared handle on a slot.
+pub type Slot = Arc<SlotCell>;
+
+/// Counters of the index's use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Answers served from memory.
+    /// Checks answered from memory.
     pub hits: u64,
-    /// Answers read from the database.
+    /// Checks that loaded an organization or read the database.
     pub misses: u64,
-    /// Entries held.
+    /// Rows held in memory.
     pub entries: usize,
 }
 
-/// A ticket taken before a database read; the fill is kept only if nothing was invalidated since.
-#[derive(Debug, Clone, Copy)]
-pub struct Ticket(u64);
-
-/// The cache.
+/// The index of every organization loaded so far.
 pub struct AuthzCache {
     capacity: usize,
     trusted: AtomicBool,
-    generation: AtomicU64,
     entries: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
     hasher: std::collections::hash_map::RandomState,
-    shards: Vec<RwLock<HashMap<OrganizationId, OrgFacts>>>,
+    shards: Vec<RwLock<HashMap<OrganizationId, Slot>>>,
 }
 
 impl AuthzCache {
-    /// A cache of at most `capacity` entries (0 disables it), trusted from the start.
+    /// An index of at most `capacity` rows (0 disables it), trusted from the start.
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
             trusted: AtomicBool::new(true),
-            generation: AtomicU64::new(0),
             entries: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -64,92 +119,96 @@ impl AuthzCache {
         }
     }
 
-    fn shard(&self, org: OrganizationId) -> &RwLock<HashMap<OrganizationId, OrgFacts>> {
+    fn shard(&self, org: OrganizationId) -> &RwLock<HashMap<OrganizationId, Slot>> {
         &self.shards[(self.hasher.hash_one(org) as usize) % SHARDS]
     }
 
-    /// The cached facts, if the cache may be used and holds them.
-    pub fn get(
-        &self,
-        org: OrganizationId,
-        user: &UserId,
-        workspace: Option<WorkspaceId>,
-    ) -> Option<Facts> {
+    /// The slot of an organization, created empty if missing; `None` when the index may not be
+    /// used (disabled, or the feed is down).
+    pub fn slot(&self, org: OrganizationId) -> Option<Slot> {
         if self.capacity == 0 || !self.trusted.load(Ordering::Acquire) {
-            self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let shard = self.shard(org).read().unwrap_or_else(|p| p.into_inner());
-        let found =
-            shard.get(&org).and_then(|facts| facts.get(&(user.clone(), workspace)).copied());
-        match found {
-            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
-            None => self.misses.fetch_add(1, Ordering::Relaxed),
-        };
-        found
+        if let Some(slot) = self.shard(org).read().unwrap_or_else(|p| p.into_inner()).get(&org) {
+            return Some(slot.clone());
+        }
+        let mut shard = self.shard(org).write().unwrap_or_else(|p| p.into_inner());
+        Some(shard.entry(org).or_default().clone())
     }
 
-    /// Counts a read that bypassed the cache.
-    pub fn count_bypass(&self) {
+    /// Records a check answered from memory.
+    pub fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a check that loaded or read the database.
+    pub fn count_miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Takes a ticket before reading the database.
-    pub fn ticket(&self) -> Ticket {
-        Ticket(self.generation.load(Ordering::Acquire))
+    /// Whether an organization of this size may be held at all.
+    pub fn fits(&self, index: &OrgIndex) -> bool {
+        index.entries() <= self.capacity
     }
 
-    /// Stores facts read from the database, unless an invalidation happened since `ticket`.
-    pub fn fill(
-        &self,
-        ticket: Ticket,
-        org: OrganizationId,
-        user: &UserId,
-        workspace: Option<WorkspaceId>,
-        facts: Facts,
-    ) {
-        if self.capacity == 0 || !self.trusted.load(Ordering::Acquire) {
-            return;
+    /// Accounts for a freshly loaded organization and makes room under the limit.
+    pub fn admit(&self, org: OrganizationId, slot: &Slot, index: &OrgIndex) {
+        {
+            let shard = self.shard(org).write().unwrap_or_else(|p| p.into_inner());
+            // A change during the load already removed this slot: nothing to account for.
+            if !shard.get(&org).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+                return;
+            }
+            slot.accounted.store(index.entries(), Ordering::Release);
+            self.entries.fetch_add(index.entries(), Ordering::AcqRel);
         }
-        let mut shard = self.shard(org).write().unwrap_or_else(|p| p.into_inner());
-        // Checked under the shard lock, which invalidation also takes after bumping the
-        // generation: either this fill sees the bump, or the invalidation sees this entry.
-        if self.generation.load(Ordering::Acquire) != ticket.0 {
-            return;
-        }
-        if self.entries.load(Ordering::Relaxed) >= self.capacity {
-            // Full: drop this shard's entries rather than grow.
-            let dropped: usize = shard.values().map(HashMap::len).sum();
-            shard.clear();
-            self.entries.fetch_sub(dropped, Ordering::Relaxed);
-        }
-        let previous = shard.entry(org).or_default().insert((user.clone(), workspace), facts);
-        if previous.is_none() {
-            self.entries.fetch_add(1, Ordering::Relaxed);
+        if self.entries.load(Ordering::Acquire) > self.capacity {
+            // Over the limit: drop other organizations, shard by shard, until there is room.
+            for shard in &self.shards {
+                if self.entries.load(Ordering::Acquire) <= self.capacity {
+                    break;
+                }
+                let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
+                let victims: Vec<OrganizationId> =
+                    shard.keys().copied().filter(|o| *o != org).collect();
+                for victim in victims {
+                    if let Some(old) = shard.remove(&victim) {
+                        self.release(&old);
+                    }
+                    if self.entries.load(Ordering::Acquire) <= self.capacity {
+                        break;
+                    }
+                }
+            }
         }
     }
 
-    /// Forgets everything about an organization; called after its change commits.
+    fn release(&self, slot: &Slot) {
+        let accounted = slot.accounted.swap(0, Ordering::AcqRel);
+        self.entries.fetch_sub(accounted, Ordering::AcqRel);
+    }
+
+    /// Forgets an organization; called once its change has committed. A load in progress keeps
+    /// serving only the checks that were already waiting for it.
     pub fn invalidate(&self, org: OrganizationId) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let mut shard = self.shard(org).write().unwrap_or_else(|p| p.into_inner());
-        if let Some(facts) = shard.remove(&org) {
-            self.entries.fetch_sub(facts.len(), Ordering::Relaxed);
+        let removed = self.shard(org).write().unwrap_or_else(|p| p.into_inner()).remove(&org);
+        if let Some(slot) = removed {
+            self.release(&slot);
         }
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
         for shard in &self.shards {
-            let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
-            let dropped: usize = shard.values().map(HashMap::len).sum();
-            shard.clear();
-            self.entries.fetch_sub(dropped, Ordering::Relaxed);
+            let drained: Vec<Slot> =
+                shard.write().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
+            for slot in drained {
+                self.release(&slot);
+            }
         }
     }
 
-    /// Stops using the cache (the invalidation feed is down) or starts again from empty.
+    /// Stops using the index (the invalidation feed is down), or starts again from empty.
     pub fn set_trusted(&self, trusted: bool) {
         if trusted {
             self.clear();
@@ -178,46 +237,68 @@ impl AuthzCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Access;
 
-    fn facts(role: Role) -> Facts {
-        (Some(role), WorkspaceFacts::Present(Some(Access::Read)))
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn index(members: usize) -> OrgIndex {
+        let ws = WorkspaceId::generate();
+        OrgIndex::new(
+            (0..members).map(|i| (user(&format!("u{i}")), Role::Member)).collect(),
+            vec![ws],
+            vec![(ws, user("u0"), Access::Read)],
+        )
     }
 
     #[test]
-    fn a_fill_after_an_invalidation_is_discarded() {
-        let cache = AuthzCache::new(100);
-        let (org, user) = (OrganizationId::generate(), UserId::parse("u").unwrap());
-        let stale = cache.ticket();
-        cache.invalidate(org);
-        cache.fill(stale, org, &user, None, facts(Role::Owner));
-        assert_eq!(cache.get(org, &user, None), None);
-        let fresh = cache.ticket();
-        cache.fill(fresh, org, &user, None, facts(Role::Member));
-        assert_eq!(cache.get(org, &user, None), Some(facts(Role::Member)));
-        cache.invalidate(org);
-        assert_eq!(cache.get(org, &user, None), None);
-        assert_eq!(cache.stats().entries, 0);
+    fn an_index_answers_from_its_rows() {
+        let ws = WorkspaceId::generate();
+        let other = WorkspaceId::generate();
+        let index = OrgIndex::new(
+            vec![(user("a"), Role::Admin), (user("b"), Role::Member)],
+            vec![ws, other],
+            vec![(ws, user("b"), Access::Write)],
+        );
+        assert_eq!(
+            index.facts(&user("b"), Some(ws)),
+            (Some(Role::Member), WorkspaceFacts::Present(Some(Access::Write)))
+        );
+        assert_eq!(
+            index.facts(&user("a"), Some(ws)),
+            (Some(Role::Admin), WorkspaceFacts::Present(None))
+        );
+        assert_eq!(
+            index.facts(&user("b"), Some(WorkspaceId::generate())).1,
+            WorkspaceFacts::Missing
+        );
+        assert_eq!(index.facts(&user("z"), None), (None, WorkspaceFacts::NotApplicable));
     }
 
     #[test]
-    fn the_entry_limit_holds_and_untrusted_means_bypass() {
-        let cache = AuthzCache::new(10);
+    fn invalidation_replaces_the_slot_and_the_limit_holds() {
+        let cache = AuthzCache::new(25);
         let org = OrganizationId::generate();
-        for i in 0..100 {
-            let user = UserId::parse(&format!("u{i}")).unwrap();
-            cache.fill(cache.ticket(), org, &user, None, facts(Role::Member));
-            assert!(cache.stats().entries <= 10);
-        }
-        let user = UserId::parse("u99").unwrap();
-        assert!(cache.get(org, &user, None).is_some());
-        cache.set_trusted(false);
-        assert_eq!(cache.get(org, &user, None), None);
-        cache.fill(cache.ticket(), org, &user, None, facts(Role::Member));
+        let slot = cache.slot(org).unwrap();
+        let loaded = Arc::new(index(10));
+        let _ = slot.index.set(Some(loaded.clone()));
+        cache.admit(org, &slot, &loaded);
+        assert!(Arc::ptr_eq(&slot, &cache.slot(org).unwrap()));
+        cache.invalidate(org);
+        assert!(!Arc::ptr_eq(&slot, &cache.slot(org).unwrap()), "a new slot after invalidation");
         assert_eq!(cache.stats().entries, 0);
-        cache.set_trusted(true);
-        assert_eq!(cache.get(org, &user, None), None);
-        let stats = cache.stats();
-        assert!(stats.hits >= 1 && stats.misses >= 1);
+
+        for _ in 0..5 {
+            let org = OrganizationId::generate();
+            let slot = cache.slot(org).unwrap();
+            let loaded = Arc::new(index(10));
+            let _ = slot.index.set(Some(loaded.clone()));
+            cache.admit(org, &slot, &loaded);
+            assert!(cache.stats().entries <= 25, "{:?}", cache.stats());
+        }
+        assert!(!cache.fits(&index(100)));
+        cache.set_trusted(false);
+        assert!(cache.slot(org).is_none());
+        assert_eq!(cache.stats().entries, 0);
     }
 }
