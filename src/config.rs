@@ -184,8 +184,10 @@ pub struct Config {
     #[arg(long, env = "ROSTER_INVITE_RATE_PER_HOUR", default_value_t = 100, global = true)]
     pub invite_rate_per_hour: u32,
 
-    /// Entries of the in-memory Authorize cache (about 150 bytes each); 0 disables it.
-    #[arg(long, env = "ROSTER_AUTHZ_CACHE_ENTRIES", default_value_t = 1_000_000, global = true)]
+    /// Rows (members, workspaces and grants) the in-memory Authorize index may hold, about 150
+    /// bytes each; 0 disables it. An organization larger than this is always read from the
+    /// database.
+    #[arg(long, env = "ROSTER_AUTHZ_CACHE_ENTRIES", default_value_t = 2_000_000, global = true)]
     pub authz_cache_entries: usize,
 
     /// Seconds to let in-flight calls finish after SIGINT or SIGTERM.

@@ -69,6 +69,10 @@ struct Args {
     /// Grant changes per second made through TeamService while Authorize runs (0 = none).
     #[arg(long, default_value_t = 0)]
     write_rate: u32,
+    /// Rows the server's Authorize index may hold (its --authz-cache-entries); server default if
+    /// unset.
+    #[arg(long)]
+    cache_entries: Option<usize>,
     /// Folder for the SQLite file and server log (a temporary one by default).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -250,10 +254,30 @@ impl Outcome {
     }
 }
 
+/// Requests built before the load starts, so that the load generator, which shares the machine
+/// with the server, spends its time sending rather than formatting ids.
+struct Pools {
+    checks: Vec<pb::AuthorizeRequest>,
+    batches: Vec<pb::BatchAuthorizeRequest>,
+}
+
+fn build_pools(data: &DataSet) -> Pools {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let checks: Vec<pb::AuthorizeRequest> =
+        (0..100_000).map(|_| random_check(data, &mut rng)).collect();
+    let batches = (0..1000)
+        .map(|b| pb::BatchAuthorizeRequest {
+            consistency: None,
+            checks: checks[b * 100..(b + 1) * 100].to_vec(),
+        })
+        .collect();
+    Pools { checks, batches }
+}
+
 async fn drive(
     phase: Phase,
     channels: &[Channel],
-    data: &Arc<DataSet>,
+    pools: &Arc<Pools>,
     args: &Args,
     measure: Duration,
 ) -> Outcome {
@@ -261,7 +285,7 @@ async fn drive(
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..args.concurrency {
         let channel = channels[worker % channels.len()].clone();
-        let data = data.clone();
+        let pools = pools.clone();
         tasks.spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(worker as u64 + 1);
             let mut health = HealthClient::new(channel.clone());
@@ -273,7 +297,9 @@ async fn drive(
                     Phase::Health => {
                         health.check(HealthCheckRequest { service: String::new() }).await.is_ok()
                     }
-                    Phase::Authorize => match access.authorize(random_check(&data, &mut rng)).await
+                    Phase::Authorize => match access
+                        .authorize(pools.checks[rng.random_range(0..pools.checks.len())].clone())
+                        .await
                     {
                         Ok(r) => {
                             decisions += 1;
@@ -283,14 +309,8 @@ async fn drive(
                         Err(_) => false,
                     },
                     Phase::Batch => {
-                        let checks = (0..100).map(|_| random_check(&data, &mut rng)).collect();
-                        match access
-                            .batch_authorize(pb::BatchAuthorizeRequest {
-                                consistency: None,
-                                checks,
-                            })
-                            .await
-                        {
+                        let batch = pools.batches[rng.random_range(0..pools.batches.len())].clone();
+                        match access.batch_authorize(batch).await {
                             Ok(r) => {
                                 let results = r.into_inner().results;
                                 decisions += results.len();
@@ -367,13 +387,22 @@ fn resident_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn start_server(database_url: &str, addr: &str, dir: &std::path::Path) -> anyhow::Result<Child> {
+fn start_server(
+    database_url: &str,
+    addr: &str,
+    dir: &std::path::Path,
+    cache_entries: Option<usize>,
+) -> anyhow::Result<Child> {
     let binary = std::env::current_exe()?.with_file_name("roster");
     if !binary.exists() {
         bail!("{} not found; build it with `cargo build --release`", binary.display());
     }
     let log = std::fs::File::create(dir.join("server.log"))?;
-    Ok(Command::new(binary)
+    let mut command = Command::new(binary);
+    if let Some(entries) = cache_entries {
+        command.args(["--authz-cache-entries", &entries.to_string()]);
+    }
+    Ok(command
         .args(["--listen", addr, "--database-url", database_url, "--mail-dir"])
         .arg(dir.join("mail"))
         .args(["--log-format", "json", "--max-in-flight", "100000"])
@@ -416,10 +445,11 @@ async fn main() -> anyhow::Result<()> {
     .close()
     .await;
     let data = Arc::new(seed(&database_url, &args).await?);
+    let pools = Arc::new(build_pools(&data));
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
-    let mut server = start_server(&database_url, &addr, &dir)?;
+    let mut server = start_server(&database_url, &addr, &dir, args.cache_entries)?;
     let endpoint = format!("http://{addr}");
     let mut channels = Vec::new();
     for _ in 0..100 {
@@ -452,9 +482,9 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(writer(endpoint.clone(), data.clone(), args.write_rate, stop.clone()))
         });
         if !warmup.is_zero() {
-            drive(phase, &channels, &data, &args, warmup).await;
+            drive(phase, &channels, &pools, &args, warmup).await;
         }
-        let outcome = drive(phase, &channels, &data, &args, measure).await;
+        let outcome = drive(phase, &channels, &pools, &args, measure).await;
         stop.store(true, Ordering::Relaxed);
         let written = match writes {
             Some(task) => task.await.unwrap_or(0),

@@ -7,7 +7,7 @@ use tracing::Instrument as _;
 
 use super::auth::{Identity, ServiceCaller};
 use super::convert;
-use crate::domain::{Permission, Scope};
+use crate::domain::{OrganizationId, Permission, Scope, UserId, WorkspaceId};
 use crate::error::{Error, Violations};
 use crate::pb::{self, access_service_server::AccessService};
 use crate::service::access::Check;
@@ -77,6 +77,27 @@ fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option
     })
 }
 
+/// Reads a well-formed check without building field names, or `None` if anything is off (the
+/// caller then validates with [`check`] to name the problem). Batches take this path per check.
+fn well_formed_check(req: &pb::AuthorizeRequest) -> Option<Check> {
+    let permission = Permission::from_name(&req.permission)?;
+    let workspace_id = match (permission.scope(), req.workspace_id.is_empty()) {
+        (Scope::Workspace, false) => Some(WorkspaceId::parse(&req.workspace_id).ok()?),
+        (Scope::Organization, true) => None,
+        _ => return None,
+    };
+    if req.consistency.is_some() {
+        return None;
+    }
+    Some(Check {
+        user_id: UserId::parse(&req.user_id).ok()?,
+        organization_id: OrganizationId::parse(&req.organization_id).ok()?,
+        workspace_id,
+        permission,
+        fresh: false,
+    })
+}
+
 #[tonic::async_trait]
 impl AccessService for AccessApi {
     async fn authorize(
@@ -107,17 +128,22 @@ impl AccessService for AccessApi {
             );
         }
         let mut v = Violations::new();
-        let checks: Vec<Option<Check>> = req
-            .checks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| check(&mut v, &format!("checks[{i}]."), c))
-            .collect();
         let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
+        let quick: Option<Vec<Check>> = req.checks.iter().map(well_formed_check).collect();
+        let checks = match quick {
+            Some(checks) => Some(checks),
+            None => {
+                let named: Vec<Option<Check>> = req
+                    .checks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| check(&mut v, &format!("checks[{i}]."), c))
+                    .collect();
+                named.into_iter().collect::<Option<Vec<Check>>>()
+            }
+        };
         v.finish()?;
-        let (Some(mut checks), Some(fresh)) =
-            (checks.into_iter().collect::<Option<Vec<Check>>>(), fresh)
-        else {
+        let (Some(mut checks), Some(fresh)) = (checks, fresh) else {
             return Err(Error::invalid("checks", "holds a malformed check").into());
         };
         // The batch's requirement applies to every check in it.
