@@ -406,7 +406,7 @@ fn start_server(
         .args(["--listen", addr, "--database-url", database_url, "--mail-dir"])
         .arg(dir.join("mail"))
         .args(["--log-format", "json", "--max-in-flight", "100000"])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,roster::app=info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?)
@@ -527,8 +527,14 @@ async fn main() -> anyhow::Result<()> {
         Some(mib) => println!("server resident memory: {mib:.1} MiB"),
         None => println!("server resident memory: unavailable"),
     }
-    let _ = server.kill();
+    // A graceful stop makes the server log its index counters.
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
     let _ = server.wait();
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    match log.lines().find(|line| line.contains("authorization cache")) {
+        Some(line) => println!("server index counters: {line}"),
+        None => println!("server index counters: not logged"),
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 use crate::common::process::{Server, free_port};
-use crate::common::{Backend, SmtpSink, User, fresh_database, spawn_app_with};
+use crate::common::{Backend, SmtpSink, User, create_org_with, fresh_database, spawn_app_with};
 use crate::db_tests;
 
 db_tests!(
@@ -105,16 +105,7 @@ async fn a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it(bac
     let server = Server::start(&database_url, sink.port, &log).await;
     let owner = User::new("owner");
     let mut team = server.team().await;
-    let org = team
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
-        )
-        .await
-        .unwrap()
-        .into_inner()
-        .organization
-        .unwrap()
-        .id;
+    let org = create_org_with(&mut team, &owner, "Acme").await;
 
     // A burst of invitations; the server is killed with SIGKILL while they are in flight.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -187,16 +178,7 @@ async fn logs_hold_no_token_and_no_invitee_address(backend: Backend) {
     let owner = User::new("owner");
     let invitee = User { id: "invitee".into(), email: "secret.invitee@example.com".into() };
     let mut team = server.team().await;
-    let org = team
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
-        )
-        .await
-        .unwrap()
-        .into_inner()
-        .organization
-        .unwrap()
-        .id;
+    let org = create_org_with(&mut team, &owner, "Acme").await;
     let invitation = team
         .create_invitation(owner.req(pb::CreateInvitationRequest {
             organization_id: org.clone(),

@@ -10,7 +10,7 @@ use roster::pb::{
 use sea_orm::ConnectionTrait;
 
 use crate::common::process::Server;
-use crate::common::{Backend, SmtpSink, User, fresh_database, postgres_admin_url};
+use crate::common::{Backend, SmtpSink, User, create_org_with, fresh_database, postgres_admin_url};
 
 struct Replicas {
     a: Server,
@@ -47,16 +47,7 @@ async fn replicas() -> Replicas {
     let b = Server::start(&database_url, sink.port, &dir.path().join("b.log")).await;
     let (owner, engineer) = (User::new("owner"), User::new("engineer"));
     let mut team = a.team().await;
-    let org = team
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
-        )
-        .await
-        .unwrap()
-        .into_inner()
-        .organization
-        .unwrap()
-        .id;
+    let org = create_org_with(&mut team, &owner, "Acme").await;
     let workspace = team
         .create_workspace(owner.req(pb::CreateWorkspaceRequest {
             organization_id: org.clone(),

@@ -360,6 +360,23 @@ impl TestApp {
     }
 }
 
+/// Creates an organization through any TeamService client; returns its id.
+pub async fn create_org_with(
+    team: &mut roster::pb::team_service_client::TeamServiceClient<tonic::transport::Channel>,
+    owner: &User,
+    name: &str,
+) -> String {
+    team.create_organization(
+        owner.req(pb::CreateOrganizationRequest { display_name: name.to_owned() }),
+    )
+    .await
+    .expect("create organization")
+    .into_inner()
+    .organization
+    .expect("an organization")
+    .id
+}
+
 /// Asserts a gRPC failure's code, and for INVALID_ARGUMENT that a BadRequest names `field`.
 pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, field: Option<&str>) {
     let status = match result {
