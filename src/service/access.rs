@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::storage::repo;
-use crate::storage::snapshot::Facts;
+use crate::storage::snapshot::{Facts, OrgIndex};
 use std::sync::Arc;
 
 /// One validated check: the permission's scope and the presence of a workspace agree.
@@ -49,15 +49,60 @@ impl Services {
     /// Decides several checks, in order.
     #[instrument(skip_all, fields(checks = checks.len()))]
     pub async fn batch_authorize(&self, checks: &[Check]) -> Result<Vec<Decision>, Error> {
+        // One index lookup per organization of the batch, not per check.
+        let mut indexes: Vec<(OrganizationId, Option<Arc<OrgIndex>>)> = Vec::new();
         let mut decisions = Vec::with_capacity(checks.len());
         for check in checks {
-            decisions.push(self.decide_check(check).await?);
+            if check.fresh {
+                decisions.push(self.decide_check(check).await?);
+                continue;
+            }
+            let org = check.organization_id;
+            let index = match indexes.iter().find(|(o, _)| *o == org) {
+                Some((_, index)) => index.clone(),
+                None => {
+                    let index = self.index_for(org).await?;
+                    indexes.push((org, index.clone()));
+                    index
+                }
+            };
+            match index {
+                Some(index) => {
+                    self.authz_cache.count_hit();
+                    let (role, facts) = index.facts(&check.user_id, check.workspace_id);
+                    decisions.push(authz::decide(role, facts, check.permission));
+                }
+                None => decisions.push(self.decide_check(check).await?),
+            }
         }
         Ok(decisions)
     }
 
-    /// The facts of a check: from the organization's in-memory index when it may be used
-    /// (loading it on first use), else from the database.
+    /// The organization's in-memory index, loading it on first use; `None` when checks must
+    /// read the database (the index is bypassed, or the organization is larger than its limit).
+    async fn index_for(&self, org: OrganizationId) -> Result<Option<Arc<OrgIndex>>, Error> {
+        let cache = &self.authz_cache;
+        let Some(slot) = cache.slot(org) else { return Ok(None) };
+        let index = slot
+            .index
+            .get_or_try_init(|| async {
+                // The check that loads the organization counts as the miss.
+                cache.count_miss();
+                let index = repo::load_organization_index(self.store.reader(), org).await?;
+                if !cache.fits(&index) {
+                    tracing::warn!(organization = %org, rows = index.entries(), "organization larger than --authz-cache-entries; its checks read the database");
+                    return Ok::<_, Error>(None);
+                }
+                let index = Arc::new(index);
+                cache.admit(org, &slot, &index);
+                Ok(Some(index))
+            })
+            .await?;
+        Ok(index.clone())
+    }
+
+    /// The facts of a check: from the organization's in-memory index when it may be used, else
+    /// from the database.
     async fn facts(
         &self,
         org: OrganizationId,
@@ -65,32 +110,11 @@ impl Services {
         workspace_id: Option<WorkspaceId>,
         fresh: bool,
     ) -> Result<Facts, Error> {
-        let cache = &self.authz_cache;
-        if !fresh && let Some(slot) = cache.slot(org) {
-            let was_loaded = slot.index.initialized();
-            let index = slot
-                .index
-                .get_or_try_init(|| async {
-                    let index = repo::load_organization_index(self.store.reader(), org).await?;
-                    if !cache.fits(&index) {
-                        tracing::warn!(organization = %org, rows = index.entries(), "organization larger than --authz-cache-entries; its checks read the database");
-                        return Ok::<_, Error>(None);
-                    }
-                    let index = Arc::new(index);
-                    cache.admit(org, &slot, &index);
-                    Ok(Some(index))
-                })
-                .await?;
-            if let Some(index) = index {
-                if was_loaded {
-                    cache.count_hit()
-                } else {
-                    cache.count_miss()
-                }
-                return Ok(index.facts(user, workspace_id));
-            }
+        if !fresh && let Some(index) = self.index_for(org).await? {
+            self.authz_cache.count_hit();
+            return Ok(index.facts(user, workspace_id));
         }
-        cache.count_miss();
+        self.authz_cache.count_miss();
         repo::authorization_facts(self.store.reader(), org, user, workspace_id).await
     }
 

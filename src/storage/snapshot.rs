@@ -22,12 +22,16 @@ const SHARDS: usize = 16;
 /// The facts of one check.
 pub type Facts = (Option<Role>, WorkspaceFacts);
 
+/// A fast hasher with a per-process random seed: the index is on the hot path, and its keys come
+/// from the database rather than straight from callers.
+type Fast = foldhash::fast::RandomState;
+
 /// One organization, whole.
 #[derive(Debug, Default)]
 pub struct OrgIndex {
-    roles: HashMap<UserId, Role>,
-    workspaces: HashSet<WorkspaceId>,
-    grants: HashMap<WorkspaceId, HashMap<UserId, Access>>,
+    roles: HashMap<UserId, Role, Fast>,
+    workspaces: HashSet<WorkspaceId, Fast>,
+    grants: HashMap<WorkspaceId, HashMap<UserId, Access, Fast>, Fast>,
     entries: usize,
 }
 
@@ -39,7 +43,8 @@ impl OrgIndex {
         grants: Vec<(WorkspaceId, UserId, Access)>,
     ) -> Self {
         let entries = members.len() + workspaces.len() + grants.len();
-        let mut by_workspace: HashMap<WorkspaceId, HashMap<UserId, Access>> = HashMap::new();
+        let mut by_workspace: HashMap<WorkspaceId, HashMap<UserId, Access, Fast>, Fast> =
+            HashMap::default();
         for (workspace, user, access) in grants {
             by_workspace.entry(workspace).or_default().insert(user, access);
         }
