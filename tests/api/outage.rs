@@ -195,7 +195,9 @@ async fn a_postgres_restart_under_traffic_is_unavailable_then_recovers_without_r
         count("denied")
     );
     assert_eq!(count("denied"), 0, "an outage never turns into a wrong decision");
-    assert!(count("unavailable") > 0 && count("allowed") > 0);
+    // Calls in flight during the outage may wait for the database and then succeed, so the
+    // traffic need not see UNAVAILABLE itself; the explicit calls above did.
+    assert!(count("allowed") > 0);
     app.team
         .clone()
         .create_workspace(

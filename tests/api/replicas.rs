@@ -170,7 +170,8 @@ async fn a_killed_notification_connection_never_yields_a_stale_allow() {
         .await
         .unwrap();
     println!("terminated {} notification connection(s)", killed.rows_affected());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Give replica B a moment to notice (a reset connection is noticed in milliseconds).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // A change whose notification B never receives: written straight into the database, as if
     // it had been sent while B's connection was down.
     admin
