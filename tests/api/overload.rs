@@ -67,16 +67,34 @@ async fn excess_calls_are_shed_and_slow_calls_hit_the_deadline(backend: Backend)
         .await
         .unwrap();
 
-    let mut team = app.team.clone();
-    let slow_request = owner.req(pb::CreateWorkspaceRequest {
-        organization_id: org.clone(),
-        display_name: "slow".into(),
-    });
-    let started = Instant::now();
-    let slow = tokio::spawn(async move { team.create_workspace(slow_request).await });
+    // The slow call goes over a connection of its own, so it is in flight independently of the
+    // calls below.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let team = roster::pb::team_service_client::TeamServiceClient::new(channel);
+    // Send the slow call until it is the one holding the slot: with a single slot, a call that
+    // arrives while another holds it is itself shed at once.
+    let mut started;
+    let slow = loop {
+        let slow_request = owner.req(pb::CreateWorkspaceRequest {
+            organization_id: org.clone(),
+            display_name: "slow".into(),
+        });
+        let mut client = team.clone();
+        started = Instant::now();
+        let slow = tokio::spawn(async move { client.create_workspace(slow_request).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !slow.is_finished() {
+            break slow;
+        }
+        let refused = slow.await.unwrap();
+        assert_code(refused, Code::ResourceExhausted, None);
+    };
 
-    // Once the slow call holds the one slot, the next call is refused at once, not queued. (A
-    // read that slips in before the slow call arrives simply succeeds; keep asking.)
+    // The one slot is taken: the next call is refused at once, not queued.
     let mut shed = None;
     let mut shed_started = Instant::now();
     while started.elapsed() < Duration::from_secs(2) {
