@@ -81,6 +81,18 @@ impl UserId {
 
     /// Validates a user id sent by a client or read from credentials.
     pub fn parse(text: &str) -> Result<Self, IdError> {
+        Self::validate(text)?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Validates a user id the caller already owns, without copying it.
+    pub fn parse_owned(text: String) -> Result<Self, IdError> {
+        Self::validate(&text)?;
+        Ok(Self(text))
+    }
+
+    /// Checks a user id without keeping it.
+    pub fn validate(text: &str) -> Result<(), IdError> {
         if text.is_empty() {
             return Err(IdError("is required"));
         }
@@ -92,7 +104,7 @@ impl UserId {
         if text.chars().any(char::is_control) || text.trim() != text {
             return Err(IdError("must be printable characters without leading or trailing spaces"));
         }
-        Ok(Self(text.to_owned()))
+        Ok(())
     }
 
     /// Wraps a stored user id.

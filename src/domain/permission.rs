@@ -31,6 +31,14 @@ macro_rules! catalogue {
                 }
             }
 
+            /// Looks a permission up by its wire name; `None` for a name outside the catalogue.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Permission::$variant),)*
+                    _ => None,
+                }
+            }
+
             /// Organization or workspace.
             pub fn scope(self) -> Scope {
                 match self {
@@ -82,13 +90,6 @@ catalogue! {
     SchedulesDelete => "schedules.delete", Workspace, "Delete schedules.";
     DatasetsConfigure => "datasets.configure", Workspace, "Configure datasets.";
     SyncsTrigger => "syncs.trigger", Workspace, "Trigger syncs.";
-}
-
-impl Permission {
-    /// Looks a permission up by its wire name; `None` for a name outside the catalogue.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|p| p.name() == name)
-    }
 }
 
 #[cfg(test)]

@@ -77,25 +77,31 @@ fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option
     })
 }
 
-/// Reads a well-formed check without building field names, or `None` if anything is off (the
-/// caller then validates with [`check`] to name the problem). Batches take this path per check.
-fn well_formed_check(req: &pb::AuthorizeRequest) -> Option<Check> {
-    let permission = Permission::from_name(&req.permission)?;
-    let workspace_id = match (permission.scope(), req.workspace_id.is_empty()) {
-        (Scope::Workspace, false) => Some(WorkspaceId::parse(&req.workspace_id).ok()?),
-        (Scope::Organization, true) => None,
-        _ => return None,
+/// Whether a check is well formed, judged without allocating; batches check every entry this
+/// way and name problems with [`check`] only when there is one.
+fn well_formed(req: &pb::AuthorizeRequest) -> bool {
+    let Some(permission) = Permission::from_name(&req.permission) else { return false };
+    let workspace_ok = match (permission.scope(), req.workspace_id.is_empty()) {
+        (Scope::Workspace, false) => WorkspaceId::parse(&req.workspace_id).is_ok(),
+        (Scope::Organization, true) => true,
+        _ => false,
     };
-    if req.consistency.is_some() {
-        return None;
-    }
-    Some(Check {
-        user_id: UserId::parse(&req.user_id).ok()?,
-        organization_id: OrganizationId::parse(&req.organization_id).ok()?,
-        workspace_id,
-        permission,
-        fresh: false,
-    })
+    workspace_ok
+        && req.consistency.is_none()
+        && OrganizationId::parse(&req.organization_id).is_ok()
+        && UserId::validate(&req.user_id).is_ok()
+}
+
+/// Turns a check that [`well_formed`] accepted into a [`Check`], moving the user id out.
+fn take_check(req: &mut pb::AuthorizeRequest) -> Option<Check> {
+    let permission = Permission::from_name(&req.permission)?;
+    let workspace_id = match permission.scope() {
+        Scope::Workspace => Some(WorkspaceId::parse(&req.workspace_id).ok()?),
+        Scope::Organization => None,
+    };
+    let organization_id = OrganizationId::parse(&req.organization_id).ok()?;
+    let user_id = UserId::parse_owned(std::mem::take(&mut req.user_id)).ok()?;
+    Some(Check { user_id, organization_id, workspace_id, permission, fresh: false })
 }
 
 #[tonic::async_trait]
@@ -118,7 +124,7 @@ impl AccessService for AccessApi {
         request: Request<pb::BatchAuthorizeRequest>,
     ) -> Reply<pb::BatchAuthorizeResponse> {
         let caller = self.caller(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         if req.checks.is_empty() {
             return Err(Error::invalid("checks", "must hold at least one check").into());
         }
@@ -129,18 +135,16 @@ impl AccessService for AccessApi {
         }
         let mut v = Violations::new();
         let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
-        let quick: Option<Vec<Check>> = req.checks.iter().map(well_formed_check).collect();
-        let checks = match quick {
-            Some(checks) => Some(checks),
-            None => {
-                let named: Vec<Option<Check>> = req
-                    .checks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| check(&mut v, &format!("checks[{i}]."), c))
-                    .collect();
-                named.into_iter().collect::<Option<Vec<Check>>>()
-            }
+        let checks = if req.checks.iter().all(well_formed) {
+            req.checks.iter_mut().map(take_check).collect::<Option<Vec<Check>>>()
+        } else {
+            let named: Vec<Option<Check>> = req
+                .checks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| check(&mut v, &format!("checks[{i}]."), c))
+                .collect();
+            named.into_iter().collect::<Option<Vec<Check>>>()
         };
         v.finish()?;
         let (Some(mut checks), Some(fresh)) = (checks, fresh) else {

@@ -106,3 +106,11 @@ impl Server {
         )
     }
 }
+
+impl Drop for Server {
+    // A test that fails half-way must not leave its servers running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
