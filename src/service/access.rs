@@ -97,8 +97,15 @@ impl Services {
                 cache.admit(org, &slot, &index);
                 Ok(Some(index))
             })
-            .await?;
-        Ok(index.clone())
+            .await;
+        match index {
+            Ok(index) => Ok(index.clone()),
+            Err(err) => {
+                // Leave no empty slot behind a failed load.
+                cache.invalidate(org);
+                Err(err)
+            }
+        }
     }
 
     /// The facts of a check: from the organization's in-memory index when it may be used, else

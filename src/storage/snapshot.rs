@@ -42,7 +42,9 @@ impl OrgIndex {
         workspaces: Vec<WorkspaceId>,
         grants: Vec<(WorkspaceId, UserId, Access)>,
     ) -> Self {
-        let entries = members.len() + workspaces.len() + grants.len();
+        // One more for the organization itself, so that even an empty or unknown organization
+        // counts against the limit and a flood of made-up ids cannot grow memory unbounded.
+        let entries = 1 + members.len() + workspaces.len() + grants.len();
         let mut by_workspace: HashMap<WorkspaceId, HashMap<UserId, Access, Fast>, Fast> =
             HashMap::default();
         for (workspace, user, access) in grants {
