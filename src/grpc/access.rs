@@ -77,31 +77,22 @@ fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option
     })
 }
 
-/// Whether a check is well formed, judged without allocating; batches check every entry this
-/// way and name problems with [`check`] only when there is one.
-fn well_formed(req: &pb::AuthorizeRequest) -> bool {
-    let Some(permission) = Permission::from_name(&req.permission) else { return false };
-    let workspace_ok = match (permission.scope(), req.workspace_id.is_empty()) {
-        (Scope::Workspace, false) => WorkspaceId::parse(&req.workspace_id).is_ok(),
-        (Scope::Organization, true) => true,
-        _ => false,
-    };
-    workspace_ok
-        && req.consistency.is_none()
-        && OrganizationId::parse(&req.organization_id).is_ok()
-        && UserId::validate(&req.user_id).is_ok()
-}
-
-/// Turns a check that [`well_formed`] accepted into a [`Check`], moving the user id out.
-fn take_check(req: &mut pb::AuthorizeRequest) -> Option<Check> {
+/// The parts of a well-formed check, read without allocating or building field names; `None`
+/// if anything is off. Batches read every check this way, name problems with [`check`] only
+/// when there is one, and move the user ids out afterwards.
+fn parse_quickly(
+    req: &pb::AuthorizeRequest,
+) -> Option<(OrganizationId, Option<WorkspaceId>, Permission)> {
     let permission = Permission::from_name(&req.permission)?;
-    let workspace_id = match permission.scope() {
-        Scope::Workspace => Some(WorkspaceId::parse(&req.workspace_id).ok()?),
-        Scope::Organization => None,
+    let workspace_id = match (permission.scope(), req.workspace_id.is_empty()) {
+        (Scope::Workspace, false) => Some(WorkspaceId::parse(&req.workspace_id).ok()?),
+        (Scope::Organization, true) => None,
+        _ => return None,
     };
-    let organization_id = OrganizationId::parse(&req.organization_id).ok()?;
-    let user_id = UserId::parse_owned(std::mem::take(&mut req.user_id)).ok()?;
-    Some(Check { user_id, organization_id, workspace_id, permission, fresh: false })
+    if req.consistency.is_some() || UserId::validate(&req.user_id).is_err() {
+        return None;
+    }
+    Some((OrganizationId::parse(&req.organization_id).ok()?, workspace_id, permission))
 }
 
 #[tonic::async_trait]
@@ -135,8 +126,16 @@ impl AccessService for AccessApi {
         }
         let mut v = Violations::new();
         let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
-        let checks = if req.checks.iter().all(well_formed) {
-            req.checks.iter_mut().map(take_check).collect::<Option<Vec<Check>>>()
+        let parsed: Option<Vec<_>> = req.checks.iter().map(parse_quickly).collect();
+        let checks = if let Some(parsed) = parsed {
+            req.checks
+                .iter_mut()
+                .zip(parsed)
+                .map(|(req, (organization_id, workspace_id, permission))| {
+                    let user_id = UserId::parse_owned(std::mem::take(&mut req.user_id)).ok()?;
+                    Some(Check { user_id, organization_id, workspace_id, permission, fresh: false })
+                })
+                .collect::<Option<Vec<Check>>>()
         } else {
             let named: Vec<Option<Check>> = req
                 .checks

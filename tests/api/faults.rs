@@ -8,7 +8,9 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 use crate::common::process::{Server, free_port};
-use crate::common::{Backend, SmtpSink, User, create_org_with, fresh_database, spawn_app_with};
+use crate::common::{
+    Backend, SmtpSink, User, create_org_with, drop_database, fresh_database, spawn_app_with,
+};
 use crate::db_tests;
 
 db_tests!(
@@ -85,16 +87,6 @@ async fn an_smtp_outage_loses_no_email(backend: Backend) {
     }
     assert!(sent, "every invitation shows its email as sent");
     app.stop().await;
-}
-
-async fn drop_database(name: Option<String>) {
-    use sea_orm::ConnectionTrait;
-    if let Some(name) = name
-        && let Ok(admin) = sea_orm::Database::connect(&crate::common::postgres_admin_url()).await
-    {
-        let _ =
-            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-    }
 }
 
 async fn a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it(backend: Backend) {

@@ -10,7 +10,7 @@ use roster::pb::{
 use sea_orm::ConnectionTrait;
 
 use crate::common::process::Server;
-use crate::common::{Backend, SmtpSink, User, create_org_with, fresh_database, postgres_admin_url};
+use crate::common::{Backend, SmtpSink, User, create_org_with, drop_database, fresh_database};
 
 struct Replicas {
     a: Server,
@@ -103,13 +103,7 @@ impl Replicas {
     async fn finish(self) {
         self.a.stop();
         self.b.stop();
-        if let Some(name) = self.database {
-            let admin = sea_orm::Database::connect(&postgres_admin_url()).await.unwrap();
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-        }
-        let _ = self.database_url;
+        drop_database(self.database).await;
     }
 }
 

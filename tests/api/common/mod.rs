@@ -124,6 +124,17 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> (String,
     }
 }
 
+/// Drops a PostgreSQL database made by [`fresh_database`]; `None` (SQLite) does nothing.
+pub async fn drop_database(name: Option<String>) {
+    if let Some(name) = name
+        && let Ok(admin) = Database::connect(&postgres_admin_url()).await
+    {
+        let _ =
+            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        let _ = admin.close().await;
+    }
+}
+
 /// Starts a server on `backend` with the default test configuration.
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
@@ -174,27 +185,12 @@ impl TestApp {
             running.stop().await.unwrap();
         }
         let _ = self.db.clone().close().await;
-        if let Some(name) = self.pg_database.take()
-            && let Ok(admin) = Database::connect(&postgres_admin_url()).await
-        {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-            let _ = admin.close().await;
-        }
+        drop_database(self.pg_database.take()).await;
     }
 
     /// Creates an organization owned by `owner`; returns its id.
     pub async fn create_org(&self, owner: &User, name: &str) -> String {
-        let response = self
-            .team
-            .clone()
-            .create_organization(
-                owner.req(pb::CreateOrganizationRequest { display_name: name.to_owned() }),
-            )
-            .await
-            .expect("create organization");
-        response.into_inner().organization.unwrap().id
+        create_org_with(&mut self.team.clone(), owner, name).await
     }
 
     /// Creates a workspace; returns its id.
