@@ -20,7 +20,9 @@ use crate::email::worker::{self, WorkerSettings};
 use crate::grpc::access::AccessApi;
 use crate::grpc::auth::Identity;
 use crate::grpc::limits::LimitLayer;
+use crate::grpc::observe::ObserveLayer;
 use crate::grpc::team::TeamApi;
+use crate::metrics::{self, Metrics};
 use crate::pb::access_service_server::AccessServiceServer;
 use crate::pb::team_service_server::TeamServiceServer;
 use crate::service::{ServiceSettings, Services};
@@ -38,6 +40,9 @@ pub struct Running {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     worker: JoinHandle<()>,
     feed: Option<JoinHandle<()>>,
+    metrics_server: Option<JoinHandle<()>>,
+    /// Where Prometheus metrics are served, if they are.
+    pub metrics_addr: Option<SocketAddr>,
     cache: Arc<AuthzCache>,
     store: Store,
 }
@@ -50,6 +55,9 @@ impl Running {
         let _ = self.worker.await;
         if let Some(feed) = self.feed {
             let _ = feed.await;
+        }
+        if let Some(metrics) = self.metrics_server {
+            let _ = metrics.await;
         }
         let stats = self.cache.stats();
         tracing::info!(
@@ -119,6 +127,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .parse()
         .with_context(|| format!("--mail-from {:?} is not a valid mailbox", config.mail_from))?;
     let signal = Arc::new(Notify::new());
+    let metrics = Arc::new(Metrics::new());
     let services = Services::new(
         store.clone(),
         ServiceSettings {
@@ -141,6 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             max_attempts: config.mail_max_attempts,
             poll_interval: Duration::from_secs(1),
             claim_lease: Duration::from_secs(config.mail_claim_lease_secs),
+            metrics: metrics.clone(),
         },
         signal,
         stopped.clone(),
@@ -149,6 +159,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let cache = services.authz_cache();
     let feed = (store.backend() == sea_orm::DbBackend::Postgres)
         .then(|| feed::spawn(store.clone(), cache.clone(), stopped.clone()));
+    let (metrics_addr, metrics_server) = match config.metrics_listen {
+        Some(addr) => {
+            let sources = metrics::Sources { store: store.clone(), cache: cache.clone() };
+            let (bound, task) =
+                metrics::serve(addr, metrics.clone(), sources, stopped.clone()).await?;
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
 
     health.set_serving::<TeamServiceServer<TeamApi>>().await;
     health.set_serving::<AccessServiceServer<AccessApi>>().await;
@@ -156,7 +175,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let team = TeamServiceServer::new(TeamApi::new(services.clone(), identity.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let access = AccessServiceServer::new(AccessApi::new(services, identity))
+    let access = AccessServiceServer::new(AccessApi::new(services, identity, metrics.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut shutdown = stopped;
     let mut builder = Server::builder();
@@ -167,6 +186,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         LimitLayer::new(config.max_in_flight, Duration::from_millis(config.request_timeout_ms));
     let server = tokio::spawn(
         builder
+            // Outermost, so that calls shed by the limits are counted and traced too.
+            .layer(ObserveLayer::new(metrics))
             .layer(limits)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -187,7 +208,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         );
     }
     tracing::info!(%addr, "serving gRPC");
-    Ok(Running { addr, stop, server, worker, feed, cache, store })
+    Ok(Running { addr, stop, server, worker, feed, metrics_server, metrics_addr, cache, store })
 }
 
 /// The listener's TLS settings, if TLS is configured. Client certificates are optional (end

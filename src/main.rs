@@ -8,8 +8,19 @@ use roster::{app, telemetry};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.config;
-    telemetry::init(config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
+    let telemetry = telemetry::init(config.log_format)?;
+    let outcome = run(cli.command, config, telemetry.exports_traces()).await;
+    // The exporter's flush blocks; keep it off the runtime's worker threads.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    outcome
+}
+
+async fn run(
+    command: Option<Command>,
+    config: roster::config::Config,
+    exports_traces: bool,
+) -> anyhow::Result<()> {
+    match command.unwrap_or(Command::Serve) {
         Command::ServiceToken { name } => {
             let (token, line) = roster::grpc::auth::new_service_token(&name)?;
             println!("token (give it to the service; it is shown only now):\n{token}\n");
@@ -20,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
         }
         Command::Serve => {
-            tracing::info!(?config, "starting");
+            tracing::info!(?config, exports_traces, "starting");
             let running = app::start(&config).await?;
             let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
             running.run_until(app::shutdown_signal(), grace).await?;

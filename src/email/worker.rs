@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 use super::mailer::Mailer;
 use crate::domain::{DeliveryState, Timestamp};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::storage::Store;
 use crate::storage::repo::{self, OutboxEmail};
 
@@ -30,6 +31,8 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     /// How long a claimed email is reserved for its worker before another may retry it.
     pub claim_lease: Duration,
+    /// Where failed attempts are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The delay before the attempt after `attempts` failed ones.
@@ -92,6 +95,7 @@ async fn drain(store: &Store, mailer: &Mailer, settings: &WorkerSettings) -> Res
                 tracing::info!(invitation = %email.invitation_id, send = email.send_number, "invitation email sent");
             }
             Err(err) => {
+                settings.metrics.record_delivery_failure();
                 let attempts = email.attempts + 1;
                 let message = format!("{err:#}");
                 let (state, next) = if attempts >= settings.max_attempts {
@@ -128,6 +132,7 @@ mod tests {
             max_attempts: 10,
             poll_interval: Duration::from_secs(1),
             claim_lease: Duration::from_secs(60),
+            metrics: Arc::default(),
         };
         assert_eq!(backoff(&settings, 1), Duration::from_secs(2));
         assert_eq!(backoff(&settings, 2), Duration::from_secs(4));

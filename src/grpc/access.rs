@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument as _;
 
 use super::auth::{Identity, ServiceCaller};
 use super::convert;
 use crate::domain::{OrganizationId, Permission, Scope, UserId, WorkspaceId};
 use crate::error::{Error, Violations};
+use crate::metrics::Metrics;
 use crate::pb::{self, access_service_server::AccessService};
 use crate::service::access::Check;
 use crate::service::{Services, page};
@@ -20,12 +20,14 @@ pub const MAX_BATCH_CHECKS: usize = 1000;
 pub struct AccessApi {
     services: Services,
     identity: Arc<Identity>,
+    metrics: Arc<Metrics>,
 }
 
 impl AccessApi {
-    /// A handler set over the use-cases, identifying callers with `identity`.
-    pub fn new(services: Services, identity: Arc<Identity>) -> Self {
-        Self { services, identity }
+    /// A handler set over the use-cases, identifying callers with `identity` and counting
+    /// decisions in `metrics`.
+    pub fn new(services: Services, identity: Arc<Identity>, metrics: Arc<Metrics>) -> Self {
+        Self { services, identity, metrics }
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<ServiceCaller, Status> {
@@ -105,8 +107,12 @@ impl AccessService for AccessApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(check) = check(&mut v, "", &req) else { return Err(v.into_error().into()) };
-        let span = tracing::info_span!("authorize", caller = %caller.0);
-        let decision = self.services.authorize(&check).instrument(span).await?;
+        let span = tracing::Span::current();
+        span.record("caller", tracing::field::display(&caller.0));
+        span.record("organization_id", tracing::field::display(check.organization_id));
+        let decision = self.services.authorize(&check).await?;
+        self.metrics.record_decision(check.permission, decision.allowed);
+        span.record("decision", if decision.allowed { "allowed" } else { "denied" });
         Ok(Response::new(convert::decision(decision)))
     }
 
@@ -153,8 +159,18 @@ impl AccessService for AccessApi {
         for check in &mut checks {
             check.fresh = fresh;
         }
-        let span = tracing::info_span!("batch_authorize", caller = %caller.0);
-        let decisions = self.services.batch_authorize(&checks).instrument(span).await?;
+        let span = tracing::Span::current();
+        span.record("caller", tracing::field::display(&caller.0));
+        let decisions = self.services.batch_authorize(&checks).await?;
+        let mut allowed = 0;
+        for (check, decision) in checks.iter().zip(&decisions) {
+            self.metrics.record_decision(check.permission, decision.allowed);
+            allowed += usize::from(decision.allowed);
+        }
+        span.record(
+            "decision",
+            tracing::field::display(format_args!("{allowed} of {} allowed", decisions.len())),
+        );
         Ok(Response::new(pb::BatchAuthorizeResponse {
             results: decisions.into_iter().map(convert::decision).collect(),
         }))

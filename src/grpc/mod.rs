@@ -6,6 +6,7 @@ pub mod codec;
 pub mod convert;
 pub mod jwt;
 pub mod limits;
+pub mod observe;
 pub mod status;
 pub mod team;
 pub mod tls;

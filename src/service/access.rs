@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::storage::repo;
 use crate::storage::snapshot::{Facts, OrgIndex};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One validated check: the permission's scope and the presence of a workspace agree.
 #[derive(Debug, Clone)]
@@ -58,17 +59,17 @@ impl Services {
                 continue;
             }
             let org = check.organization_id;
-            let index = match indexes.iter().find(|(o, _)| *o == org) {
-                Some((_, index)) => index.clone(),
+            let (index, loaded) = match indexes.iter().find(|(o, _)| *o == org) {
+                Some((_, index)) => (index.clone(), false),
                 None => {
-                    let index = self.index_for(org).await?;
+                    let (index, loaded) = self.index_for(org).await?;
                     indexes.push((org, index.clone()));
-                    index
+                    (index, loaded)
                 }
             };
             match index {
                 Some(index) => {
-                    self.authz_cache.count_hit();
+                    self.count(loaded);
                     let (role, facts) = index.facts(&check.user_id, check.workspace_id);
                     decisions.push(authz::decide(role, facts, check.permission));
                 }
@@ -78,16 +79,22 @@ impl Services {
         Ok(decisions)
     }
 
-    /// The organization's in-memory index, loading it on first use; `None` when checks must
-    /// read the database (the index is bypassed, or the organization is larger than its limit).
-    async fn index_for(&self, org: OrganizationId) -> Result<Option<Arc<OrgIndex>>, Error> {
+    /// Counts a check answered from the index: a miss if it had to load the organization.
+    fn count(&self, loaded: bool) {
+        if loaded { self.authz_cache.count_miss() } else { self.authz_cache.count_hit() }
+    }
+
+    /// The organization's in-memory index, loading it on first use, and whether this call
+    /// loaded it; `None` when checks must read the database (the index is bypassed, or the
+    /// organization is larger than its limit).
+    async fn index_for(&self, org: OrganizationId) -> Result<(Option<Arc<OrgIndex>>, bool), Error> {
         let cache = &self.authz_cache;
-        let Some(slot) = cache.slot(org) else { return Ok(None) };
+        let Some(slot) = cache.slot(org) else { return Ok((None, false)) };
+        let loaded = AtomicBool::new(false);
         let index = slot
             .index
             .get_or_try_init(|| async {
-                // The check that loads the organization counts as the miss.
-                cache.count_miss();
+                loaded.store(true, Ordering::Relaxed);
                 let index = repo::load_organization_index(self.store.reader(), org).await?;
                 if !cache.fits(&index) {
                     tracing::warn!(organization = %org, rows = index.entries(), "organization larger than --authz-cache-entries; its checks read the database");
@@ -99,7 +106,7 @@ impl Services {
             })
             .await;
         match index {
-            Ok(index) => Ok(index.clone()),
+            Ok(index) => Ok((index.clone(), loaded.load(Ordering::Relaxed))),
             Err(err) => {
                 // Leave no empty slot behind a failed load.
                 cache.invalidate(org);
@@ -117,8 +124,8 @@ impl Services {
         workspace_id: Option<WorkspaceId>,
         fresh: bool,
     ) -> Result<Facts, Error> {
-        if !fresh && let Some(index) = self.index_for(org).await? {
-            self.authz_cache.count_hit();
+        if !fresh && let (Some(index), loaded) = self.index_for(org).await? {
+            self.count(loaded);
             return Ok(index.facts(user, workspace_id));
         }
         self.authz_cache.count_miss();

@@ -50,6 +50,8 @@ async fn membership(
     org: OrganizationId,
     actor: &Actor,
 ) -> Result<Member, Error> {
+    // Every organization-scoped call passes here: name the organization in the call's span.
+    tracing::Span::current().record("organization_id", tracing::field::display(org));
     repo::find_member(db, org, &actor.user_id).await?.ok_or(Error::NotFound("organization"))
 }
 

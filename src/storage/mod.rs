@@ -29,6 +29,17 @@ pub struct Store {
     sqlite_writer: Option<Arc<Mutex<()>>>,
 }
 
+/// A snapshot of the connection pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolUse {
+    /// Connections open, idle or lent out.
+    pub open: u32,
+    /// Open connections nobody is using.
+    pub idle: u32,
+    /// The most the pool will open.
+    pub max: u32,
+}
+
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
 pub struct WriteTx {
     tx: DatabaseTransaction,
@@ -104,6 +115,25 @@ impl Store {
         };
         let tx = self.db.begin().await?;
         Ok(WriteTx { tx, _writer: writer })
+    }
+
+    /// How the connection pool is used right now.
+    pub fn pool_use(&self) -> PoolUse {
+        macro_rules! read {
+            ($pool:expr) => {{
+                let pool = $pool;
+                PoolUse {
+                    open: pool.size(),
+                    idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                    max: pool.options().get_max_connections(),
+                }
+            }};
+        }
+        // The getters panic on the other backend, hence the match.
+        match self.backend() {
+            DbBackend::Sqlite => read!(self.db.get_sqlite_connection_pool()),
+            _ => read!(self.db.get_postgres_connection_pool()),
+        }
     }
 
     /// Closes the pool.

@@ -1088,3 +1088,26 @@ pub async fn list_audit(
         })
         .collect())
 }
+
+/// How many emails wait in each unfinished state (queued, retrying) or have failed for good.
+pub async fn count_outbox_by_state(
+    db: &impl ConnectionTrait,
+) -> Result<Vec<(DeliveryState, i64)>, Error> {
+    let states = [DeliveryState::Queued, DeliveryState::Retrying, DeliveryState::Failed];
+    let rows: Vec<(String, i64)> = outbox::Entity::find()
+        .select_only()
+        .column(outbox::Column::State)
+        .column_as(outbox::Column::Id.count(), "count")
+        .filter(outbox::Column::State.is_in(states.map(DeliveryState::as_str)))
+        .group_by(outbox::Column::State)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(states
+        .into_iter()
+        .map(|state| {
+            let count = rows.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+            (state, count)
+        })
+        .collect())
+}

@@ -93,7 +93,7 @@ pub type Slot = Arc<SlotCell>;
 /// Counters of the index's use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Checks answered from memory.
+    /// Checks answered from memory without loading anything.
     pub hits: u64,
     /// Checks that loaded an organization or read the database.
     pub misses: u64,

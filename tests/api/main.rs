@@ -10,6 +10,7 @@ mod hostile;
 mod invitations;
 mod matrix;
 mod members;
+mod observability;
 mod organizations;
 mod outage;
 mod overload;

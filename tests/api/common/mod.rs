@@ -2,6 +2,7 @@
 //! (a SQLite file or a fresh PostgreSQL database) and a real SMTP sink, and hands out typed
 //! clients and fixtures named by role.
 
+pub mod otlp;
 pub mod process;
 pub mod smtp;
 
@@ -96,6 +97,8 @@ pub struct TestApp {
     pub smtp: SmtpSink,
     /// Direct access to the server's database, for assertions.
     pub db: DatabaseConnection,
+    /// Where Prometheus metrics are served, when the test asked for them.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     running: Option<Running>,
     pg_database: Option<String>,
     _dir: tempfile::TempDir,
@@ -135,6 +138,17 @@ pub async fn drop_database(name: Option<String>) {
     }
 }
 
+/// The response to a plain HTTP/1.1 GET of `path` on `addr`: status line, headers and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 /// Starts a server on `backend` with the default test configuration.
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
@@ -160,7 +174,9 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     let channel = Channel::from_shared(endpoint).unwrap().connect_lazy();
     let db = Database::connect(&database_url).await.unwrap();
     let addr = running.addr;
+    let metrics_addr = running.metrics_addr;
     TestApp {
+        metrics_addr,
         addr,
         team: TeamServiceClient::new(channel.clone()),
         access: AccessServiceClient::new(channel.clone()),

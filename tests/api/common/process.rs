@@ -34,6 +34,18 @@ impl Server {
         extra: &[&str],
         rust_log: Option<&str>,
     ) -> Server {
+        Self::start_with_env(database_url, smtp_port, log, extra, rust_log, &[]).await
+    }
+
+    /// Starts the binary with extra flags, a log filter and extra environment variables.
+    pub async fn start_with_env(
+        database_url: &str,
+        smtp_port: u16,
+        log: &std::path::Path,
+        extra: &[&str],
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_roster"));
@@ -42,6 +54,7 @@ impl Server {
             None => command.env_remove("RUST_LOG"),
         };
         let child = command
+            .envs(env.iter().copied())
             .args(["--listen", &addr.to_string(), "--database-url", database_url])
             .args(["--smtp-url", &format!("smtp://127.0.0.1:{smtp_port}")])
             .args([

@@ -1,0 +1,209 @@
+//! One span and one set of metrics per call. The span continues the caller's trace when the
+//! request carries a W3C `traceparent`, and stays open until the last byte of the response, when
+//! the status code is known (in the trailers, or in the headers of an error-only response).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, http};
+use tower::{Layer, Service};
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::metrics::Metrics;
+
+/// Adds [`Observe`] to a server.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    /// Records calls into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe { inner, metrics: self.metrics.clone() }
+    }
+}
+
+/// The middleware itself.
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// Reads propagation headers out of the request.
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+impl<S, ReqBody> Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path().to_owned();
+        // Field names follow OpenTelemetry's conventions for gRPC servers; `otel.*` fields are
+        // read by the exporter. organization_id, caller and decision are filled in by handlers.
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.method = %path,
+            rpc.grpc.status_code = Empty,
+            organization_id = Empty,
+            caller = Empty,
+            decision = Empty,
+        );
+        if request.headers().contains_key("traceparent") {
+            let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
+            // Fails only when no OpenTelemetry layer is installed; the span then stays local.
+            let _ = span.set_parent(parent);
+        }
+        let metrics = self.metrics.clone();
+        Box::pin(
+            async move {
+                let response = inner.call(request).await?;
+                let header_code = status_in(response.headers());
+                let span = tracing::Span::current();
+                Ok(response.map(|body| {
+                    Body::new(Observed {
+                        inner: body,
+                        code: header_code,
+                        finished: false,
+                        record: Some(Finish { path, started, metrics, span }),
+                    })
+                }))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The `grpc-status` in a header map, if any.
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// What is recorded when the response is done.
+struct Finish {
+    path: String,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    span: tracing::Span,
+}
+
+/// A response body that notes the status code in its trailers and records the call when it is
+/// dropped: after the last frame, or earlier if the client went away.
+struct Observed {
+    inner: Body,
+    code: Option<tonic::Code>,
+    finished: bool,
+    record: Option<Finish>,
+}
+
+impl http_body::Body for Observed {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_in) {
+                    self.code = Some(code);
+                }
+            }
+            Poll::Ready(None) => self.finished = true,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        let Some(finish) = self.record.take() else { return };
+        // A body dropped before its end without a status: the client cancelled the call.
+        let code = match self.code {
+            Some(code) => code,
+            None if self.finished || http_body::Body::is_end_stream(&self.inner) => {
+                tonic::Code::Unknown
+            }
+            None => tonic::Code::Cancelled,
+        };
+        finish.metrics.record_call(&finish.path, code, finish.started.elapsed());
+        finish.span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            finish.span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+/// Codes that mean the server failed, as OpenTelemetry's gRPC conventions list them; the others
+/// (a denied or invalid call, say) are the caller's outcome and leave the span's status unset.
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
