@@ -29,6 +29,9 @@ pub struct Store {
     sqlite_writer: Option<Arc<Mutex<()>>>,
 }
 
+/// The PostgreSQL advisory lock key that serializes migrations ("roster" in ASCII).
+const MIGRATION_LOCK: i64 = 0x726f_7374_6572;
+
 /// A snapshot of the connection pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolUse {
@@ -94,7 +97,28 @@ impl Store {
 
     /// Applies every pending migration.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        migration::Migrator::up(&self.db, None).await.context("applying migrations")
+        if self.backend() != DbBackend::Postgres {
+            return migration::Migrator::up(&self.db, None).await.context("applying migrations");
+        }
+        // Replicas starting together (or several `roster migrate` init containers) take turns:
+        // the first applies what is pending, the others then find nothing to do.
+        let mut lock = self
+            .db
+            .get_postgres_connection_pool()
+            .acquire()
+            .await
+            .context("connecting to take the migration lock")?;
+        sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *lock)
+            .await
+            .context("taking the migration lock")?;
+        let applied = migration::Migrator::up(&self.db, None).await.context("applying migrations");
+        let _ = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *lock)
+            .await;
+        applied
     }
 
     /// The connection for reads outside a transaction.

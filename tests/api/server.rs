@@ -15,6 +15,41 @@ db_tests!(
     without_smtp_invitation_emails_are_written_as_files,
 );
 
+/// PostgreSQL only: replicas share a database there, while a SQLite file belongs to one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_postgresql_migrate_one_at_a_time() {
+    let backend = Backend::Postgres;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, pg_database) = crate::common::fresh_database(backend, dir.path()).await;
+    let starts = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let store = roster::storage::Store::connect(&url).await?;
+            let migrated = store.migrate().await;
+            store.close().await;
+            migrated
+        })
+    });
+    for started in futures_join(starts).await {
+        started.unwrap().expect("every replica finds the schema current");
+    }
+    let app = spawn_app_with(backend, |c| c.database_url = url.clone()).await;
+    let owner = User::new("owner");
+    app.create_org(&owner, "Acme").await;
+    app.stop().await;
+    crate::common::drop_database(pg_database).await;
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        results.push(handle.await);
+    }
+    results
+}
+
 async fn health_reports_serving_for_the_server_and_each_service(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut health = HealthClient::new(app.channel());
