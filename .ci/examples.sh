@@ -18,7 +18,7 @@ done
 
 echo "-- Python"
 # The virtual environment lives outside the clone, like the cargo target folder.
-venv="${ROSTER_PYTHON_VENV:-/var/tmp/roster-examples-venv}"
+venv="${ROSTER_PYTHON_VENV:-/var/tmp/roster-ci-venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/examples/python/requirements.txt"
 cd "$root/examples/python"
