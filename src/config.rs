@@ -266,6 +266,41 @@ impl fmt::Debug for Config {
     }
 }
 
+/// The configuration reference as a Markdown table, generated from the flags themselves: the
+/// README and docs/operations.md carry it between `<!-- config-reference -->` markers, and a
+/// test keeps them equal to it.
+pub fn reference_markdown() -> String {
+    use clap::CommandFactory as _;
+    let command = Cli::command();
+    let mut table = String::from("| flag | variable | default | meaning |\n|---|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let env = arg.get_env().map_or("".to_owned(), |e| format!("`{}`", e.to_string_lossy()));
+        let defaults: Vec<String> =
+            arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+        let default = match defaults.as_slice() {
+            [] if !arg.get_action().takes_values() => "off".to_owned(),
+            [] => "none".to_owned(),
+            values => format!("`{}`", values.join(",")),
+        };
+        let possible: Vec<String> =
+            arg.get_possible_values().iter().map(|v| format!("`{}`", v.get_name())).collect();
+        let mut meaning = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        if !meaning.ends_with('.') {
+            meaning.push('.');
+        }
+        if !possible.is_empty() && arg.get_action().takes_values() {
+            meaning.push_str(&format!(" One of {}.", possible.join(", ")));
+        }
+        let meaning = meaning.replace('|', "\\|").replace('\n', " ");
+        table.push_str(&format!("| `--{long}` | {env} | {default} | {meaning} |\n"));
+    }
+    table
+}
+
 impl Config {
     /// The defaults, as if no flag or variable were given.
     pub fn defaults() -> Self {
@@ -276,6 +311,35 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where the text between the config-reference markers of a Markdown file starts and ends.
+    fn reference_span(path: &str, text: &str) -> std::ops::Range<usize> {
+        let start = "<!-- config-reference:start -->\n";
+        let end = "<!-- config-reference:end -->";
+        let from =
+            text.find(start).unwrap_or_else(|| panic!("{path} has no {start}")) + start.len();
+        let to = text[from..].find(end).unwrap_or_else(|| panic!("{path} has no {end}")) + from;
+        from..to
+    }
+
+    #[test]
+    fn the_documented_configuration_reference_is_generated_from_the_flags() {
+        // Regenerate with: ROSTER_WRITE_CONFIG_REFERENCE=1 cargo test --lib config
+        let generated = reference_markdown();
+        for path in ["README.md", "docs/operations.md"] {
+            let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            if std::env::var_os("ROSTER_WRITE_CONFIG_REFERENCE").is_some() {
+                text.replace_range(reference_span(&path, &text), &generated);
+                std::fs::write(&path, &text).unwrap();
+            }
+            assert_eq!(
+                text[reference_span(&path, &text)],
+                generated,
+                "{path} is out of date; regenerate it with ROSTER_WRITE_CONFIG_REFERENCE=1 cargo test --lib config"
+            );
+        }
+    }
 
     #[test]
     fn debug_output_redacts_passwords() {
