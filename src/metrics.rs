@@ -316,7 +316,11 @@ pub async fn serve(
                 accepted = listener.accept() => accepted,
                 _ = stopped.wait_for(|stop| *stop) => break,
             };
-            let Ok((stream, _)) = accepted else { continue };
+            let Ok((stream, _)) = accepted else {
+                // Out of file descriptors, say: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
             let metrics = metrics.clone();
             let sources = sources.clone();
             tokio::spawn(async move {

@@ -27,12 +27,28 @@ pub type Facts = (Option<Role>, WorkspaceFacts);
 type Fast = foldhash::fast::RandomState;
 
 /// One organization, whole.
+///
+/// Laid out for the lookup a check makes: one probe finds the user's role together with their
+/// grants, which sit in one small sorted slice, so a check touches few cache lines even when
+/// millions of grants are held.
 #[derive(Debug, Default)]
 pub struct OrgIndex {
-    roles: HashMap<UserId, Role, Fast>,
+    users: HashMap<UserId, UserFacts, Fast>,
     workspaces: HashSet<WorkspaceId, Fast>,
-    grants: HashMap<WorkspaceId, HashMap<UserId, Access, Fast>, Fast>,
     entries: usize,
+}
+
+/// A user's role (none for a non-member) and grants, sorted by workspace.
+#[derive(Debug, Default)]
+struct UserFacts {
+    role: Option<Role>,
+    grants: Box<[(WorkspaceId, Access)]>,
+}
+
+impl UserFacts {
+    fn grant(&self, workspace: WorkspaceId) -> Option<Access> {
+        self.grants.binary_search_by_key(&workspace, |(w, _)| *w).ok().map(|i| self.grants[i].1)
+    }
 }
 
 impl OrgIndex {
@@ -45,30 +61,35 @@ impl OrgIndex {
         // One more for the organization itself, so that even an empty or unknown organization
         // counts against the limit and a flood of made-up ids cannot grow memory unbounded.
         let entries = 1 + members.len() + workspaces.len() + grants.len();
-        let mut by_workspace: HashMap<WorkspaceId, HashMap<UserId, Access, Fast>, Fast> =
-            HashMap::default();
+        let mut by_user: HashMap<UserId, (Option<Role>, Vec<(WorkspaceId, Access)>), Fast> =
+            HashMap::with_capacity_and_hasher(members.len(), Fast::default());
+        for (user, role) in members {
+            by_user.entry(user).or_default().0 = Some(role);
+        }
+        // Grants are keyed by member, so each belongs to a member row; a grant read without
+        // its member (a row added between the loading queries) still answers as a non-member.
         for (workspace, user, access) in grants {
-            by_workspace.entry(workspace).or_default().insert(user, access);
+            by_user.entry(user).or_default().1.push((workspace, access));
         }
-        Self {
-            roles: members.into_iter().collect(),
-            workspaces: workspaces.into_iter().collect(),
-            grants: by_workspace,
-            entries,
-        }
+        let users = by_user
+            .into_iter()
+            .map(|(user, (role, mut grants))| {
+                grants.sort_unstable_by_key(|(w, _)| *w);
+                (user, UserFacts { role, grants: grants.into_boxed_slice() })
+            })
+            .collect();
+        Self { users, workspaces: workspaces.into_iter().collect(), entries }
     }
 
     /// The facts of a check, from memory.
     pub fn facts(&self, user: &UserId, workspace: Option<WorkspaceId>) -> Facts {
-        let role = self.roles.get(user).copied();
+        let found = self.users.get(user);
         let facts = match workspace {
             None => WorkspaceFacts::NotApplicable,
             Some(id) if !self.workspaces.contains(&id) => WorkspaceFacts::Missing,
-            Some(id) => {
-                WorkspaceFacts::Present(self.grants.get(&id).and_then(|g| g.get(user)).copied())
-            }
+            Some(id) => WorkspaceFacts::Present(found.and_then(|u| u.grant(id))),
         };
-        (role, facts)
+        (found.and_then(|u| u.role), facts)
     }
 
     /// Rows held.
@@ -280,6 +301,40 @@ mod tests {
             WorkspaceFacts::Missing
         );
         assert_eq!(index.facts(&user("z"), None), (None, WorkspaceFacts::NotApplicable));
+    }
+
+    #[test]
+    fn a_user_with_many_grants_finds_each_and_only_those() {
+        let workspaces: Vec<WorkspaceId> = (0..200).map(|_| WorkspaceId::generate()).collect();
+        let grants = workspaces
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(i, w)| (*w, user("many"), if i % 2 == 0 { Access::Write } else { Access::Read }))
+            .collect();
+        let index = OrgIndex::new(vec![(user("many"), Role::Member)], workspaces.clone(), grants);
+        for (i, w) in workspaces.iter().enumerate() {
+            let expected = match (i % 3, i % 2) {
+                (0, _) => None,
+                (_, 0) => Some(Access::Write),
+                _ => Some(Access::Read),
+            };
+            assert_eq!(
+                index.facts(&user("many"), Some(*w)),
+                (Some(Role::Member), WorkspaceFacts::Present(expected)),
+                "workspace {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grant_without_its_member_row_answers_as_a_non_member() {
+        let ws = WorkspaceId::generate();
+        let index = OrgIndex::new(vec![], vec![ws], vec![(ws, user("late"), Access::Write)]);
+        assert_eq!(
+            index.facts(&user("late"), Some(ws)),
+            (None, WorkspaceFacts::Present(Some(Access::Write)))
+        );
     }
 
     #[test]
