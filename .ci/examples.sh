@@ -4,17 +4,11 @@
 set -euo pipefail
 binary="$1"
 root="$(cd "$(dirname "$0")/.." && pwd)"
-scratch=$(mktemp -d)
+source "$root/.ci/server.sh"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 addr="127.0.0.1:$port"
-
-(cd "$scratch" && exec "$binary" --listen "$addr" --mail-dir "$scratch/mail" >server.log 2>&1) &
-server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$scratch"' EXIT
-for _ in $(seq 1 50); do
-  grpcurl -plaintext "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break
-  sleep 0.2
-done
+# Emails land in $scratch/mail: the server runs in the scratch folder with the default --mail-dir.
+start_server "$binary" "$addr"
 
 echo "-- Python"
 # The virtual environment lives outside the clone, like the cargo target folder.

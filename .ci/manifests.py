@@ -9,11 +9,12 @@ of kustomize the manifests use (resources, namespace, labels, images, RFC 6902 p
 target) and refuses any other kustomization field rather than ignore it.
 """
 
-import copy
 import os
 import subprocess
 import sys
 import tempfile
+
+import tomllib
 
 import jsonpatch
 import yaml
@@ -175,7 +176,22 @@ def main():
         check=True,
     )
     subprocess.run(["hadolint", os.path.join(DEPLOY, "Dockerfile")], check=True)
-    print("Dockerfile: hadolint clean")
+    check_dependency_layer()
+    print("Dockerfile: hadolint clean; its dependency layer has a placeholder for every target")
+
+
+def check_dependency_layer():
+    """The Dockerfile builds dependencies against placeholder sources; a target of Cargo.toml
+    without a placeholder would fail that step."""
+    with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+        manifest = tomllib.load(f)
+    paths = [manifest["lib"]["path"]] + [b["path"] for b in manifest.get("bin", [])]
+    with open(os.path.join(DEPLOY, "Dockerfile"), encoding="utf-8") as f:
+        dockerfile = f.read()
+    layer = dockerfile[: dockerfile.index("COPY src ./src")]
+    missing = [p for p in paths if p not in layer]
+    if missing:
+        raise SystemExit(f"deploy/Dockerfile: no placeholder for {missing} before COPY src")
 
 
 if __name__ == "__main__":

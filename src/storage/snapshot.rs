@@ -61,7 +61,9 @@ impl OrgIndex {
         // One more for the organization itself, so that even an empty or unknown organization
         // counts against the limit and a flood of made-up ids cannot grow memory unbounded.
         let entries = 1 + members.len() + workspaces.len() + grants.len();
-        let mut by_user: HashMap<UserId, (Option<Role>, Vec<(WorkspaceId, Access)>), Fast> =
+        // A user's role and grants while rows are read; grants are sorted once all are in.
+        type Loading = (Option<Role>, Vec<(WorkspaceId, Access)>);
+        let mut by_user: HashMap<UserId, Loading, Fast> =
             HashMap::with_capacity_and_hasher(members.len(), Fast::default());
         for (user, role) in members {
             by_user.entry(user).or_default().0 = Some(role);

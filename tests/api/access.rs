@@ -1,7 +1,7 @@
 use roster::pb::{self, DecisionReason as Why, OrganizationRole as R, WorkspaceAccess as A};
 use tonic::Code;
 
-use crate::common::{Backend, User, assert_code, spawn_app};
+use crate::common::{Backend, User, assert_code, check, spawn_app};
 use crate::db_tests;
 
 db_tests!(
@@ -12,16 +12,6 @@ db_tests!(
     list_accessible_workspaces_follows_grants_and_ownership,
     data_conditions_are_denials_not_errors,
 );
-
-fn check(user: &str, org: &str, ws: &str, permission: &str) -> pb::AuthorizeRequest {
-    pb::AuthorizeRequest {
-        consistency: None,
-        user_id: user.to_owned(),
-        organization_id: org.to_owned(),
-        workspace_id: ws.to_owned(),
-        permission: permission.to_owned(),
-    }
-}
 
 async fn authorize_rejects_malformed_checks_naming_the_field(backend: Backend) {
     let app = spawn_app(backend).await;

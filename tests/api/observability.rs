@@ -9,7 +9,7 @@ use crate::common::otlp::{OtlpReceiver, attribute};
 use crate::common::process::{Server, free_port};
 use crate::common::smtp::SmtpSink;
 use crate::common::{
-    Backend, User, assert_code, drop_database, fresh_database, http_get, spawn_app_with,
+    Backend, User, assert_code, check, drop_database, fresh_database, http_get, spawn_app_with,
 };
 use crate::db_tests;
 
@@ -28,16 +28,6 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     let response = http_get(addr, "/metrics").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
-}
-
-fn check(user: &str, org: &str, ws: &str, permission: &str) -> pb::AuthorizeRequest {
-    pb::AuthorizeRequest {
-        consistency: None,
-        user_id: user.to_owned(),
-        organization_id: org.to_owned(),
-        workspace_id: ws.to_owned(),
-        permission: permission.to_owned(),
-    }
 }
 
 async fn metrics_count_calls_decisions_index_pool_and_outbox(backend: Backend) {

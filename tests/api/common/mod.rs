@@ -138,6 +138,18 @@ pub async fn drop_database(name: Option<String>) {
     }
 }
 
+/// An Authorize request with the default consistency; `workspace` empty for an organization
+/// permission.
+pub fn check(user: &str, org: &str, workspace: &str, permission: &str) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        consistency: None,
+        user_id: user.to_owned(),
+        organization_id: org.to_owned(),
+        workspace_id: workspace.to_owned(),
+        permission: permission.to_owned(),
+    }
+}
+
 /// The response to a plain HTTP/1.1 GET of `path` on `addr`: status line, headers and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -292,13 +304,7 @@ impl TestApp {
     ) -> pb::AuthorizeResponse {
         self.access
             .clone()
-            .authorize(pb::AuthorizeRequest {
-                consistency: None,
-                user_id: user.to_owned(),
-                organization_id: org.to_owned(),
-                workspace_id: workspace.to_owned(),
-                permission: permission.to_owned(),
-            })
+            .authorize(check(user, org, workspace, permission))
             .await
             .unwrap_or_else(|s| panic!("authorize {user} {permission}: {s:?}"))
             .into_inner()
