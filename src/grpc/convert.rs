@@ -6,12 +6,18 @@ use crate::domain::{
     InvitationState, Member, Organization, OrganizationId, Reason, Role, Timestamp, UserId,
     Workspace, WorkspaceId,
 };
-use crate::error::Violations;
+use crate::error::{Error, Violations};
 use crate::pb;
 
 /// Reads a required organization id.
 pub fn organization_id(v: &mut Violations, field: &str, text: &str) -> Option<OrganizationId> {
     v.check(field, OrganizationId::parse(text).map_err(|IdError(e)| e))
+}
+
+/// Reads `organization_id` of a request that carries nothing else to check.
+pub fn sole_organization_id(text: &str) -> Result<OrganizationId, Error> {
+    let mut v = Violations::new();
+    organization_id(&mut v, "organization_id", text).ok_or_else(|| v.into_error())
 }
 
 /// Reads a required workspace id.

@@ -57,12 +57,7 @@ impl TeamService for TeamApi {
         request: Request<pb::GetOrganizationRequest>,
     ) -> Reply<pb::GetOrganizationResponse> {
         let actor = self.identity.actor(request.metadata())?;
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let Some(org) = convert::organization_id(&mut v, "organization_id", &req.organization_id)
-        else {
-            return Err(v.into_error().into());
-        };
+        let org = convert::sole_organization_id(&request.into_inner().organization_id)?;
         let org = self.services.get_organization(&actor, org).await?;
         Ok(Response::new(pb::GetOrganizationResponse {
             organization: Some(convert::organization(org)),
@@ -150,12 +145,7 @@ impl TeamService for TeamApi {
         request: Request<pb::DeleteOrganizationRequest>,
     ) -> Reply<pb::DeleteOrganizationResponse> {
         let actor = self.identity.actor(request.metadata())?;
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let Some(org) = convert::organization_id(&mut v, "organization_id", &req.organization_id)
-        else {
-            return Err(v.into_error().into());
-        };
+        let org = convert::sole_organization_id(&request.into_inner().organization_id)?;
         self.services.delete_organization(&actor, org).await?;
         Ok(Response::new(pb::DeleteOrganizationResponse {
             consistency_token: convert::consistency_token(),
@@ -234,12 +224,7 @@ impl TeamService for TeamApi {
         request: Request<pb::LeaveOrganizationRequest>,
     ) -> Reply<pb::LeaveOrganizationResponse> {
         let actor = self.identity.actor(request.metadata())?;
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let Some(org) = convert::organization_id(&mut v, "organization_id", &req.organization_id)
-        else {
-            return Err(v.into_error().into());
-        };
+        let org = convert::sole_organization_id(&request.into_inner().organization_id)?;
         self.services.leave_organization(&actor, org).await?;
         Ok(Response::new(pb::LeaveOrganizationResponse {
             consistency_token: convert::consistency_token(),

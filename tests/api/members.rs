@@ -1,7 +1,7 @@
 use roster::pb::{self, OrganizationRole as R, WorkspaceAccess as A};
 use tonic::Code;
 
-use crate::common::{Backend, TestApp, User, assert_code, spawn_app};
+use crate::common::{Backend, TestApp, User, all_pages, assert_code, spawn_app};
 use crate::db_tests;
 
 db_tests!(
@@ -230,27 +230,19 @@ async fn members_are_listed_in_pages(backend: Backend) {
         expected.push(user.id);
     }
     expected.sort();
-    let mut seen = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = app
-            .team
-            .clone()
-            .list_members(owner.req(pb::ListMembersRequest {
-                organization_id: org.clone(),
-                page_size: 2,
-                page_token: token,
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(page.members.len() <= 2);
-        seen.extend(page.members.into_iter().map(|m| m.user_id));
-        if page.next_page_token.is_empty() {
-            break;
+    let seen: Vec<String> = all_pages(2, |page_token| {
+        let request = owner.req(pb::ListMembersRequest {
+            organization_id: org.clone(),
+            page_size: 2,
+            page_token,
+        });
+        let mut team = app.team.clone();
+        async move {
+            let page = team.list_members(request).await.unwrap().into_inner();
+            (page.members.into_iter().map(|m| m.user_id).collect(), page.next_page_token)
         }
-        token = page.next_page_token;
-    }
+    })
+    .await;
     assert_eq!(seen, expected);
     app.stop().await;
 }

@@ -1,7 +1,7 @@
 use roster::pb;
 use tonic::Code;
 
-use crate::common::{Backend, User, assert_code, spawn_app};
+use crate::common::{Backend, User, all_pages, assert_code, spawn_app};
 use crate::db_tests;
 
 db_tests!(
@@ -378,25 +378,15 @@ async fn list_organizations_pages_through_the_callers_organizations(backend: Bac
         mine.push(app.create_org(&owner, &format!("Org {i}")).await);
     }
     app.create_org(&someone_else, "Not mine").await;
-    let mut seen = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = app
-            .team
-            .clone()
-            .list_organizations(
-                owner.req(pb::ListOrganizationsRequest { page_size: 2, page_token: token }),
-            )
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(page.organizations.len() <= 2);
-        seen.extend(page.organizations.into_iter().map(|o| o.id));
-        if page.next_page_token.is_empty() {
-            break;
+    let seen: Vec<String> = all_pages(2, |page_token| {
+        let request = owner.req(pb::ListOrganizationsRequest { page_size: 2, page_token });
+        let mut team = app.team.clone();
+        async move {
+            let page = team.list_organizations(request).await.unwrap().into_inner();
+            (page.organizations.into_iter().map(|o| o.id).collect(), page.next_page_token)
         }
-        token = page.next_page_token;
-    }
+    })
+    .await;
     assert_eq!(seen, mine);
     app.stop().await;
 }

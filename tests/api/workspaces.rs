@@ -80,45 +80,23 @@ async fn billing_and_member_users_see_only_workspaces_they_hold_a_grant_on(backe
 
     // Grants: managers see all, others only their own.
     team.set_workspace_access(set_access(&owner, &org, &prod, &admin, A::Write)).await.unwrap();
-    let all = team
-        .list_workspace_access(admin.req(pb::ListWorkspaceAccessRequest {
+    // Lists grants as `user`, optionally for one user or one workspace.
+    let grants = |user: &User, of_user: &str, workspace: &str| {
+        let request = user.req(pb::ListWorkspaceAccessRequest {
             organization_id: org.clone(),
+            user_id: of_user.to_owned(),
+            workspace_id: workspace.to_owned(),
             ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
-    assert_eq!(all.len(), 2);
-    let own = team
-        .list_workspace_access(member.req(pb::ListWorkspaceAccessRequest {
-            organization_id: org.clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+        });
+        let mut team = team.clone();
+        async move { team.list_workspace_access(request).await.map(|r| r.into_inner().grants) }
+    };
+    assert_eq!(grants(&admin, "", "").await.unwrap().len(), 2);
+    let own = grants(&member, "", "").await.unwrap();
     assert_eq!(own.len(), 1);
     assert_eq!(own[0].user_id, member.id);
-    let others = team
-        .list_workspace_access(member.req(pb::ListWorkspaceAccessRequest {
-            organization_id: org.clone(),
-            user_id: admin.id.clone(),
-            ..Default::default()
-        }))
-        .await;
-    assert_code(others, Code::PermissionDenied, None);
-    let by_workspace = team
-        .list_workspace_access(owner.req(pb::ListWorkspaceAccessRequest {
-            organization_id: org.clone(),
-            workspace_id: prod.clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    assert_code(grants(&member, &admin.id, "").await, Code::PermissionDenied, None);
+    let by_workspace = grants(&owner, "", &prod).await.unwrap();
     assert_eq!(by_workspace.len(), 1);
     assert_eq!(by_workspace[0].user_id, admin.id);
     app.stop().await;

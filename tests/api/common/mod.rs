@@ -138,6 +138,26 @@ pub async fn drop_database(name: Option<String>) {
     }
 }
 
+/// Every item of a paged list: `fetch` gets a page token and returns a page and the next token;
+/// each page must hold at most `page_size` items.
+pub async fn all_pages<T, F, Fut>(page_size: usize, mut fetch: F) -> Vec<T>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = (Vec<T>, String)>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = fetch(token).await;
+        assert!(page.len() <= page_size, "a page holds {} items", page.len());
+        items.extend(page);
+        if next.is_empty() {
+            return items;
+        }
+        token = next;
+    }
+}
+
 /// An Authorize request with the default consistency; `workspace` empty for an organization
 /// permission.
 pub fn check(user: &str, org: &str, workspace: &str, permission: &str) -> pb::AuthorizeRequest {
