@@ -108,10 +108,9 @@ impl Metrics {
         Self { registry, calls, call_seconds, decisions, delivery_failures }
     }
 
-    /// Records a finished call. `path` is the request path; unknown paths share one label so
-    /// that callers cannot grow the label set without bound.
-    pub fn record_call(&self, path: &str, code: tonic::Code, elapsed: Duration) {
-        let labels = CallLabels { method: known_method(path), code: code_name(code) };
+    /// Records a finished call of `method`, a label from [`method_label`].
+    pub fn record_call(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+        let labels = CallLabels { method, code: code_name(code) };
         self.calls.get_or_create(&labels).inc();
         self.call_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
@@ -245,8 +244,12 @@ impl prometheus_client::collector::Collector for Snapshot {
     }
 }
 
-/// The method label for `path`: the path itself for a method Roster serves, `other` otherwise.
-fn known_method(path: &str) -> &'static str {
+/// The label of every path that is not a method of Roster's.
+pub const OTHER_METHOD: &str = "other";
+
+/// The label for a request path: the path itself for a method Roster serves, `other` for any
+/// other path, so that callers cannot grow label sets or span names without bound.
+pub fn method_label(path: &str) -> &'static str {
     static METHODS: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
     let methods = METHODS.get_or_init(|| {
         use prost::Message as _;
@@ -272,7 +275,7 @@ fn known_method(path: &str) -> &'static str {
         }
         methods
     });
-    methods.get(path).copied().unwrap_or("other")
+    methods.get(path).copied().unwrap_or(OTHER_METHOD)
 }
 
 /// The canonical upper-case name of a status code, as gRPC documents it.
@@ -373,12 +376,12 @@ mod tests {
     #[test]
     fn served_methods_keep_their_path_and_anything_else_is_other() {
         assert_eq!(
-            known_method("/roster.v1.AccessService/Authorize"),
+            method_label("/roster.v1.AccessService/Authorize"),
             "/roster.v1.AccessService/Authorize"
         );
-        assert_eq!(known_method("/grpc.health.v1.Health/Check"), "/grpc.health.v1.Health/Check");
-        assert_eq!(known_method("/roster.v1.AccessService/Nope"), "other");
-        assert_eq!(known_method(&"/x".repeat(1000)), "other");
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "/grpc.health.v1.Health/Check");
+        assert_eq!(method_label("/roster.v1.AccessService/Nope"), "other");
+        assert_eq!(method_label(&"/x".repeat(1000)), "other");
     }
 
     #[test]

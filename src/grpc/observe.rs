@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, http};
 use tower::{Layer, Service};
@@ -78,16 +79,19 @@ where
         let started = Instant::now();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let path = request.uri().path().to_owned();
+        let method = crate::metrics::method_label(request.uri().path());
+        let full_name = method.trim_start_matches('/');
+        let (service, name) = full_name.split_once('/').unwrap_or(("", full_name));
         // Field names follow OpenTelemetry's conventions for gRPC servers; `otel.*` fields are
         // read by the exporter. organization_id, caller and decision are filled in by handlers.
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %path.trim_start_matches('/'),
+            otel.name = full_name,
             otel.kind = "server",
             otel.status_code = Empty,
             rpc.system = "grpc",
-            rpc.method = %path,
+            rpc.service = service,
+            rpc.method = name,
             rpc.grpc.status_code = Empty,
             organization_id = Empty,
             caller = Empty,
@@ -99,9 +103,18 @@ where
             let _ = span.set_parent(parent);
         }
         let metrics = self.metrics.clone();
+        let known = method != crate::metrics::OTHER_METHOD;
         Box::pin(
             async move {
-                let response = inner.call(request).await?;
+                // The router would answer an unknown path with an empty UNIMPLEMENTED.
+                let response = if known {
+                    inner.call(request).await?
+                } else {
+                    Status::unimplemented(
+                        "no such method on this server; server reflection lists the services",
+                    )
+                    .into_http()
+                };
                 let header_code = status_in(response.headers());
                 let span = tracing::Span::current();
                 Ok(response.map(|body| {
@@ -109,7 +122,7 @@ where
                         inner: body,
                         code: header_code,
                         finished: false,
-                        record: Some(Finish { path, started, metrics, span }),
+                        record: Some(Finish { method, started, metrics, span }),
                     })
                 }))
             }
@@ -129,7 +142,7 @@ fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
 
 /// What is recorded when the response is done.
 struct Finish {
-    path: String,
+    method: &'static str,
     started: Instant,
     metrics: Arc<Metrics>,
     span: tracing::Span,
@@ -185,7 +198,7 @@ impl Drop for Observed {
             }
             None => tonic::Code::Cancelled,
         };
-        finish.metrics.record_call(&finish.path, code, finish.started.elapsed());
+        finish.metrics.record_call(finish.method, code, finish.started.elapsed());
         finish.span.record("rpc.grpc.status_code", code as i32);
         if is_server_error(code) {
             finish.span.record("otel.status_code", "ERROR");

@@ -52,6 +52,17 @@ async fn metrics_count_calls_decisions_index_pool_and_outbox(backend: Backend) {
     };
     access.batch_authorize(batch).await.unwrap();
     app.invite(&owner, &org, "new@example.com", R::Member, &[]).await.unwrap();
+    // A path no service has is counted under one label, whatever the caller sends.
+    let mut raw = tonic::client::Grpc::new(app.channel());
+    raw.ready().await.unwrap();
+    let unknown = raw
+        .unary(
+            tonic::Request::new(()),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/made.Up/Path123"),
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        )
+        .await;
+    assert_code(unknown, Code::Unimplemented, None);
 
     let text = scrape(metrics).await;
     let authorize = r#"method="/roster.v1.AccessService/Authorize""#;
@@ -99,6 +110,12 @@ async fn metrics_count_calls_decisions_index_pool_and_outbox(backend: Backend) {
         );
     }
     assert_eq!(sample(&text, "roster_outbox_delivery_failures_total"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"roster_rpc_calls_total{method="other",code="UNIMPLEMENTED"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("made.Up"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
     assert!(http_get(metrics, "/").await.starts_with("HTTP/1.1 404"));
@@ -174,6 +191,8 @@ async fn spans_reach_an_otlp_receiver_inside_the_callers_trace(backend: Backend)
         // SPAN_KIND_SERVER
         assert_eq!(span.kind, 2, "{span:#?}");
         assert_eq!(attribute(span, "rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(attribute(span, "rpc.service").as_deref(), Some("roster.v1.AccessService"));
+        assert_eq!(attribute(span, "rpc.method").as_deref(), Some("Authorize"));
         assert_eq!(attribute(span, "rpc.grpc.status_code").as_deref(), Some("0"), "{span:#?}");
         assert_eq!(attribute(span, "organization_id").as_deref(), Some(org.as_str()));
         assert!(attribute(span, "caller").is_some(), "{span:#?}");
