@@ -4,6 +4,11 @@ use clap::Parser;
 use roster::config::{Cli, Command};
 use roster::{app, telemetry};
 
+// Requests are decoded on one worker thread and often freed on another; mimalloc frees across
+// threads without the arena lock contention the system allocator shows under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -73,6 +73,10 @@ struct Args {
     /// unset.
     #[arg(long)]
     cache_entries: Option<usize>,
+    /// Pin the server to CPU 1 and the load generator to CPU 0 (with `taskset`), so that the
+    /// two do not trade cores between runs; figures then repeat within a few percent.
+    #[arg(long)]
+    pin: bool,
     /// Folder for the SQLite file and server log (a temporary one by default).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -387,6 +391,19 @@ fn resident_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Pins every thread of process `pid` to `cpu`.
+fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["--all-tasks", "--pid", "--cpu-list", &cpu.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (from util-linux) for --pin")?;
+    if !status.success() {
+        bail!("taskset could not pin process {pid} to CPU {cpu}");
+    }
+    Ok(())
+}
+
 fn start_server(
     database_url: &str,
     addr: &str,
@@ -450,6 +467,10 @@ async fn main() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
     let mut server = start_server(&database_url, &addr, &dir, args.cache_entries)?;
+    if args.pin {
+        pin(server.id(), 1)?;
+        pin(std::process::id(), 0)?;
+    }
     let endpoint = format!("http://{addr}");
     let mut channels = Vec::new();
     for _ in 0..100 {
@@ -467,8 +488,13 @@ async fn main() -> anyhow::Result<()> {
         channels.push(Channel::from_shared(endpoint.clone())?.connect().await?);
     }
     println!(
-        "load: {} callers over {} HTTP/2 connections, {} s per phase after {} s warm-up, {} grant writes/s",
-        args.concurrency, args.connections, args.duration_secs, args.warmup_secs, args.write_rate
+        "load: {} callers over {} HTTP/2 connections, {} s per phase after {} s warm-up, {} grant writes/s{}",
+        args.concurrency,
+        args.connections,
+        args.duration_secs,
+        args.warmup_secs,
+        args.write_rate,
+        if args.pin { ", server on CPU 1 and load generator on CPU 0" } else { "" }
     );
 
     let measure = Duration::from_secs(args.duration_secs);
