@@ -467,9 +467,11 @@ async fn main() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
     let mut server = start_server(&database_url, &addr, &dir, args.cache_entries)?;
-    if args.pin {
-        pin(server.id(), 1)?;
-        pin(std::process::id(), 0)?;
+    if args.pin
+        && let Err(err) = pin(server.id(), 1).and_then(|()| pin(std::process::id(), 0))
+    {
+        let _ = server.kill();
+        return Err(err);
     }
     let endpoint = format!("http://{addr}");
     let mut channels = Vec::new();
