@@ -329,6 +329,61 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The compact layout answers exactly as plain maps of the same rows would.
+        #[test]
+        fn the_index_answers_as_maps_of_its_rows(
+            users in proptest::collection::hash_set("[a-zA-Z0-9|@._-]{1,40}", 0..120),
+            workspace_count in 0usize..12,
+            cells in proptest::collection::vec((0usize..120, 0usize..12, 0u8..6), 0..400),
+            queries in proptest::collection::vec((0usize..140, 0usize..14), 1..200),
+        ) {
+            let users: Vec<UserId> = users.iter().map(|u| user(u)).collect();
+            let workspaces: Vec<WorkspaceId> =
+                (0..workspace_count).map(|_| WorkspaceId::generate()).collect();
+            let roles = [Role::Owner, Role::Admin, Role::Billing, Role::Member];
+            let mut role_of = HashMap::new();
+            let mut grant_of = HashMap::new();
+            for (u, w, code) in cells {
+                let Some(user) = users.get(u) else { continue };
+                match (code, workspaces.get(w)) {
+                    (0..=3, _) => {
+                        role_of.insert(user.clone(), roles[usize::from(code)]);
+                    }
+                    (4, Some(ws)) => {
+                        grant_of.insert((user.clone(), *ws), Access::Read);
+                    }
+                    (_, Some(ws)) => {
+                        grant_of.insert((user.clone(), *ws), Access::Write);
+                    }
+                    _ => {}
+                }
+            }
+            let index = OrgIndex::new(
+                role_of.iter().map(|(u, r)| (u.clone(), *r)).collect(),
+                workspaces.clone(),
+                grant_of.iter().map(|((u, w), a)| (*w, u.clone(), *a)).collect(),
+            );
+            for (u, w) in queries {
+                // Indexes past the generated ones ask about strangers and unknown workspaces.
+                let who = users.get(u).cloned().unwrap_or_else(|| user(&format!("stranger{u}")));
+                let workspace = match w {
+                    13 => None,
+                    _ => Some(workspaces.get(w).copied().unwrap_or_else(WorkspaceId::generate)),
+                };
+                let expected_facts = match workspace {
+                    None => WorkspaceFacts::NotApplicable,
+                    Some(ws) if !workspaces.contains(&ws) => WorkspaceFacts::Missing,
+                    Some(ws) => WorkspaceFacts::Present(grant_of.get(&(who.clone(), ws)).copied()),
+                };
+                proptest::prop_assert_eq!(
+                    index.facts(&who, workspace),
+                    (role_of.get(&who).copied(), expected_facts)
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_grant_without_its_member_row_answers_as_a_non_member() {
         let ws = WorkspaceId::generate();
