@@ -11,7 +11,8 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::storage::repo;
-use crate::storage::snapshot::{Facts, OrgIndex};
+use crate::storage::snapshot::{Facts, Fast, OrgIndex};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -50,32 +51,41 @@ impl Services {
     /// Decides several checks, in order.
     #[instrument(skip_all, fields(checks = checks.len()))]
     pub async fn batch_authorize(&self, checks: &[Check]) -> Result<Vec<Decision>, Error> {
-        // One index lookup per organization of the batch, not per check.
-        let mut indexes: Vec<(OrganizationId, Option<Arc<OrgIndex>>)> = Vec::new();
+        // One index lookup per organization of the batch, not per check; a batch may span many
+        // organizations, hence a map rather than a list to search.
+        let mut indexes: HashMap<OrganizationId, Option<Arc<OrgIndex>>, Fast> =
+            HashMap::with_hasher(Fast::default());
         let mut decisions = Vec::with_capacity(checks.len());
+        let mut hits = 0;
         for check in checks {
             if check.fresh {
                 decisions.push(self.decide_check(check).await?);
                 continue;
             }
             let org = check.organization_id;
-            let (index, loaded) = match indexes.iter().find(|(o, _)| *o == org) {
-                Some((_, index)) => (index.clone(), false),
+            let index = match indexes.get(&org) {
+                Some(index) => {
+                    hits += u64::from(index.is_some());
+                    index
+                }
                 None => {
                     let (index, loaded) = self.index_for(org).await?;
-                    indexes.push((org, index.clone()));
-                    (index, loaded)
+                    if index.is_some() {
+                        self.count(loaded);
+                    }
+                    indexes.entry(org).or_insert(index)
                 }
             };
             match index {
                 Some(index) => {
-                    self.count(loaded);
                     let (role, facts) = index.facts(&check.user_id, check.workspace_id);
                     decisions.push(authz::decide(role, facts, check.permission));
                 }
                 None => decisions.push(self.decide_check(check).await?),
             }
         }
+        // One update of the shared counter per batch rather than one per check.
+        self.authz_cache.count_hits(hits);
         Ok(decisions)
     }
 

@@ -24,7 +24,7 @@ pub type Facts = (Option<Role>, WorkspaceFacts);
 
 /// A fast hasher with a per-process random seed: the index is on the hot path, and its keys come
 /// from the database rather than straight from callers.
-type Fast = foldhash::fast::RandomState;
+pub type Fast = foldhash::fast::RandomState;
 
 /// One organization, whole.
 ///
@@ -168,7 +168,12 @@ impl AuthzCache {
 
     /// Records a check answered from memory.
     pub fn count_hit(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.count_hits(1);
+    }
+
+    /// Records `n` checks answered from memory.
+    pub fn count_hits(&self, n: u64) {
+        self.hits.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Records a check that loaded or read the database.
