@@ -337,8 +337,12 @@ pub async fn serve(
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                // A scraper sends its request at once; a client that dribbles headers is cut off.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .serve_connection(io, service)
+                    .await;
             });
         }
     });

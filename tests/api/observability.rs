@@ -16,6 +16,7 @@ use crate::db_tests;
 db_tests!(
     metrics_count_calls_decisions_index_pool_and_outbox,
     metrics_count_failed_email_deliveries,
+    the_metrics_port_drops_a_client_that_never_finishes_its_request,
     spans_reach_an_otlp_receiver_inside_the_callers_trace,
 );
 
@@ -147,6 +148,26 @@ async fn metrics_count_failed_email_deliveries(backend: Backend) {
     assert!(sample(&text, "roster_outbox_delivery_failures_total").unwrap() >= 1.0, "{text}");
     assert_eq!(sample(&text, r#"roster_outbox_emails{state="retrying"}"#), Some(1.0), "{text}");
     assert_eq!(sample(&text, r#"roster_outbox_emails{state="queued"}"#), Some(0.0), "{text}");
+    app.stop().await;
+}
+
+async fn the_metrics_port_drops_a_client_that_never_finishes_its_request(backend: Backend) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app =
+        spawn_app_with(backend, |c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr.unwrap()).await.unwrap();
+    // Headers that never end.
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    // The bound only keeps a failing test from hanging; the server closes after 5 s.
+    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is still open after 30 s");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("roster_"),
+        "no metrics for a partial request"
+    );
+    // The port still serves everyone else.
+    assert!(scrape(app.metrics_addr.unwrap()).await.contains("roster_db_pool_connections_open"));
     app.stop().await;
 }
 
