@@ -143,14 +143,7 @@ async fn a_postgres_restart_under_traffic_is_unavailable_then_recovers_without_r
 
     postgres.down();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let write = app
-        .team
-        .clone()
-        .create_workspace(owner.req(pb::CreateWorkspaceRequest {
-            organization_id: org.clone(),
-            display_name: "x".into(),
-        }))
-        .await;
+    let write = app.try_create_workspace(&owner, &org, "x").await;
     assert_eq!(write.unwrap_err().code(), Code::Unavailable);
     // Authorize may answer from memory for as long as the replica has not noticed that its
     // invalidation feed is gone (nothing can change while the database is down, so those answers
@@ -198,16 +191,7 @@ async fn a_postgres_restart_under_traffic_is_unavailable_then_recovers_without_r
     // Calls in flight during the outage may wait for the database and then succeed, so the
     // traffic need not see UNAVAILABLE itself; the explicit calls above did.
     assert!(count("allowed") > 0);
-    app.team
-        .clone()
-        .create_workspace(
-            owner.req(pb::CreateWorkspaceRequest {
-                organization_id: org,
-                display_name: "after".into(),
-            }),
-        )
-        .await
-        .unwrap();
+    app.create_workspace(&owner, &org, "after").await;
     app.stop().await;
 }
 
@@ -245,14 +229,7 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
     assert_eq!(get.unwrap_err().code(), Code::Unavailable);
     let decision = app.access.clone().authorize(authorize()).await;
     assert_eq!(decision.unwrap_err().code(), Code::Unavailable, "Authorize fails closed, not open");
-    let write = app
-        .team
-        .clone()
-        .create_workspace(owner.req(pb::CreateWorkspaceRequest {
-            organization_id: org.clone(),
-            display_name: "x".into(),
-        }))
-        .await;
+    let write = app.try_create_workspace(&owner, &org, "x").await;
     assert_eq!(write.unwrap_err().code(), Code::Unavailable);
     println!("answered UNAVAILABLE for {:?} of outage", down_since.elapsed());
 
@@ -269,14 +246,7 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
     }
     assert!(recovered, "calls succeed again once the database is back");
     println!("recovered {:?} after the database came back", back_since.elapsed());
-    app.team
-        .clone()
-        .create_workspace(owner.req(pb::CreateWorkspaceRequest {
-            organization_id: org.clone(),
-            display_name: "after".into(),
-        }))
-        .await
-        .unwrap();
+    app.create_workspace(&owner, &org, "after").await;
     app.stop().await;
 }
 

@@ -243,6 +243,16 @@ impl TestApp {
 
     /// Creates a workspace; returns its id.
     pub async fn create_workspace(&self, actor: &User, org: &str, name: &str) -> String {
+        self.try_create_workspace(actor, org, name).await.expect("create workspace")
+    }
+
+    /// Asks to create a workspace; its id, or the call's status.
+    pub async fn try_create_workspace(
+        &self,
+        actor: &User,
+        org: &str,
+        name: &str,
+    ) -> Result<String, Status> {
         let response = self
             .team
             .clone()
@@ -250,9 +260,8 @@ impl TestApp {
                 organization_id: org.to_owned(),
                 display_name: name.to_owned(),
             }))
-            .await
-            .expect("create workspace");
-        response.into_inner().workspace.unwrap().id
+            .await?;
+        Ok(response.into_inner().workspace.unwrap().id)
     }
 
     /// Invites `email`.
