@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -171,70 +171,62 @@ struct Snapshot {
     outbox: Option<Vec<(&'static str, i64)>>,
 }
 
+/// Encodes one value read at scrape time as a metric of its own.
+fn encode_one(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| {
-            let metric = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            ConstCounter::new(value).encode(metric)
-        };
-        counter(
+        let (cache, pool) = (&self.cache, &self.pool);
+        encode_one(
             &mut encoder,
             "authz_index_hits",
             "Checks answered from the in-memory authorization index",
-            self.cache.hits,
+            ConstCounter::new(cache.hits),
         )?;
-        counter(
+        encode_one(
             &mut encoder,
             "authz_index_misses",
             "Checks that loaded an organization into the index or read the database",
-            self.cache.misses,
+            ConstCounter::new(cache.misses),
         )?;
-        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| {
-            let metric = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            ConstGauge::new(value).encode(metric)
-        };
-        gauge(
+        encode_one(
             &mut encoder,
             "authz_index_entries",
             "Rows held in the in-memory authorization index",
-            i64::try_from(self.cache.entries).unwrap_or(i64::MAX),
+            ConstGauge::new(i64::try_from(cache.entries).unwrap_or(i64::MAX)),
         )?;
-        gauge(
+        encode_one(
             &mut encoder,
             "db_pool_connections_open",
             "Database connections open",
-            self.pool.open.into(),
+            ConstGauge::new(i64::from(pool.open)),
         )?;
-        gauge(
+        encode_one(
             &mut encoder,
             "db_pool_connections_in_use",
             "Database connections lent out to a query or transaction",
-            i64::from(self.pool.open.saturating_sub(self.pool.idle)),
+            ConstGauge::new(i64::from(pool.open.saturating_sub(pool.idle))),
         )?;
-        gauge(
+        encode_one(
             &mut encoder,
             "db_pool_connections_max",
             "The most connections the pool opens",
-            self.pool.max.into(),
+            ConstGauge::new(i64::from(pool.max)),
         )?;
         if let Some(outbox) = &self.outbox {
-            let metric = encoder.encode_descriptor(
+            let mut family = encoder.encode_descriptor(
                 "outbox_emails",
                 "Invitation emails queued, waiting to retry, or failed for good (all replicas)",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
-            let mut family = metric;
             for (state, count) in outbox {
                 let labels = [("state", *state)];
                 ConstGauge::new(*count).encode(family.encode_family(&labels)?)?;
