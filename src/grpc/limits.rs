@@ -62,9 +62,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        // The clone that was made ready is the one to call; keep a fresh clone for next time.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         if exempt(request.uri().path()) {
             return Box::pin(inner.call(request));
         }

@@ -10,3 +10,10 @@ pub mod observe;
 pub mod status;
 pub mod team;
 pub mod tls;
+
+/// Takes the service a middleware just made ready, leaving a fresh clone for the next call:
+/// tower only promises readiness for the instance `poll_ready` was called on.
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}

@@ -77,8 +77,7 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let method = crate::metrics::method_label(request.uri().path());
         let full_name = method.trim_start_matches('/');
         let (service, name) = full_name.split_once('/').unwrap_or(("", full_name));
