@@ -66,6 +66,11 @@ struct Args {
     /// Seconds of warm-up before each phase.
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
+    /// Times to run the three phases in turn (warm-up only in the first); the figures and
+    /// ratios are then those of all rounds together. Short interleaved rounds expose every
+    /// phase alike to a shared machine's slow and fast moments.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Grant changes per second made through TeamService while Authorize runs (0 = none).
     #[arg(long, default_value_t = 0)]
     write_rate: u32,
@@ -235,6 +240,16 @@ enum Phase {
     Batch,
 }
 
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Health => "health",
+            Phase::Authorize => "authorize",
+            Phase::Batch => "batch(100)",
+        }
+    }
+}
+
 struct Outcome {
     requests: usize,
     allowed: usize,
@@ -242,6 +257,10 @@ struct Outcome {
     errors: usize,
     latencies_us: Vec<u64>,
     elapsed: Duration,
+    /// Grant changes made during the phase.
+    writes: usize,
+    /// CPU time the server spent during the phase.
+    server_cpu: Duration,
 }
 
 impl Outcome {
@@ -255,6 +274,44 @@ impl Outcome {
         }
         let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
         self.latencies_us[index] as f64 / 1000.0
+    }
+
+    /// Both measurements as one: their requests over their summed time.
+    fn merge(mut self, other: Outcome) -> Outcome {
+        self.requests += other.requests;
+        self.allowed += other.allowed;
+        self.decisions += other.decisions;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+        self.elapsed += other.elapsed;
+        self.writes += other.writes;
+        self.server_cpu += other.server_cpu;
+        self
+    }
+
+    /// Server CPU time per request, in microseconds: what a request costs the server whether
+    /// or not the load generator kept it busy.
+    fn cpu_per_request_us(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.requests as f64
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<11} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  server CPU {:>6.1} µs/req  errors {}{}{}",
+            self.rps(),
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.percentile(0.999),
+            self.cpu_per_request_us(),
+            self.errors,
+            if self.decisions > 0 {
+                format!("  allowed {:.1} %", 100.0 * self.allowed as f64 / self.decisions as f64)
+            } else {
+                String::new()
+            },
+            if self.writes > 0 { format!("  writes {}", self.writes) } else { String::new() },
+        );
     }
 }
 
@@ -339,6 +396,8 @@ async fn drive(
         errors: 0,
         latencies_us: Vec::new(),
         elapsed: Duration::ZERO,
+        writes: 0,
+        server_cpu: Duration::ZERO,
     };
     while let Some(result) = tasks.join_next().await {
         let (latencies, allowed, decisions, errors) = result.expect("a load task panicked");
@@ -384,6 +443,18 @@ async fn writer(addr: String, data: Arc<DataSet>, rate: u32, stop: Arc<AtomicBoo
     writes
 }
 
+/// Time process `pid` has spent on a CPU, summed over its threads (from the scheduler's
+/// nanosecond counters, finer than the tick-based utime and stime).
+fn server_cpu(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
 fn resident_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -391,8 +462,9 @@ fn resident_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Pins every thread of process `pid` to `cpu`.
-fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
+/// Pins this process to `cpu`.
+fn pin_self(cpu: u32) -> anyhow::Result<()> {
+    let pid = std::process::id();
     let status = Command::new("taskset")
         .args(["--all-tasks", "--pid", "--cpu-list", &cpu.to_string(), &pid.to_string()])
         .stdout(Stdio::null())
@@ -409,29 +481,48 @@ fn start_server(
     addr: &str,
     dir: &std::path::Path,
     cache_entries: Option<usize>,
+    cpu: Option<u32>,
 ) -> anyhow::Result<Child> {
     let binary = std::env::current_exe()?.with_file_name("roster");
     if !binary.exists() {
         bail!("{} not found; build it with `cargo build --release`", binary.display());
     }
     let log = std::fs::File::create(dir.join("server.log"))?;
-    let mut command = Command::new(binary);
+    // Started on its CPU (taskset execs the server, so the pid is the server's) rather than
+    // moved there later, so that its runtime sizes itself to that CPU.
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["--cpu-list", &cpu.to_string()]).arg(binary);
+            taskset
+        }
+        None => Command::new(binary),
+    };
     if let Some(entries) = cache_entries {
         command.args(["--authz-cache-entries", &entries.to_string()]);
     }
-    Ok(command
+    command
         .args(["--listen", addr, "--database-url", database_url, "--mail-dir"])
         .arg(dir.join("mail"))
         .args(["--log-format", "json", "--max-in-flight", "100000"])
         .env("RUST_LOG", "warn,roster::app=info")
         .stdout(Stdio::null())
         .stderr(log)
-        .spawn()?)
+        .spawn()
+        .context("starting the server (with taskset, from util-linux, for --pin)")
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Pinned before the runtime starts, so that it sizes its worker pool to the one CPU it has
+    // (as it would under a container's CPU limit) instead of two threads taking turns on it.
+    if args.pin {
+        pin_self(0)?;
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let temp = tempfile_dir()?;
     let dir = args.work_dir.clone().unwrap_or_else(|| temp.clone());
     std::fs::create_dir_all(&dir)?;
@@ -466,13 +557,8 @@ async fn main() -> anyhow::Result<()> {
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
-    let mut server = start_server(&database_url, &addr, &dir, args.cache_entries)?;
-    if args.pin
-        && let Err(err) = pin(server.id(), 1).and_then(|()| pin(std::process::id(), 0))
-    {
-        let _ = server.kill();
-        return Err(err);
-    }
+    let mut server =
+        start_server(&database_url, &addr, &dir, args.cache_entries, args.pin.then_some(1))?;
     let endpoint = format!("http://{addr}");
     let mut channels = Vec::new();
     for _ in 0..100 {
@@ -501,43 +587,44 @@ async fn main() -> anyhow::Result<()> {
 
     let measure = Duration::from_secs(args.duration_secs);
     let warmup = Duration::from_secs(args.warmup_secs);
-    let mut results = Vec::new();
-    for (name, phase) in
-        [("health", Phase::Health), ("authorize", Phase::Authorize), ("batch(100)", Phase::Batch)]
-    {
-        let stop = Arc::new(AtomicBool::new(false));
-        let writes = (args.write_rate > 0 && !matches!(phase, Phase::Health)).then(|| {
-            tokio::spawn(writer(endpoint.clone(), data.clone(), args.write_rate, stop.clone()))
-        });
-        if !warmup.is_zero() {
-            drive(phase, &channels, &pools, &args, warmup).await;
+    let phases = [Phase::Health, Phase::Authorize, Phase::Batch];
+    let mut totals: [Option<Outcome>; 3] = Default::default();
+    for round in 1..=args.rounds.max(1) {
+        for (phase, total) in phases.into_iter().zip(&mut totals) {
+            let stop = Arc::new(AtomicBool::new(false));
+            let writes = (args.write_rate > 0 && !matches!(phase, Phase::Health)).then(|| {
+                tokio::spawn(writer(endpoint.clone(), data.clone(), args.write_rate, stop.clone()))
+            });
+            // Later rounds find the server and connections warm.
+            if round == 1 && !warmup.is_zero() {
+                drive(phase, &channels, &pools, &args, warmup).await;
+            }
+            let cpu_before = server_cpu(server.id());
+            let mut outcome = drive(phase, &channels, &pools, &args, measure).await;
+            outcome.server_cpu = server_cpu(server.id()).saturating_sub(cpu_before);
+            stop.store(true, Ordering::Relaxed);
+            if let Some(task) = writes {
+                outcome.writes = task.await.unwrap_or(0);
+            }
+            if args.rounds > 1 {
+                print!("round {round:<3} ");
+            }
+            outcome.print(phase.name());
+            *total = Some(match total.take() {
+                Some(sum) => sum.merge(outcome),
+                None => outcome,
+            });
         }
-        let outcome = drive(phase, &channels, &pools, &args, measure).await;
-        stop.store(true, Ordering::Relaxed);
-        let written = match writes {
-            Some(task) => task.await.unwrap_or(0),
-            None => 0,
-        };
-        println!(
-            "{name:<11} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  errors {}{}{}",
-            outcome.rps(),
-            outcome.percentile(0.50),
-            outcome.percentile(0.99),
-            outcome.percentile(0.999),
-            outcome.errors,
-            if outcome.decisions > 0 {
-                format!(
-                    "  allowed {:.1} %",
-                    100.0 * outcome.allowed as f64 / outcome.decisions as f64
-                )
-            } else {
-                String::new()
-            },
-            if written > 0 { format!("  writes {written}") } else { String::new() },
-        );
-        results.push(outcome);
     }
-    let (health, authorize, batch) = (&results[0], &results[1], &results[2]);
+    let [Some(health), Some(authorize), Some(batch)] = totals else {
+        bail!("no phase ran");
+    };
+    if args.rounds > 1 {
+        println!("all rounds:");
+        for (phase, outcome) in phases.iter().zip([&health, &authorize, &batch]) {
+            outcome.print(phase.name());
+        }
+    }
     println!(
         "ratio authorize/health throughput: {:.2} (target >= 0.85)",
         authorize.rps() / health.rps()
@@ -550,6 +637,16 @@ async fn main() -> anyhow::Result<()> {
         "batch checks/s over authorize/s:   {:.1} (target >= 20; {:.0} checks/s)",
         batch.rps() * 100.0 / authorize.rps(),
         batch.rps() * 100.0
+    );
+    // The same comparisons in server CPU time, which the generator's share of the machine does
+    // not move: what the server would do with a CPU to itself.
+    println!(
+        "server CPU per request: health {:.1} µs, authorize {:.1} µs ({:.2}), per batched check {:.2} µs ({:.1}x less than single)",
+        health.cpu_per_request_us(),
+        authorize.cpu_per_request_us(),
+        health.cpu_per_request_us() / authorize.cpu_per_request_us(),
+        batch.cpu_per_request_us() / 100.0,
+        authorize.cpu_per_request_us() * 100.0 / batch.cpu_per_request_us(),
     );
     match resident_mib(server.id()) {
         Some(mib) => println!("server resident memory: {mib:.1} MiB"),

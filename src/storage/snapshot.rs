@@ -8,11 +8,12 @@
 //! reloads it. A load that raced a change is never kept: the change removes the load's slot.
 //! While the notification feed is down the index is bypassed and checks read the database.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use hashbrown::HashTable;
 use tokio::sync::OnceCell;
 
 use crate::domain::{Access, OrganizationId, Role, UserId, WorkspaceFacts, WorkspaceId};
@@ -28,27 +29,74 @@ pub type Fast = foldhash::fast::RandomState;
 
 /// One organization, whole.
 ///
-/// Laid out for the lookup a check makes: one probe finds the user's role together with their
-/// grants, which sit in one small sorted slice, so a check touches few cache lines even when
-/// millions of grants are held.
-#[derive(Debug, Default)]
+/// Laid out for the lookup a check makes, so that it touches few cache lines even when millions
+/// of grants are held: the workspace id becomes a small ordinal (from a table small enough to
+/// stay cached), one probe finds the user's entry, which holds the user id itself when it is
+/// short enough, and the user's grants are a few packed words in one shared array.
 pub struct OrgIndex {
-    users: HashMap<UserId, UserFacts, Fast>,
-    workspaces: HashSet<WorkspaceId, Fast>,
+    hasher: Fast,
+    users: HashTable<UserEntry>,
+    /// Every workspace, with its ordinal in the organization.
+    workspaces: HashMap<WorkspaceId, u32, Fast>,
+    /// Every user's grants, each `ordinal << 1 | write`, sorted per user.
+    grants: Box<[u32]>,
     entries: usize,
 }
 
-/// A user's role (none for a non-member) and grants, sorted by workspace.
-#[derive(Debug, Default)]
-struct UserFacts {
-    role: Option<Role>,
-    grants: Box<[(WorkspaceId, Access)]>,
+impl std::fmt::Debug for OrgIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrgIndex")
+            .field("users", &self.users.len())
+            .field("workspaces", &self.workspaces.len())
+            .field("grants", &self.grants.len())
+            .finish()
+    }
 }
 
-impl UserFacts {
-    fn grant(&self, workspace: WorkspaceId) -> Option<Access> {
-        self.grants.binary_search_by_key(&workspace, |(w, _)| *w).ok().map(|i| self.grants[i].1)
+/// A user's role (none for a non-member) and where their grants are.
+struct UserEntry {
+    id: UserKey,
+    role: Option<Role>,
+    grants_start: u32,
+    grants_len: u32,
+}
+
+/// User ids up to this many bytes sit inside their table entry; identity providers' subjects
+/// (UUIDs, numeric ids, `provider|id`) mostly do.
+const INLINE_ID: usize = 38;
+
+/// A user id, inline when short so that matching it reads no other memory.
+enum UserKey {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Heap(Box<[u8]>),
+}
+
+impl UserKey {
+    fn new(id: &[u8]) -> Self {
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= INLINE_ID => {
+                let mut bytes = [0; INLINE_ID];
+                bytes[..id.len()].copy_from_slice(id);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(id.into()),
+        }
     }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+}
+
+fn pack_grant(ordinal: u32, access: Access) -> u32 {
+    ordinal << 1 | u32::from(access == Access::Write)
+}
+
+fn unpack_access(grant: u32) -> Access {
+    if grant & 1 == 1 { Access::Write } else { Access::Read }
 }
 
 impl OrgIndex {
@@ -61,37 +109,81 @@ impl OrgIndex {
         // One more for the organization itself, so that even an empty or unknown organization
         // counts against the limit and a flood of made-up ids cannot grow memory unbounded.
         let entries = 1 + members.len() + workspaces.len() + grants.len();
+        let hasher = Fast::default();
+        // Ordinals leave one bit of a grant word for the access; an organization with more
+        // workspaces than that (far beyond any memory limit) would answer "no such workspace"
+        // for the rest, a denial.
+        let workspaces: HashMap<WorkspaceId, u32, Fast> = workspaces
+            .into_iter()
+            .zip(0..=u32::MAX >> 1)
+            .collect::<HashMap<_, _, _>>();
         // A user's role and grants while rows are read; grants are sorted once all are in.
-        type Loading = (Option<Role>, Vec<(WorkspaceId, Access)>);
+        type Loading = (Option<Role>, Vec<u32>);
         let mut by_user: HashMap<UserId, Loading, Fast> =
             HashMap::with_capacity_and_hasher(members.len(), Fast::default());
         for (user, role) in members {
             by_user.entry(user).or_default().0 = Some(role);
         }
+        let mut held = 0;
         // Grants are keyed by member, so each belongs to a member row; a grant read without
         // its member (a row added between the loading queries) still answers as a non-member.
+        // A grant on a workspace read after the workspace query is left out: that workspace
+        // answers as missing in any case.
         for (workspace, user, access) in grants {
-            by_user.entry(user).or_default().1.push((workspace, access));
+            if let Some(ordinal) = workspaces.get(&workspace) {
+                by_user.entry(user).or_default().1.push(pack_grant(*ordinal, access));
+                held += 1;
+            }
         }
-        let users = by_user
-            .into_iter()
-            .map(|(user, (role, mut grants))| {
-                grants.sort_unstable_by_key(|(w, _)| *w);
-                (user, UserFacts { role, grants: grants.into_boxed_slice() })
-            })
-            .collect();
-        Self { users, workspaces: workspaces.into_iter().collect(), entries }
+        let mut packed = Vec::with_capacity(held);
+        let mut users = HashTable::with_capacity(by_user.len());
+        for (user, (role, mut grants)) in by_user {
+            grants.sort_unstable();
+            // Within u32 because every grant is an entry and the entry limit is checked before
+            // an index is kept; past it the positions would be wrong, so the user is left out
+            // (a non-member, a denial) rather than answered from another user's grants.
+            let (Ok(grants_start), Ok(grants_len)) =
+                (u32::try_from(packed.len()), u32::try_from(grants.len()))
+            else {
+                continue;
+            };
+            packed.extend(grants);
+            let id = UserKey::new(user.as_str().as_bytes());
+            let hash = hasher.hash_one(id.as_bytes());
+            users.insert_unique(hash, UserEntry { id, role, grants_start, grants_len }, |e| {
+                hasher.hash_one(e.id.as_bytes())
+            });
+        }
+        Self { hasher, users, workspaces, grants: packed.into_boxed_slice(), entries }
     }
 
     /// The facts of a check, from memory.
     pub fn facts(&self, user: &UserId, workspace: Option<WorkspaceId>) -> Facts {
-        let found = self.users.get(user);
-        let facts = match workspace {
-            None => WorkspaceFacts::NotApplicable,
-            Some(id) if !self.workspaces.contains(&id) => WorkspaceFacts::Missing,
-            Some(id) => WorkspaceFacts::Present(found.and_then(|u| u.grant(id))),
+        let ordinal = match workspace {
+            None => None,
+            Some(id) => match self.workspaces.get(&id) {
+                Some(ordinal) => Some(*ordinal),
+                None => {
+                    return (self.find(user).and_then(|u| u.role), WorkspaceFacts::Missing);
+                }
+            },
         };
-        (found.and_then(|u| u.role), facts)
+        let found = self.find(user);
+        let role = found.and_then(|u| u.role);
+        let Some(ordinal) = ordinal else { return (role, WorkspaceFacts::NotApplicable) };
+        (role, WorkspaceFacts::Present(found.and_then(|u| self.grant(u, ordinal))))
+    }
+
+    fn find(&self, user: &UserId) -> Option<&UserEntry> {
+        let id = user.as_str().as_bytes();
+        self.users.find(self.hasher.hash_one(id), |e| e.id.as_bytes() == id)
+    }
+
+    fn grant(&self, user: &UserEntry, ordinal: u32) -> Option<Access> {
+        let start = user.grants_start as usize;
+        let grants = self.grants.get(start..start + user.grants_len as usize)?;
+        let at = grants.binary_search_by_key(&ordinal, |g| g >> 1).ok()?;
+        Some(unpack_access(grants[at]))
     }
 
     /// Rows held.
