@@ -7,6 +7,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -77,10 +79,18 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    // Below debug, logs leave out the per-call span, which is there for the trace exporter: the
+    // formatter would render its fields on every call (and the JSON one re-parse them on every
+    // recorded field), which costs more than the call itself. Internal failures log their method
+    // instead. At debug, where every decision is logged anyway, log lines carry the call's span.
+    let verbose = filter.max_level_hint().is_some_and(|level| level >= LevelFilter::DEBUG);
+    let not_per_call = filter_fn(move |meta| verbose || !crate::grpc::observe::is_call_span(meta));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match format {
-        LogFormat::Text => registry.with(fmt).try_init(),
-        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+        LogFormat::Text => registry.with(fmt.with_filter(not_per_call)).try_init(),
+        LogFormat::Json => {
+            registry.with(fmt.json().flatten_event(true).with_filter(not_per_call)).try_init()
+        }
     };
     Ok(Telemetry { tracer_provider })
 }

@@ -84,7 +84,7 @@ where
         // Field names follow OpenTelemetry's conventions for gRPC servers; `otel.*` fields are
         // read by the exporter. organization_id, caller and decision are filled in by handlers.
         let span = tracing::info_span!(
-            "rpc",
+            CALL_SPAN,
             otel.name = full_name,
             otel.kind = "server",
             otel.status_code = Empty,
@@ -128,6 +128,14 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The name of the per-call span.
+const CALL_SPAN: &str = "rpc";
+
+/// Whether `meta` describes the per-call span, which logs leave out (see `telemetry`).
+pub fn is_call_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.name() == CALL_SPAN && meta.target() == module_path!()
 }
 
 /// The `grpc-status` in a header map, if any.
@@ -201,6 +209,11 @@ impl Drop for Observed {
         finish.span.record("rpc.grpc.status_code", code as i32);
         if is_server_error(code) {
             finish.span.record("otel.status_code", "ERROR");
+        }
+        // The cause is logged where it arose; this names the call, which logs otherwise leave
+        // out. Only for bugs: an outage's UNAVAILABLE calls would flood the log.
+        if matches!(code, tonic::Code::Internal | tonic::Code::Unknown) {
+            tracing::error!(rpc.method = finish.method, code = ?code, "call failed");
         }
     }
 }
