@@ -93,6 +93,23 @@ impl UserId {
 
     /// Checks a user id without keeping it.
     pub fn validate(text: &str) -> Result<(), IdError> {
+        // Most subjects are short printable ASCII; those pass in one pass over the bytes.
+        if Self::is_plain_ascii(text) {
+            return Ok(());
+        }
+        Self::validate_any(text)
+    }
+
+    /// Printable ASCII, 1 to 255 bytes, no space at either end: valid by every rule below.
+    fn is_plain_ascii(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        (1..=Self::MAX_CHARS).contains(&bytes.len())
+            && bytes.iter().all(|b| (b' '..=b'~').contains(b))
+            && bytes.first() != Some(&b' ')
+            && bytes.last() != Some(&b' ')
+    }
+
+    fn validate_any(text: &str) -> Result<(), IdError> {
         if text.is_empty() {
             return Err(IdError("is required"));
         }
@@ -107,7 +124,8 @@ impl UserId {
         Ok(())
     }
 
-    /// Wraps a stored user id.
+    /// Wraps a user id known to be valid: read from the database, or already checked with
+    /// [`UserId::validate`].
     pub fn from_stored(text: String) -> Self {
         Self(text)
     }
@@ -145,5 +163,29 @@ mod tests {
         assert!(UserId::parse(" padded").is_err());
         assert!(UserId::parse(&"x".repeat(255)).is_ok());
         assert!(UserId::parse(&"x".repeat(256)).is_err());
+        assert!(UserId::parse("trailing ").is_err());
+        assert!(UserId::parse("inner space").is_ok());
+        assert!(UserId::parse(&"é".repeat(255)).is_ok());
+        assert!(UserId::parse(&"é".repeat(256)).is_err());
+    }
+
+    proptest::proptest! {
+        /// The ASCII shortcut accepts only what the full rules accept.
+        #[test]
+        fn the_ascii_shortcut_agrees_with_the_full_rules(
+            text in proptest::prop_oneof![
+                proptest::string::string_regex("[ -~]{0,260}").unwrap(),
+                proptest::string::string_regex(" ?[!-~]{0,20} ?").unwrap(),
+                proptest::string::string_regex("[ -~\\t\\x00\\x7f\\u{a0}\\u{2028}é]{0,30}").unwrap(),
+            ]
+        ) {
+            if UserId::is_plain_ascii(&text) {
+                proptest::prop_assert_eq!(UserId::validate_any(&text), Ok(()));
+            }
+            proptest::prop_assert_eq!(
+                UserId::validate(&text).is_ok(),
+                UserId::validate_any(&text).is_ok()
+            );
+        }
     }
 }

@@ -79,9 +79,9 @@ fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option
     })
 }
 
-/// The parts of a well-formed check, read without allocating or building field names; `None`
-/// if anything is off. Batches read every check this way, name problems with [`check`] only
-/// when there is one, and move the user ids out afterwards.
+/// The parts of a well-formed check other than its user id, read without allocating or
+/// building field names; `None` if anything is off, the user id included. Checks are read this
+/// way first; [`check`] names the problems only when there is one.
 fn parse_quickly(
     req: &pb::AuthorizeRequest,
 ) -> Option<(OrganizationId, Option<WorkspaceId>, Permission)> {
@@ -97,6 +97,16 @@ fn parse_quickly(
     Some((OrganizationId::parse(&req.organization_id).ok()?, workspace_id, permission))
 }
 
+/// The check of a request that [`parse_quickly`] accepted, its user id moved out.
+fn quick_check(
+    req: &mut pb::AuthorizeRequest,
+    (organization_id, workspace_id, permission): (OrganizationId, Option<WorkspaceId>, Permission),
+) -> Check {
+    // Validated by parse_quickly.
+    let user_id = UserId::from_stored(std::mem::take(&mut req.user_id));
+    Check { user_id, organization_id, workspace_id, permission, fresh: false }
+}
+
 #[tonic::async_trait]
 impl AccessService for AccessApi {
     async fn authorize(
@@ -104,9 +114,17 @@ impl AccessService for AccessApi {
         request: Request<pb::AuthorizeRequest>,
     ) -> Reply<pb::AuthorizeResponse> {
         let caller = self.caller(&request)?;
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let Some(check) = check(&mut v, "", &req) else { return Err(v.into_error().into()) };
+        let mut req = request.into_inner();
+        let check = match parse_quickly(&req) {
+            Some(parts) => quick_check(&mut req, parts),
+            None => {
+                let mut v = Violations::new();
+                let Some(check) = check(&mut v, "", &req) else {
+                    return Err(v.into_error().into());
+                };
+                check
+            }
+        };
         let span = tracing::Span::current();
         span.record("caller", tracing::field::display(&caller.0));
         span.record("organization_id", tracing::field::display(check.organization_id));
@@ -134,14 +152,13 @@ impl AccessService for AccessApi {
         let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
         let parsed: Option<Vec<_>> = req.checks.iter().map(parse_quickly).collect();
         let checks = if let Some(parsed) = parsed {
-            req.checks
-                .iter_mut()
-                .zip(parsed)
-                .map(|(req, (organization_id, workspace_id, permission))| {
-                    let user_id = UserId::parse_owned(std::mem::take(&mut req.user_id)).ok()?;
-                    Some(Check { user_id, organization_id, workspace_id, permission, fresh: false })
-                })
-                .collect::<Option<Vec<Check>>>()
+            Some(
+                req.checks
+                    .iter_mut()
+                    .zip(parsed)
+                    .map(|(req, parts)| quick_check(req, parts))
+                    .collect(),
+            )
         } else {
             let named: Vec<Option<Check>> = req
                 .checks

@@ -49,12 +49,12 @@ impl Services {
     }
 
     /// Decides several checks, in order.
-    #[instrument(skip_all, fields(checks = checks.len()))]
+    #[instrument(level = "debug", skip_all, fields(checks = checks.len()))]
     pub async fn batch_authorize(&self, checks: &[Check]) -> Result<Vec<Decision>, Error> {
         // One index lookup per organization of the batch, not per check; a batch may span many
         // organizations, hence a map rather than a list to search.
         let mut indexes: HashMap<OrganizationId, Option<Arc<OrgIndex>>, Fast> =
-            HashMap::with_hasher(Fast::default());
+            HashMap::with_capacity_and_hasher(checks.len().min(64), Fast::default());
         let mut decisions = Vec::with_capacity(checks.len());
         let mut hits = 0;
         for check in checks {
@@ -69,10 +69,19 @@ impl Services {
                     index
                 }
                 None => {
-                    let (index, loaded) = self.index_for(org).await?;
-                    if index.is_some() {
-                        self.count(loaded);
-                    }
+                    let index = match self.authz_cache.loaded(org) {
+                        Some(index) => {
+                            hits += 1;
+                            Some(index)
+                        }
+                        None => {
+                            let (index, loaded) = self.index_for(org).await?;
+                            if index.is_some() {
+                                self.count(loaded);
+                            }
+                            index
+                        }
+                    };
                     indexes.entry(org).or_insert(index)
                 }
             };
@@ -134,9 +143,15 @@ impl Services {
         workspace_id: Option<WorkspaceId>,
         fresh: bool,
     ) -> Result<Facts, Error> {
-        if !fresh && let (Some(index), loaded) = self.index_for(org).await? {
-            self.count(loaded);
-            return Ok(index.facts(user, workspace_id));
+        if !fresh {
+            if let Some(index) = self.authz_cache.loaded(org) {
+                self.authz_cache.count_hit();
+                return Ok(index.facts(user, workspace_id));
+            }
+            if let (Some(index), loaded) = self.index_for(org).await? {
+                self.count(loaded);
+                return Ok(index.facts(user, workspace_id));
+            }
         }
         self.authz_cache.count_miss();
         repo::authorization_facts(self.store.reader(), org, user, workspace_id).await

@@ -113,10 +113,8 @@ impl OrgIndex {
         // Ordinals leave one bit of a grant word for the access; an organization with more
         // workspaces than that (far beyond any memory limit) would answer "no such workspace"
         // for the rest, a denial.
-        let workspaces: HashMap<WorkspaceId, u32, Fast> = workspaces
-            .into_iter()
-            .zip(0..=u32::MAX >> 1)
-            .collect::<HashMap<_, _, _>>();
+        let workspaces: HashMap<WorkspaceId, u32, Fast> =
+            workspaces.into_iter().zip(0..=u32::MAX >> 1).collect::<HashMap<_, _, _>>();
         // A user's role and grants while rows are read; grants are sorted once all are in.
         type Loading = (Option<Role>, Vec<u32>);
         let mut by_user: HashMap<UserId, Loading, Fast> =
@@ -223,8 +221,8 @@ pub struct AuthzCache {
     entries: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
-    hasher: std::collections::hash_map::RandomState,
-    shards: Vec<RwLock<HashMap<OrganizationId, Slot>>>,
+    hasher: Fast,
+    shards: Vec<RwLock<HashMap<OrganizationId, Slot, Fast>>>,
 }
 
 impl AuthzCache {
@@ -237,12 +235,23 @@ impl AuthzCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             hasher: Default::default(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::default())).collect(),
         }
     }
 
-    fn shard(&self, org: OrganizationId) -> &RwLock<HashMap<OrganizationId, Slot>> {
+    fn shard(&self, org: OrganizationId) -> &RwLock<HashMap<OrganizationId, Slot, Fast>> {
         &self.shards[(self.hasher.hash_one(org) as usize) % SHARDS]
+    }
+
+    /// The organization's index if it is loaded and may be used now; `None` sends the caller
+    /// down [`AuthzCache::slot`]'s path (load, wait for a load, or read the database). The
+    /// path nearly every check takes: one shared lock and no waiting.
+    pub fn loaded(&self, org: OrganizationId) -> Option<Arc<OrgIndex>> {
+        if self.capacity == 0 || !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        let shard = self.shard(org).read().unwrap_or_else(|p| p.into_inner());
+        shard.get(&org)?.index.get()?.clone()
     }
 
     /// The slot of an organization, created empty if missing; `None` when the index may not be
@@ -477,6 +486,38 @@ mod tests {
                     index.facts(&who, workspace),
                     (role_of.get(&who).copied(), expected_facts)
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn user_ids_match_exactly_at_every_length() {
+        let ws = WorkspaceId::generate();
+        // Ids on both sides of the inline limit, each with a twin that differs only at the end.
+        let mut members = Vec::new();
+        let mut grants = Vec::new();
+        for len in [1, INLINE_ID - 1, INLINE_ID, INLINE_ID + 1, UserId::MAX_CHARS] {
+            let stem = "u".repeat(len - 1);
+            members.push((user(&format!("{stem}a")), Role::Member));
+            grants.push((ws, user(&format!("{stem}a")), Access::Write));
+            members.push((user(&format!("{stem}b")), Role::Billing));
+        }
+        let index = OrgIndex::new(members, vec![ws], grants);
+        for len in [1, INLINE_ID - 1, INLINE_ID, INLINE_ID + 1, UserId::MAX_CHARS] {
+            let stem = "u".repeat(len - 1);
+            assert_eq!(
+                index.facts(&user(&format!("{stem}a")), Some(ws)),
+                (Some(Role::Member), WorkspaceFacts::Present(Some(Access::Write))),
+                "length {len}"
+            );
+            assert_eq!(
+                index.facts(&user(&format!("{stem}b")), Some(ws)),
+                (Some(Role::Billing), WorkspaceFacts::Present(None)),
+                "length {len}"
+            );
+            assert_eq!(index.facts(&user(&format!("{stem}c")), None).0, None, "length {len}");
+            if len < UserId::MAX_CHARS {
+                assert_eq!(index.facts(&user(&format!("{stem}ac")), None).0, None, "length {len}");
             }
         }
     }
