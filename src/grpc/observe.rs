@@ -232,3 +232,57 @@ fn is_server_error(code: tonic::Code) -> bool {
             | Code::DataLoss
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// Log output kept in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What ending a call with `code` logs at info.
+    fn logged_on_finish(code: tonic::Code) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            drop(Observed {
+                inner: Body::empty(),
+                code: Some(code),
+                finished: true,
+                record: Some(Finish {
+                    method: "/roster.v1.AccessService/Authorize",
+                    started: Instant::now(),
+                    metrics: Arc::new(Metrics::new()),
+                    span: tracing::Span::none(),
+                }),
+            });
+        });
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn an_internal_failure_logs_its_method_and_a_denial_logs_nothing() {
+        let failed = logged_on_finish(tonic::Code::Internal);
+        assert!(failed.contains("call failed"), "{failed}");
+        assert!(failed.contains("/roster.v1.AccessService/Authorize"), "{failed}");
+        assert_eq!(logged_on_finish(tonic::Code::PermissionDenied), "");
+        assert_eq!(logged_on_finish(tonic::Code::Ok), "");
+    }
+}
