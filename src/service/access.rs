@@ -69,19 +69,7 @@ impl Services {
                     index
                 }
                 None => {
-                    let index = match self.authz_cache.loaded(org) {
-                        Some(index) => {
-                            hits += 1;
-                            Some(index)
-                        }
-                        None => {
-                            let (index, loaded) = self.index_for(org).await?;
-                            if index.is_some() {
-                                self.count(loaded);
-                            }
-                            index
-                        }
-                    };
+                    let index = self.counted_index(org).await?;
                     indexes.entry(org).or_insert(index)
                 }
             };
@@ -98,9 +86,19 @@ impl Services {
         Ok(decisions)
     }
 
-    /// Counts a check answered from the index: a miss if it had to load the organization.
-    fn count(&self, loaded: bool) {
-        if loaded { self.authz_cache.count_miss() } else { self.authz_cache.count_hit() }
+    /// The organization's index for a check, counted as a hit, or as a miss if this call loaded
+    /// it; `None` when the database must answer (that read counts itself).
+    async fn counted_index(&self, org: OrganizationId) -> Result<Option<Arc<OrgIndex>>, Error> {
+        // Nearly every check: loaded already, no waiting.
+        if let Some(index) = self.authz_cache.loaded(org) {
+            self.authz_cache.count_hit();
+            return Ok(Some(index));
+        }
+        let (index, loaded) = self.index_for(org).await?;
+        if index.is_some() {
+            if loaded { self.authz_cache.count_miss() } else { self.authz_cache.count_hit() }
+        }
+        Ok(index)
     }
 
     /// The organization's in-memory index, loading it on first use, and whether this call
@@ -143,15 +141,8 @@ impl Services {
         workspace_id: Option<WorkspaceId>,
         fresh: bool,
     ) -> Result<Facts, Error> {
-        if !fresh {
-            if let Some(index) = self.authz_cache.loaded(org) {
-                self.authz_cache.count_hit();
-                return Ok(index.facts(user, workspace_id));
-            }
-            if let (Some(index), loaded) = self.index_for(org).await? {
-                self.count(loaded);
-                return Ok(index.facts(user, workspace_id));
-            }
+        if !fresh && let Some(index) = self.counted_index(org).await? {
+            return Ok(index.facts(user, workspace_id));
         }
         self.authz_cache.count_miss();
         repo::authorization_facts(self.store.reader(), org, user, workspace_id).await
