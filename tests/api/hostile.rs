@@ -264,6 +264,15 @@ async fn undecodable_messages_are_invalid_argument(backend: Backend) {
     )
     .await;
     assert_eq!(authorize.code(), Code::InvalidArgument, "{authorize:?}");
+    // A batch whose field 1 (the checks) comes as a number.
+    let batch = raw_call(
+        &app,
+        &owner,
+        "/roster.v1.AccessService/BatchAuthorize",
+        WrongWireType { display_name: 7 },
+    )
+    .await;
+    assert_eq!(batch.code(), Code::InvalidArgument, "{batch:?}");
     assert_eq!(app.snapshot().await, before);
     app.stop().await;
 }
