@@ -221,8 +221,9 @@ pub struct AuthzCache {
     entries: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
-    hasher: Fast,
-    shards: Vec<RwLock<HashMap<OrganizationId, Slot, Fast>>>,
+    // SipHash: organization ids here come straight from callers, who may name any id.
+    hasher: std::collections::hash_map::RandomState,
+    shards: Vec<RwLock<HashMap<OrganizationId, Slot>>>,
 }
 
 impl AuthzCache {
@@ -235,11 +236,11 @@ impl AuthzCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             hasher: Default::default(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::default())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
         }
     }
 
-    fn shard(&self, org: OrganizationId) -> &RwLock<HashMap<OrganizationId, Slot, Fast>> {
+    fn shard(&self, org: OrganizationId) -> &RwLock<HashMap<OrganizationId, Slot>> {
         &self.shards[(self.hasher.hash_one(org) as usize) % SHARDS]
     }
 
