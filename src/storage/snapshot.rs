@@ -244,11 +244,16 @@ impl AuthzCache {
         &self.shards[(self.hasher.hash_one(org) as usize) % SHARDS]
     }
 
+    /// Whether answers may come from the index at all: it is enabled and the feed is up.
+    fn usable(&self) -> bool {
+        self.capacity != 0 && self.is_trusted()
+    }
+
     /// The organization's index if it is loaded and may be used now; `None` sends the caller
     /// down [`AuthzCache::slot`]'s path (load, wait for a load, or read the database). The
     /// path nearly every check takes: one shared lock and no waiting.
     pub fn loaded(&self, org: OrganizationId) -> Option<Arc<OrgIndex>> {
-        if self.capacity == 0 || !self.trusted.load(Ordering::Acquire) {
+        if !self.usable() {
             return None;
         }
         let shard = self.shard(org).read().unwrap_or_else(|p| p.into_inner());
@@ -258,7 +263,7 @@ impl AuthzCache {
     /// The slot of an organization, created empty if missing; `None` when the index may not be
     /// used (disabled, or the feed is down).
     pub fn slot(&self, org: OrganizationId) -> Option<Slot> {
-        if self.capacity == 0 || !self.trusted.load(Ordering::Acquire) {
+        if !self.usable() {
             return None;
         }
         if let Some(slot) = self.shard(org).read().unwrap_or_else(|p| p.into_inner()).get(&org) {
