@@ -3,6 +3,7 @@
 use serde_json::json;
 use tracing::instrument;
 
+use super::access::Change;
 use super::page::{self, PageRequest};
 use super::token::{self, Token};
 use super::{Actor, Services};
@@ -160,7 +161,7 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org.id).await?;
+        self.commit(tx, org.id, Change::Everything).await?;
         Ok(org)
     }
 
@@ -223,7 +224,8 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await?;
+        // A name or a setting: nothing Authorize decides on.
+        tx.commit().await?;
         Ok(Organization { display_name, invitation_ttl: ttl, update_time: now, ..current })
     }
 
@@ -247,7 +249,7 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await
+        self.commit(tx, org, Change::Everything).await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -321,7 +323,7 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await?;
+        self.commit(tx, org, Change::Members(&[user])).await?;
         Ok(Member { role, ..target })
     }
 
@@ -346,7 +348,7 @@ impl Services {
         let details = json!({ "role": target.role.as_str() });
         audit(&tx, org, &actor.user_id, "member.removed", format!("member/{user}"), details, now)
             .await?;
-        self.commit(tx, org).await
+        self.commit(tx, org, Change::Members(&[user])).await
     }
 
     /// Removes the actor from an organization (rule 2).
@@ -374,7 +376,7 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await
+        self.commit(tx, org, Change::Members(&[&actor.user_id])).await
     }
 
     /// Makes another member Owner and the calling Owner an Admin (rule 3).
@@ -409,7 +411,7 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await?;
+        self.commit(tx, org, Change::Members(&[new_owner, &actor.user_id])).await?;
         Ok((Member { role: Role::Admin, ..me }, Member { role: Role::Owner, ..target }))
     }
 
@@ -439,7 +441,7 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await?;
+        self.commit(tx, org, Change::WorkspaceCreated(ws.id)).await?;
         Ok(ws)
     }
 
@@ -506,7 +508,8 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await?;
+        // A name: nothing Authorize decides on.
+        tx.commit().await?;
         Ok(Workspace { display_name, ..ws })
     }
 
@@ -533,7 +536,7 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await
+        self.commit(tx, org, Change::WorkspaceDeleted(id)).await
     }
 
     /// Grants, changes or (with `None`) removes a member's access to a workspace.
@@ -571,7 +574,7 @@ impl Services {
             "new_access": access.map(Access::as_str),
         });
         audit(&tx, org, &actor.user_id, action, format!("member/{user}"), details, now).await?;
-        self.commit(tx, org).await?;
+        self.commit(tx, org, Change::Members(&[user])).await?;
         Ok(grant)
     }
 
@@ -696,12 +699,28 @@ impl Services {
     }
 
     /// Commits a change to an organization's members, workspaces or grants: the invalidation
-    /// notice for other replicas travels in the transaction, and this replica's cache forgets
-    /// the organization before the RPC returns (rule 4).
-    async fn commit(&self, tx: WriteTx, org: OrganizationId) -> Result<(), Error> {
-        feed::notify(&*tx, org).await?;
-        tx.commit().await?;
-        self.authz_cache.invalidate(org);
+    /// notice for other replicas travels in the transaction, and this replica's index holds the
+    /// change before the RPC returns (rule 4).
+    async fn commit(
+        &self,
+        tx: WriteTx,
+        org: OrganizationId,
+        change: Change<'_>,
+    ) -> Result<(), Error> {
+        let sender = feed::notify(&*tx, org).await?;
+        let cache = &self.authz_cache;
+        if let Some(sender) = sender {
+            cache.expect_echo(sender, org);
+        }
+        if let Err(err) = tx.commit().await {
+            if let Some(sender) = sender {
+                cache.forget_echo(sender, org);
+            }
+            // Whether it committed is unknown: forget the organization to be safe.
+            cache.invalidate(org);
+            return Err(err);
+        }
+        self.index_committed(org, change).await;
         Ok(())
     }
 
@@ -934,7 +953,7 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org).await?;
+        self.commit(tx, org, Change::Members(&[&actor.user_id])).await?;
         Ok(member)
     }
 

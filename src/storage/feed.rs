@@ -3,6 +3,10 @@
 //! delivered exactly when the change commits; each replica LISTENs and drops what it cached about
 //! that organization.
 //!
+//! A replica's own changes come back to it too; those are already in its index (patched before
+//! the change returned), so it knows them by the sending session's process id and keeps its
+//! index.
+//!
 //! Each replica also notifies itself once a second. A connection that breaks, or goes silent for
 //! three seconds, makes the replica stop trusting its cache (every check then reads the
 //! database) until its own heartbeat comes through again on a fresh subscription.
@@ -27,23 +31,30 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence after which the feed is considered broken.
 pub const MAX_SILENCE: Duration = Duration::from_secs(3);
 
-/// Announces a change to `org`; call inside the change's transaction. No-op on SQLite, where a
-/// single process owns the database.
-pub async fn notify(db: &impl ConnectionTrait, org: OrganizationId) -> Result<(), Error> {
+/// Announces a change to `org`; call inside the change's transaction. Returns the process id
+/// of the database session that sent it, by which this replica knows the notification when it
+/// comes back. No-op on SQLite, where a single process owns the database.
+pub async fn notify(db: &impl ConnectionTrait, org: OrganizationId) -> Result<Option<u32>, Error> {
     if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
+        return Ok(None);
     }
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT pg_notify($1, $2)",
-        [CHANNEL.into(), org.to_string().into()],
-    ))
-    .await?;
-    Ok(())
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)::text AS sent, pg_backend_pid() AS pid",
+            [CHANNEL.into(), org.to_string().into()],
+        ))
+        .await?;
+    let pid = match row {
+        Some(row) => row.try_get::<i32>("", "pid")?,
+        None => return Ok(None),
+    };
+    Ok(u32::try_from(pid).ok())
 }
 
 enum Event {
-    Payload(String),
+    /// A notification and the process id of the session that sent it.
+    Payload(u32, String),
     Lost,
 }
 
@@ -93,8 +104,11 @@ async fn read(store: Store, events: mpsc::Sender<Event>, mut stop: watch::Receiv
             };
             match next {
                 Ok(Some(notification)) => {
-                    if events.send(Event::Payload(notification.payload().to_owned())).await.is_err()
-                    {
+                    let event = Event::Payload(
+                        notification.process_id(),
+                        notification.payload().to_owned(),
+                    );
+                    if events.send(event).await.is_err() {
                         return;
                     }
                 }
@@ -132,7 +146,7 @@ async fn coordinate(
                     last_ping = None;
                     cache.set_trusted(false);
                 }
-                Some(Event::Payload(payload)) => {
+                Some(Event::Payload(sender, payload)) => {
                     if payload == own_ping {
                         last_ping = Some(Instant::now());
                         if !cache.is_trusted() {
@@ -140,7 +154,10 @@ async fn coordinate(
                             tracing::info!("invalidation feed: subscribed; cache in use");
                         }
                     } else if let Ok(org) = OrganizationId::parse(&payload) {
-                        cache.invalidate(org);
+                        // This replica's own changes are in its index already.
+                        if !cache.take_echo(sender, org) {
+                            cache.invalidate(org);
+                        }
                     }
                 }
             },

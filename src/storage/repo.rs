@@ -647,6 +647,38 @@ pub async fn load_organization_index(
     ))
 }
 
+/// Reads one member's role and grants as a patch for a loaded index, in one statement, so that
+/// both come from the same committed state.
+pub async fn load_member_index(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    user: &UserId,
+) -> Result<crate::storage::snapshot::Patch, Error> {
+    let backend = db.get_database_backend();
+    let org_value: Value = org.as_uuid().into();
+    let user_value: Value = user.as_str().into();
+    // One row per grant, or a single row without one; the role repeats on each.
+    let sql = "SELECT \
+        (SELECT role FROM members WHERE organization_id = ? AND user_id = ?) AS role, \
+        g.workspace_id AS workspace_id, g.access AS access \
+        FROM (SELECT 1 AS one) AS one \
+        LEFT JOIN workspace_grants g ON g.organization_id = ? AND g.user_id = ?";
+    let values = vec![org_value.clone(), user_value.clone(), org_value, user_value];
+    let rows = db.query_all_raw(statement(backend, sql, values)).await?;
+    let mut role = None;
+    let mut grants = Vec::with_capacity(rows.len());
+    for row in rows {
+        let stored: Option<String> = row.try_get("", "role")?;
+        role = stored.as_deref().map(role_of).transpose()?;
+        let workspace: Option<uuid::Uuid> = row.try_get("", "workspace_id")?;
+        let access: Option<String> = row.try_get("", "access")?;
+        if let (Some(workspace), Some(access)) = (workspace, access) {
+            grants.push((WorkspaceId::from_uuid(workspace), access_of(&access)?));
+        }
+    }
+    Ok(crate::storage::snapshot::Patch::Member { user: user.clone(), role, grants })
+}
+
 /// Builds a raw statement written with `?` placeholders for either backend.
 fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
     let sql = match backend {

@@ -3,15 +3,19 @@
 //! whole (three indexed queries); every later check is a memory lookup, whatever the data size.
 //! Bounded by an entry limit, with hit and miss counters.
 //!
-//! Freshness: every committed change to an organization drops its index here before the RPC
-//! returns, and on other replicas when PostgreSQL delivers the change's NOTIFY; the next check
-//! reloads it. A load that raced a change is never kept: the change removes the load's slot.
-//! While the notification feed is down the index is bypassed and checks read the database.
+//! Freshness: every committed change to an organization reaches its index here before the RPC
+//! returns: a change to one member's role or grants, or a workspace created or deleted, is
+//! patched into a copy of the loaded index that replaces it (checks never wait for it); anything
+//! else drops the index and the next check reloads it. Other replicas drop it when PostgreSQL
+//! delivers the change's NOTIFY. A load that raced a change is never kept: the change removes the
+//! load's slot. While the notification feed is down the index is bypassed and checks read the
+//! database.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
 use tokio::sync::OnceCell;
@@ -40,6 +44,9 @@ pub struct OrgIndex {
     workspaces: HashMap<WorkspaceId, u32, Fast>,
     /// Every user's grants, each `ordinal << 1 | write`, sorted per user.
     grants: Box<[u32]>,
+    /// The ordinal the next workspace gets; ordinals are never reused, so a deleted workspace's
+    /// stray grant could never be read as another's.
+    next_ordinal: u32,
     entries: usize,
 }
 
@@ -54,6 +61,7 @@ impl std::fmt::Debug for OrgIndex {
 }
 
 /// A user's role (none for a non-member) and where their grants are.
+#[derive(Clone)]
 struct UserEntry {
     id: UserKey,
     role: Option<Role>,
@@ -66,6 +74,7 @@ struct UserEntry {
 const INLINE_ID: usize = 38;
 
 /// A user id, inline when short so that matching it reads no other memory.
+#[derive(Clone)]
 enum UserKey {
     Inline { len: u8, bytes: [u8; INLINE_ID] },
     Heap(Box<[u8]>),
@@ -91,6 +100,27 @@ impl UserKey {
     }
 }
 
+/// The largest workspace ordinal: one bit of a grant word holds the access.
+const MAX_ORDINAL: u32 = u32::MAX >> 1;
+
+/// A committed change that can be applied to a loaded index without reloading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Patch {
+    /// A user's role (none once they are not a member) and every grant they hold, as committed.
+    Member {
+        /// Whose.
+        user: UserId,
+        /// Their role now.
+        role: Option<Role>,
+        /// Every grant they hold now.
+        grants: Vec<(WorkspaceId, Access)>,
+    },
+    /// A new workspace, without grants.
+    WorkspaceCreated(WorkspaceId),
+    /// A deleted workspace, whose grants went with it.
+    WorkspaceDeleted(WorkspaceId),
+}
+
 fn pack_grant(ordinal: u32, access: Access) -> u32 {
     ordinal << 1 | u32::from(access == Access::Write)
 }
@@ -114,7 +144,8 @@ impl OrgIndex {
         // workspaces than that (far beyond any memory limit) would answer "no such workspace"
         // for the rest, a denial.
         let workspaces: HashMap<WorkspaceId, u32, Fast> =
-            workspaces.into_iter().zip(0..=u32::MAX >> 1).collect::<HashMap<_, _, _>>();
+            workspaces.into_iter().zip(0..=MAX_ORDINAL).collect::<HashMap<_, _, _>>();
+        let next_ordinal = u32::try_from(workspaces.len()).unwrap_or(MAX_ORDINAL);
         // A user's role and grants while rows are read; grants are sorted once all are in.
         type Loading = (Option<Role>, Vec<u32>);
         let mut by_user: HashMap<UserId, Loading, Fast> =
@@ -152,7 +183,81 @@ impl OrgIndex {
                 hasher.hash_one(e.id.as_bytes())
             });
         }
-        Self { hasher, users, workspaces, grants: packed.into_boxed_slice(), entries }
+        Self { hasher, users, workspaces, grants: packed.into_boxed_slice(), next_ordinal, entries }
+    }
+
+    /// A copy of this index with one committed change applied: what a reload would build,
+    /// without reading the whole organization again.
+    pub fn patched(&self, patch: &Patch) -> Self {
+        let mut workspaces = self.workspaces.clone();
+        let mut next_ordinal = self.next_ordinal;
+        let mut deleted = None;
+        match patch {
+            Patch::WorkspaceCreated(id) => {
+                if !workspaces.contains_key(id) && next_ordinal <= MAX_ORDINAL {
+                    workspaces.insert(*id, next_ordinal);
+                    next_ordinal += 1;
+                }
+            }
+            Patch::WorkspaceDeleted(id) => deleted = workspaces.remove(id),
+            Patch::Member { .. } => {}
+        }
+        // Every user's grants are copied into a fresh array, leaving out a deleted workspace's
+        // (the database deleted them with it).
+        let mut users = self.users.clone();
+        let mut packed = Vec::with_capacity(self.grants.len() + 16);
+        for entry in users.iter_mut() {
+            let start = entry.grants_start as usize;
+            let own = &self.grants[start..start + entry.grants_len as usize];
+            let from = packed.len();
+            packed.extend(own.iter().filter(|g| Some(*g >> 1) != deleted));
+            // Within u32: the copy holds no more grants than the original.
+            entry.grants_start = from as u32;
+            entry.grants_len = (packed.len() - from) as u32;
+        }
+        if let Patch::Member { user, role, grants } = patch {
+            let mut own: Vec<u32> = grants
+                .iter()
+                .filter_map(|(ws, access)| workspaces.get(ws).map(|o| pack_grant(*o, *access)))
+                .collect();
+            own.sort_unstable();
+            let id = user.as_str().as_bytes();
+            let hash = self.hasher.hash_one(id);
+            let found = users.find_entry(hash, |e| e.id.as_bytes() == id);
+            if role.is_none() && own.is_empty() {
+                // Gone from the organization: no entry, as a reload would leave none.
+                if let Ok(entry) = found {
+                    entry.remove();
+                }
+            } else if let (Ok(grants_start), Ok(grants_len)) =
+                (u32::try_from(packed.len()), u32::try_from(own.len()))
+            {
+                // The user's old grants stay in the array unread until the next patch compacts it.
+                packed.extend(own);
+                let fresh =
+                    UserEntry { id: UserKey::new(id), role: *role, grants_start, grants_len };
+                match found {
+                    Ok(mut entry) => *entry.get_mut() = fresh,
+                    Err(_) => {
+                        users.insert_unique(hash, fresh, |e| self.hasher.hash_one(e.id.as_bytes()));
+                    }
+                }
+            } else if let Ok(entry) = found {
+                // Past u32 positions (beyond any entry limit): a non-member, a denial.
+                entry.remove();
+            }
+        }
+        let members = users.iter().filter(|e| e.role.is_some()).count();
+        let held: usize = users.iter().map(|e| e.grants_len as usize).sum();
+        let entries = 1 + members + workspaces.len() + held;
+        Self {
+            hasher: self.hasher.clone(),
+            users,
+            workspaces,
+            grants: packed.into_boxed_slice(),
+            next_ordinal,
+            entries,
+        }
     }
 
     /// The facts of a check, from memory.
@@ -224,6 +329,28 @@ pub struct AuthzCache {
     // SipHash: organization ids here come straight from callers, who may name any id.
     hasher: std::collections::hash_map::RandomState,
     shards: Vec<RwLock<HashMap<OrganizationId, Slot>>>,
+    /// Taken while a change is patched in, one per shard: patches of one organization then
+    /// read the database and replace its index one after another, each from newer rows.
+    patching: Vec<tokio::sync::Mutex<()>>,
+    /// Notifications of this replica's own committed changes, not yet come back: the sending
+    /// session's process id, the organization, and when the change was announced.
+    echoes: Mutex<Vec<(u32, OrganizationId, Instant)>>,
+}
+
+/// How long an announced change is awaited back. A notification comes back within
+/// milliseconds while the feed is up, and a broken feed forgets every awaited one; the limit
+/// keeps a stray entry from outliving the session whose process id it names.
+const ECHO_WAIT: Duration = Duration::from_secs(10);
+
+/// Where an organization stands when a change to it is to be patched in.
+pub enum Held {
+    /// Not held: the next check loads it, with the change.
+    Absent,
+    /// Loaded: the change may be patched into this index, which is in this slot.
+    Loaded(Slot, Arc<OrgIndex>),
+    /// Being loaded (maybe from rows older than the change), or too large to hold: only
+    /// dropping it is safe.
+    Unsettled,
 }
 
 impl AuthzCache {
@@ -237,11 +364,63 @@ impl AuthzCache {
             misses: AtomicU64::new(0),
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            patching: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            echoes: Mutex::new(Vec::new()),
         }
     }
 
+    fn shard_of(&self, org: OrganizationId) -> usize {
+        (self.hasher.hash_one(org) as usize) % SHARDS
+    }
+
     fn shard(&self, org: OrganizationId) -> &RwLock<HashMap<OrganizationId, Slot>> {
-        &self.shards[(self.hasher.hash_one(org) as usize) % SHARDS]
+        &self.shards[self.shard_of(org)]
+    }
+
+    /// Serializes the patches of an organization; hold it from [`AuthzCache::held`] until
+    /// [`AuthzCache::replace`].
+    pub async fn lock_patches(&self, org: OrganizationId) -> tokio::sync::MutexGuard<'_, ()> {
+        self.patching[self.shard_of(org)].lock().await
+    }
+
+    /// Where the organization's index stands.
+    pub fn held(&self, org: OrganizationId) -> Held {
+        if !self.usable() {
+            return Held::Absent;
+        }
+        let shard = self.shard(org).read().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = shard.get(&org) else { return Held::Absent };
+        match slot.index.get() {
+            Some(Some(index)) => Held::Loaded(slot.clone(), index.clone()),
+            _ => Held::Unsettled,
+        }
+    }
+
+    /// Puts a patched index in place of the one in `slot`. If that slot was dropped meanwhile
+    /// (by another replica's change, eviction or the feed), nothing is put back: the drop came
+    /// after this change committed, so whatever loads next already holds it.
+    pub fn replace(&self, org: OrganizationId, slot: &Slot, index: OrgIndex) {
+        let fresh = Slot::default();
+        let fits = self.fits(&index);
+        if fits {
+            fresh.accounted.store(index.entries(), Ordering::Release);
+            let _ = fresh.index.set(Some(Arc::new(index)));
+        }
+        {
+            let mut shard = self.shard(org).write().unwrap_or_else(|p| p.into_inner());
+            if !shard.get(&org).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+                return;
+            }
+            self.release(slot);
+            if !fits {
+                // Grown past the limit: its checks read the database, as after a reload.
+                shard.remove(&org);
+                return;
+            }
+            self.entries.fetch_add(fresh.accounted.load(Ordering::Acquire), Ordering::AcqRel);
+            shard.insert(org, fresh);
+        }
+        self.make_room(org);
     }
 
     /// Whether answers may come from the index at all: it is enabled and the feed is up.
@@ -304,6 +483,11 @@ impl AuthzCache {
             slot.accounted.store(index.entries(), Ordering::Release);
             self.entries.fetch_add(index.entries(), Ordering::AcqRel);
         }
+        self.make_room(org);
+    }
+
+    /// Drops organizations other than `keep` while the limit is exceeded.
+    fn make_room(&self, keep: OrganizationId) {
         if self.entries.load(Ordering::Acquire) > self.capacity {
             // Over the limit: drop other organizations, shard by shard, until there is room.
             for shard in &self.shards {
@@ -312,7 +496,7 @@ impl AuthzCache {
                 }
                 let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
                 let victims: Vec<OrganizationId> =
-                    shard.keys().copied().filter(|o| *o != org).collect();
+                    shard.keys().copied().filter(|o| *o != keep).collect();
                 for victim in victims {
                     if let Some(old) = shard.remove(&victim) {
                         self.release(&old);
@@ -339,6 +523,30 @@ impl AuthzCache {
         }
     }
 
+    /// Notes that this replica announced a change to `org` from the database session `sender`,
+    /// and will apply it to its own index itself. Call before the change commits (its
+    /// notification may come back at once), and [`AuthzCache::forget_echo`] if it does not.
+    pub fn expect_echo(&self, sender: u32, org: OrganizationId) {
+        let mut echoes = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
+        echoes.retain(|(_, _, at)| at.elapsed() < ECHO_WAIT);
+        echoes.push((sender, org, Instant::now()));
+    }
+
+    /// Withdraws one [`AuthzCache::expect_echo`] (the change did not commit).
+    pub fn forget_echo(&self, sender: u32, org: OrganizationId) {
+        self.take_echo(sender, org);
+    }
+
+    /// Whether a notification about `org` from session `sender` is one of this replica's own
+    /// (each counts once); anything else must invalidate.
+    pub fn take_echo(&self, sender: u32, org: OrganizationId) -> bool {
+        let mut echoes = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
+        let found = echoes
+            .iter()
+            .position(|(s, o, at)| *s == sender && *o == org && at.elapsed() < ECHO_WAIT);
+        found.map(|at| echoes.swap_remove(at)).is_some()
+    }
+
     /// Forgets everything.
     pub fn clear(&self) {
         for shard in &self.shards {
@@ -352,6 +560,9 @@ impl AuthzCache {
 
     /// Stops using the index (the invalidation feed is down), or starts again from empty.
     pub fn set_trusted(&self, trusted: bool) {
+        // Notifications sent while the feed was down are lost: none is awaited any more, and any
+        // that does come back invalidates, which is merely a reload.
+        self.echoes.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if trusted {
             self.clear();
             self.trusted.store(true, Ordering::Release);
@@ -494,6 +705,127 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Rows as the database holds them, for checking an index against.
+    #[derive(Default)]
+    struct Rows {
+        roles: HashMap<UserId, Role>,
+        workspaces: Vec<WorkspaceId>,
+        grants: HashMap<(UserId, WorkspaceId), Access>,
+    }
+
+    impl Rows {
+        fn index(&self) -> OrgIndex {
+            OrgIndex::new(
+                self.roles.iter().map(|(u, r)| (u.clone(), *r)).collect(),
+                self.workspaces.clone(),
+                self.grants.iter().map(|((u, w), a)| (*w, u.clone(), *a)).collect(),
+            )
+        }
+
+        fn member_patch(&self, user: &UserId) -> Patch {
+            Patch::Member {
+                user: user.clone(),
+                role: self.roles.get(user).copied(),
+                grants: self
+                    .grants
+                    .iter()
+                    .filter(|((u, _), _)| u == user)
+                    .map(|((_, w), a)| (*w, *a))
+                    .collect(),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// An index patched change by change answers exactly as one reloaded after them.
+        #[test]
+        fn a_patched_index_answers_as_a_reload_would(
+            users in proptest::collection::hash_set("[a-z]{1,3}|[a-z]{39,41}", 1..30),
+            initial in proptest::collection::vec((0usize..30, 0usize..6, 0u8..7), 0..60),
+            changes in proptest::collection::vec((0usize..30, 0usize..8, 0u8..10), 1..40),
+            queries in proptest::collection::vec((0usize..34, 0usize..9), 1..60),
+        ) {
+            let users: Vec<UserId> = users.iter().map(|u| user(u)).collect();
+            let roles = [Role::Owner, Role::Admin, Role::Billing, Role::Member];
+            let mut rows = Rows {
+                workspaces: (0..4).map(|_| WorkspaceId::generate()).collect(),
+                ..Rows::default()
+            };
+            let set = |rows: &mut Rows, u: &UserId, w: usize, code: u8| match code {
+                0..=3 => {
+                    rows.roles.insert(u.clone(), roles[usize::from(code)]);
+                }
+                // Grants, as in the database, only for members on existing workspaces.
+                4 | 5 if rows.roles.contains_key(u) && w < rows.workspaces.len() => {
+                    let access = if code == 4 { Access::Read } else { Access::Write };
+                    rows.grants.insert((u.clone(), rows.workspaces[w]), access);
+                }
+                6 if w < rows.workspaces.len() => {
+                    rows.grants.remove(&(u.clone(), rows.workspaces[w]));
+                }
+                _ => {}
+            };
+            for (u, w, code) in initial {
+                if let Some(u) = users.get(u) {
+                    set(&mut rows, u, w, code);
+                }
+            }
+            let mut index = rows.index();
+            for (u, w, code) in changes {
+                let who = &users[u % users.len()];
+                let patch = match code {
+                    // A member removed, with their grants.
+                    7 => {
+                        rows.roles.remove(who);
+                        rows.grants.retain(|(u, _), _| u != who);
+                        rows.member_patch(who)
+                    }
+                    8 => {
+                        let ws = WorkspaceId::generate();
+                        rows.workspaces.push(ws);
+                        Patch::WorkspaceCreated(ws)
+                    }
+                    9 if !rows.workspaces.is_empty() => {
+                        let ws = rows.workspaces.remove(w % rows.workspaces.len());
+                        rows.grants.retain(|(_, g), _| *g != ws);
+                        Patch::WorkspaceDeleted(ws)
+                    }
+                    _ => {
+                        set(&mut rows, who, w, code);
+                        rows.member_patch(who)
+                    }
+                };
+                index = index.patched(&patch);
+            }
+            let reloaded = rows.index();
+            proptest::prop_assert_eq!(index.entries(), reloaded.entries());
+            for (u, w) in queries {
+                let who = users.get(u).cloned().unwrap_or_else(|| user(&format!("stranger{u}")));
+                let workspace = match w {
+                    8 => None,
+                    _ => Some(rows.workspaces.get(w).copied().unwrap_or_else(WorkspaceId::generate)),
+                };
+                proptest::prop_assert_eq!(index.facts(&who, workspace), reloaded.facts(&who, workspace));
+            }
+        }
+    }
+
+    #[test]
+    fn a_deleted_workspace_stays_missing_and_new_ones_get_fresh_ordinals() {
+        let ws = WorkspaceId::generate();
+        let index = OrgIndex::new(
+            vec![(user("a"), Role::Member)],
+            vec![ws],
+            vec![(ws, user("a"), Access::Write)],
+        );
+        let index = index.patched(&Patch::WorkspaceDeleted(ws));
+        assert_eq!(index.facts(&user("a"), Some(ws)).1, WorkspaceFacts::Missing);
+        // A new workspace must not inherit the deleted one's grant through its ordinal.
+        let next = WorkspaceId::generate();
+        let index = index.patched(&Patch::WorkspaceCreated(next));
+        assert_eq!(index.facts(&user("a"), Some(next)).1, WorkspaceFacts::Present(None));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 use roster::pb::{self, DecisionReason as Why, OrganizationRole as R, WorkspaceAccess as A};
 use tonic::Code;
 
-use crate::common::{Backend, User, assert_code, check, spawn_app};
+use crate::common::{Backend, User, assert_code, check, sample, scrape, spawn_app, spawn_app_with};
 use crate::db_tests;
 
 db_tests!(
@@ -11,6 +11,7 @@ db_tests!(
     list_granted_permissions_follows_role_and_grant,
     list_accessible_workspaces_follows_grants_and_ownership,
     data_conditions_are_denials_not_errors,
+    each_change_is_answered_at_once_from_the_index_without_reloading_it,
 );
 
 async fn authorize_rejects_malformed_checks_naming_the_field(backend: Backend) {
@@ -266,5 +267,105 @@ async fn data_conditions_are_denials_not_errors(backend: Backend) {
     let decision = app.authorize("owner", &org, "", "billing.manage").await;
     assert_eq!(decision.reason, Why::AllowedByRole as i32);
     assert_eq!(decision.workspace_access, A::Unspecified as i32);
+    app.stop().await;
+}
+
+/// Rule 4 on the replica that made each change, for every kind of change; and the index that
+/// answers is the one loaded by the first check, changed in place (one miss in all).
+async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(backend: Backend) {
+    let app =
+        spawn_app_with(backend, |c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let owner = User::new("owner");
+    let heir = User::new("heir");
+    let engineer = User::new("engineer");
+    let org = app.create_org(&owner, "Acme").await;
+    let prod = app.create_workspace(&owner, &org, "prod").await;
+    let reason = |r: pb::AuthorizeResponse| Why::try_from(r.reason).unwrap();
+    // The first check loads the organization.
+    assert!(app.allowed(&owner.id, &org, &prod, "sources.read").await);
+    let mut team = app.team.clone();
+
+    let staging = app.create_workspace(&owner, &org, "staging").await;
+    assert_eq!(
+        reason(app.authorize(&owner.id, &org, &staging, "syncs.trigger").await),
+        Why::AllowedByOwner
+    );
+
+    app.join(&owner, &org, &engineer, R::Member, &[(&prod, A::Read)]).await;
+    let on_prod = app.authorize(&engineer.id, &org, &prod, "sources.read").await;
+    assert_eq!(reason(on_prod), Why::AllowedByWorkspaceAccess);
+    let on_prod = app.authorize(&engineer.id, &org, &prod, "sources.create").await;
+    assert_eq!(reason(on_prod), Why::DeniedReadOnly);
+    let on_staging = app.authorize(&engineer.id, &org, &staging, "sources.read").await;
+    assert_eq!(reason(on_staging), Why::DeniedNoWorkspaceAccess);
+
+    let grant = |ws: &str, access: A| {
+        owner.req(pb::SetWorkspaceAccessRequest {
+            organization_id: org.clone(),
+            workspace_id: ws.to_owned(),
+            user_id: engineer.id.clone(),
+            access: access as i32,
+        })
+    };
+    team.set_workspace_access(grant(&staging, A::Write)).await.unwrap();
+    assert!(app.allowed(&engineer.id, &org, &staging, "sources.create").await);
+    team.set_workspace_access(grant(&prod, A::None)).await.unwrap();
+    let on_prod = app.authorize(&engineer.id, &org, &prod, "sources.read").await;
+    assert_eq!(reason(on_prod), Why::DeniedNoWorkspaceAccess);
+
+    team.update_member_role(owner.req(pb::UpdateMemberRoleRequest {
+        organization_id: org.clone(),
+        user_id: engineer.id.clone(),
+        role: R::Admin as i32,
+    }))
+    .await
+    .unwrap();
+    assert!(app.allowed(&engineer.id, &org, "", "members.invite").await);
+
+    app.join(&owner, &org, &heir, R::Member, &[]).await;
+    team.transfer_ownership(owner.req(pb::TransferOwnershipRequest {
+        organization_id: org.clone(),
+        new_owner_user_id: heir.id.clone(),
+    }))
+    .await
+    .unwrap();
+    assert!(app.allowed(&heir.id, &org, "", "organization.delete").await);
+    let demoted = app.authorize(&owner.id, &org, "", "organization.delete").await;
+    assert_eq!(reason(demoted), Why::DeniedByRole);
+
+    team.delete_workspace(heir.req(pb::DeleteWorkspaceRequest {
+        organization_id: org.clone(),
+        workspace_id: staging.clone(),
+    }))
+    .await
+    .unwrap();
+    let gone = app.authorize(&engineer.id, &org, &staging, "sources.read").await;
+    assert_eq!(reason(gone), Why::DeniedWorkspaceNotFound);
+
+    team.remove_member(heir.req(pb::RemoveMemberRequest {
+        organization_id: org.clone(),
+        user_id: engineer.id.clone(),
+    }))
+    .await
+    .unwrap();
+    let removed = app.authorize(&engineer.id, &org, "", "organization.read").await;
+    assert_eq!(reason(removed), Why::DeniedNotAMember);
+    team.leave_organization(
+        owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
+    )
+    .await
+    .unwrap();
+    let left = app.authorize(&owner.id, &org, &prod, "sources.read").await;
+    assert_eq!(reason(left), Why::DeniedNotAMember);
+
+    // On PostgreSQL each change's notification also comes back to this replica, which must know
+    // it as its own rather than drop the index: give them time to arrive, then check again.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(app.allowed(&heir.id, &org, &prod, "sources.delete").await);
+    let text = scrape(app.metrics_addr.unwrap()).await;
+    let misses = sample(&text, "roster_authz_index_misses_total").unwrap();
+    let hits = sample(&text, "roster_authz_index_hits_total").unwrap();
+    assert_eq!(misses, 1.0, "only the first check loads the organization: {text}");
+    assert_eq!(hits, 13.0, "{text}");
     app.stop().await;
 }

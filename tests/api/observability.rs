@@ -9,7 +9,8 @@ use crate::common::otlp::{OtlpReceiver, attribute};
 use crate::common::process::{Server, free_port};
 use crate::common::smtp::SmtpSink;
 use crate::common::{
-    Backend, User, assert_code, check, drop_database, fresh_database, http_get, spawn_app_with,
+    Backend, User, assert_code, check, drop_database, fresh_database, http_get, sample, scrape,
+    spawn_app_with,
 };
 use crate::db_tests;
 
@@ -19,17 +20,6 @@ db_tests!(
     the_metrics_port_drops_a_client_that_never_finishes_its_request,
     spans_reach_an_otlp_receiver_inside_the_callers_trace,
 );
-
-/// The value of the sample `series` (name and labels exactly as exposed), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let response = http_get(addr, "/metrics").await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
 
 async fn metrics_count_calls_decisions_index_pool_and_outbox(backend: Backend) {
     let app =

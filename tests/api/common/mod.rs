@@ -181,6 +181,18 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     response
 }
 
+/// The metrics page served at `addr`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    let response = http_get(addr, "/metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) in a metrics page.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Starts a server on `backend` with the default test configuration.
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
