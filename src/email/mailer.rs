@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use lettre::message::{Mailbox, MultiPart};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 /// A configured email transport.
 #[derive(Clone)]
 pub enum Mailer {
-    /// Writes each email as a `.eml` file.
-    Files(AsyncFileTransport<Tokio1Executor>),
+    /// Writes each email as a `.eml` file into this folder.
+    Files(PathBuf),
     /// Sends through an SMTP server.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
 }
@@ -21,7 +21,7 @@ impl Mailer {
     pub fn files(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the mail folder {}", dir.display()))?;
-        Ok(Mailer::Files(AsyncFileTransport::new(dir)))
+        Ok(Mailer::Files(dir))
     }
 
     /// A mailer for an `smtp://`, `smtps://` or `smtp://…?tls=required` URL.
@@ -52,8 +52,17 @@ impl Mailer {
             .multipart(MultiPart::alternative_plain_html(text, html))
             .context("building the email")?;
         match self {
-            Mailer::Files(transport) => {
-                transport.send(message).await.context("writing the email file")?;
+            Mailer::Files(dir) => {
+                // Written under another name and renamed, so that whoever watches the folder
+                // never reads half an email.
+                let id = uuid::Uuid::new_v4();
+                let partial = dir.join(format!("{id}.eml.partial"));
+                tokio::fs::write(&partial, message.formatted())
+                    .await
+                    .context("writing the email file")?;
+                tokio::fs::rename(&partial, dir.join(format!("{id}.eml")))
+                    .await
+                    .context("naming the email file")?;
             }
             Mailer::Smtp(transport) => {
                 transport.send(message).await.context("sending over SMTP")?;
