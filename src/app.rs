@@ -64,6 +64,7 @@ impl Running {
             hits = stats.hits,
             misses = stats.misses,
             entries = stats.entries,
+            patches = stats.patches,
             "authorization cache"
         );
         self.store.close().await;

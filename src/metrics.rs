@@ -204,6 +204,18 @@ impl prometheus_client::collector::Collector for Snapshot {
         )?;
         encode_one(
             &mut encoder,
+            "authz_index_patches",
+            "Committed changes applied to a loaded organization's index in place of reloading it",
+            ConstCounter::new(cache.patches),
+        )?;
+        encode_one(
+            &mut encoder,
+            "authz_index_in_use",
+            "1 while checks may be answered from the index; 0 while it is disabled or bypassed because the invalidation feed is down",
+            ConstGauge::new(i64::from(cache.in_use)),
+        )?;
+        encode_one(
+            &mut encoder,
             "db_pool_connections_open",
             "Database connections open",
             ConstGauge::new(i64::from(pool.open)),

@@ -16,6 +16,7 @@ use crate::domain::{
 use crate::email::render;
 use crate::error::Error;
 use crate::storage::repo::{self, OutboxEmail};
+use crate::storage::snapshot::AuthzCache;
 use crate::storage::{WriteTx, feed};
 
 /// A page of results and the token of the next one (empty on the last page).
@@ -712,15 +713,18 @@ impl Services {
         if let Some(sender) = sender {
             cache.expect_echo(sender, org);
         }
+        // A call cut off (by its deadline, or a client going away) may stop anywhere below,
+        // maybe after the commit: the index is then dropped rather than left unpatched.
+        let unsettled = InvalidateOnDrop { cache, org };
         if let Err(err) = tx.commit().await {
             if let Some(sender) = sender {
                 cache.forget_echo(sender, org);
             }
-            // Whether it committed is unknown: forget the organization to be safe.
-            cache.invalidate(org);
+            // Whether it committed is unknown: the guard forgets the organization to be safe.
             return Err(err);
         }
         self.index_committed(org, change).await;
+        std::mem::forget(unsettled);
         Ok(())
     }
 
@@ -974,6 +978,18 @@ impl Services {
         let before = page::uuid_cursor(page.after, AuditEventId::parse)?;
         let events = repo::list_audit(db, org, before, page.size + 1).await?;
         Ok(page::finish("audit", events, page.size, |e| e.id.to_string()))
+    }
+}
+
+/// Drops an organization's index unless defused with `mem::forget`.
+struct InvalidateOnDrop<'a> {
+    cache: &'a AuthzCache,
+    org: OrganizationId,
+}
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.cache.invalidate(self.org);
     }
 }
 

@@ -317,6 +317,10 @@ pub struct CacheStats {
     pub misses: u64,
     /// Rows held in memory.
     pub entries: usize,
+    /// Committed changes applied to a loaded index in place of reloading it.
+    pub patches: u64,
+    /// Whether checks may be answered from memory now (enabled, and the feed is up).
+    pub in_use: bool,
 }
 
 /// The index of every organization loaded so far.
@@ -326,6 +330,7 @@ pub struct AuthzCache {
     entries: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
+    patches: AtomicU64,
     // SipHash: organization ids here come straight from callers, who may name any id.
     hasher: std::collections::hash_map::RandomState,
     shards: Vec<RwLock<HashMap<OrganizationId, Slot>>>,
@@ -362,6 +367,7 @@ impl AuthzCache {
             entries: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            patches: AtomicU64::new(0),
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             patching: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -419,6 +425,7 @@ impl AuthzCache {
             }
             self.entries.fetch_add(fresh.accounted.load(Ordering::Acquire), Ordering::AcqRel);
             shard.insert(org, fresh);
+            self.patches.fetch_add(1, Ordering::Relaxed);
         }
         self.make_room(org);
     }
@@ -583,6 +590,8 @@ impl AuthzCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             entries: self.entries.load(Ordering::Relaxed),
+            patches: self.patches.load(Ordering::Relaxed),
+            in_use: self.usable(),
         }
     }
 }

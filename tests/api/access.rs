@@ -281,6 +281,14 @@ async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(bac
     let org = app.create_org(&owner, "Acme").await;
     let prod = app.create_workspace(&owner, &org, "prod").await;
     let reason = |r: pb::AuthorizeResponse| Why::try_from(r.reason).unwrap();
+    let metrics = app.metrics_addr.unwrap();
+    // On PostgreSQL the index is used once the invalidation feed is subscribed.
+    for _ in 0..100 {
+        if sample(&scrape(metrics).await, "roster_authz_index_in_use") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // The first check loads the organization.
     assert!(app.allowed(&owner.id, &org, &prod, "sources.read").await);
     let mut team = app.team.clone();
@@ -362,10 +370,14 @@ async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(bac
     // it as its own rather than drop the index: give them time to arrive, then check again.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(app.allowed(&heir.id, &org, &prod, "sources.delete").await);
-    let text = scrape(app.metrics_addr.unwrap()).await;
+    let text = scrape(metrics).await;
     let misses = sample(&text, "roster_authz_index_misses_total").unwrap();
     let hits = sample(&text, "roster_authz_index_hits_total").unwrap();
     assert_eq!(misses, 1.0, "only the first check loads the organization: {text}");
     assert_eq!(hits, 13.0, "{text}");
+    // Ten changes reached the index: a workspace created and one deleted, two acceptances, two
+    // grants, a role, a transfer, a removal and a departure.
+    assert_eq!(sample(&text, "roster_authz_index_patches_total"), Some(10.0), "{text}");
+    assert_eq!(sample(&text, "roster_authz_index_in_use"), Some(1.0), "{text}");
     app.stop().await;
 }
