@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
@@ -21,6 +22,7 @@ use crate::grpc::access::AccessApi;
 use crate::grpc::auth::Identity;
 use crate::grpc::limits::LimitLayer;
 use crate::grpc::observe::ObserveLayer;
+use crate::grpc::socket::Coalesced;
 use crate::grpc::team::TeamApi;
 use crate::metrics::{self, Metrics};
 use crate::pb::access_service_server::AccessServiceServer;
@@ -197,7 +199,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .add_service(access)
             // Small gRPC replies must not wait for Nagle's algorithm (40 ms tails otherwise).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map(|accepted| accepted.map(Coalesced::new)),
                 async move {
                     let _ = shutdown.wait_for(|stop| *stop).await;
                 },

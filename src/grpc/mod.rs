@@ -7,6 +7,7 @@ pub mod convert;
 pub mod jwt;
 pub mod limits;
 pub mod observe;
+pub mod socket;
 pub mod status;
 pub mod team;
 pub mod tls;
