@@ -113,34 +113,38 @@ impl Services {
         // organizations, hence a map rather than a list to search.
         let mut indexes: HashMap<OrganizationId, Option<Arc<OrgIndex>>, Fast> =
             HashMap::with_capacity_and_hasher(checks.len().min(64), Fast::default());
-        let mut decisions = Vec::with_capacity(checks.len());
         let mut hits = 0;
-        for check in checks {
-            if check.fresh {
-                decisions.push(self.decide_check(check).await?);
-                continue;
-            }
+        for check in checks.iter().filter(|c| !c.fresh) {
             let org = check.organization_id;
-            let index = match indexes.get(&org) {
-                Some(index) => {
-                    hits += u64::from(index.is_some());
-                    index
-                }
+            match indexes.get(&org) {
+                Some(index) => hits += u64::from(index.is_some()),
                 None => {
                     let index = self.counted_index(org).await?;
-                    indexes.entry(org).or_insert(index)
+                    indexes.insert(org, index);
                 }
-            };
-            match index {
-                Some(index) => {
-                    let (role, facts) = index.facts(&check.user_id, check.workspace_id);
-                    decisions.push(authz::decide(role, facts, check.permission));
-                }
-                None => decisions.push(self.decide_check(check).await?),
             }
         }
         // One update of the shared counter per batch rather than one per check.
         self.authz_cache.count_hits(hits);
+        // Every check answered from memory is located before any is decided (see
+        // `OrgIndex::locate`); the others read the database in the last pass.
+        let located: Vec<_> = checks
+            .iter()
+            .map(|check| {
+                let index = indexes.get(&check.organization_id)?.as_ref()?;
+                (!check.fresh).then(|| index.locate(&check.user_id, check.workspace_id))
+            })
+            .collect();
+        let mut decisions = Vec::with_capacity(checks.len());
+        for (check, located) in checks.iter().zip(located) {
+            decisions.push(match located {
+                Some(located) => {
+                    let (role, facts) = located.facts();
+                    authz::decide(role, facts, check.permission)
+                }
+                None => self.decide_check(check).await?,
+            });
+        }
         Ok(decisions)
     }
 

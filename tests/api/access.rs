@@ -44,12 +44,23 @@ async fn batch_authorize_answers_in_order_and_bounds_its_size(backend: Backend) 
     let org = app.create_org(&owner, "Acme").await;
     let ws = app.create_workspace(&owner, &org, "prod").await;
     app.join(&owner, &org, &reader, R::Member, &[(&ws, A::Read)]).await;
+    let other = app.create_org(&reader, "Reader's own").await;
     let mut access = app.access.clone();
+    // Checks on two organizations, one of them read from the database, answered in order.
+    let fully_consistent = pb::Consistency {
+        requirement: pb::ConsistencyRequirement::FullyConsistent as i32,
+        at_least_as_fresh: String::new(),
+    };
     let checks = vec![
         check("reader", &org, &ws, "sources.read"),
-        check("reader", &org, &ws, "sources.create"),
+        check("reader", &other, "", "billing.read"),
+        pb::AuthorizeRequest {
+            consistency: Some(fully_consistent),
+            ..check("reader", &org, &ws, "sources.create")
+        },
         check("owner", &org, &ws, "sources.create"),
         check("reader", &org, "", "billing.read"),
+        check("owner", &other, "", "organization.read"),
         check("stranger", &org, "", "organization.read"),
     ];
     let results = access
@@ -63,15 +74,17 @@ async fn batch_authorize_answers_in_order_and_bounds_its_size(backend: Backend) 
         reasons,
         vec![
             Why::AllowedByWorkspaceAccess as i32,
+            Why::AllowedByRole as i32,
             Why::DeniedReadOnly as i32,
             Why::AllowedByOwner as i32,
             Why::DeniedByRole as i32,
+            Why::DeniedNotAMember as i32,
             Why::DeniedNotAMember as i32,
         ]
     );
     assert_eq!(
         results.iter().map(|r| r.allowed).collect::<Vec<_>>(),
-        vec![true, false, true, false, false]
+        vec![true, true, false, true, false, false, false]
     );
 
     let full = vec![check("reader", &org, &ws, "sources.read"); 1000];
