@@ -3,6 +3,7 @@
 //! allowed) and BatchAuthorize of 100 checks, and prints throughput, latency percentiles, the
 //! ratios the targets are judged by, and the server's resident memory.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -98,6 +99,14 @@ struct DataSet {
 impl DataSet {
     fn user(org: usize, member: usize) -> String {
         format!("user-{org}-{member}")
+    }
+
+    /// The grant seeded for member `m` on workspace `w`, if any.
+    fn seeded(&self, org: usize, m: usize, w: usize) -> Option<WorkspaceAccess> {
+        (0..self.grants_per_member)
+            .map(|slot| self.grant(org, m, slot))
+            .find(|g| g.0 == w)
+            .map(|g| g.1)
     }
 
     /// The workspaces member `m` holds grants on: a deterministic spread, WRITE on even slots.
@@ -431,28 +440,48 @@ async fn drive(
     outcome
 }
 
-async fn writer(addr: String, data: Arc<DataSet>, rate: u32, stop: Arc<AtomicBool>) -> usize {
+/// Grants as the writer has left them, keyed by organization, member and workspace index;
+/// anything absent is as seeded.
+type Written = std::sync::Mutex<HashMap<(usize, usize, usize), WorkspaceAccess>>;
+
+/// Changes grants at `rate` per second until stopped; returns how many changes committed. Every
+/// request changes a grant (READ becomes WRITE and back, a missing one becomes READ), so that
+/// each is a real write however many phases have run.
+async fn writer(
+    addr: String,
+    data: Arc<DataSet>,
+    written: Arc<Written>,
+    seed: u64,
+    rate: u32,
+    stop: Arc<AtomicBool>,
+) -> usize {
     let Ok(channel) = Channel::from_shared(addr).expect("address").connect().await else {
         return 0;
     };
     let mut team = TeamServiceClient::new(channel);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     let mut writes = 0;
     while !stop.load(Ordering::Relaxed) {
         interval.tick().await;
         let o = rng.random_range(0..data.orgs.len());
         let m = rng.random_range(2..data.members.max(3));
-        let ws = data.workspaces[o][rng.random_range(0..data.workspaces[o].len())];
+        let w = rng.random_range(0..data.workspaces[o].len());
+        let access = {
+            let mut written = written.lock().unwrap_or_else(|p| p.into_inner());
+            let current = written.get(&(o, m, w)).copied().or_else(|| data.seeded(o, m, w));
+            let next = match current {
+                Some(WorkspaceAccess::Read) => WorkspaceAccess::Write,
+                _ => WorkspaceAccess::Read,
+            };
+            written.insert((o, m, w), next);
+            next
+        };
         let mut request = tonic::Request::new(pb::SetWorkspaceAccessRequest {
             organization_id: data.orgs[o].to_string(),
-            workspace_id: ws.to_string(),
+            workspace_id: data.workspaces[o][w].to_string(),
             user_id: DataSet::user(o, m),
-            access: if rng.random_bool(0.5) {
-                WorkspaceAccess::Read
-            } else {
-                WorkspaceAccess::Write
-            } as i32,
+            access: access as i32,
         });
         request.metadata_mut().insert("x-user-id", DataSet::user(o, 0).parse().expect("ascii"));
         if team.set_workspace_access(request).await.is_ok() {
@@ -611,6 +640,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         loaded
     );
 
+    let written = Arc::new(Written::default());
     let measure = Duration::from_secs(args.duration_secs);
     let warmup = Duration::from_secs(args.warmup_secs);
     let phases = [Phase::Health, Phase::Authorize, Phase::Batch];
@@ -619,7 +649,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for (phase, total) in phases.into_iter().zip(&mut totals) {
             let stop = Arc::new(AtomicBool::new(false));
             let writes = (args.write_rate > 0 && !matches!(phase, Phase::Health)).then(|| {
-                tokio::spawn(writer(endpoint.clone(), data.clone(), args.write_rate, stop.clone()))
+                tokio::spawn(writer(
+                    endpoint.clone(),
+                    data.clone(),
+                    written.clone(),
+                    // A different sequence in every phase of every round.
+                    (round * phases.len() + phase as usize) as u64,
+                    args.write_rate,
+                    stop.clone(),
+                ))
             });
             // Later rounds find the server and connections warm.
             if round == 1 && !warmup.is_zero() {
