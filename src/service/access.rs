@@ -83,7 +83,10 @@ impl Services {
         }
         let mut patched: Option<OrgIndex> = None;
         for patch in &patches {
-            patched = Some(patched.as_ref().unwrap_or(&current).patched(patch));
+            match patched.as_ref().unwrap_or(&current).patched(patch) {
+                Some(index) => patched = Some(index),
+                None => return cache.invalidate(org),
+            }
         }
         if let Some(index) = patched {
             cache.replace(org, &slot, index);

@@ -187,8 +187,15 @@ impl OrgIndex {
     }
 
     /// A copy of this index with one committed change applied: what a reload would build,
-    /// without reading the whole organization again.
-    pub fn patched(&self, patch: &Patch) -> Self {
+    /// without reading the whole organization again. `None` when the change names a workspace
+    /// this index does not hold (one created on another replica whose notification has not
+    /// arrived yet): only a reload can bring the index up to the change then.
+    pub fn patched(&self, patch: &Patch) -> Option<Self> {
+        if let Patch::Member { grants, .. } = patch
+            && grants.iter().any(|(ws, _)| !self.workspaces.contains_key(ws))
+        {
+            return None;
+        }
         let mut workspaces = self.workspaces.clone();
         let mut next_ordinal = self.next_ordinal;
         let mut deleted = None;
@@ -250,14 +257,14 @@ impl OrgIndex {
         let members = users.iter().filter(|e| e.role.is_some()).count();
         let held: usize = users.iter().map(|e| e.grants_len as usize).sum();
         let entries = 1 + members + workspaces.len() + held;
-        Self {
+        Some(Self {
             hasher: self.hasher.clone(),
             users,
             workspaces,
             grants: packed.into_boxed_slice(),
             next_ordinal,
             entries,
-        }
+        })
     }
 
     /// The facts of a check, from memory.
@@ -852,7 +859,7 @@ mod tests {
                         rows.member_patch(who)
                     }
                 };
-                index = index.patched(&patch);
+                index = index.patched(&patch).expect("every workspace is held");
             }
             let reloaded = rows.index();
             proptest::prop_assert_eq!(index.entries(), reloaded.entries());
@@ -875,12 +882,26 @@ mod tests {
             vec![ws],
             vec![(ws, user("a"), Access::Write)],
         );
-        let index = index.patched(&Patch::WorkspaceDeleted(ws));
+        let index = index.patched(&Patch::WorkspaceDeleted(ws)).unwrap();
         assert_eq!(index.facts(&user("a"), Some(ws)).1, WorkspaceFacts::Missing);
         // A new workspace must not inherit the deleted one's grant through its ordinal.
         let next = WorkspaceId::generate();
-        let index = index.patched(&Patch::WorkspaceCreated(next));
+        let index = index.patched(&Patch::WorkspaceCreated(next)).unwrap();
         assert_eq!(index.facts(&user("a"), Some(next)).1, WorkspaceFacts::Present(None));
+    }
+
+    #[test]
+    fn a_grant_on_a_workspace_the_index_lacks_cannot_be_patched_in() {
+        let ws = WorkspaceId::generate();
+        let index = OrgIndex::new(vec![(user("a"), Role::Member)], vec![ws], vec![]);
+        // Created on another replica, granted here before that replica's notice arrived.
+        let elsewhere = WorkspaceId::generate();
+        let patch = Patch::Member {
+            user: user("a"),
+            role: Some(Role::Member),
+            grants: vec![(ws, Access::Read), (elsewhere, Access::Write)],
+        };
+        assert!(index.patched(&patch).is_none(), "a reload is needed");
     }
 
     #[test]
