@@ -11,7 +11,7 @@ use crate::domain::invitation::{self as lifecycle, Transition};
 use crate::domain::{
     Access, AuditEvent, AuditEventId, DeliveryState, DisplayName, Email, Grant, Invitation,
     InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId, Pass,
-    Permission, Role, Timestamp, UserId, Workspace, WorkspaceId,
+    Permission, Role, Timestamp, UserId, Workspace, WorkspaceFacts, WorkspaceId,
 };
 use crate::email::render;
 use crate::error::Error;
@@ -551,9 +551,14 @@ impl Services {
         access: Option<Access>,
     ) -> Result<Grant, Error> {
         let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspaceAccessManage).await?;
-        repo::find_workspace(&*tx, org, workspace_id).await?.ok_or(Error::NotFound("workspace"))?;
-        repo::find_member(&*tx, org, user).await?.ok_or(Error::NotFound("member"))?;
-        let previous = repo::find_grant(&*tx, org, workspace_id, user).await?;
+        // The workspace, the member and their current grant, in one statement.
+        let previous = match repo::authorization_facts(&*tx, org, user, Some(workspace_id)).await? {
+            (_, WorkspaceFacts::Missing | WorkspaceFacts::NotApplicable) => {
+                return Err(Error::NotFound("workspace"));
+            }
+            (None, _) => return Err(Error::NotFound("member")),
+            (Some(_), WorkspaceFacts::Present(access)) => access,
+        };
         let grant = Grant { organization_id: org, workspace_id, user_id: user.clone(), access };
         if previous == access {
             return Ok(grant);
