@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::Code;
 
-use crate::common::{Backend, User, postgres_admin_url, spawn_app_with};
+use crate::common::{Backend, User, postgres_admin_url, sample, scrape, spawn_app_with};
 
 /// A PostgreSQL server of the test's own, in a temporary folder, on a free port.
 struct PrivatePostgres {
@@ -206,8 +206,10 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
     let proxied = proxy.addr.clone();
     let app = spawn_app_with(Backend::Postgres, |config| {
         config.database_url = config.database_url.replace(&target, &proxied);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
+    let metrics = app.metrics_addr.unwrap();
     let owner = User::new("owner");
     let org = app.create_org(&owner, "Acme").await;
     let authorize = || pb::AuthorizeRequest {
@@ -227,6 +229,17 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
         .get_organization(owner.req(pb::GetOrganizationRequest { organization_id: org.clone() }))
         .await;
     assert_eq!(get.unwrap_err().code(), Code::Unavailable);
+    // Until the replica has seen its notification connection drop, checks may still be answered
+    // from its index (no change can commit meanwhile); from then on they read the database.
+    let mut bypassed = false;
+    for _ in 0..100 {
+        if sample(&scrape(metrics).await, "roster_authz_index_in_use") == Some(0.0) {
+            bypassed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bypassed, "the index is bypassed once the notification connection is lost");
     let decision = app.access.clone().authorize(authorize()).await;
     assert_eq!(decision.unwrap_err().code(), Code::Unavailable, "Authorize fails closed, not open");
     let write = app.try_create_workspace(&owner, &org, "x").await;
