@@ -215,7 +215,7 @@ impl OrgIndex {
         let mut packed = Vec::with_capacity(self.grants.len() + 16);
         for entry in users.iter_mut() {
             let start = entry.grants_start as usize;
-            let own = &self.grants[start..start + entry.grants_len as usize];
+            let own = self.grants.get(start..start + entry.grants_len as usize).unwrap_or(&[]);
             let from = packed.len();
             packed.extend(own.iter().filter(|g| Some(*g >> 1) != deleted));
             // Within u32: the copy holds no more grants than the original.
