@@ -1,7 +1,9 @@
 use roster::pb::{self, DecisionReason as Why, OrganizationRole as R, WorkspaceAccess as A};
 use tonic::Code;
 
-use crate::common::{Backend, User, assert_code, check, sample, scrape, spawn_app, spawn_app_with};
+use crate::common::{
+    Backend, User, assert_code, check, sample, scrape, spawn_app, spawn_app_with, wait_for_sample,
+};
 use crate::db_tests;
 
 db_tests!(
@@ -296,12 +298,8 @@ async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(bac
     let reason = |r: pb::AuthorizeResponse| Why::try_from(r.reason).unwrap();
     let metrics = app.metrics_addr.unwrap();
     // On PostgreSQL the index is used once the invalidation feed is subscribed.
-    for _ in 0..100 {
-        if sample(&scrape(metrics).await, "roster_authz_index_in_use") == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let in_use = std::time::Duration::from_secs(10);
+    wait_for_sample(metrics, "roster_authz_index_in_use", 1.0, in_use).await;
     // The first check loads the organization.
     assert!(app.allowed(&owner.id, &org, &prod, "sources.read").await);
     let mut team = app.team.clone();

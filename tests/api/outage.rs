@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::Code;
 
-use crate::common::{Backend, User, postgres_admin_url, sample, scrape, spawn_app_with};
+use crate::common::{Backend, User, postgres_admin_url, spawn_app_with, wait_for_sample};
 
 /// A PostgreSQL server of the test's own, in a temporary folder, on a free port.
 struct PrivatePostgres {
@@ -231,14 +231,8 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
     assert_eq!(get.unwrap_err().code(), Code::Unavailable);
     // Until the replica has seen its notification connection drop, checks may still be answered
     // from its index (no change can commit meanwhile); from then on they read the database.
-    let mut bypassed = false;
-    for _ in 0..100 {
-        if sample(&scrape(metrics).await, "roster_authz_index_in_use") == Some(0.0) {
-            bypassed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bypassed =
+        wait_for_sample(metrics, "roster_authz_index_in_use", 0.0, Duration::from_secs(5)).await;
     assert!(bypassed, "the index is bypassed once the notification connection is lost");
     let decision = app.access.clone().authorize(authorize()).await;
     assert_eq!(decision.unwrap_err().code(), Code::Unavailable, "Authorize fails closed, not open");

@@ -193,6 +193,26 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Whether the metrics page at `addr` shows `series` at `value` within `within` (read every
+/// 50 ms).
+pub async fn wait_for_sample(
+    addr: std::net::SocketAddr,
+    series: &str,
+    value: f64,
+    within: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if sample(&scrape(addr).await, series) == Some(value) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Starts a server on `backend` with the default test configuration.
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
