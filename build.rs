@@ -16,11 +16,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
+    let includes = [PathBuf::from("proto"), well_known];
+    // Messages and clients.
     tonic_prost_build::configure()
+        .build_server(false)
         .file_descriptor_set_path(out_dir.join("roster_descriptor.bin"))
         // Malformed requests are INVALID_ARGUMENT, not INTERNAL (see src/grpc/codec.rs).
         .codec_path("crate::grpc::codec::RosterCodec")
-        .compile_protos(&protos, &[PathBuf::from("proto"), well_known])?;
+        .compile_protos(&protos, &includes)?;
+    // Servers, over the messages above, except that BatchAuthorize reads its request into a
+    // form that keeps a hundred checks' strings in one buffer (see src/grpc/batch.rs).
+    let servers = out_dir.join("server");
+    std::fs::create_dir_all(&servers)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&servers)
+        .extern_path(".roster.v1", "crate::pb")
+        .extern_path(".roster.v1.BatchAuthorizeRequest", "crate::grpc::batch::BatchChecks")
+        .codec_path("crate::grpc::codec::RosterCodec")
+        .compile_protos(&protos, &includes)?;
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }

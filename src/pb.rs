@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 tonic::include_proto!("roster.v1");
+include!(concat!(env!("OUT_DIR"), "/server/roster.v1.rs"));
 
 /// The encoded descriptor set of `roster.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("roster_descriptor");

@@ -142,6 +142,40 @@ impl fmt::Display for UserId {
     }
 }
 
+/// A valid user id borrowed from a request or a [`UserId`], for checks that need not own it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserIdRef<'a>(&'a str);
+
+impl<'a> UserIdRef<'a> {
+    /// Validates a user id sent by a client, without copying it.
+    pub fn parse(text: &'a str) -> Result<Self, IdError> {
+        UserId::validate(text)?;
+        Ok(Self(text))
+    }
+
+    /// The id as text.
+    pub fn as_str(self) -> &'a str {
+        self.0
+    }
+
+    /// An owned copy.
+    pub fn to_user_id(self) -> UserId {
+        UserId(self.0.to_owned())
+    }
+}
+
+impl<'a> From<&'a UserId> for UserIdRef<'a> {
+    fn from(id: &'a UserId) -> Self {
+        Self(&id.0)
+    }
+}
+
+impl fmt::Display for UserIdRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

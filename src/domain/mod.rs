@@ -9,7 +9,7 @@ pub mod permission;
 pub mod values;
 
 pub use authz::{Decision, Pass, Reason, WorkspaceFacts, decide};
-pub use ids::{AuditEventId, InvitationId, OrganizationId, UserId, WorkspaceId};
+pub use ids::{AuditEventId, InvitationId, OrganizationId, UserId, UserIdRef, WorkspaceId};
 pub use invitation::InvitationState;
 pub use model::{
     AuditEvent, DeliveryState, Grant, Invitation, Member, Organization, Timestamp, Workspace,

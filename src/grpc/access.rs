@@ -5,8 +5,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Identity, ServiceCaller};
+use super::batch::{BatchChecks, CheckFields};
 use super::convert;
-use crate::domain::{OrganizationId, Permission, Scope, UserId, WorkspaceId};
+use crate::domain::ids::IdError;
+use crate::domain::{OrganizationId, Permission, Scope, UserIdRef, WorkspaceId};
 use crate::error::{Error, Violations};
 use crate::metrics::Metrics;
 use crate::pb::{self, access_service_server::AccessService};
@@ -52,11 +54,12 @@ fn permission(v: &mut Violations, field: &str, name: &str) -> Option<Permission>
 }
 
 /// Validates one check; `prefix` names its place in a batch.
-fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option<Check> {
-    let user_id = convert::user_id(v, &format!("{prefix}user_id"), &req.user_id);
+fn check<'a>(v: &mut Violations, prefix: &str, req: CheckFields<'a>) -> Option<Check<'a>> {
+    let user_id =
+        v.check(&format!("{prefix}user_id"), UserIdRef::parse(req.user_id).map_err(|IdError(e)| e));
     let organization_id =
-        convert::organization_id(v, &format!("{prefix}organization_id"), &req.organization_id);
-    let permission = permission(v, &format!("{prefix}permission"), &req.permission);
+        convert::organization_id(v, &format!("{prefix}organization_id"), req.organization_id);
+    let permission = permission(v, &format!("{prefix}permission"), req.permission);
     let workspace_field = format!("{prefix}workspace_id");
     let workspace_id = match permission.map(Permission::scope) {
         Some(Scope::Workspace) if req.workspace_id.is_empty() => {
@@ -67,9 +70,9 @@ fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option
             v.add(workspace_field, "must be empty for an organization permission");
             None
         }
-        _ => convert::optional_workspace_id(v, &workspace_field, &req.workspace_id),
+        _ => convert::optional_workspace_id(v, &workspace_field, req.workspace_id),
     };
-    let fresh = convert::consistency(v, &format!("{prefix}consistency"), req.consistency.as_ref());
+    let fresh = convert::consistency(v, &format!("{prefix}consistency"), req.consistency);
     Some(Check {
         user_id: user_id?,
         organization_id: organization_id?,
@@ -79,32 +82,26 @@ fn check(v: &mut Violations, prefix: &str, req: &pb::AuthorizeRequest) -> Option
     })
 }
 
-/// The parts of a well-formed check other than its user id, read without allocating or
-/// building field names; `None` if anything is off, the user id included. Checks are read this
-/// way first; [`check`] names the problems only when there is one.
-fn parse_quickly(
-    req: &pb::AuthorizeRequest,
-) -> Option<(OrganizationId, Option<WorkspaceId>, Permission)> {
-    let permission = Permission::from_name(&req.permission)?;
+/// A well-formed check without its own consistency requirement, read without allocating or
+/// building field names; `None` if anything is off. Checks are read this way first; [`check`]
+/// names the problems only when there is one.
+fn parse_quickly(req: CheckFields<'_>) -> Option<Check<'_>> {
+    let permission = Permission::from_name(req.permission)?;
     let workspace_id = match (permission.scope(), req.workspace_id.is_empty()) {
-        (Scope::Workspace, false) => Some(WorkspaceId::parse(&req.workspace_id).ok()?),
+        (Scope::Workspace, false) => Some(WorkspaceId::parse(req.workspace_id).ok()?),
         (Scope::Organization, true) => None,
         _ => return None,
     };
-    if req.consistency.is_some() || UserId::validate(&req.user_id).is_err() {
+    if req.consistency.is_some() {
         return None;
     }
-    Some((OrganizationId::parse(&req.organization_id).ok()?, workspace_id, permission))
-}
-
-/// The check of a request that [`parse_quickly`] accepted, its user id moved out.
-fn quick_check(
-    req: &mut pb::AuthorizeRequest,
-    (organization_id, workspace_id, permission): (OrganizationId, Option<WorkspaceId>, Permission),
-) -> Check {
-    // Validated by parse_quickly.
-    let user_id = UserId::from_stored(std::mem::take(&mut req.user_id));
-    Check { user_id, organization_id, workspace_id, permission, fresh: false }
+    Some(Check {
+        user_id: UserIdRef::parse(req.user_id).ok()?,
+        organization_id: OrganizationId::parse(req.organization_id).ok()?,
+        workspace_id,
+        permission,
+        fresh: false,
+    })
 }
 
 #[tonic::async_trait]
@@ -114,12 +111,13 @@ impl AccessService for AccessApi {
         request: Request<pb::AuthorizeRequest>,
     ) -> Reply<pb::AuthorizeResponse> {
         let caller = self.caller(&request)?;
-        let mut req = request.into_inner();
-        let check = match parse_quickly(&req) {
-            Some(parts) => quick_check(&mut req, parts),
+        let req = request.into_inner();
+        let fields = CheckFields::from(&req);
+        let check = match parse_quickly(fields) {
+            Some(check) => check,
             None => {
                 let mut v = Violations::new();
-                let Some(check) = check(&mut v, "", &req) else {
+                let Some(check) = check(&mut v, "", fields) else {
                     return Err(v.into_error().into());
                 };
                 check
@@ -136,38 +134,29 @@ impl AccessService for AccessApi {
 
     async fn batch_authorize(
         &self,
-        request: Request<pb::BatchAuthorizeRequest>,
+        request: Request<BatchChecks>,
     ) -> Reply<pb::BatchAuthorizeResponse> {
         let caller = self.caller(&request)?;
-        let mut req = request.into_inner();
-        if req.checks.is_empty() {
+        let req = request.into_inner();
+        if req.is_empty() {
             return Err(Error::invalid("checks", "must hold at least one check").into());
         }
-        if req.checks.len() > MAX_BATCH_CHECKS {
+        if req.len() > MAX_BATCH_CHECKS {
             return Err(
                 Error::invalid("checks", "must hold at most 1000 checks; split the batch").into()
             );
         }
         let mut v = Violations::new();
         let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
-        let parsed: Option<Vec<_>> = req.checks.iter().map(parse_quickly).collect();
-        let checks = if let Some(parsed) = parsed {
-            Some(
-                req.checks
-                    .iter_mut()
-                    .zip(parsed)
-                    .map(|(req, parts)| quick_check(req, parts))
-                    .collect(),
-            )
-        } else {
-            let named: Vec<Option<Check>> = req
-                .checks
+        let parsed: Option<Vec<Check<'_>>> = req.iter().map(parse_quickly).collect();
+        let checks = parsed.or_else(|| {
+            let named: Vec<Option<Check<'_>>> = req
                 .iter()
                 .enumerate()
                 .map(|(i, c)| check(&mut v, &format!("checks[{i}]."), c))
                 .collect();
-            named.into_iter().collect::<Option<Vec<Check>>>()
-        };
+            named.into_iter().collect()
+        });
         v.finish()?;
         let (Some(mut checks), Some(fresh)) = (checks, fresh) else {
             return Err(Error::invalid("checks", "holds a malformed check").into());

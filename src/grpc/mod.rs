@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod batch;
 pub mod codec;
 pub mod convert;
 pub mod jwt;

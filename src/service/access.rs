@@ -7,7 +7,7 @@ use super::page::{self, PageRequest};
 use super::team::Page;
 use crate::domain::authz::{self, WorkspaceFacts};
 use crate::domain::{
-    Decision, OrganizationId, Permission, Role, Scope, UserId, Workspace, WorkspaceId,
+    Decision, OrganizationId, Permission, Role, Scope, UserId, UserIdRef, Workspace, WorkspaceId,
 };
 use crate::error::Error;
 use crate::storage::repo;
@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One validated check: the permission's scope and the presence of a workspace agree.
 #[derive(Debug, Clone)]
-pub struct Check {
+pub struct Check<'a> {
     /// Who.
-    pub user_id: UserId,
+    pub user_id: UserIdRef<'a>,
     /// Where.
     pub organization_id: OrganizationId,
     /// Which workspace, for a workspace permission.
@@ -96,13 +96,13 @@ impl Services {
     /// Decides one check with one indexed lookup.
     // Debug level: at the default level a span per check would cost more than the check.
     #[instrument(level = "debug", skip_all, fields(organization = %check.organization_id, permission = check.permission.name()))]
-    pub async fn authorize(&self, check: &Check) -> Result<Decision, Error> {
+    pub async fn authorize(&self, check: &Check<'_>) -> Result<Decision, Error> {
         self.decide_check(check).await
     }
 
-    async fn decide_check(&self, check: &Check) -> Result<Decision, Error> {
+    async fn decide_check(&self, check: &Check<'_>) -> Result<Decision, Error> {
         let (role, facts) = self
-            .facts(check.organization_id, &check.user_id, check.workspace_id, check.fresh)
+            .facts(check.organization_id, check.user_id, check.workspace_id, check.fresh)
             .await?;
         let decision = authz::decide(role, facts, check.permission);
         tracing::debug!(allowed = decision.allowed, reason = ?decision.reason, "decided");
@@ -111,7 +111,7 @@ impl Services {
 
     /// Decides several checks, in order.
     #[instrument(level = "debug", skip_all, fields(checks = checks.len()))]
-    pub async fn batch_authorize(&self, checks: &[Check]) -> Result<Vec<Decision>, Error> {
+    pub async fn batch_authorize(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, Error> {
         // One index lookup per organization of the batch, not per check; a batch may span many
         // organizations, hence a map rather than a list to search.
         let mut indexes: HashMap<OrganizationId, Option<Arc<OrgIndex>>, Fast> =
@@ -135,7 +135,7 @@ impl Services {
             .iter()
             .map(|check| {
                 let index = indexes.get(&check.organization_id)?.as_ref()?;
-                (!check.fresh).then(|| index.locate(&check.user_id, check.workspace_id))
+                (!check.fresh).then(|| index.locate(check.user_id, check.workspace_id))
             })
             .collect();
         let mut decisions = Vec::with_capacity(checks.len());
@@ -202,7 +202,7 @@ impl Services {
     async fn facts(
         &self,
         org: OrganizationId,
-        user: &UserId,
+        user: UserIdRef<'_>,
         workspace_id: Option<WorkspaceId>,
         fresh: bool,
     ) -> Result<Facts, Error> {
@@ -222,7 +222,7 @@ impl Services {
         workspace_id: Option<WorkspaceId>,
         fresh: bool,
     ) -> Result<Vec<Permission>, Error> {
-        let (role, facts) = self.facts(org, user, workspace_id, fresh).await?;
+        let (role, facts) = self.facts(org, user.into(), workspace_id, fresh).await?;
         let scope = if workspace_id.is_some() { Scope::Workspace } else { Scope::Organization };
         Ok(Permission::ALL
             .iter()
@@ -247,7 +247,7 @@ impl Services {
             ));
         };
         let db = self.store.reader();
-        let (role, _) = repo::authorization_facts(db, org, user, None).await?;
+        let (role, _) = repo::authorization_facts(db, org, user.into(), None).await?;
         let after = page::uuid_cursor(page.after, WorkspaceId::parse)?;
         let items = match role {
             None => Vec::new(),

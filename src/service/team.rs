@@ -552,7 +552,8 @@ impl Services {
     ) -> Result<Grant, Error> {
         let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspaceAccessManage).await?;
         // The workspace, the member and their current grant, in one statement.
-        let previous = match repo::authorization_facts(&*tx, org, user, Some(workspace_id)).await? {
+        let facts = repo::authorization_facts(&*tx, org, user.into(), Some(workspace_id)).await?;
+        let previous = match facts {
             (_, WorkspaceFacts::Missing | WorkspaceFacts::NotApplicable) => {
                 return Err(Error::NotFound("workspace"));
             }

@@ -15,7 +15,7 @@ use super::entity::{
 use crate::domain::{
     Access, AuditEvent, AuditEventId, DeliveryState, DisplayName, Email, Grant, Invitation,
     InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId, Pass, Role,
-    Timestamp, UserId, Workspace, WorkspaceFacts, WorkspaceId,
+    Timestamp, UserId, UserIdRef, Workspace, WorkspaceFacts, WorkspaceId,
 };
 use crate::error::Error;
 
@@ -553,7 +553,7 @@ pub async fn list_grants(
 pub async fn authorization_facts(
     db: &impl ConnectionTrait,
     org: OrganizationId,
-    user: &UserId,
+    user: UserIdRef<'_>,
     workspace_id: Option<WorkspaceId>,
 ) -> Result<(Option<Role>, WorkspaceFacts), Error> {
     let backend = db.get_database_backend();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashTable;
 use tokio::sync::OnceCell;
 
-use crate::domain::{Access, OrganizationId, Role, UserId, WorkspaceFacts, WorkspaceId};
+use crate::domain::{Access, OrganizationId, Role, UserId, UserIdRef, WorkspaceFacts, WorkspaceId};
 
 const SHARDS: usize = 16;
 
@@ -268,15 +268,19 @@ impl OrgIndex {
     }
 
     /// The facts of a check, from memory.
-    pub fn facts(&self, user: &UserId, workspace: Option<WorkspaceId>) -> Facts {
-        self.locate(user, workspace).facts()
+    pub fn facts<'u>(
+        &self,
+        user: impl Into<UserIdRef<'u>>,
+        workspace: Option<WorkspaceId>,
+    ) -> Facts {
+        self.locate(user.into(), workspace).facts()
     }
 
     /// The first half of [`OrgIndex::facts`]: finds the user's entry and the workspace's
     /// ordinal, and starts loading the user's grants into the cache without waiting for them.
     /// A batch locates all its checks before it reads any grant, so that at millions of grants
     /// the cache misses of one check overlap those of the others instead of following them.
-    pub fn locate(&self, user: &UserId, workspace: Option<WorkspaceId>) -> Located<'_> {
+    pub fn locate(&self, user: UserIdRef<'_>, workspace: Option<WorkspaceId>) -> Located<'_> {
         let ordinal = match workspace {
             None => Ok(None),
             Some(id) => self.workspaces.get(&id).map(|o| Some(*o)).ok_or(()),
@@ -291,7 +295,7 @@ impl OrgIndex {
         Located { index: self, user, ordinal }
     }
 
-    fn find(&self, user: &UserId) -> Option<&UserEntry> {
+    fn find(&self, user: UserIdRef<'_>) -> Option<&UserEntry> {
         let id = user.as_str().as_bytes();
         self.users.find(self.hasher.hash_one(id), |e| e.id.as_bytes() == id)
     }
