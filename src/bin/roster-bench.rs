@@ -44,16 +44,16 @@ struct Args {
     )]
     postgres_url: String,
     /// Organizations to seed.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = Shape::SMALL.organizations)]
     organizations: usize,
     /// Members per organization (the first is its Owner, the second an Admin).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = Shape::SMALL.members)]
     members: usize,
     /// Workspaces per organization.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = Shape::SMALL.workspaces)]
     workspaces: usize,
     /// Workspace grants per member (total grants = organizations × members × this).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = Shape::SMALL.grants_per_member)]
     grants_per_member: usize,
     /// Concurrent callers.
     #[arg(long, default_value_t = 32)]
@@ -83,9 +83,29 @@ struct Args {
     /// two do not trade cores between runs; figures then repeat within a few percent.
     #[arg(long)]
     pin: bool,
+    /// Also seed the default data set (1,000 grants) into a second database with a server of
+    /// its own, run every round on both, and report how Authorize and BatchAuthorize changed
+    /// from that size to this one within the same run.
+    #[arg(long)]
+    compare_small: bool,
     /// Folder for the SQLite file and server log (a temporary one by default).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+}
+
+/// How large a data set is.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    organizations: usize,
+    members: usize,
+    workspaces: usize,
+    grants_per_member: usize,
+}
+
+impl Shape {
+    /// The default data set: 1,000 grants.
+    const SMALL: Shape =
+        Shape { organizations: 10, members: 100, workspaces: 100, grants_per_member: 1 };
 }
 
 /// The seeded ids, and who holds what, so that requests can aim at allowed checks.
@@ -94,6 +114,8 @@ struct DataSet {
     workspaces: Vec<Vec<Uuid>>,
     members: usize,
     grants_per_member: usize,
+    /// Grants seeded.
+    grants: i64,
 }
 
 impl DataSet {
@@ -119,16 +141,17 @@ impl DataSet {
     }
 }
 
-async fn seed(url: &str, args: &Args) -> anyhow::Result<DataSet> {
+async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
     let db = Database::connect(url).await.context("connecting to the benchmark database")?;
-    let orgs: Vec<Uuid> = (0..args.organizations).map(|_| Uuid::now_v7()).collect();
+    let orgs: Vec<Uuid> = (0..shape.organizations).map(|_| Uuid::now_v7()).collect();
     let workspaces: Vec<Vec<Uuid>> =
-        orgs.iter().map(|_| (0..args.workspaces).map(|_| Uuid::now_v7()).collect()).collect();
-    let data = DataSet {
+        orgs.iter().map(|_| (0..shape.workspaces).map(|_| Uuid::now_v7()).collect()).collect();
+    let mut data = DataSet {
         orgs,
         workspaces,
-        members: args.members,
-        grants_per_member: args.grants_per_member,
+        members: shape.members,
+        grants_per_member: shape.grants_per_member,
+        grants: 0,
     };
     let started = Instant::now();
     let tx = db.begin().await?;
@@ -142,7 +165,7 @@ async fn seed(url: &str, args: &Args) -> anyhow::Result<DataSet> {
         })
         .exec_without_returning(&tx)
         .await?;
-        for chunk in (0..args.members).collect::<Vec<_>>().chunks(500) {
+        for chunk in (0..shape.members).collect::<Vec<_>>().chunks(500) {
             let rows = chunk.iter().map(|m| member::ActiveModel {
                 organization_id: Set(*org),
                 user_id: Set(DataSet::user(o, *m)),
@@ -167,9 +190,9 @@ async fn seed(url: &str, args: &Args) -> anyhow::Result<DataSet> {
             workspace::Entity::insert_many(rows).exec_without_returning(&tx).await?;
         }
         let mut grants = Vec::new();
-        for m in 0..args.members {
+        for m in 0..shape.members {
             let mut seen = std::collections::HashSet::new();
-            for slot in 0..args.grants_per_member {
+            for slot in 0..shape.grants_per_member {
                 let (index, access) = data.grant(o, m, slot);
                 if !seen.insert(index) {
                     continue;
@@ -191,7 +214,7 @@ async fn seed(url: &str, args: &Args) -> anyhow::Result<DataSet> {
         }
     }
     tx.commit().await?;
-    let grants: i64 = {
+    data.grants = {
         let row = db
             .query_one_raw(sea_orm::Statement::from_string(
                 db.get_database_backend(),
@@ -203,10 +226,10 @@ async fn seed(url: &str, args: &Args) -> anyhow::Result<DataSet> {
     };
     println!(
         "seeded {} organizations, {} members, {} workspaces, {} grants in {:.1?}",
-        args.organizations,
-        args.organizations * args.members,
-        args.organizations * args.workspaces,
-        grants,
+        shape.organizations,
+        shape.organizations * shape.members,
+        shape.organizations * shape.workspaces,
+        data.grants,
         started.elapsed()
     );
     db.close().await?;
@@ -570,59 +593,189 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
 }
 
+/// A seeded database and the server started on it.
+struct Target {
+    data: Arc<DataSet>,
+    pools: Arc<Pools>,
+    server: Child,
+    endpoint: String,
+    channels: Vec<Channel>,
+    written: Arc<Written>,
+    dir: PathBuf,
+    /// Each phase's outcomes over all rounds.
+    totals: [Option<Outcome>; 3],
+}
+
+impl Target {
+    fn name(&self) -> String {
+        // Thousands separated, as the README writes them.
+        let digits = self.data.grants.to_string();
+        let mut grouped = String::new();
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                grouped.push(',');
+            }
+            grouped.push(digit);
+        }
+        format!("{grouped} grants")
+    }
+
+    /// Seeds a database of `shape` (a SQLite file in `dir`, or the PostgreSQL database
+    /// `database`), starts a server on it and connects to it.
+    async fn start(
+        args: &Args,
+        shape: Shape,
+        dir: PathBuf,
+        database: &str,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let database_url = match args.backend {
+            BackendKind::Sqlite => {
+                let path = dir.join("bench.db");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                format!("sqlite://{}?mode=rwc", path.display())
+            }
+            BackendKind::Postgres => {
+                let admin = Database::connect(&args.postgres_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                    .await?;
+                admin.execute_unprepared(&format!("CREATE DATABASE {database}")).await?;
+                admin.close().await?;
+                let base = args
+                    .postgres_url
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .unwrap_or(&args.postgres_url);
+                format!("{base}/{database}")
+            }
+        };
+        roster::app::open_store(&roster::config::Config {
+            database_url: database_url.clone(),
+            ..roster::config::Config::defaults()
+        })
+        .await?
+        .close()
+        .await;
+        let data = Arc::new(seed(&database_url, shape).await?);
+        let pools = Arc::new(build_pools(&data));
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut server =
+            start_server(&database_url, &addr, &dir, args.cache_entries, args.pin.then_some(1))?;
+        let endpoint = format!("http://{addr}");
+        let mut channels = Vec::new();
+        for _ in 0..100 {
+            if let Ok(channel) = Channel::from_shared(endpoint.clone())?.connect().await {
+                channels.push(channel);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if channels.is_empty() {
+            let _ = server.kill();
+            bail!("the server did not start; see {}", dir.join("server.log").display());
+        }
+        for _ in 1..args.connections.max(1) {
+            channels.push(Channel::from_shared(endpoint.clone())?.connect().await?);
+        }
+        let loaded = load_index(&channels[0], &data).await?;
+        println!(
+            "index: {} organizations loaded by their first checks in {:.1?}",
+            data.orgs.len(),
+            loaded
+        );
+        Ok(Target {
+            data,
+            pools,
+            server,
+            endpoint,
+            channels,
+            written: Arc::new(Written::default()),
+            dir,
+            totals: Default::default(),
+        })
+    }
+
+    /// Prints the figures of all rounds and the ratios the targets are judged by, then stops
+    /// the server.
+    fn report(&mut self, rounds: usize) -> anyhow::Result<()> {
+        let [Some(health), Some(authorize), Some(batch)] = &self.totals else {
+            bail!("no phase ran");
+        };
+        if rounds > 1 {
+            println!("all rounds, {}:", self.name());
+            for (phase, outcome) in PHASES.iter().zip([health, authorize, batch]) {
+                outcome.print(phase.name());
+            }
+        }
+        println!(
+            "ratio authorize/health throughput: {:.2} (target >= 0.85)",
+            authorize.rps() / health.rps()
+        );
+        println!(
+            "ratio authorize/health p99:        {:.2} (target <= 1.5)",
+            authorize.percentile(0.99) / health.percentile(0.99)
+        );
+        println!(
+            "batch checks/s over authorize/s:   {:.1} (target >= 20; {:.0} checks/s)",
+            batch.rps() * 100.0 / authorize.rps(),
+            batch.rps() * 100.0
+        );
+        // The same comparisons in server CPU time, which the generator's share of the machine
+        // does not move: what the server would do with a CPU to itself.
+        println!(
+            "server CPU per request: health {:.1} µs, authorize {:.1} µs ({:.2}), per batched check {:.2} µs ({:.1}x less than single)",
+            health.cpu_per_request_us(),
+            authorize.cpu_per_request_us(),
+            health.cpu_per_request_us() / authorize.cpu_per_request_us(),
+            batch.cpu_per_request_us() / 100.0,
+            authorize.cpu_per_request_us() * 100.0 / batch.cpu_per_request_us(),
+        );
+        match resident_mib(self.server.id()) {
+            Some(mib) => println!("server resident memory: {mib:.1} MiB"),
+            None => println!("server resident memory: unavailable"),
+        }
+        // A graceful stop makes the server log its index counters.
+        let _ = Command::new("kill").args(["-TERM", &self.server.id().to_string()]).status();
+        let _ = self.server.wait();
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        match log.lines().find(|line| line.contains("authorization cache")) {
+            Some(line) => println!("server index counters: {line}"),
+            None => println!("server index counters: not logged"),
+        }
+        Ok(())
+    }
+}
+
+const PHASES: [Phase; 3] = [Phase::Health, Phase::Authorize, Phase::Batch];
+
+/// How much `to` differs from `from`, in percent.
+fn change(from: f64, to: f64) -> f64 {
+    (to / from - 1.0) * 100.0
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let temp = tempfile_dir()?;
     let dir = args.work_dir.clone().unwrap_or_else(|| temp.clone());
-    std::fs::create_dir_all(&dir)?;
-    let database_url = match args.backend {
-        BackendKind::Sqlite => {
-            let path = dir.join("bench.db");
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
-            format!("sqlite://{}?mode=rwc", path.display())
-        }
-        BackendKind::Postgres => {
-            let admin =
-                Database::connect(&args.postgres_url).await.context("connecting to PostgreSQL")?;
-            admin.execute_unprepared("DROP DATABASE IF EXISTS roster_bench WITH (FORCE)").await?;
-            admin.execute_unprepared("CREATE DATABASE roster_bench").await?;
-            admin.close().await?;
-            let base =
-                args.postgres_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&args.postgres_url);
-            format!("{base}/roster_bench")
-        }
+    let shape = Shape {
+        organizations: args.organizations,
+        members: args.members,
+        workspaces: args.workspaces,
+        grants_per_member: args.grants_per_member,
     };
-    roster::app::open_store(&roster::config::Config {
-        database_url: database_url.clone(),
-        ..roster::config::Config::defaults()
-    })
-    .await?
-    .close()
-    .await;
-    let data = Arc::new(seed(&database_url, &args).await?);
-    let pools = Arc::new(build_pools(&data));
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut server =
-        start_server(&database_url, &addr, &dir, args.cache_entries, args.pin.then_some(1))?;
-    let endpoint = format!("http://{addr}");
-    let mut channels = Vec::new();
-    for _ in 0..100 {
-        if let Ok(channel) = Channel::from_shared(endpoint.clone())?.connect().await {
-            channels.push(channel);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut targets = Vec::new();
+    if args.compare_small {
+        targets.push(
+            Target::start(&args, Shape::SMALL, dir.join("small"), "roster_bench_small").await?,
+        );
     }
-    if channels.is_empty() {
-        let _ = server.kill();
-        bail!("the server did not start; see {}", dir.join("server.log").display());
-    }
-    for _ in 1..args.connections.max(1) {
-        channels.push(Channel::from_shared(endpoint.clone())?.connect().await?);
-    }
+    targets.push(Target::start(&args, shape, dir, "roster_bench").await?);
     println!(
         "load: {} callers over {} HTTP/2 connections, {} s per phase after {} s warm-up, {} grant writes/s{}",
         args.concurrency,
@@ -630,99 +783,75 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.duration_secs,
         args.warmup_secs,
         args.write_rate,
-        if args.pin { ", server on CPU 1 and load generator on CPU 0" } else { "" }
+        if args.pin { ", servers on CPU 1 and load generator on CPU 0" } else { "" }
     );
+    if targets.len() > 1 {
+        println!("each round runs on both data sets in turn");
+    }
 
-    let loaded = load_index(&channels[0], &data).await?;
-    println!(
-        "index: {} organizations loaded by their first checks in {:.1?}",
-        data.orgs.len(),
-        loaded
-    );
-
-    let written = Arc::new(Written::default());
     let measure = Duration::from_secs(args.duration_secs);
     let warmup = Duration::from_secs(args.warmup_secs);
-    let phases = [Phase::Health, Phase::Authorize, Phase::Batch];
-    let mut totals: [Option<Outcome>; 3] = Default::default();
+    let labelled = targets.len() > 1;
     for round in 1..=args.rounds.max(1) {
-        for (phase, total) in phases.into_iter().zip(&mut totals) {
-            let stop = Arc::new(AtomicBool::new(false));
-            let writes = (args.write_rate > 0 && !matches!(phase, Phase::Health)).then(|| {
-                tokio::spawn(writer(
-                    endpoint.clone(),
-                    data.clone(),
-                    written.clone(),
-                    // A different sequence in every phase of every round.
-                    (round * phases.len() + phase as usize) as u64,
-                    args.write_rate,
-                    stop.clone(),
-                ))
-            });
-            // Later rounds find the server and connections warm.
-            if round == 1 && !warmup.is_zero() {
-                drive(phase, &channels, &pools, &args, warmup).await;
+        for target in &mut targets {
+            let name = target.name();
+            for (phase, total) in PHASES.into_iter().zip(&mut target.totals) {
+                let stop = Arc::new(AtomicBool::new(false));
+                let writes = (args.write_rate > 0 && !matches!(phase, Phase::Health)).then(|| {
+                    tokio::spawn(writer(
+                        target.endpoint.clone(),
+                        target.data.clone(),
+                        target.written.clone(),
+                        // A different sequence in every phase of every round.
+                        (round * PHASES.len() + phase as usize) as u64,
+                        args.write_rate,
+                        stop.clone(),
+                    ))
+                });
+                // Later rounds find the server and connections warm.
+                if round == 1 && !warmup.is_zero() {
+                    drive(phase, &target.channels, &target.pools, &args, warmup).await;
+                }
+                let cpu_before = server_cpu(target.server.id());
+                let mut outcome =
+                    drive(phase, &target.channels, &target.pools, &args, measure).await;
+                outcome.server_cpu = server_cpu(target.server.id()).saturating_sub(cpu_before);
+                stop.store(true, Ordering::Relaxed);
+                if let Some(task) = writes {
+                    outcome.writes = task.await.unwrap_or(0);
+                }
+                if args.rounds > 1 {
+                    print!("round {round:<3} ");
+                }
+                if labelled {
+                    print!("{name:>17}  ");
+                }
+                outcome.print(phase.name());
+                *total = Some(match total.take() {
+                    Some(sum) => sum.merge(outcome),
+                    None => outcome,
+                });
             }
-            let cpu_before = server_cpu(server.id());
-            let mut outcome = drive(phase, &channels, &pools, &args, measure).await;
-            outcome.server_cpu = server_cpu(server.id()).saturating_sub(cpu_before);
-            stop.store(true, Ordering::Relaxed);
-            if let Some(task) = writes {
-                outcome.writes = task.await.unwrap_or(0);
-            }
-            if args.rounds > 1 {
-                print!("round {round:<3} ");
-            }
-            outcome.print(phase.name());
-            *total = Some(match total.take() {
-                Some(sum) => sum.merge(outcome),
-                None => outcome,
-            });
         }
     }
-    let [Some(health), Some(authorize), Some(batch)] = totals else {
-        bail!("no phase ran");
-    };
-    if args.rounds > 1 {
-        println!("all rounds:");
-        for (phase, outcome) in phases.iter().zip([&health, &authorize, &batch]) {
-            outcome.print(phase.name());
+    for target in &mut targets {
+        if labelled {
+            println!("== {}", target.name());
         }
+        target.report(args.rounds)?;
     }
-    println!(
-        "ratio authorize/health throughput: {:.2} (target >= 0.85)",
-        authorize.rps() / health.rps()
-    );
-    println!(
-        "ratio authorize/health p99:        {:.2} (target <= 1.5)",
-        authorize.percentile(0.99) / health.percentile(0.99)
-    );
-    println!(
-        "batch checks/s over authorize/s:   {:.1} (target >= 20; {:.0} checks/s)",
-        batch.rps() * 100.0 / authorize.rps(),
-        batch.rps() * 100.0
-    );
-    // The same comparisons in server CPU time, which the generator's share of the machine does
-    // not move: what the server would do with a CPU to itself.
-    println!(
-        "server CPU per request: health {:.1} µs, authorize {:.1} µs ({:.2}), per batched check {:.2} µs ({:.1}x less than single)",
-        health.cpu_per_request_us(),
-        authorize.cpu_per_request_us(),
-        health.cpu_per_request_us() / authorize.cpu_per_request_us(),
-        batch.cpu_per_request_us() / 100.0,
-        authorize.cpu_per_request_us() * 100.0 / batch.cpu_per_request_us(),
-    );
-    match resident_mib(server.id()) {
-        Some(mib) => println!("server resident memory: {mib:.1} MiB"),
-        None => println!("server resident memory: unavailable"),
-    }
-    // A graceful stop makes the server log its index counters.
-    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
-    let _ = server.wait();
-    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-    match log.lines().find(|line| line.contains("authorization cache")) {
-        Some(line) => println!("server index counters: {line}"),
-        None => println!("server index counters: not logged"),
+    if let [small, large] = &targets[..]
+        && let ([_, Some(small_authorize), Some(small_batch)], [_, Some(authorize), Some(batch)]) =
+            (&small.totals, &large.totals)
+    {
+        println!("== from {} to {} (targets: within ±20 %)", small.name(), large.name());
+        println!(
+            "authorize throughput {:+.1} %, p99 {:+.1} %; batch checks/s {:+.1} %, p99 {:+.1} %",
+            change(small_authorize.rps(), authorize.rps()),
+            change(small_authorize.percentile(0.99), authorize.percentile(0.99)),
+            change(small_batch.rps(), batch.rps()),
+            change(small_batch.percentile(0.99), batch.percentile(0.99)),
+        );
     }
     Ok(())
 }
