@@ -10,8 +10,9 @@ use crate::domain::{
     Decision, OrganizationId, Permission, Role, Scope, UserId, UserIdRef, Workspace, WorkspaceId,
 };
 use crate::error::Error;
+use crate::storage::changes::{self, Change};
 use crate::storage::repo;
-use crate::storage::snapshot::{Facts, Fast, Held, OrgIndex, Patch};
+use crate::storage::snapshot::{Facts, Fast, OrgIndex};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,66 +32,11 @@ pub struct Check<'a> {
     pub fresh: bool,
 }
 
-/// What a committed change did to the facts Authorize decides on.
-#[derive(Debug, Clone, Copy)]
-pub enum Change<'a> {
-    /// These members' roles or grants changed, or they joined or left.
-    Members(&'a [&'a UserId]),
-    /// A workspace was created.
-    WorkspaceCreated(WorkspaceId),
-    /// A workspace was deleted, with its grants.
-    WorkspaceDeleted(WorkspaceId),
-    /// The organization was created or deleted: its index is dropped and reloaded.
-    Everything,
-}
-
 impl Services {
     /// Brings this replica's index of `org` up to a change that has just committed, before the
-    /// change's RPC returns. A loaded index is patched: a copy with the change replaces it, so
-    /// checks keep answering from memory instead of waiting for a reload. Anything that cannot
-    /// be patched safely is dropped, as is the index when the rows of a patch cannot be read
-    /// (the change is committed, so this never fails the call).
+    /// change's RPC returns (see [`changes::apply`]).
     pub(super) async fn index_committed(&self, org: OrganizationId, change: Change<'_>) {
-        let cache = &self.authz_cache;
-        let one_workspace = match change {
-            Change::Everything => return cache.invalidate(org),
-            Change::WorkspaceCreated(id) => Some(Patch::WorkspaceCreated(id)),
-            Change::WorkspaceDeleted(id) => Some(Patch::WorkspaceDeleted(id)),
-            Change::Members(_) => None,
-        };
-        // One patch of an organization at a time, each reading rows after the previous one read
-        // its own, so a later patch never puts older rows back.
-        let _turn = cache.lock_patches(org).await;
-        let (slot, current) = match cache.held(org) {
-            Held::Absent => return,
-            Held::Unsettled => {
-                cache.invalidate(org);
-                return;
-            }
-            Held::Loaded(slot, index) => (slot, index),
-        };
-        let mut patches = Vec::from_iter(one_workspace);
-        if let Change::Members(users) = change {
-            for user in users {
-                match repo::load_member_index(self.store.reader(), org, user).await {
-                    Ok(patch) => patches.push(patch),
-                    Err(err) => {
-                        tracing::warn!(organization = %org, error = %err, "rows for an index patch not read; dropping the organization's index");
-                        return cache.invalidate(org);
-                    }
-                }
-            }
-        }
-        let mut patched: Option<OrgIndex> = None;
-        for patch in &patches {
-            match patched.as_ref().unwrap_or(&current).patched(patch) {
-                Some(index) => patched = Some(index),
-                None => return cache.invalidate(org),
-            }
-        }
-        if let Some(index) = patched {
-            cache.replace(org, &slot, index);
-        }
+        changes::apply(&self.store, &self.authz_cache, org, change).await;
     }
 
     /// Decides one check with one indexed lookup.

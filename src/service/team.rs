@@ -3,7 +3,6 @@
 use serde_json::json;
 use tracing::instrument;
 
-use super::access::Change;
 use super::page::{self, PageRequest};
 use super::token::{self, Token};
 use super::{Actor, Services};
@@ -15,6 +14,7 @@ use crate::domain::{
 };
 use crate::email::render;
 use crate::error::Error;
+use crate::storage::changes::Change;
 use crate::storage::repo::{self, OutboxEmail};
 use crate::storage::snapshot::AuthzCache;
 use crate::storage::{WriteTx, feed};
@@ -714,7 +714,7 @@ impl Services {
         org: OrganizationId,
         change: Change<'_>,
     ) -> Result<(), Error> {
-        let sender = feed::notify(&*tx, org).await?;
+        let sender = feed::notify(&*tx, org, change).await?;
         let cache = &self.authz_cache;
         if let Some(sender) = sender {
             cache.expect_echo(sender, org);

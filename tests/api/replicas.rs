@@ -4,17 +4,23 @@
 
 use std::time::{Duration, Instant};
 
+use roster::pb::access_service_client::AccessServiceClient;
 use roster::pb::{
     self, ConsistencyRequirement as Req, OrganizationRole as R, WorkspaceAccess as A,
 };
 use sea_orm::ConnectionTrait;
+use tonic::transport::Channel;
 
-use crate::common::process::Server;
-use crate::common::{Backend, SmtpSink, User, create_org_with, drop_database, fresh_database};
+use crate::common::process::{Server, free_port};
+use crate::common::{
+    Backend, SmtpSink, User, create_org_with, drop_database, fresh_database, sample, scrape,
+};
 
 struct Replicas {
     a: Server,
     b: Server,
+    /// Replica B's metrics page.
+    b_metrics: std::net::SocketAddr,
     org: String,
     workspace: String,
     engineer: User,
@@ -44,7 +50,15 @@ async fn replicas() -> Replicas {
     let (database_url, database) = fresh_database(Backend::Postgres, dir.path()).await;
     let sink = SmtpSink::start().await;
     let a = Server::start(&database_url, sink.port, &dir.path().join("a.log")).await;
-    let b = Server::start(&database_url, sink.port, &dir.path().join("b.log")).await;
+    let b_metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let b = Server::start_with(
+        &database_url,
+        sink.port,
+        &dir.path().join("b.log"),
+        &["--metrics-listen", &b_metrics.to_string()],
+        None,
+    )
+    .await;
     let (owner, engineer) = (User::new("owner"), User::new("engineer"));
     let mut team = a.team().await;
     let org = create_org_with(&mut team, &owner, "Acme").await;
@@ -82,7 +96,7 @@ async fn replicas() -> Replicas {
             .unwrap();
         assert!(decision.into_inner().allowed);
     }
-    Replicas { a, b, org, workspace, engineer, owner, database_url, database, _dir: dir }
+    Replicas { a, b, b_metrics, org, workspace, engineer, owner, database_url, database, _dir: dir }
 }
 
 impl Replicas {
@@ -149,6 +163,99 @@ async fn a_removal_through_one_replica_is_seen_by_the_other() {
         .authorize(check(&r.engineer, &r.org, &r.workspace, Req::AtLeastAsFresh, "yesterday"))
         .await;
     assert_eq!(forged.unwrap_err().code(), tonic::Code::InvalidArgument);
+    r.finish().await;
+}
+
+/// Asks replica B until it answers `expected` (within the feed's bound); returns how long that
+/// took.
+async fn until_b_answers(
+    b: &mut AccessServiceClient<Channel>,
+    request: pb::AuthorizeRequest,
+    expected: pb::DecisionReason,
+) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < roster::storage::feed::MAX_SILENCE {
+        let decision = b.authorize(request.clone()).await.unwrap().into_inner();
+        if decision.reason == expected as i32 {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("replica B did not answer {expected:?} within the bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_one_replica_are_patched_into_the_others_index_without_a_reload() {
+    use pb::DecisionReason as D;
+    let r = replicas().await;
+    let counters = |text: &str| {
+        (
+            sample(text, "roster_authz_index_misses_total").unwrap(),
+            sample(text, "roster_authz_index_patches_total").unwrap(),
+        )
+    };
+    let (misses, patches) = counters(&scrape(r.b_metrics).await);
+    let mut team = r.a.team().await;
+    let mut b = r.b.access().await;
+    let engineer_on = |ws: &str| check(&r.engineer, &r.org, ws, Req::MinimizeLatency, "");
+    let set_access = |ws: &str, access: A| {
+        r.owner.req(pb::SetWorkspaceAccessRequest {
+            organization_id: r.org.clone(),
+            workspace_id: ws.to_owned(),
+            user_id: r.engineer.id.clone(),
+            access: access as i32,
+        })
+    };
+
+    team.set_workspace_access(set_access(&r.workspace, A::Read)).await.unwrap();
+    let mut delays =
+        vec![until_b_answers(&mut b, engineer_on(&r.workspace), D::DeniedReadOnly).await];
+    let second = team
+        .create_workspace(r.owner.req(pb::CreateWorkspaceRequest {
+            organization_id: r.org.clone(),
+            display_name: "staging".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .workspace
+        .unwrap()
+        .id;
+    team.set_workspace_access(set_access(&second, A::Write)).await.unwrap();
+    delays.push(until_b_answers(&mut b, engineer_on(&second), D::AllowedByWorkspaceAccess).await);
+    team.delete_workspace(r.owner.req(pb::DeleteWorkspaceRequest {
+        organization_id: r.org.clone(),
+        workspace_id: second.clone(),
+    }))
+    .await
+    .unwrap();
+    delays.push(until_b_answers(&mut b, engineer_on(&second), D::DeniedWorkspaceNotFound).await);
+    r.remove_engineer_through_a().await;
+    delays.push(until_b_answers(&mut b, engineer_on(&r.workspace), D::DeniedNotAMember).await);
+    println!("replica B followed each change after {delays:?}");
+
+    // Five changes, each applied to B's index; none made B load the organization again.
+    let (misses_after, patches_after) = counters(&scrape(r.b_metrics).await);
+    assert_eq!(misses_after, misses, "replica B reloaded the organization");
+    assert_eq!(patches_after - patches, 5.0);
+
+    // A bare organization id, as older replicas send it, still drops B's index: the next check
+    // loads it again.
+    let admin = sea_orm::Database::connect(&r.database_url).await.unwrap();
+    admin
+        .execute_unprepared(&format!("SELECT pg_notify('roster_invalidate', '{}')", r.org))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        b.authorize(engineer_on(&r.workspace)).await.unwrap();
+        if counters(&scrape(r.b_metrics).await).0 > misses {
+            break;
+        }
+        assert!(started.elapsed() < roster::storage::feed::MAX_SILENCE, "B kept its index");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    admin.close().await.unwrap();
     r.finish().await;
 }
 
