@@ -367,6 +367,19 @@ fn build_pools(data: &DataSet) -> Pools {
     Pools { checks, batches }
 }
 
+/// Whether the server's metrics at `addr` say its Authorize index is in use.
+async fn index_in_use(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return false };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut page = String::new();
+    let _ = stream.read_to_string(&mut page).await;
+    page.lines().any(|line| line == "roster_authz_index_in_use 1")
+}
+
 /// Sends one check to every organization, so that the server has loaded its whole index before
 /// anything is measured (a cold load is a one-off cost, reported on its own, which a short
 /// warm-up of random checks might not finish). Returns how long that took.
@@ -550,6 +563,7 @@ fn pin_self(cpu: u32) -> anyhow::Result<()> {
 fn start_server(
     database_url: &str,
     addr: &str,
+    metrics: &str,
     dir: &std::path::Path,
     cache_entries: Option<usize>,
     cpu: Option<u32>,
@@ -573,7 +587,8 @@ fn start_server(
         command.args(["--authz-cache-entries", &entries.to_string()]);
     }
     command
-        .args(["--listen", addr, "--database-url", database_url, "--mail-dir"])
+        .args(["--listen", addr, "--metrics-listen", metrics])
+        .args(["--database-url", database_url, "--mail-dir"])
         .arg(dir.join("mail"))
         .args(["--log-format", "json", "--max-in-flight", "100000"])
         .env("RUST_LOG", "warn,roster::app=info")
@@ -664,10 +679,14 @@ impl Target {
         let data = Arc::new(seed(&database_url, shape).await?);
         let pools = Arc::new(build_pools(&data));
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        };
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let cpu = args.pin.then_some(1);
         let mut server =
-            start_server(&database_url, &addr, &dir, args.cache_entries, args.pin.then_some(1))?;
+            start_server(&database_url, &addr, &metrics, &dir, args.cache_entries, cpu)?;
         let endpoint = format!("http://{addr}");
         let mut channels = Vec::new();
         for _ in 0..100 {
@@ -683,6 +702,16 @@ impl Target {
         }
         for _ in 1..args.connections.max(1) {
             channels.push(Channel::from_shared(endpoint.clone())?.connect().await?);
+        }
+        // On PostgreSQL the index is bypassed until the server's notification feed is up;
+        // checks sent before that read the database and load nothing.
+        let started = Instant::now();
+        while !index_in_use(&metrics).await {
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = server.kill();
+                bail!("the server's index did not come into use within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let loaded = load_index(&channels[0], &data).await?;
         println!(
