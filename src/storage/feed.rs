@@ -196,7 +196,9 @@ async fn coordinate(
                         // This replica's own changes are in its index already. Others are
                         // applied off this loop (a patch reads the database); if too many are
                         // waiting, the organization is dropped instead.
-                        if !cache.take_echo(sender, org) && to_apply.try_send((org, change)).is_err() {
+                        if !cache.take_echo(sender, org)
+                            && to_apply.try_send((org, change)).is_err()
+                        {
                             cache.invalidate(org);
                         }
                     } else if payload == own_ping {
@@ -207,7 +209,8 @@ async fn coordinate(
                         }
                     } else if let Ok(org) = OrganizationId::parse(&payload) {
                         // Applied from its description just now, or this replica's own change
-                        // sent by an older path; anything else drops the index.
+                        // (creating or deleting an organization sends the id alone); anything
+                        // else drops the index.
                         if follows != Some((sender, org)) && !cache.take_echo(sender, org) {
                             cache.invalidate(org);
                         }
