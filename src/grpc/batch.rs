@@ -50,7 +50,7 @@ pub struct CheckFields<'a> {
     pub workspace_id: &'a str,
     /// `permission`.
     pub permission: &'a str,
-    /// `consistency`, which a check inside a batch must not carry.
+    /// `consistency`; inside a batch it is validated, and the batch's own applies.
     pub consistency: Option<&'a pb::Consistency>,
 }
 
