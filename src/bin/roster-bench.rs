@@ -782,6 +782,16 @@ impl Target {
     }
 }
 
+// A run that fails half-way must not leave its servers running.
+impl Drop for Target {
+    fn drop(&mut self) {
+        if matches!(self.server.try_wait(), Ok(None)) {
+            let _ = self.server.kill();
+            let _ = self.server.wait();
+        }
+    }
+}
+
 const PHASES: [Phase; 3] = [Phase::Health, Phase::Authorize, Phase::Batch];
 
 /// How much `to` differs from `from`, in percent.
