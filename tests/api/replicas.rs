@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use crate::common::process::{Server, free_port};
 use crate::common::{
     Backend, SmtpSink, User, create_org_with, drop_database, fresh_database, sample, scrape,
+    try_create_workspace_with,
 };
 
 struct Replicas {
@@ -62,17 +63,7 @@ async fn replicas() -> Replicas {
     let (owner, engineer) = (User::new("owner"), User::new("engineer"));
     let mut team = a.team().await;
     let org = create_org_with(&mut team, &owner, "Acme").await;
-    let workspace = team
-        .create_workspace(owner.req(pb::CreateWorkspaceRequest {
-            organization_id: org.clone(),
-            display_name: "prod".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .workspace
-        .unwrap()
-        .id;
+    let workspace = try_create_workspace_with(&mut team, &owner, &org, "prod").await.unwrap();
     team.create_invitation(owner.req(pb::CreateInvitationRequest {
         organization_id: org.clone(),
         email: engineer.email.clone(),
@@ -210,17 +201,7 @@ async fn changes_through_one_replica_are_patched_into_the_others_index_without_a
     team.set_workspace_access(set_access(&r.workspace, A::Read)).await.unwrap();
     let mut delays =
         vec![until_b_answers(&mut b, engineer_on(&r.workspace), D::DeniedReadOnly).await];
-    let second = team
-        .create_workspace(r.owner.req(pb::CreateWorkspaceRequest {
-            organization_id: r.org.clone(),
-            display_name: "staging".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .workspace
-        .unwrap()
-        .id;
+    let second = try_create_workspace_with(&mut team, &r.owner, &r.org, "staging").await.unwrap();
     team.set_workspace_access(set_access(&second, A::Write)).await.unwrap();
     delays.push(until_b_answers(&mut b, engineer_on(&second), D::AllowedByWorkspaceAccess).await);
     team.delete_workspace(r.owner.req(pb::DeleteWorkspaceRequest {

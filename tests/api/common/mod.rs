@@ -285,15 +285,7 @@ impl TestApp {
         org: &str,
         name: &str,
     ) -> Result<String, Status> {
-        let response = self
-            .team
-            .clone()
-            .create_workspace(actor.req(pb::CreateWorkspaceRequest {
-                organization_id: org.to_owned(),
-                display_name: name.to_owned(),
-            }))
-            .await?;
-        Ok(response.into_inner().workspace.unwrap().id)
+        try_create_workspace_with(&mut self.team.clone(), actor, org, name).await
     }
 
     /// Invites `email`.
@@ -454,6 +446,22 @@ pub async fn create_org_with(
     .organization
     .expect("an organization")
     .id
+}
+
+/// Asks any TeamService client to create a workspace; its id, or the call's status.
+pub async fn try_create_workspace_with(
+    team: &mut roster::pb::team_service_client::TeamServiceClient<tonic::transport::Channel>,
+    actor: &User,
+    org: &str,
+    name: &str,
+) -> Result<String, Status> {
+    let response = team
+        .create_workspace(actor.req(pb::CreateWorkspaceRequest {
+            organization_id: org.to_owned(),
+            display_name: name.to_owned(),
+        }))
+        .await?;
+    Ok(response.into_inner().workspace.unwrap().id)
 }
 
 /// Asserts a gRPC failure's code, and for INVALID_ARGUMENT that a BadRequest names `field`.
