@@ -10,20 +10,24 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
 
 use crate::config::Config;
 use crate::email::mailer::Mailer;
 use crate::email::worker::{self, WorkerSettings};
 use crate::grpc::access::AccessApi;
 use crate::grpc::auth::Identity;
+use crate::grpc::body::{BodyGuardLayer, BodyLimits, ByteBudget};
+use crate::grpc::identify::IdentifyLayer;
 use crate::grpc::limits::LimitLayer;
+use crate::grpc::listener::{self, ListenerSettings, ListenerStats};
 use crate::grpc::observe::ObserveLayer;
-use crate::grpc::socket::Coalesced;
+use crate::grpc::readiness;
+use crate::grpc::router::Router;
 use crate::grpc::team::TeamApi;
+use crate::grpc::tls::TlsAcceptor;
 use crate::metrics::{self, Metrics};
 use crate::pb::access_service_server::AccessServiceServer;
 use crate::pb::team_service_server::TeamServiceServer;
@@ -31,16 +35,14 @@ use crate::service::{ServiceSettings, Services};
 use crate::storage::snapshot::AuthzCache;
 use crate::storage::{Store, feed};
 
-/// Largest request Roster decodes; a full BatchAuthorize of 1000 checks fits well within it.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
 /// A running server.
 pub struct Running {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: JoinHandle<()>,
     worker: JoinHandle<()>,
+    readiness: JoinHandle<()>,
     feed: Option<JoinHandle<()>>,
     metrics_server: Option<JoinHandle<()>>,
     /// Where Prometheus metrics are served, if they are.
@@ -53,8 +55,9 @@ impl Running {
     /// Stops accepting calls, lets in-flight calls finish, stops the worker.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.server.await.context("server task")?.context("serving")?;
+        self.server.await.context("server task")?;
         let _ = self.worker.await;
+        let _ = self.readiness.await;
         if let Some(feed) = self.feed {
             let _ = feed.await;
         }
@@ -100,6 +103,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     config.validate()?;
     let identity = Arc::new(Identity::from_config(config)?);
+    let tls = TlsAcceptor::from_config(config)?;
+    let max_connections = listener::fit_to_file_limit(config.max_connections);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -162,9 +167,22 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let cache = services.authz_cache();
     let feed = (store.backend() == sea_orm::DbBackend::Postgres)
         .then(|| feed::spawn(store.clone(), cache.clone(), stopped.clone()));
+
+    let limits =
+        LimitLayer::new(config.max_in_flight, Duration::from_millis(config.request_timeout_ms));
+    let budget = Arc::new(ByteBudget::new(config.max_buffered_request_bytes));
+    let listener_stats = Arc::new(ListenerStats::default());
     let (metrics_addr, metrics_server) = match config.metrics_listen {
         Some(addr) => {
-            let sources = metrics::Sources { store: store.clone(), cache: cache.clone() };
+            let sources = metrics::Sources {
+                store: store.clone(),
+                cache: cache.clone(),
+                edge: metrics::EdgeSources {
+                    listener: listener_stats.clone(),
+                    budget: budget.clone(),
+                    shed: limits.shed_counter(),
+                },
+            };
             let (bound, task) =
                 metrics::serve(addr, metrics.clone(), sources, stopped.clone()).await?;
             (Some(bound), Some(task))
@@ -175,64 +193,78 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     health.set_serving::<TeamServiceServer<TeamApi>>().await;
     health.set_serving::<AccessServiceServer<AccessApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
+    let readiness = {
+        let free_slots = {
+            let limits = limits.clone();
+            Box::new(move || limits.free_slots())
+        };
+        let signals = readiness::Signals {
+            store: store.clone(),
+            listener: listener_stats.clone(),
+            shed: limits.shed_counter(),
+            free_slots,
+        };
+        let served = vec![
+            <TeamServiceServer<TeamApi> as tonic::server::NamedService>::NAME,
+            <AccessServiceServer<AccessApi> as tonic::server::NamedService>::NAME,
+        ];
+        tokio::spawn(readiness::watch(health, served, signals, stopped.clone()))
+    };
 
-    let team = TeamServiceServer::new(TeamApi::new(services.clone(), identity.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let access = AccessServiceServer::new(AccessApi::new(services, identity, metrics.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let mut shutdown = stopped;
-    let mut builder = Server::builder();
-    if let Some(tls) = tls_config(config)? {
-        builder = builder.tls_config(tls).context("configuring TLS")?;
-    }
-    let limits =
-        LimitLayer::new(config.max_in_flight, Duration::from_millis(config.request_timeout_ms));
-    let server = tokio::spawn(
-        builder
-            // Outermost, so that calls shed by the limits are counted and traced too.
-            .layer(ObserveLayer::new(metrics))
-            .layer(limits)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(team)
-            .add_service(access)
-            // Small gRPC replies must not wait for Nagle's algorithm (40 ms tails otherwise).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .map(|accepted| accepted.map(Coalesced::new)),
-                async move {
-                    let _ = shutdown.wait_for(|stop| *stop).await;
-                },
-            ),
-    );
+    let largest = config.max_batch_request_bytes;
+    let router = Router {
+        access: AccessServiceServer::new(AccessApi::new(services.clone(), metrics.clone()))
+            .max_decoding_message_size(largest),
+        team: TeamServiceServer::new(TeamApi::new(services)).max_decoding_message_size(largest),
+        health: BoxCloneSyncService::new(health_service),
+        reflection_v1: BoxCloneSyncService::new(reflection_v1),
+        reflection_v1alpha: BoxCloneSyncService::new(reflection_v1alpha),
+    };
+    let body_limits = BodyLimits {
+        max_request_bytes: config.max_request_bytes,
+        max_batch_request_bytes: config.max_batch_request_bytes,
+        timeout: Duration::from_millis(config.request_body_timeout_ms),
+        budget,
+    };
+    let stack = ServiceBuilder::new()
+        // Outermost, so that refused and shed calls are counted and traced too.
+        .layer(ObserveLayer::new(metrics))
+        // Before anything is taken for the call: its slot, its body.
+        .layer(IdentifyLayer::new(identity))
+        .layer(limits)
+        .layer(BodyGuardLayer::new(body_limits))
+        .service(router);
+    let settings = ListenerSettings {
+        max_connections,
+        max_pending: config.max_pending_connections,
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        keepalive_interval: Duration::from_secs(config.http2_keepalive_interval_secs),
+        keepalive_timeout: Duration::from_secs(config.http2_keepalive_timeout_secs),
+        max_streams: config.max_streams_per_connection,
+        max_header_list_bytes: config.max_header_list_bytes,
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+    };
+    let server =
+        tokio::spawn(listener::serve(listener, tls, stack, settings, listener_stats, stopped));
     if config.auth == crate::config::AuthMode::Dev {
         tracing::warn!(
             "dev auth: callers are trusted to name themselves with x-user-id; do not expose this port"
         );
     }
     tracing::info!(%addr, "serving gRPC");
-    Ok(Running { addr, stop, server, worker, feed, metrics_server, metrics_addr, cache, store })
-}
-
-/// The listener's TLS settings, if TLS is configured. Client certificates are optional (end
-/// users connect without one) but, when presented, must be signed by --tls-client-ca.
-fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        return Ok(None);
-    };
-    let read = |path: &std::path::Path, what: &str| {
-        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
-    };
-    let mut tls = ServerTlsConfig::new()
-        .identity(TlsIdentity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?));
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?))
-            .client_auth_optional(true);
-    }
-    Ok(Some(tls))
+    Ok(Running {
+        addr,
+        stop,
+        server,
+        worker,
+        readiness,
+        feed,
+        metrics_server,
+        metrics_addr,
+        cache,
+        store,
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.

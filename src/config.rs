@@ -176,9 +176,79 @@ pub struct Config {
     #[arg(long, env = "ROSTER_MAX_IN_FLIGHT", default_value_t = 1024, global = true)]
     pub max_in_flight: usize,
 
-    /// Longest a call may run, in milliseconds, before it is answered DEADLINE_EXCEEDED.
+    /// Longest a call may run, in milliseconds, before it is answered DEADLINE_EXCEEDED; a
+    /// shorter `grpc-timeout` sent by the client applies instead.
     #[arg(long, env = "ROSTER_REQUEST_TIMEOUT_MS", default_value_t = 10_000, global = true)]
     pub request_timeout_ms: u64,
+
+    /// Longest a request's message may take to arrive after its headers, in milliseconds;
+    /// then the call is answered DEADLINE_EXCEEDED and its buffered bytes are freed.
+    #[arg(long, env = "ROSTER_REQUEST_BODY_TIMEOUT_MS", default_value_t = 5_000, global = true)]
+    pub request_body_timeout_ms: u64,
+
+    /// Largest request message, in bytes, of every method but BatchAuthorize (Authorize has a
+    /// fixed limit of 4 KiB, which its longest valid request fits); a larger one is refused
+    /// with RESOURCE_EXHAUSTED before it is read.
+    #[arg(long, env = "ROSTER_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_request_bytes: usize,
+
+    /// Largest BatchAuthorize request message, in bytes: room for 1,000 checks with the longest
+    /// valid ids.
+    #[arg(
+        long,
+        env = "ROSTER_MAX_BATCH_REQUEST_BYTES",
+        default_value_t = 2 * 1024 * 1024,
+        global = true
+    )]
+    pub max_batch_request_bytes: usize,
+
+    /// Request bytes the whole process may hold at once while messages arrive; a message that
+    /// does not fit is refused with RESOURCE_EXHAUSTED (retry with backoff).
+    #[arg(
+        long,
+        env = "ROSTER_MAX_BUFFERED_REQUEST_BYTES",
+        default_value_t = 32 * 1024 * 1024,
+        global = true
+    )]
+    pub max_buffered_request_bytes: usize,
+
+    /// Most client connections open at once; a connection beyond it is closed as soon as it is
+    /// accepted. Lowered at start to fit the process's file-descriptor limit.
+    #[arg(long, env = "ROSTER_MAX_CONNECTIONS", default_value_t = 4096, global = true)]
+    pub max_connections: usize,
+
+    /// Most connections that have not yet carried a call with a valid credential; a new
+    /// connection beyond it closes the oldest of them, so that silent or unauthenticated peers
+    /// cannot keep callers out.
+    #[arg(long, env = "ROSTER_MAX_PENDING_CONNECTIONS", default_value_t = 256, global = true)]
+    pub max_pending_connections: usize,
+
+    /// Time a new connection has, in milliseconds, to finish its TLS and HTTP/2 handshakes and
+    /// send a call with a valid credential; otherwise it is closed.
+    #[arg(long, env = "ROSTER_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000, global = true)]
+    pub handshake_timeout_ms: u64,
+
+    /// Seconds a connection may stay without a call before it is closed (with an HTTP/2
+    /// GOAWAY, so clients reconnect cleanly).
+    #[arg(long, env = "ROSTER_IDLE_TIMEOUT_SECS", default_value_t = 300, global = true)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds between HTTP/2 pings on a connection that has been quiet, to find dead peers.
+    #[arg(long, env = "ROSTER_HTTP2_KEEPALIVE_INTERVAL_SECS", default_value_t = 30, global = true)]
+    pub http2_keepalive_interval_secs: u64,
+
+    /// Seconds a peer has to answer a ping before its connection is closed.
+    #[arg(long, env = "ROSTER_HTTP2_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10, global = true)]
+    pub http2_keepalive_timeout_secs: u64,
+
+    /// Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "ROSTER_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, global = true)]
+    pub max_streams_per_connection: u32,
+
+    /// Largest block of request headers (metadata), in bytes (HTTP/2
+    /// SETTINGS_MAX_HEADER_LIST_SIZE).
+    #[arg(long, env = "ROSTER_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024, global = true)]
+    pub max_header_list_bytes: u32,
 
     /// Invitations (created or resent) one organization may send at once, before the rate applies.
     #[arg(long, env = "ROSTER_INVITE_BURST", default_value_t = 20, global = true)]
@@ -222,6 +292,33 @@ impl Config {
         }
         if self.max_in_flight == 0 || self.request_timeout_ms == 0 {
             anyhow::bail!("--max-in-flight and --request-timeout-ms must be positive");
+        }
+        for (flag, value) in [
+            ("--request-body-timeout-ms", self.request_body_timeout_ms),
+            ("--handshake-timeout-ms", self.handshake_timeout_ms),
+            ("--idle-timeout-secs", self.idle_timeout_secs),
+            ("--http2-keepalive-interval-secs", self.http2_keepalive_interval_secs),
+            ("--http2-keepalive-timeout-secs", self.http2_keepalive_timeout_secs),
+            ("--max-streams-per-connection", u64::from(self.max_streams_per_connection)),
+            ("--max-connections", self.max_connections as u64),
+            ("--max-pending-connections", self.max_pending_connections as u64),
+        ] {
+            if value == 0 {
+                anyhow::bail!("{flag} must be positive");
+            }
+        }
+        if self.max_request_bytes < 1024 || self.max_batch_request_bytes < self.max_request_bytes {
+            anyhow::bail!(
+                "--max-request-bytes must be at least 1024 and --max-batch-request-bytes at least as large"
+            );
+        }
+        if self.max_buffered_request_bytes < self.max_batch_request_bytes {
+            anyhow::bail!(
+                "--max-buffered-request-bytes must hold at least one message of --max-batch-request-bytes"
+            );
+        }
+        if self.max_header_list_bytes < 1024 {
+            anyhow::bail!("--max-header-list-bytes must be at least 1024");
         }
         if self.invite_burst == 0 || self.invite_rate_per_hour == 0 {
             anyhow::bail!("--invite-burst and --invite-rate-per-hour must be positive");

@@ -138,6 +138,9 @@ impl Metrics {
                     None
                 }
             },
+            connections: sources.edge.listener.snapshot(),
+            buffered_request_bytes: sources.edge.budget.held(),
+            shed: sources.edge.shed.load(std::sync::atomic::Ordering::Relaxed),
         };
         let mut text = String::new();
         let encoded = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
@@ -161,6 +164,19 @@ pub struct Sources {
     pub store: Store,
     /// The authorization index, for its counters.
     pub cache: Arc<AuthzCache>,
+    /// The server's edge: connections, request bytes, shed calls.
+    pub edge: EdgeSources,
+}
+
+/// The counters of the server's edge, read at scrape time.
+#[derive(Clone)]
+pub struct EdgeSources {
+    /// The listener's connection counters.
+    pub listener: Arc<crate::grpc::listener::ListenerStats>,
+    /// Request bytes held while messages arrive.
+    pub budget: Arc<crate::grpc::body::ByteBudget>,
+    /// Calls shed at the in-flight limit.
+    pub shed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Values read for one scrape.
@@ -169,6 +185,9 @@ struct Snapshot {
     cache: crate::storage::snapshot::CacheStats,
     pool: crate::storage::PoolUse,
     outbox: Option<Vec<(&'static str, i64)>>,
+    connections: crate::grpc::listener::ListenerSnapshot,
+    buffered_request_bytes: usize,
+    shed: u64,
 }
 
 /// Encodes one value read at scrape time as a metric of its own.
@@ -231,6 +250,62 @@ impl prometheus_client::collector::Collector for Snapshot {
             "db_pool_connections_max",
             "The most connections the pool opens",
             ConstGauge::new(i64::from(pool.max)),
+        )?;
+        let connections = &self.connections;
+        let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        encode_one(
+            &mut encoder,
+            "connections_open",
+            "Client connections open on the gRPC port",
+            gauge(connections.open),
+        )?;
+        encode_one(
+            &mut encoder,
+            "connections_pending",
+            "Open connections that have not yet carried a call with a valid credential",
+            gauge(connections.pending),
+        )?;
+        encode_one(
+            &mut encoder,
+            "connections_max",
+            "The most client connections that may be open (--max-connections, within the file-descriptor limit)",
+            gauge(connections.capacity),
+        )?;
+        encode_one(
+            &mut encoder,
+            "connections_refused",
+            "Connections closed at accept because --max-connections were open",
+            ConstCounter::new(connections.refused),
+        )?;
+        encode_one(
+            &mut encoder,
+            "connections_evicted",
+            "Pending connections closed to make room for a new one (--max-pending-connections)",
+            ConstCounter::new(connections.evicted),
+        )?;
+        encode_one(
+            &mut encoder,
+            "connections_timed_out",
+            "Connections closed by the handshake or idle timeout",
+            ConstCounter::new(connections.timed_out),
+        )?;
+        encode_one(
+            &mut encoder,
+            "accept_errors",
+            "Accepts that failed for lack of resources (file descriptors, memory)",
+            ConstCounter::new(connections.accept_errors),
+        )?;
+        encode_one(
+            &mut encoder,
+            "request_bytes_buffered",
+            "Bytes of request messages held while they arrive (bounded by --max-buffered-request-bytes)",
+            gauge(self.buffered_request_bytes),
+        )?;
+        encode_one(
+            &mut encoder,
+            "calls_shed",
+            "Calls refused at the in-flight limit (--max-in-flight)",
+            ConstCounter::new(self.shed),
         )?;
         if let Some(outbox) = &self.outbox {
             let mut family = encoder.encode_descriptor(

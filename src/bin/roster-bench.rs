@@ -1,7 +1,12 @@
 //! Load benchmark for Authorize. Seeds a data set of a chosen size, starts the `roster` binary on
-//! it, drives a closed-loop load of Health/Check (the floor), an Authorize mix (about 90 %
-//! allowed) and BatchAuthorize of 100 checks, and prints throughput, latency percentiles, the
-//! ratios the targets are judged by, and the server's resident memory.
+//! it, drives a closed-loop load of Health/Check, an Authorize mix (about 90 % allowed) and
+//! BatchAuthorize of 100 checks, and prints throughput, latency percentiles, the ratios the
+//! targets are judged by, and the server's resident memory.
+//!
+//! The floor is the same Authorize mix sent to a plain tonic server that this program starts
+//! (`--serve-floor`, on the same CPU and with the same HTTP/2 settings and allocator), whose
+//! Authorize decodes the request and answers at once: Authorize / floor is what Roster's own
+//! work costs on top of gRPC itself.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +27,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
+
+// The server allocates with mimalloc; so does the floor server this binary runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendKind {
@@ -91,6 +100,10 @@ struct Args {
     /// Folder for the SQLite file and server log (a temporary one by default).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Serve the floor on this address instead of benchmarking (started by the benchmark
+    /// itself).
+    #[arg(long, hide = true)]
+    serve_floor: Option<std::net::SocketAddr>,
 }
 
 /// How large a data set is.
@@ -270,6 +283,8 @@ enum Phase {
     Health,
     Authorize,
     Batch,
+    /// Authorize sent to the floor server.
+    Floor,
 }
 
 impl Phase {
@@ -278,6 +293,7 @@ impl Phase {
             Phase::Health => "health",
             Phase::Authorize => "authorize",
             Phase::Batch => "batch(100)",
+            Phase::Floor => "floor",
         }
     }
 }
@@ -422,15 +438,17 @@ async fn drive(
                     Phase::Health => {
                         health.check(HealthCheckRequest { service: String::new() }).await.is_ok()
                     }
-                    Phase::Authorize => match access
+                    Phase::Authorize | Phase::Floor => match access
                         .authorize(pools.checks[rng.random_range(0..pools.checks.len())].clone())
                         .await
                     {
-                        Ok(r) => {
+                        // The floor decides nothing.
+                        Ok(r) if matches!(phase, Phase::Authorize) => {
                             decisions += 1;
                             allowed += usize::from(r.into_inner().allowed);
                             true
                         }
+                        Ok(_) => true,
                         Err(_) => false,
                     },
                     Phase::Batch => {
@@ -598,14 +616,130 @@ fn start_server(
         .context("starting the server (with taskset, from util-linux, for --pin)")
 }
 
+/// AccessService answering every Authorize at once with an empty decision: the work of gRPC
+/// alone, for the floor.
+struct FloorService;
+
+#[tonic::async_trait]
+impl pb::access_service_server::AccessService for FloorService {
+    async fn authorize(
+        &self,
+        _request: tonic::Request<pb::AuthorizeRequest>,
+    ) -> Result<tonic::Response<pb::AuthorizeResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::AuthorizeResponse::default()))
+    }
+
+    async fn batch_authorize(
+        &self,
+        _request: tonic::Request<roster::grpc::batch::BatchChecks>,
+    ) -> Result<tonic::Response<pb::BatchAuthorizeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the floor serves Authorize only"))
+    }
+
+    async fn list_permissions(
+        &self,
+        _request: tonic::Request<pb::ListPermissionsRequest>,
+    ) -> Result<tonic::Response<pb::ListPermissionsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the floor serves Authorize only"))
+    }
+
+    async fn list_granted_permissions(
+        &self,
+        _request: tonic::Request<pb::ListGrantedPermissionsRequest>,
+    ) -> Result<tonic::Response<pb::ListGrantedPermissionsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the floor serves Authorize only"))
+    }
+
+    async fn list_accessible_workspaces(
+        &self,
+        _request: tonic::Request<pb::ListAccessibleWorkspacesRequest>,
+    ) -> Result<tonic::Response<pb::ListAccessibleWorkspacesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the floor serves Authorize only"))
+    }
+}
+
+/// Serves the floor until killed, with the HTTP/2 settings Roster's listener uses by default.
+async fn serve_floor(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let defaults = roster::config::Config::defaults();
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(defaults.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(defaults.http2_keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(defaults.http2_keepalive_timeout_secs)))
+        .http2_max_header_list_size(defaults.max_header_list_bytes)
+        .add_service(pb::access_service_server::AccessServiceServer::new(FloorService))
+        .serve(addr)
+        .await
+        .context("serving the floor")
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(addr) = args.serve_floor {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve_floor(addr));
+    }
     // Pinned before the runtime starts, so that it sizes its worker pool to the one CPU it has
     // (as it would under a container's CPU limit) instead of two threads taking turns on it.
     if args.pin {
         pin_self(0)?;
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}
+
+/// The floor server and the connections to it.
+struct Floor {
+    server: Child,
+    channels: Vec<Channel>,
+    total: Option<Outcome>,
+}
+
+impl Floor {
+    async fn start(args: &Args) -> anyhow::Result<Self> {
+        let addr = format!(
+            "127.0.0.1:{}",
+            std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+        );
+        let binary = std::env::current_exe()?;
+        let mut command = if args.pin {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["--cpu-list", "1"]).arg(binary);
+            taskset
+        } else {
+            Command::new(binary)
+        };
+        let mut server = command
+            .args(["--serve-floor", &addr])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the floor server")?;
+        let endpoint = format!("http://{addr}");
+        let mut channels = Vec::new();
+        for _ in 0..100 {
+            if let Ok(channel) = Channel::from_shared(endpoint.clone())?.connect().await {
+                channels.push(channel);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if channels.is_empty() {
+            let _ = server.kill();
+            bail!("the floor server did not start");
+        }
+        for _ in 1..args.connections.max(1) {
+            channels.push(Channel::from_shared(endpoint.clone())?.connect().await?);
+        }
+        Ok(Floor { server, channels, total: None })
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
 }
 
 /// A seeded database and the server started on it.
@@ -733,7 +867,7 @@ impl Target {
 
     /// Prints the figures of all rounds and the ratios the targets are judged by, then stops
     /// the server.
-    fn report(&mut self, rounds: usize) -> anyhow::Result<()> {
+    fn report(&mut self, rounds: usize, floor: &Outcome) -> anyhow::Result<()> {
         let [Some(health), Some(authorize), Some(batch)] = &self.totals else {
             bail!("no phase ran");
         };
@@ -743,6 +877,12 @@ impl Target {
                 outcome.print(phase.name());
             }
         }
+        println!(
+            "ratio authorize/floor throughput:  {:.2} (target >= 0.85, goal 0.90); server CPU per request {:.1} µs against {:.1} µs",
+            authorize.rps() / floor.rps(),
+            authorize.cpu_per_request_us(),
+            floor.cpu_per_request_us(),
+        );
         println!(
             "ratio authorize/health throughput: {:.2} (target >= 0.85)",
             authorize.rps() / health.rps()
@@ -815,6 +955,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     targets.push(Target::start(&args, shape, dir, "roster_bench").await?);
+    let mut floor = Floor::start(&args).await?;
     println!(
         "load: {} callers over {} HTTP/2 connections, {} s per phase after {} s warm-up, {} grant writes/s{}",
         args.concurrency,
@@ -832,6 +973,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let warmup = Duration::from_secs(args.warmup_secs);
     let labelled = targets.len() > 1;
     for round in 1..=args.rounds.max(1) {
+        let floor_pools = &targets[0].pools;
+        if round == 1 && !warmup.is_zero() {
+            drive(Phase::Floor, &floor.channels, floor_pools, &args, warmup).await;
+        }
+        let cpu_before = server_cpu(floor.server.id());
+        let mut outcome = drive(Phase::Floor, &floor.channels, floor_pools, &args, measure).await;
+        outcome.server_cpu = server_cpu(floor.server.id()).saturating_sub(cpu_before);
+        if args.rounds > 1 {
+            print!("round {round:<3} ");
+        }
+        if labelled {
+            print!("{:>17}  ", "");
+        }
+        outcome.print(Phase::Floor.name());
+        floor.total = Some(match floor.total.take() {
+            Some(sum) => sum.merge(outcome),
+            None => outcome,
+        });
         for target in &mut targets {
             let name = target.name();
             for (phase, total) in PHASES.into_iter().zip(&mut target.totals) {
@@ -873,11 +1032,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    let Some(floor_total) = floor.total.take() else { bail!("the floor phase did not run") };
+    if args.rounds > 1 {
+        println!("all rounds:");
+        floor_total.print(Phase::Floor.name());
+    }
     for target in &mut targets {
         if labelled {
             println!("== {}", target.name());
         }
-        target.report(args.rounds)?;
+        target.report(args.rounds, &floor_total)?;
     }
     if let [small, large] = &targets[..]
         && let ([_, Some(small_authorize), Some(small_batch)], [_, Some(authorize), Some(batch)]) =

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{Identity, ServiceCaller};
 use super::batch::{BatchChecks, CheckFields};
 use super::convert;
+use super::identify;
 use crate::domain::ids::IdError;
 use crate::domain::{OrganizationId, Permission, Scope, UserIdRef, WorkspaceId};
 use crate::error::{Error, Violations};
@@ -18,24 +18,16 @@ use crate::service::{Services, page};
 /// Most checks one BatchAuthorize may carry.
 pub const MAX_BATCH_CHECKS: usize = 1000;
 
-/// Serves AccessService.
+/// Serves AccessService; callers are identified before a handler runs (see [`identify`]).
 pub struct AccessApi {
     services: Services,
-    identity: Arc<Identity>,
     metrics: Arc<Metrics>,
 }
 
 impl AccessApi {
-    /// A handler set over the use-cases, identifying callers with `identity` and counting
-    /// decisions in `metrics`.
-    pub fn new(services: Services, identity: Arc<Identity>, metrics: Arc<Metrics>) -> Self {
-        Self { services, identity, metrics }
-    }
-
-    fn caller<T>(&self, request: &Request<T>) -> Result<ServiceCaller, Status> {
-        Ok(self
-            .identity
-            .service(request.metadata(), super::tls::has_client_certificate(request))?)
+    /// A handler set over the use-cases, counting decisions in `metrics`.
+    pub fn new(services: Services, metrics: Arc<Metrics>) -> Self {
+        Self { services, metrics }
     }
 }
 
@@ -108,9 +100,9 @@ fn parse_quickly(req: CheckFields<'_>) -> Option<Check<'_>> {
 impl AccessService for AccessApi {
     async fn authorize(
         &self,
-        request: Request<pb::AuthorizeRequest>,
+        mut request: Request<pb::AuthorizeRequest>,
     ) -> Reply<pb::AuthorizeResponse> {
-        let caller = self.caller(&request)?;
+        identify::service(&mut request)?;
         let req = request.into_inner();
         let fields = CheckFields::from(&req);
         let check = match parse_quickly(fields) {
@@ -124,7 +116,6 @@ impl AccessService for AccessApi {
             }
         };
         let span = tracing::Span::current();
-        span.record("caller", tracing::field::display(&caller.0));
         span.record("organization_id", tracing::field::display(check.organization_id));
         let decision = self.services.authorize(&check).await?;
         self.metrics.record_decision(check.permission, decision.allowed);
@@ -134,9 +125,9 @@ impl AccessService for AccessApi {
 
     async fn batch_authorize(
         &self,
-        request: Request<BatchChecks>,
+        mut request: Request<BatchChecks>,
     ) -> Reply<pb::BatchAuthorizeResponse> {
-        let caller = self.caller(&request)?;
+        identify::service(&mut request)?;
         let req = request.into_inner();
         if req.is_empty() {
             return Err(Error::invalid("checks", "must hold at least one check").into());
@@ -166,7 +157,6 @@ impl AccessService for AccessApi {
             check.fresh = fresh;
         }
         let span = tracing::Span::current();
-        span.record("caller", tracing::field::display(&caller.0));
         let decisions = self.services.batch_authorize(&checks).await?;
         let mut allowed = 0;
         for (check, decision) in checks.iter().zip(&decisions) {
@@ -184,9 +174,9 @@ impl AccessService for AccessApi {
 
     async fn list_permissions(
         &self,
-        request: Request<pb::ListPermissionsRequest>,
+        mut request: Request<pb::ListPermissionsRequest>,
     ) -> Reply<pb::ListPermissionsResponse> {
-        self.caller(&request)?;
+        identify::service(&mut request)?;
         Ok(Response::new(pb::ListPermissionsResponse {
             permissions: Permission::ALL.iter().copied().map(convert::permission).collect(),
         }))
@@ -194,9 +184,9 @@ impl AccessService for AccessApi {
 
     async fn list_granted_permissions(
         &self,
-        request: Request<pb::ListGrantedPermissionsRequest>,
+        mut request: Request<pb::ListGrantedPermissionsRequest>,
     ) -> Reply<pb::ListGrantedPermissionsResponse> {
-        self.caller(&request)?;
+        identify::service(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let user = convert::user_id(&mut v, "user_id", &req.user_id);
@@ -214,9 +204,9 @@ impl AccessService for AccessApi {
 
     async fn list_accessible_workspaces(
         &self,
-        request: Request<pb::ListAccessibleWorkspacesRequest>,
+        mut request: Request<pb::ListAccessibleWorkspacesRequest>,
     ) -> Reply<pb::ListAccessibleWorkspacesResponse> {
-        self.caller(&request)?;
+        identify::service(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let user = convert::user_id(&mut v, "user_id", &req.user_id);

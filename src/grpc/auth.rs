@@ -8,13 +8,17 @@
 //!
 //! No credential, or one that does not verify, is UNAUTHENTICATED; a good credential of the wrong
 //! kind (a user token on AccessService, a service token on TeamService) is PERMISSION_DENIED.
+//!
+//! These checks read only a call's headers; [`super::identify`] runs them before the call's body
+//! is read or any shared resource is taken.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tonic::metadata::MetadataMap;
+use tonic::codegen::http::HeaderMap;
 
 use super::jwt::{JwtVerifier, KeySource};
 use crate::config::{AuthMode, Config};
@@ -30,7 +34,7 @@ pub const USER_EMAIL_HEADER: &str = "x-user-email";
 /// The named hashes of the service tokens allowed to call AccessService.
 #[derive(Default)]
 pub struct ServiceTokens {
-    entries: Vec<(String, [u8; 32])>,
+    entries: Vec<(ServiceCaller, [u8; 32])>,
 }
 
 impl ServiceTokens {
@@ -50,7 +54,7 @@ impl ServiceTokens {
             let hash = decode_hex(hex).with_context(|| {
                 format!("line {}: the hash must be 64 hexadecimal characters", number + 1)
             })?;
-            entries.push((name.to_owned(), hash));
+            entries.push((ServiceCaller(name.into()), hash));
         }
         Ok(Self { entries })
     }
@@ -64,12 +68,12 @@ impl ServiceTokens {
 
     /// The name of the service a token belongs to. Every entry is compared, in constant time, so
     /// timing tells nothing about which entry, if any, was close.
-    pub fn identify(&self, token: &str) -> Option<&str> {
+    pub fn identify(&self, token: &str) -> Option<&ServiceCaller> {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for (name, hash) in &self.entries {
             if bool::from(presented.ct_eq(hash)) {
-                found = Some(name.as_str());
+                found = Some(name);
             }
         }
         found
@@ -122,9 +126,28 @@ pub struct Identity {
     client_certificates: bool,
 }
 
-/// How an AccessService caller proved itself.
-#[derive(Debug, Clone)]
-pub struct ServiceCaller(pub String);
+/// The internal service calling AccessService: the name its token is listed under, or how it
+/// proved itself otherwise. Shared, so that naming the caller of each call copies nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCaller(pub Arc<str>);
+
+impl std::fmt::Display for ServiceCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Every call in dev mode.
+fn dev_service() -> ServiceCaller {
+    static DEV: std::sync::OnceLock<ServiceCaller> = std::sync::OnceLock::new();
+    DEV.get_or_init(|| ServiceCaller("dev".into())).clone()
+}
+
+/// A caller that presented a client certificate.
+fn certificate_service() -> ServiceCaller {
+    static CERTIFICATE: std::sync::OnceLock<ServiceCaller> = std::sync::OnceLock::new();
+    CERTIFICATE.get_or_init(|| ServiceCaller("tls-client-certificate".into())).clone()
+}
 
 impl Identity {
     /// Builds the identity checks from configuration, loading keys and token hashes.
@@ -179,7 +202,7 @@ impl Identity {
     }
 
     /// The end user a TeamService call acts for.
-    pub fn actor(&self, metadata: &MetadataMap) -> Result<Actor, Error> {
+    pub fn actor(&self, metadata: &HeaderMap) -> Result<Actor, Error> {
         match &self.users {
             UserAuth::Dev => dev_actor(metadata),
             UserAuth::Jwt(verifier) => {
@@ -206,19 +229,19 @@ impl Identity {
     /// layer verified a client certificate for this connection.
     pub fn service(
         &self,
-        metadata: &MetadataMap,
+        metadata: &HeaderMap,
         client_certificate: bool,
     ) -> Result<ServiceCaller, Error> {
         let verifier = match &self.users {
-            UserAuth::Dev => return Ok(ServiceCaller("dev".to_owned())),
+            UserAuth::Dev => return Ok(dev_service()),
             UserAuth::Jwt(verifier) => verifier,
         };
         if self.client_certificates && client_certificate {
-            return Ok(ServiceCaller("tls-client-certificate".to_owned()));
+            return Ok(certificate_service());
         }
         let token = bearer(metadata)?;
         if let Some(name) = self.services.identify(token) {
-            return Ok(ServiceCaller(name.to_owned()));
+            return Ok(name.clone());
         }
         if verifier.verify(token).is_ok() {
             return Err(Error::PermissionDenied(
@@ -229,7 +252,7 @@ impl Identity {
     }
 }
 
-fn bearer(metadata: &MetadataMap) -> Result<&str, Error> {
+fn bearer(metadata: &HeaderMap) -> Result<&str, Error> {
     let Some(value) = metadata.get("authorization") else {
         return Err(Error::Unauthenticated(
             "no credentials: send authorization: Bearer <token>".to_owned(),
@@ -251,7 +274,7 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, Error> {
 }
 
 /// Reads the actor from dev-mode metadata.
-fn dev_actor(metadata: &MetadataMap) -> Result<Actor, Error> {
+fn dev_actor(metadata: &HeaderMap) -> Result<Actor, Error> {
     let Some(raw) = metadata.get(USER_ID_HEADER) else {
         return Err(Error::Unauthenticated(format!(
             "no caller identity: send the {USER_ID_HEADER} metadata"
@@ -287,7 +310,7 @@ mod tests {
         let file = format!("# services\n\n{line}\nother {}\n", "0".repeat(64));
         let tokens = ServiceTokens::parse(&file).unwrap();
         assert_eq!(tokens.len(), 2);
-        assert_eq!(tokens.identify(&token), Some("billing-api"));
+        assert_eq!(tokens.identify(&token).map(|c| &*c.0), Some("billing-api"));
         assert_eq!(tokens.identify("rst_guess"), None);
         assert!(!file.contains(&token), "the file holds only the hash");
     }

@@ -1,8 +1,13 @@
 //! Overload protection for the whole server: a cap on calls in flight that sheds the excess at
 //! once with RESOURCE_EXHAUSTED (never a queue that hangs), and a deadline per call that answers
-//! DEADLINE_EXCEEDED. Health and reflection are exempt, so probes keep answering under load.
+//! DEADLINE_EXCEEDED: the server's, or the client's `grpc-timeout` when that is sooner. Health
+//! and reflection are exempt, so probes keep answering under load.
+//!
+//! Calls reach this layer only once their credential has been checked (see
+//! [`super::identify`]), so a slot is never taken by a caller who could not be identified.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,12 +22,27 @@ use tower::{Layer, Service};
 pub struct LimitLayer {
     permits: Arc<Semaphore>,
     timeout: Duration,
+    shed: Arc<AtomicU64>,
 }
 
 impl LimitLayer {
     /// At most `max_in_flight` calls at once, each cut off after `timeout`.
     pub fn new(max_in_flight: usize, timeout: Duration) -> Self {
-        Self { permits: Arc::new(Semaphore::new(max_in_flight)), timeout }
+        Self {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            timeout,
+            shed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Calls shed so far, for readiness and metrics.
+    pub fn shed_counter(&self) -> Arc<AtomicU64> {
+        self.shed.clone()
+    }
+
+    /// Slots free now, for readiness.
+    pub fn free_slots(&self) -> usize {
+        self.permits.available_permits()
     }
 }
 
@@ -30,7 +50,12 @@ impl<S> Layer<S> for LimitLayer {
     type Service = Limit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Limit { inner, permits: self.permits.clone(), timeout: self.timeout }
+        Limit {
+            inner,
+            permits: self.permits.clone(),
+            timeout: self.timeout,
+            shed: self.shed.clone(),
+        }
     }
 }
 
@@ -40,6 +65,7 @@ pub struct Limit<S> {
     inner: S,
     permits: Arc<Semaphore>,
     timeout: Duration,
+    shed: Arc<AtomicU64>,
 }
 
 fn exempt(path: &str) -> bool {
@@ -67,13 +93,17 @@ where
             return Box::pin(inner.call(request));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.shed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(path = request.uri().path(), "shedding a call: too many in flight");
             let status = Status::resource_exhausted(
                 "the server is at its limit of calls in flight; retry with backoff",
             );
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        let timeout = self.timeout;
+        let timeout = match client_timeout(request.headers()) {
+            Some(client) if client < self.timeout => client,
+            _ => self.timeout,
+        };
         Box::pin(async move {
             let _permit = permit;
             match tokio::time::timeout(timeout, inner.call(request)).await {
@@ -85,5 +115,50 @@ where
                 .into_http()),
             }
         })
+    }
+}
+
+/// The deadline a client sent in `grpc-timeout`: up to eight digits and a unit (H, M, S, m, u,
+/// n). A malformed value is ignored, leaving the server's own deadline.
+fn client_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        client_timeout(&headers)
+    }
+
+    #[test]
+    fn client_timeouts_are_read_in_every_unit_and_malformed_ones_ignored() {
+        assert_eq!(timeout_of("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout_of("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout_of("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(timeout_of("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "S", "123456789S", "10s", "-1S", "1.5S", "10"] {
+            assert_eq!(timeout_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(client_timeout(&http::HeaderMap::new()), None);
     }
 }

@@ -3,11 +3,16 @@
 pub mod access;
 pub mod auth;
 pub mod batch;
+pub mod body;
 pub mod codec;
 pub mod convert;
+pub mod identify;
 pub mod jwt;
 pub mod limits;
+pub mod listener;
 pub mod observe;
+pub mod readiness;
+pub mod router;
 pub mod socket;
 pub mod status;
 pub mod team;

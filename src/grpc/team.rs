@@ -2,10 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
-use std::sync::Arc;
-
-use super::auth::Identity;
 use super::convert;
+use super::identify;
 use crate::domain::{DisplayName, Email, InvitationTtl};
 use crate::error::{Error, Violations};
 use crate::pb::{self, team_service_server::TeamService};
@@ -13,16 +11,15 @@ use crate::service::Services;
 use crate::service::page;
 use crate::service::team::{NewInvitation, OrganizationChanges};
 
-/// Serves TeamService.
+/// Serves TeamService; callers are identified before a handler runs (see [`identify`]).
 pub struct TeamApi {
     services: Services,
-    identity: Arc<Identity>,
 }
 
 impl TeamApi {
-    /// A handler set over the use-cases, identifying callers with `identity`.
-    pub fn new(services: Services, identity: Arc<Identity>) -> Self {
-        Self { services, identity }
+    /// A handler set over the use-cases.
+    pub fn new(services: Services) -> Self {
+        Self { services }
     }
 }
 
@@ -37,9 +34,9 @@ type Reply<T> = Result<Response<T>, Status>;
 impl TeamService for TeamApi {
     async fn create_organization(
         &self,
-        request: Request<pb::CreateOrganizationRequest>,
+        mut request: Request<pb::CreateOrganizationRequest>,
     ) -> Reply<pb::CreateOrganizationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(name) = v.check("display_name", DisplayName::parse(&req.display_name)) else {
@@ -54,9 +51,9 @@ impl TeamService for TeamApi {
 
     async fn get_organization(
         &self,
-        request: Request<pb::GetOrganizationRequest>,
+        mut request: Request<pb::GetOrganizationRequest>,
     ) -> Reply<pb::GetOrganizationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let org = convert::sole_organization_id(&request.into_inner().organization_id)?;
         let org = self.services.get_organization(&actor, org).await?;
         Ok(Response::new(pb::GetOrganizationResponse {
@@ -66,9 +63,9 @@ impl TeamService for TeamApi {
 
     async fn list_organizations(
         &self,
-        request: Request<pb::ListOrganizationsRequest>,
+        mut request: Request<pb::ListOrganizationsRequest>,
     ) -> Reply<pb::ListOrganizationsResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let page = page::parse("organizations", req.page_size, &req.page_token)?;
         let (orgs, next_page_token) = self.services.list_organizations(&actor, page).await?;
@@ -80,9 +77,9 @@ impl TeamService for TeamApi {
 
     async fn update_organization(
         &self,
-        request: Request<pb::UpdateOrganizationRequest>,
+        mut request: Request<pb::UpdateOrganizationRequest>,
     ) -> Reply<pb::UpdateOrganizationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(body) = req.organization else {
@@ -142,9 +139,9 @@ impl TeamService for TeamApi {
 
     async fn delete_organization(
         &self,
-        request: Request<pb::DeleteOrganizationRequest>,
+        mut request: Request<pb::DeleteOrganizationRequest>,
     ) -> Reply<pb::DeleteOrganizationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let org = convert::sole_organization_id(&request.into_inner().organization_id)?;
         self.services.delete_organization(&actor, org).await?;
         Ok(Response::new(pb::DeleteOrganizationResponse {
@@ -154,9 +151,9 @@ impl TeamService for TeamApi {
 
     async fn list_members(
         &self,
-        request: Request<pb::ListMembersRequest>,
+        mut request: Request<pb::ListMembersRequest>,
     ) -> Reply<pb::ListMembersResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -171,9 +168,9 @@ impl TeamService for TeamApi {
 
     async fn get_member(
         &self,
-        request: Request<pb::GetMemberRequest>,
+        mut request: Request<pb::GetMemberRequest>,
     ) -> Reply<pb::GetMemberResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -185,9 +182,9 @@ impl TeamService for TeamApi {
 
     async fn update_member_role(
         &self,
-        request: Request<pb::UpdateMemberRoleRequest>,
+        mut request: Request<pb::UpdateMemberRoleRequest>,
     ) -> Reply<pb::UpdateMemberRoleResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -205,9 +202,9 @@ impl TeamService for TeamApi {
 
     async fn remove_member(
         &self,
-        request: Request<pb::RemoveMemberRequest>,
+        mut request: Request<pb::RemoveMemberRequest>,
     ) -> Reply<pb::RemoveMemberResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -221,9 +218,9 @@ impl TeamService for TeamApi {
 
     async fn leave_organization(
         &self,
-        request: Request<pb::LeaveOrganizationRequest>,
+        mut request: Request<pb::LeaveOrganizationRequest>,
     ) -> Reply<pb::LeaveOrganizationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let org = convert::sole_organization_id(&request.into_inner().organization_id)?;
         self.services.leave_organization(&actor, org).await?;
         Ok(Response::new(pb::LeaveOrganizationResponse {
@@ -233,9 +230,9 @@ impl TeamService for TeamApi {
 
     async fn transfer_ownership(
         &self,
-        request: Request<pb::TransferOwnershipRequest>,
+        mut request: Request<pb::TransferOwnershipRequest>,
     ) -> Reply<pb::TransferOwnershipResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -251,9 +248,9 @@ impl TeamService for TeamApi {
 
     async fn create_workspace(
         &self,
-        request: Request<pb::CreateWorkspaceRequest>,
+        mut request: Request<pb::CreateWorkspaceRequest>,
     ) -> Reply<pb::CreateWorkspaceResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -268,9 +265,9 @@ impl TeamService for TeamApi {
 
     async fn get_workspace(
         &self,
-        request: Request<pb::GetWorkspaceRequest>,
+        mut request: Request<pb::GetWorkspaceRequest>,
     ) -> Reply<pb::GetWorkspaceResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -282,9 +279,9 @@ impl TeamService for TeamApi {
 
     async fn list_workspaces(
         &self,
-        request: Request<pb::ListWorkspacesRequest>,
+        mut request: Request<pb::ListWorkspacesRequest>,
     ) -> Reply<pb::ListWorkspacesResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -299,9 +296,9 @@ impl TeamService for TeamApi {
 
     async fn update_workspace(
         &self,
-        request: Request<pb::UpdateWorkspaceRequest>,
+        mut request: Request<pb::UpdateWorkspaceRequest>,
     ) -> Reply<pb::UpdateWorkspaceResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -319,9 +316,9 @@ impl TeamService for TeamApi {
 
     async fn delete_workspace(
         &self,
-        request: Request<pb::DeleteWorkspaceRequest>,
+        mut request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Reply<pb::DeleteWorkspaceResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -335,9 +332,9 @@ impl TeamService for TeamApi {
 
     async fn set_workspace_access(
         &self,
-        request: Request<pb::SetWorkspaceAccessRequest>,
+        mut request: Request<pb::SetWorkspaceAccessRequest>,
     ) -> Reply<pb::SetWorkspaceAccessResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -356,9 +353,9 @@ impl TeamService for TeamApi {
 
     async fn list_workspace_access(
         &self,
-        request: Request<pb::ListWorkspaceAccessRequest>,
+        mut request: Request<pb::ListWorkspaceAccessRequest>,
     ) -> Reply<pb::ListWorkspaceAccessResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -382,9 +379,9 @@ impl TeamService for TeamApi {
 
     async fn create_invitation(
         &self,
-        request: Request<pb::CreateInvitationRequest>,
+        mut request: Request<pb::CreateInvitationRequest>,
     ) -> Reply<pb::CreateInvitationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -431,9 +428,9 @@ impl TeamService for TeamApi {
 
     async fn list_invitations(
         &self,
-        request: Request<pb::ListInvitationsRequest>,
+        mut request: Request<pb::ListInvitationsRequest>,
     ) -> Reply<pb::ListInvitationsResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -452,9 +449,9 @@ impl TeamService for TeamApi {
 
     async fn resend_invitation(
         &self,
-        request: Request<pb::ResendInvitationRequest>,
+        mut request: Request<pb::ResendInvitationRequest>,
     ) -> Reply<pb::ResendInvitationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -469,9 +466,9 @@ impl TeamService for TeamApi {
 
     async fn revoke_invitation(
         &self,
-        request: Request<pb::RevokeInvitationRequest>,
+        mut request: Request<pb::RevokeInvitationRequest>,
     ) -> Reply<pb::RevokeInvitationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
@@ -486,9 +483,9 @@ impl TeamService for TeamApi {
 
     async fn accept_invitation(
         &self,
-        request: Request<pb::AcceptInvitationRequest>,
+        mut request: Request<pb::AcceptInvitationRequest>,
     ) -> Reply<pb::AcceptInvitationResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         if req.token.is_empty() {
             return Err(
@@ -507,9 +504,9 @@ impl TeamService for TeamApi {
 
     async fn list_audit_events(
         &self,
-        request: Request<pb::ListAuditEventsRequest>,
+        mut request: Request<pb::ListAuditEventsRequest>,
     ) -> Reply<pb::ListAuditEventsResponse> {
-        let actor = self.identity.actor(request.metadata())?;
+        let actor = identify::actor(&mut request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);

@@ -161,6 +161,11 @@ impl Store {
         }
     }
 
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(Error::from)
+    }
+
     /// Closes the pool.
     pub async fn close(self) {
         let _ = self.db.close().await;

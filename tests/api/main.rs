@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod auth;
+mod boundary;
 mod faults;
 mod hostile;
 mod invitations;

@@ -11,6 +11,7 @@ use roster::pb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::Code;
+use tonic_health::ServingStatus;
 
 use crate::common::{Backend, User, postgres_admin_url, spawn_app_with, wait_for_sample};
 
@@ -239,6 +240,12 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
     let write = app.try_create_workspace(&owner, &org, "x").await;
     assert_eq!(write.unwrap_err().code(), Code::Unavailable);
     println!("answered UNAVAILABLE for {:?} of outage", down_since.elapsed());
+    // Readiness tells the truth: this replica cannot serve.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel());
+    assert!(
+        health_becomes(&mut health, ServingStatus::NotServing).await,
+        "health reports NOT_SERVING while the database is unreachable"
+    );
 
     proxy.set_up(true);
     let back_since = Instant::now();
@@ -252,9 +259,35 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "calls succeed again once the database is back");
+    assert!(
+        health_becomes(&mut health, ServingStatus::Serving).await,
+        "health reports SERVING again once the database is back"
+    );
     println!("recovered {:?} after the database came back", back_since.elapsed());
     app.create_workspace(&owner, &org, "after").await;
     app.stop().await;
+}
+
+/// Whether the server's own health (and AccessService's) reaches `status` within 10 s.
+async fn health_becomes(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    status: ServingStatus,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut all = true;
+        for service in ["", "roster.v1.AccessService"] {
+            let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
+            let answer = health.check(request).await.expect("health answers");
+            let wanted = tonic_health::pb::health_check_response::ServingStatus::from(status);
+            all &= answer.into_inner().status == wanted as i32;
+        }
+        if all {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// A TCP proxy that can drop all its connections and refuse new ones.

@@ -2,6 +2,7 @@
 //! (a SQLite file or a fresh PostgreSQL database) and a real SMTP sink, and hands out typed
 //! clients and fixtures named by role.
 
+pub mod attack;
 pub mod otlp;
 pub mod process;
 pub mod smtp;

@@ -46,9 +46,37 @@ impl Server {
         rust_log: Option<&str>,
         env: &[(&str, &str)],
     ) -> Server {
+        Self::start_limited(database_url, smtp_port, log, extra, rust_log, env, None).await
+    }
+
+    /// Starts the binary as [`Server::start_with_env`] does, with its file-descriptor limit
+    /// (soft and hard) set to `open_files` when given.
+    pub async fn start_limited(
+        database_url: &str,
+        smtp_port: u16,
+        log: &std::path::Path,
+        extra: &[&str],
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_roster"));
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: between fork and exec the closure only calls setrlimit, which is
+            // async-signal-safe, on a struct it owns.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         match rust_log {
             Some(filter) => command.env("RUST_LOG", filter),
             None => command.env_remove("RUST_LOG"),
@@ -112,6 +140,11 @@ impl Server {
 }
 
 impl Server {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// An AccessService client.
     pub async fn access(&self) -> AccessServiceClient<Channel> {
         AccessServiceClient::new(

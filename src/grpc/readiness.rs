@@ -1,0 +1,88 @@
+//! What the health service reports: SERVING only while the server can answer. Checked every
+//! second; a change is logged with its reason.
+//!
+//! The server cannot serve when its database does not answer (every change, and on PostgreSQL
+//! every check once the invalidation feed is down, needs it), when it cannot take connections
+//! (accepts failing for lack of file descriptors or memory, or every connection slot taken), or
+//! when every in-flight slot is taken and calls are being shed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::listener::ListenerStats;
+use crate::storage::Store;
+
+/// How often readiness is re-evaluated.
+const PERIOD: Duration = Duration::from_secs(1);
+/// How long the database may take to answer before it counts as down.
+const DATABASE_WAIT: Duration = Duration::from_secs(2);
+
+/// What readiness is read from.
+pub struct Signals {
+    /// The database.
+    pub store: Store,
+    /// The listener's counters.
+    pub listener: Arc<ListenerStats>,
+    /// Calls shed at the in-flight limit so far.
+    pub shed: Arc<AtomicU64>,
+    /// Free in-flight slots now.
+    pub free_slots: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// Why the server cannot serve, if it cannot.
+async fn trouble(signals: &Signals, shed_before: u64) -> Option<&'static str> {
+    let connections = signals.listener.snapshot();
+    if connections.accept_failing {
+        return Some("accepting connections fails for lack of resources");
+    }
+    if connections.capacity > 0 && connections.open >= connections.capacity {
+        return Some("every connection slot (--max-connections) is taken");
+    }
+    if signals.shed.load(Ordering::Relaxed) > shed_before && (signals.free_slots)() == 0 {
+        return Some("every in-flight slot (--max-in-flight) is taken and calls are shed");
+    }
+    match tokio::time::timeout(DATABASE_WAIT, signals.store.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) | Err(_) => Some("the database does not answer"),
+    }
+}
+
+/// Sets the health of the server and of `services` until `stop` turns true.
+pub async fn watch(
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    signals: Signals,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    let mut shed_before = signals.shed.load(Ordering::Relaxed);
+    let mut ticks = tokio::time::interval(PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let found = trouble(&signals, shed_before).await;
+        shed_before = signals.shed.load(Ordering::Relaxed);
+        let now_serving = found.is_none();
+        if now_serving == serving {
+            continue;
+        }
+        serving = now_serving;
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        match found {
+            Some(reason) => tracing::warn!(reason, "health: not serving"),
+            None => tracing::info!("health: serving again"),
+        }
+        reporter.set_service_status("", status).await;
+        for service in &services {
+            reporter.set_service_status(*service, status).await;
+        }
+    }
+}

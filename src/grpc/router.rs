@@ -1,0 +1,62 @@
+//! Sends each call to its service by the service name in its path.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, http};
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+
+use super::access::AccessApi;
+use super::team::TeamApi;
+use crate::pb::access_service_server::AccessServiceServer;
+use crate::pb::team_service_server::TeamServiceServer;
+
+/// A service off the hot path (health, reflection), behind one box.
+pub type Boxed = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// Every service of the main port.
+#[derive(Clone)]
+pub struct Router {
+    /// `roster.v1.AccessService`.
+    pub access: AccessServiceServer<AccessApi>,
+    /// `roster.v1.TeamService`.
+    pub team: TeamServiceServer<TeamApi>,
+    /// `grpc.health.v1.Health`.
+    pub health: Boxed,
+    /// `grpc.reflection.v1.ServerReflection`.
+    pub reflection_v1: Boxed,
+    /// `grpc.reflection.v1alpha.ServerReflection`.
+    pub reflection_v1alpha: Boxed,
+}
+
+impl Service<http::Request<Body>> for Router {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Every service here is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        let service = path.get(1..).and_then(|p| p.split_once('/')).map_or("", |(s, _)| s);
+        match service {
+            "roster.v1.AccessService" => self.access.call(request),
+            "roster.v1.TeamService" => self.team.call(request),
+            "grpc.health.v1.Health" => self.health.call(request),
+            "grpc.reflection.v1.ServerReflection" => self.reflection_v1.call(request),
+            "grpc.reflection.v1alpha.ServerReflection" => self.reflection_v1alpha.call(request),
+            _ => Box::pin(async {
+                Ok(Status::unimplemented(
+                    "no such service on this server; server reflection lists the services",
+                )
+                .into_http())
+            }),
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The boundary stays up: hostile peers against the real binary on loopback. Each attack runs for
+//! a few seconds and stops by itself; legitimate calls run beside it and must go through, and
+//! the server's memory and CPU are read from /proc.
+
+use std::time::{Duration, Instant};
+
+use roster::pb;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::common::attack::{self, frame_prefix, grpc_request, raw_call};
+use crate::common::process::Server;
+use crate::common::{SmtpSink, check};
+
+/// A server in jwt mode, with a service token for AccessService.
+struct Guarded {
+    server: Server,
+    token: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _smtp: SmtpSink,
+}
+
+impl Guarded {
+    async fn start(extra: &[&str], open_files: Option<u64>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a-test-secret-of-at-least-thirty-two-bytes").unwrap();
+        let (token, line) = roster::grpc::auth::new_service_token("scheduler").unwrap();
+        let tokens = dir.path().join("service-tokens");
+        std::fs::write(&tokens, format!("{line}\n")).unwrap();
+        let database = format!("sqlite://{}?mode=rwc", dir.path().join("roster.db").display());
+        let log = dir.path().join("server.log");
+        let smtp = SmtpSink::start().await;
+        let mut flags = vec![
+            "--auth",
+            "jwt",
+            "--jwt-secret-file",
+            secret.to_str().unwrap(),
+            "--jwt-issuer",
+            "https://login.example.com/",
+            "--jwt-audience",
+            "roster",
+            "--service-tokens-file",
+            tokens.to_str().unwrap(),
+        ];
+        flags.extend_from_slice(extra);
+        let server =
+            Server::start_limited(&database, smtp.port, &log, &flags, None, &[], open_files).await;
+        Guarded { server, token, log, _dir: dir, _smtp: smtp }
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Authorize calls with the service token on `channel` until `until`: (succeeded, failed
+    /// with the codes seen).
+    async fn legitimate_calls(&self, channel: Channel, until: Instant) -> (u32, Vec<Code>) {
+        let mut access = pb::access_service_client::AccessServiceClient::new(channel);
+        let (mut ok, mut failed) = (0, Vec::new());
+        while Instant::now() < until {
+            let mut request = Request::new(check(
+                "alice",
+                "0190c3b2-7d1e-7a3c-9f00-5b1d2c3e4f50",
+                "",
+                "organization.read",
+            ));
+            request.metadata_mut().insert("authorization", self.bearer().parse().unwrap());
+            request.set_timeout(Duration::from_secs(5));
+            match access.authorize(request).await {
+                Ok(_) => ok += 1,
+                Err(status) => failed.push(status.code()),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (ok, failed)
+    }
+}
+
+/// Asserts that at least 99 % of the calls succeeded.
+fn assert_nearly_all(ok: u32, failed: &[Code]) {
+    let total = ok + failed.len() as u32;
+    assert!(total >= 50, "too few calls made: {total}");
+    assert!(
+        f64::from(ok) >= 0.99 * f64::from(total),
+        "{ok} of {total} legitimate calls succeeded; failures: {failed:?}"
+    );
+    println!("{ok} of {total} legitimate calls succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_without_a_credential_take_no_slot_from_legitimate_callers() {
+    let app = Guarded::start(&["--max-in-flight", "64"], None).await;
+    let addr = app.server.addr;
+    // The server says how many streams a connection may open (known once a call is through).
+    let mut probe = attack::connect(addr).await.expect("an HTTP/2 connection");
+    let health = grpc_request(addr, "/grpc.health.v1.Health/Check", &[]);
+    raw_call(&mut probe, health, frame_prefix(0, 0), true).await.expect("health answers");
+    assert_eq!(probe.current_max_send_streams(), 256, "SETTINGS_MAX_CONCURRENT_STREAMS");
+    let channel = app.channel().await;
+    let until = Instant::now() + Duration::from_secs(4);
+    let attack = attack::stalled_streams(addr, 500, until);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = app.legitimate_calls(channel, until).await;
+    let opened = attack.await.unwrap();
+    println!("the attacker opened {opened} streams");
+    assert!(opened >= 500, "the attack ran: {opened} streams");
+    assert_nearly_all(ok, &failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partial_bodies_without_a_credential_are_never_buffered() {
+    let app = Guarded::start(&[], None).await;
+    let pid = app.server.pid();
+    let before = attack::rss_kib(pid);
+    let until = Instant::now() + Duration::from_secs(4);
+    let rss = attack::watch_rss(pid, until);
+    // 4 connections × 40 calls, each announcing a 4 MiB message and sending all of it but
+    // its last byte.
+    let attack = attack::partial_bodies(
+        app.server.addr,
+        "/roster.v1.AccessService/BatchAuthorize",
+        Vec::new(),
+        4,
+        40,
+        4 << 20,
+        until,
+    );
+    attack.await.unwrap();
+    let peak = rss.await.unwrap();
+    println!("server RSS {before} KiB before, {peak} KiB at most during the attack");
+    assert!(peak < before + 32 * 1024, "the server buffered {} KiB", peak - before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partial_bodies_with_a_credential_are_bounded_by_the_byte_budget() {
+    let app = Guarded::start(&[], None).await;
+    let pid = app.server.pid();
+    let until = Instant::now() + Duration::from_secs(4);
+    let rss = attack::watch_rss(pid, until);
+    // As large as BatchAuthorize allows, so that only the process-wide budget can refuse them.
+    let metadata = vec![("authorization".to_owned(), app.bearer())];
+    let attack = attack::partial_bodies(
+        app.server.addr,
+        "/roster.v1.AccessService/BatchAuthorize",
+        metadata,
+        4,
+        40,
+        (2 << 20) - 64,
+        until,
+    );
+    let (ok, failed) = app.legitimate_calls(app.channel().await, until).await;
+    attack.await.unwrap();
+    let peak = rss.await.unwrap();
+    println!("server RSS at most {peak} KiB during the attack");
+    assert!(peak < 160 * 1024, "RSS reached {peak} KiB");
+    assert_nearly_all(ok, &failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_connections_are_closed_and_cost_little() {
+    let app = Guarded::start(&[], None).await;
+    let pid = app.server.pid();
+    let before = attack::rss_kib(pid);
+    let started = Instant::now();
+    let silent = attack::silent_connections(app.server.addr, 3000).await;
+    let opened = Instant::now();
+    let during = attack::rss_kib(pid);
+    println!(
+        "{} silent connections opened in {:?}; server RSS {before} -> {during} KiB",
+        silent.len(),
+        started.elapsed()
+    );
+    assert!(silent.len() >= 2500, "the attack ran: {} connections", silent.len());
+    assert!(during < before + 48 * 1024, "RSS grew by {} KiB", during - before);
+    // A legitimate caller still gets through while they are open.
+    let (ok, failed) =
+        app.legitimate_calls(app.channel().await, Instant::now() + Duration::from_secs(1)).await;
+    assert_nearly_all(ok, &failed);
+    // None outlives the handshake timeout (5 s by default) by much.
+    tokio::time::sleep_until((opened + Duration::from_secs(7)).into()).await;
+    let open = silent.iter().filter(|s| !attack::closed_by_server(s)).count();
+    assert_eq!(open, 0, "{open} silent connections are still open 7 s after the last one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_the_file_descriptor_limit_the_server_neither_spins_nor_goes_silent() {
+    let app = Guarded::start(&[], Some(600)).await;
+    let pid = app.server.pid();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
+    // An identified connection, so that it is not one a newcomer may push out.
+    app.legitimate_calls(app.channel().await, Instant::now() + Duration::from_millis(50)).await;
+    let silent = attack::silent_connections(app.server.addr, 900).await;
+    println!("{} connections opened against a limit of 600 files", silent.len());
+    let cpu_before = attack::cpu_time(pid);
+    let watched = Instant::now();
+    let mut answered = 0;
+    let mut not_serving = 0;
+    while watched.elapsed() < Duration::from_secs(3) {
+        let mut request =
+            Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
+        request.set_timeout(Duration::from_secs(2));
+        let status = health.check(request).await.expect("health answers").into_inner().status;
+        answered += 1;
+        not_serving += u32::from(status == 2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cpu = attack::cpu_time(pid) - cpu_before;
+    println!("over {:?}: {cpu:?} of CPU, {answered} health answers", watched.elapsed());
+    assert!(cpu < Duration::from_millis(1500), "the server used {cpu:?} of CPU in 3 s");
+    // New connections push out the oldest pending ones, so the server can still take callers.
+    assert_eq!(not_serving, 0, "health reported NOT_SERVING {not_serving} times");
+}
+
+/// The health service's status for the whole server, asked on `health`.
+async fn health_status(health: &mut tonic_health::pb::health_client::HealthClient<Channel>) -> i32 {
+    let mut request = Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
+    request.set_timeout(Duration::from_secs(2));
+    health.check(request).await.expect("health answers").into_inner().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_not_serving_while_every_connection_slot_is_taken() {
+    let app =
+        Guarded::start(&["--max-connections", "40", "--max-pending-connections", "40"], None).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
+    assert_eq!(health_status(&mut health).await, 1);
+    let silent = attack::silent_connections(app.server.addr, 60).await;
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        seen.push(health_status(&mut health).await);
+        if seen.last() == Some(&2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.last(), Some(&2), "NOT_SERVING while no connection can be taken: {seen:?}");
+    drop(silent);
+    let mut serving = false;
+    for _ in 0..50 {
+        if health_status(&mut health).await == 1 {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serving, "SERVING again once connections are free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_attacks_at_once_leave_legitimate_calls_and_memory_unharmed() {
+    let app = Guarded::start(&[], None).await;
+    let (addr, pid) = (app.server.addr, app.server.pid());
+    let channel = app.channel().await;
+    let until = Instant::now() + Duration::from_secs(6);
+    let rss = attack::watch_rss(pid, until);
+    let streams = attack::stalled_streams(addr, 1030, until);
+    let bodies = attack::partial_bodies(
+        addr,
+        "/roster.v1.AccessService/BatchAuthorize",
+        Vec::new(),
+        4,
+        40,
+        4 << 20,
+        until,
+    );
+    let silent = tokio::spawn(attack::silent_connections(addr, 4000));
+    let (ok, failed) = app.legitimate_calls(channel, until).await;
+    let peak = rss.await.unwrap();
+    streams.await.unwrap();
+    bodies.await.unwrap();
+    let silent = silent.await.unwrap();
+    println!("{} silent connections; server RSS at most {peak} KiB", silent.len());
+    assert_nearly_all(ok, &failed);
+    assert!(peak < 160 * 1024, "RSS reached {peak} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_framing_errors_are_invalid_argument_and_not_logged_as_errors() {
+    let app = Guarded::start(&[], None).await;
+    let addr = app.server.addr;
+    let mut send = attack::connect(addr).await.unwrap();
+    let bearer = app.bearer();
+    let authorize =
+        || grpc_request(addr, "/roster.v1.AccessService/Authorize", &[("authorization", &bearer)]);
+    let message = prost::Message::encode_to_vec(&check(
+        "alice",
+        "0190c3b2-7d1e-7a3c-9f00-5b1d2c3e4f50",
+        "",
+        "organization.read",
+    ));
+    let framed = |flag: u8, body: &[u8]| {
+        let mut bytes = frame_prefix(flag, body.len() as u32).to_vec();
+        bytes.extend_from_slice(body);
+        prost::bytes::Bytes::from(bytes)
+    };
+    let cases = [
+        ("a compressed flag without grpc-encoding", framed(1, &message), Code::InvalidArgument),
+        ("a compressed flag of 2", framed(2, &message), Code::InvalidArgument),
+        (
+            "a truncated message",
+            framed(0, &message).slice(..message.len() - 2),
+            Code::InvalidArgument,
+        ),
+        ("a truncated prefix", frame_prefix(0, 10).slice(..3), Code::InvalidArgument),
+        ("no message at all", prost::bytes::Bytes::new(), Code::InvalidArgument),
+        (
+            "two messages on a unary call",
+            [framed(0, &message), framed(0, &message)].concat().into(),
+            Code::InvalidArgument,
+        ),
+        ("a 5 MiB announcement", frame_prefix(0, 5 << 20), Code::ResourceExhausted),
+    ];
+    for (what, body, code) in cases {
+        let status = raw_call(&mut send, authorize(), body, true).await;
+        let status = status.unwrap_or_else(|| panic!("{what}: no status"));
+        assert_eq!(status.code, code, "{what}: {status:?}");
+        assert!(!status.message.is_empty(), "{what}: the message says what is wrong");
+    }
+    // The well-formed call on the same connection still works.
+    let status = raw_call(&mut send, authorize(), framed(0, &message), true).await.unwrap();
+    assert_eq!(status.code, Code::Ok, "{status:?}");
+    let log = std::fs::read_to_string(&app.log).unwrap();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "client mistakes logged as errors: {errors:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_malformed_checks_give_a_bounded_error() {
+    let app = Guarded::start(&[], None).await;
+    let mut send = attack::connect(app.server.addr).await.unwrap();
+    let bearer = app.bearer();
+    let request = grpc_request(
+        app.server.addr,
+        "/roster.v1.AccessService/BatchAuthorize",
+        &[("authorization", &bearer)],
+    );
+    let batch = pb::BatchAuthorizeRequest {
+        checks: (0..1000).map(|i| check(&format!(" bad{i} "), "not-a-uuid", "", "nope")).collect(),
+        consistency: None,
+    };
+    let message = prost::Message::encode_to_vec(&batch);
+    let mut body = frame_prefix(0, message.len() as u32).to_vec();
+    body.extend_from_slice(&message);
+    let status = raw_call(&mut send, request, body.into(), true).await.expect("a status");
+    assert_eq!(status.code, Code::InvalidArgument, "{status:?}");
+    println!("status headers: {} bytes", status.status_bytes);
+    assert!(status.status_bytes < 8 * 1024, "{} bytes of status", status.status_bytes);
+    assert!(status.message.contains("more invalid fields"), "{}", status.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_does_not_arrive_in_time_is_cut_off() {
+    let app = crate::common::spawn_app_with(crate::common::Backend::Sqlite, |config| {
+        config.request_body_timeout_ms = 500;
+    })
+    .await;
+    let mut send = attack::connect(app.addr).await.unwrap();
+    let request = grpc_request(app.addr, "/roster.v1.AccessService/Authorize", &[]);
+    // Ten bytes of a hundred announced, and then nothing.
+    let mut body = frame_prefix(0, 100).to_vec();
+    body.extend_from_slice(&[0x0a; 10]);
+    let started = Instant::now();
+    let status = raw_call(&mut send, request, body.into(), false).await.expect("a status");
+    assert_eq!(status.code, Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_clients_reconnect() {
+    let app = crate::common::spawn_app_with(crate::common::Backend::Sqlite, |config| {
+        config.idle_timeout_secs = 1;
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let metrics = app.metrics_addr.unwrap();
+    let owner = crate::common::User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    assert!(app.allowed(&owner.id, &org, "", "organization.read").await);
+    let closed = crate::common::wait_for_sample(
+        metrics,
+        "roster_connections_timed_out_total",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(closed, "the idle connection is closed");
+    // The client's channel reconnects on its next call.
+    assert!(app.allowed(&owner.id, &org, "", "organization.read").await);
+    app.stop().await;
+}
