@@ -20,6 +20,7 @@ rm -rf gen && mkdir gen
 "$venv/bin/python" -m grpc_tools.protoc -I ../../proto --python_out=gen --grpc_python_out=gen \
   --pyi_out=gen ../../proto/roster/v1/*.proto
 "$venv/bin/python" quickstart.py --target "$addr" --mail-dir "$scratch/mail"
+"$venv/bin/python" "$root/.ci/ccore-errors.py" --target "$addr"
 
 echo "-- TypeScript"
 cd "$root/examples/typescript"
