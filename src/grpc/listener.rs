@@ -292,7 +292,8 @@ pub async fn serve<S>(
         let activity = Arc::new(Activity {
             state: AtomicU8::new(PENDING),
             open_calls: AtomicU32::new(0),
-            last_call_end: AtomicU64::new(0),
+            // Idle since it was accepted.
+            last_call_end: AtomicU64::new(stats.elapsed_ms()),
             wake: Notify::new(),
             stats: stats.clone(),
         });

@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::listener::{CallOnConnection, Peer};
 use crate::metrics::Metrics;
 
 /// Adds [`Observe`] to a server.
@@ -103,6 +104,7 @@ where
         }
         let metrics = self.metrics.clone();
         let known = method != crate::metrics::OTHER_METHOD;
+        let open = request.extensions().get::<Peer>().map(Peer::call_started);
         Box::pin(
             async move {
                 // The router would answer an unknown path with an empty UNIMPLEMENTED.
@@ -121,7 +123,7 @@ where
                         inner: body,
                         code: header_code,
                         finished: false,
-                        record: Some(Finish { method, started, metrics, span }),
+                        record: Some(Finish { method, started, metrics, span, _open: open }),
                     })
                 }))
             }
@@ -153,6 +155,9 @@ struct Finish {
     started: Instant,
     metrics: Arc<Metrics>,
     span: tracing::Span,
+    /// Keeps the call counted as open on its connection (see the listener's idle timeout)
+    /// until the response is done.
+    _open: Option<CallOnConnection>,
 }
 
 /// A response body that notes the status code in its trailers and records the call when it is
@@ -271,6 +276,7 @@ mod tests {
                     started: Instant::now(),
                     metrics: Arc::new(Metrics::new()),
                     span: tracing::Span::none(),
+                    _open: None,
                 }),
             });
         });

@@ -399,3 +399,34 @@ async fn idle_connections_are_closed_and_clients_reconnect() {
     assert!(app.allowed(&owner.id, &org, "", "organization.read").await);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_a_call_open_is_never_idle() {
+    let app = crate::common::spawn_app_with(crate::common::Backend::Sqlite, |config| {
+        config.idle_timeout_secs = 1;
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let metrics = app.metrics_addr.unwrap();
+    let timed_out = "roster_connections_timed_out_total";
+    // Up for longer than the idle timeout before its first connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let owner = crate::common::User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel());
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().expect("the current status");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let page = crate::common::scrape(metrics).await;
+    assert_eq!(crate::common::sample(&page, timed_out), Some(0.0), "closed while a call was open");
+    assert!(app.allowed(&owner.id, &org, "", "organization.read").await);
+    drop(watch);
+    let closed =
+        crate::common::wait_for_sample(metrics, timed_out, 1.0, Duration::from_secs(5)).await;
+    assert!(closed, "closed once idle");
+    app.stop().await;
+}
