@@ -1,5 +1,8 @@
-//! What the health service reports: SERVING only while the server can answer. Checked every
-//! second; a change is logged with its reason.
+//! What the health service reports for each of Roster's services: SERVING only while the server
+//! can answer. Checked every second; a change is logged with its reason. The server's own status
+//! (the empty service name) stays SERVING while the process runs: it is what liveness probes
+//! ask, and restarting a process because its database is down would not bring the database
+//! back.
 //!
 //! The server cannot serve when its database does not answer (every change, and on PostgreSQL
 //! every check once the invalidation feed is down, needs it), when it cannot take connections
@@ -52,7 +55,7 @@ async fn trouble(signals: &Signals, shed_before: u64) -> Option<&'static str> {
     }
 }
 
-/// Sets the health of the server and of `services` until `stop` turns true.
+/// Sets the health of `services` until `stop` turns true.
 pub async fn watch(
     reporter: HealthReporter,
     services: Vec<&'static str>,
@@ -80,7 +83,6 @@ pub async fn watch(
             Some(reason) => tracing::warn!(reason, "health: not serving"),
             None => tracing::info!("health: serving again"),
         }
-        reporter.set_service_status("", status).await;
         for service in &services {
             reporter.set_service_status(*service, status).await;
         }

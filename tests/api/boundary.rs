@@ -206,10 +206,7 @@ async fn at_the_file_descriptor_limit_the_server_neither_spins_nor_goes_silent()
     let mut answered = 0;
     let mut not_serving = 0;
     while watched.elapsed() < Duration::from_secs(3) {
-        let mut request =
-            Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
-        request.set_timeout(Duration::from_secs(2));
-        let status = health.check(request).await.expect("health answers").into_inner().status;
+        let status = health_status(&mut health).await;
         answered += 1;
         not_serving += u32::from(status == 2);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -221,9 +218,10 @@ async fn at_the_file_descriptor_limit_the_server_neither_spins_nor_goes_silent()
     assert_eq!(not_serving, 0, "health reported NOT_SERVING {not_serving} times");
 }
 
-/// The health service's status for the whole server, asked on `health`.
+/// AccessService's health status (readiness), asked on `health`.
 async fn health_status(health: &mut tonic_health::pb::health_client::HealthClient<Channel>) -> i32 {
-    let mut request = Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
+    let service = "roster.v1.AccessService".to_owned();
+    let mut request = Request::new(tonic_health::pb::HealthCheckRequest { service });
     request.set_timeout(Duration::from_secs(2));
     health.check(request).await.expect("health answers").into_inner().status
 }
