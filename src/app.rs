@@ -136,16 +136,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .with_context(|| format!("--mail-from {:?} is not a valid mailbox", config.mail_from))?;
     let signal = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
-    let services = Services::new(
-        store.clone(),
-        ServiceSettings {
-            invite_url: config.invite_url.clone(),
-            invite_burst: config.invite_burst,
-            invite_rate_per_hour: config.invite_rate_per_hour,
-            authz_cache_entries: config.authz_cache_entries,
-        },
-        signal.clone(),
-    );
+    let services =
+        Services::new(store.clone(), ServiceSettings::from_config(config), signal.clone());
 
     let (stop, stopped) = watch::channel(false);
     let worker = tokio::spawn(worker::run(
@@ -159,6 +151,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             poll_interval: Duration::from_secs(1),
             claim_lease: Duration::from_secs(config.mail_claim_lease_secs),
             metrics: metrics.clone(),
+            invite_url: config.invite_url.clone(),
         },
         signal,
         stopped.clone(),

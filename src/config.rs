@@ -146,6 +146,13 @@ pub struct Config {
     #[arg(long, env = "ROSTER_JWT_LEEWAY_SECS", default_value_t = 30, global = true)]
     pub jwt_leeway_secs: u64,
 
+    /// Treat an end-user JWT without an `email_verified` claim as verified, for identity
+    /// providers that never send the claim. Only a missing claim: `email_verified: false` is
+    /// always refused. Without it, founding organizations, inviting and accepting invitations
+    /// need `email_verified: true`. Logged as a warning at start.
+    #[arg(long, env = "ROSTER_JWT_ALLOW_MISSING_EMAIL_VERIFIED", global = true)]
+    pub jwt_allow_missing_email_verified: bool,
+
     /// File of `NAME SHA256HEX` lines: hashes of the bearer tokens services use on AccessService.
     #[arg(long, env = "ROSTER_SERVICE_TOKENS_FILE", global = true)]
     pub service_tokens_file: Option<PathBuf>,
@@ -258,6 +265,39 @@ pub struct Config {
     #[arg(long, env = "ROSTER_INVITE_RATE_PER_HOUR", default_value_t = 100, global = true)]
     pub invite_rate_per_hour: u32,
 
+    /// Invitations (created or resent) one user may send at once, across all their
+    /// organizations, before the rate applies.
+    #[arg(long, env = "ROSTER_INVITE_USER_BURST", default_value_t = 20, global = true)]
+    pub invite_user_burst: u32,
+
+    /// Invitations (created or resent) per hour and user after the burst, across all their
+    /// organizations, per replica.
+    #[arg(long, env = "ROSTER_INVITE_USER_RATE_PER_HOUR", default_value_t = 100, global = true)]
+    pub invite_user_rate_per_hour: u32,
+
+    /// Invitations (created or resent) one replica may send at once, whoever sends them, before
+    /// the rate applies.
+    #[arg(long, env = "ROSTER_INVITE_REPLICA_BURST", default_value_t = 200, global = true)]
+    pub invite_replica_burst: u32,
+
+    /// Invitations (created or resent) per hour one replica may send after the burst, whoever
+    /// sends them.
+    #[arg(
+        long,
+        env = "ROSTER_INVITE_REPLICA_RATE_PER_HOUR",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub invite_replica_rate_per_hour: u32,
+
+    /// Organizations one user may create at once, before the rate applies.
+    #[arg(long, env = "ROSTER_ORG_CREATE_BURST", default_value_t = 10, global = true)]
+    pub org_create_burst: u32,
+
+    /// Organizations per hour one user may create after the burst, per replica.
+    #[arg(long, env = "ROSTER_ORG_CREATE_RATE_PER_HOUR", default_value_t = 20, global = true)]
+    pub org_create_rate_per_hour: u32,
+
     /// Rows (members, workspaces and grants) the in-memory Authorize index may hold, about 25
     /// bytes each on average (a grant takes 4, a member about 120); 0 disables it. An organization larger than this is always read from the
     /// database.
@@ -320,8 +360,19 @@ impl Config {
         if self.max_header_list_bytes < 1024 {
             anyhow::bail!("--max-header-list-bytes must be at least 1024");
         }
-        if self.invite_burst == 0 || self.invite_rate_per_hour == 0 {
-            anyhow::bail!("--invite-burst and --invite-rate-per-hour must be positive");
+        for (name, value) in [
+            ("--invite-burst", self.invite_burst),
+            ("--invite-rate-per-hour", self.invite_rate_per_hour),
+            ("--invite-user-burst", self.invite_user_burst),
+            ("--invite-user-rate-per-hour", self.invite_user_rate_per_hour),
+            ("--invite-replica-burst", self.invite_replica_burst),
+            ("--invite-replica-rate-per-hour", self.invite_replica_rate_per_hour),
+            ("--org-create-burst", self.org_create_burst),
+            ("--org-create-rate-per-hour", self.org_create_rate_per_hour),
+        ] {
+            if value == 0 {
+                anyhow::bail!("{name} must be positive");
+            }
         }
         if self.mail_claim_lease_secs == 0 {
             anyhow::bail!("--mail-claim-lease-secs must be at least 1");

@@ -1,5 +1,10 @@
 //! The invitation lifecycle: PENDING → ACCEPTED | REVOKED | EXPIRED, with resend bringing a
-//! PENDING or EXPIRED invitation back to PENDING with a fresh token.
+//! PENDING or EXPIRED invitation back to PENDING with a fresh token; who may invite to which
+//! role; and whether a queued email may still go out.
+
+use super::authz::role_allows;
+use super::permission::Permission;
+use super::values::Role;
 
 /// An invitation's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,6 +100,74 @@ pub fn accept(state: InvitationState) -> Transition {
     }
 }
 
+/// Why an inviter may not offer a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteRefusal {
+    /// The inviter is not a member of the organization.
+    NotAMember,
+    /// The inviter's role lacks `members.invite`.
+    CannotInvite,
+    /// Only an Owner may offer the Owner role (rule 1).
+    OwnerRoleNeedsOwner,
+}
+
+/// Rule 1 for invitations: a member whose role holds `members.invite` may invite to any role
+/// but Owner, which only an Owner may offer. `inviter` is the inviter's current role, `None` if
+/// they are no longer a member. Checked when an invitation is created or resent, and again when
+/// it is accepted, so that an invitation never grants more than its inviter still could.
+pub fn may_invite(inviter: Option<Role>, invited: Role) -> Result<(), InviteRefusal> {
+    let Some(inviter) = inviter else {
+        return Err(InviteRefusal::NotAMember);
+    };
+    if !role_allows(inviter, Permission::MembersInvite) {
+        return Err(InviteRefusal::CannotInvite);
+    }
+    if invited == Role::Owner && inviter != Role::Owner {
+        return Err(InviteRefusal::OwnerRoleNeedsOwner);
+    }
+    Ok(())
+}
+
+/// What the outbox worker does with a queued email it has claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Issue a fresh token and send.
+    Send,
+    /// A later send of the same invitation replaced this one: forget it.
+    Supersede,
+    /// The invitation can no longer be accepted: never send, and say why.
+    Cancel(&'static str),
+}
+
+/// Whether the email for send number `this_send` of an invitation may go out now: only the
+/// latest send of a PENDING invitation whose inviter may still offer its role. A token is minted
+/// only after this says Send, so a revoked, accepted or expired invitation is never mailed.
+pub fn delivery(
+    state: InvitationState,
+    latest_send: i32,
+    this_send: i32,
+    inviter: Option<Role>,
+    invited: Role,
+) -> Delivery {
+    match state {
+        InvitationState::Revoked => {
+            return Delivery::Cancel("not sent: the invitation was revoked");
+        }
+        InvitationState::Accepted => {
+            return Delivery::Cancel("not sent: the invitation was accepted");
+        }
+        InvitationState::Expired => return Delivery::Cancel("not sent: the invitation expired"),
+        InvitationState::Pending => {}
+    }
+    if this_send != latest_send {
+        return Delivery::Supersede;
+    }
+    match may_invite(inviter, invited) {
+        Ok(()) => Delivery::Send,
+        Err(_) => Delivery::Cancel("not sent: the inviter may no longer invite to this role"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +194,63 @@ mod tests {
         assert_eq!(accept(Pending), Transition::Apply);
         for state in [Expired, Revoked, Accepted] {
             assert!(matches!(accept(state), Transition::Refuse(_)));
+        }
+    }
+
+    #[test]
+    fn who_may_invite_to_which_role() {
+        use InviteRefusal::*;
+        use Role::{Admin, Billing, Member, Owner};
+        // (inviter, invited, outcome); None: the inviter is no longer a member.
+        let table = [
+            (Some(Owner), Owner, Ok(())),
+            (Some(Owner), Admin, Ok(())),
+            (Some(Owner), Billing, Ok(())),
+            (Some(Owner), Member, Ok(())),
+            (Some(Admin), Owner, Err(OwnerRoleNeedsOwner)),
+            (Some(Admin), Admin, Ok(())),
+            (Some(Admin), Billing, Ok(())),
+            (Some(Admin), Member, Ok(())),
+            (Some(Billing), Member, Err(CannotInvite)),
+            (Some(Billing), Owner, Err(CannotInvite)),
+            (Some(Member), Member, Err(CannotInvite)),
+            (Some(Member), Admin, Err(CannotInvite)),
+            (None, Member, Err(NotAMember)),
+            (None, Owner, Err(NotAMember)),
+        ];
+        for (inviter, invited, outcome) in table {
+            assert_eq!(may_invite(inviter, invited), outcome, "{inviter:?} inviting {invited:?}");
+        }
+        // Whoever may invite at all holds members.invite, as the permission table says.
+        for inviter in Role::ALL {
+            assert_eq!(
+                may_invite(Some(inviter), Role::Member).is_ok(),
+                role_allows(inviter, Permission::MembersInvite)
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_latest_send_of_a_live_invitation_goes_out() {
+        use Role::{Admin, Member, Owner};
+        assert_eq!(delivery(Pending, 1, 1, Some(Owner), Member), Delivery::Send);
+        assert_eq!(delivery(Pending, 3, 3, Some(Admin), Admin), Delivery::Send);
+        assert_eq!(delivery(Pending, 2, 1, Some(Owner), Member), Delivery::Supersede);
+        for (state, why) in [(Revoked, "revoked"), (Accepted, "accepted"), (Expired, "expired")] {
+            // Older sends of a dead invitation are cancelled too: nothing of it is mailed.
+            for this_send in [1, 2] {
+                let Delivery::Cancel(reason) = delivery(state, 2, this_send, Some(Owner), Member)
+                else {
+                    panic!("{state:?} must not be mailed");
+                };
+                assert!(reason.contains(why), "{reason}");
+            }
+        }
+        for (inviter, invited) in [(Some(Admin), Owner), (Some(Member), Member), (None, Member)] {
+            assert!(
+                matches!(delivery(Pending, 1, 1, inviter, invited), Delivery::Cancel(_)),
+                "{inviter:?} inviting {invited:?}"
+            );
         }
     }
 }

@@ -2,6 +2,7 @@
 //! decision function, and the invitation state machine.
 
 pub mod authz;
+pub mod email;
 pub mod ids;
 pub mod invitation;
 pub mod model;
@@ -9,10 +10,11 @@ pub mod permission;
 pub mod values;
 
 pub use authz::{Decision, Pass, Reason, WorkspaceFacts, decide};
+pub use email::Email;
 pub use ids::{AuditEventId, InvitationId, OrganizationId, UserId, UserIdRef, WorkspaceId};
 pub use invitation::InvitationState;
 pub use model::{
     AuditEvent, DeliveryState, Grant, Invitation, Member, Organization, Timestamp, Workspace,
 };
 pub use permission::{Permission, Scope};
-pub use values::{Access, DisplayName, Email, InvitationTtl, Role};
+pub use values::{Access, DisplayName, InvitationTtl, Role};

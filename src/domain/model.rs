@@ -1,8 +1,9 @@
 //! The records Roster keeps, as the services see them.
 
+use super::email::Email;
 use super::ids::{AuditEventId, InvitationId, OrganizationId, UserId, WorkspaceId};
 use super::invitation::InvitationState;
-use super::values::{Access, DisplayName, Email, InvitationTtl, Role};
+use super::values::{Access, DisplayName, InvitationTtl, Role};
 
 /// A point in time, in microseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,6 +99,9 @@ pub enum DeliveryState {
     Sent,
     /// Given up after every retry.
     Failed,
+    /// Never to be sent: the invitation was revoked, accepted or expired, or its inviter lost
+    /// the right to invite to its role, before the email went out.
+    Canceled,
 }
 
 impl DeliveryState {
@@ -108,12 +112,13 @@ impl DeliveryState {
             DeliveryState::Retrying => "retrying",
             DeliveryState::Sent => "sent",
             DeliveryState::Failed => "failed",
+            DeliveryState::Canceled => "canceled",
         }
     }
 
     /// Parses the stored spelling.
     pub fn from_stored(text: &str) -> Option<Self> {
-        [Self::Queued, Self::Retrying, Self::Sent, Self::Failed]
+        [Self::Queued, Self::Retrying, Self::Sent, Self::Failed, Self::Canceled]
             .into_iter()
             .find(|s| s.as_str() == text)
     }
@@ -134,7 +139,7 @@ pub struct Invitation {
     pub stored_state: InvitationState,
     /// Grants applied on acceptance.
     pub workspace_grants: Vec<(WorkspaceId, Access)>,
-    /// Who invited.
+    /// Who sent the latest email: the member who created the invitation or last resent it.
     pub inviter_user_id: UserId,
     /// Creation time.
     pub create_time: Timestamp,

@@ -1,4 +1,4 @@
-//! Validated values: roles, access levels, names, emails and settings.
+//! Validated values: roles, access levels, names and settings.
 
 use std::time::Duration;
 
@@ -96,66 +96,6 @@ impl DisplayName {
     }
 }
 
-/// An email address, trimmed and lower-cased so that comparisons ignore case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Email(String);
-
-impl Email {
-    /// Longest accepted address, in bytes (RFC 5321 path limit).
-    pub const MAX_LEN: usize = 254;
-
-    /// Trims, validates and normalizes an address: at most 254 characters, exactly one `@`, a
-    /// non-empty local part and a dotted domain without empty labels.
-    pub fn parse(text: &str) -> Result<Self, &'static str> {
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
-            return Err("is required");
-        }
-        if trimmed.len() > Self::MAX_LEN {
-            return Err("must be at most 254 characters");
-        }
-        if trimmed
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == ',')
-        {
-            return Err("must be a single address without spaces, commas or angle brackets");
-        }
-        let mut parts = trimmed.split('@');
-        let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err("must contain exactly one @");
-        };
-        if local.is_empty() {
-            return Err("must have a name before the @");
-        }
-        let labels: Vec<&str> = domain.split('.').collect();
-        if labels.len() < 2 || labels.iter().any(|label| label.is_empty()) {
-            return Err("must have a dotted domain after the @, such as example.com");
-        }
-        Ok(Self(trimmed.to_lowercase()))
-    }
-
-    /// Wraps a stored, already normalized address.
-    pub fn from_stored(text: String) -> Self {
-        Self(text)
-    }
-
-    /// The address as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// A form fit for logs: the first character of the local part and the domain.
-    pub fn redacted(&self) -> String {
-        match self.0.split_once('@') {
-            Some((local, domain)) => {
-                let first: String = local.chars().take(1).collect();
-                format!("{first}***@{domain}")
-            }
-            None => "***".to_owned(),
-        }
-    }
-}
-
 /// How long invitations of an organization stay valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvitationTtl(Duration);
@@ -198,33 +138,6 @@ impl InvitationTtl {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn emails_are_trimmed_lowercased_and_validated() {
-        assert_eq!(Email::parse("  Ada@Example.COM ").unwrap().as_str(), "ada@example.com");
-        for bad in [
-            "",
-            "ada",
-            "ada@",
-            "@example.com",
-            "ada@example",
-            "ada@@example.com",
-            "a@b@example.com",
-            "ada@example..com",
-            "ada@.com",
-            "ada lovelace@example.com",
-        ] {
-            assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
-        }
-        let long_local = "a".repeat(250);
-        assert!(Email::parse(&format!("{long_local}@x.io")).is_err());
-    }
-
-    #[test]
-    fn redacted_email_hides_the_local_part() {
-        let email = Email::parse("grace.hopper@navy.mil").unwrap();
-        assert_eq!(email.redacted(), "g***@navy.mil");
-    }
 
     #[test]
     fn display_names_are_trimmed_and_bounded() {

@@ -1,7 +1,13 @@
 //! Drains the outbox: sends each queued email, retries failures with exponential backoff, and
 //! records the outcome on the invitation. Several replicas may run it at once; a claim with a
-//! lease makes one of them send each email. Delivery is at least once: a process killed between
-//! sending and recording sends that email again after the lease.
+//! lease makes one of them send each email.
+//!
+//! No token exists at rest. An outbox row names only which send of which invitation is due; the
+//! worker, in the transaction that claims the row, reads the invitation again and, only if it is
+//! still pending, this row is its latest send and its inviter may still invite to its role,
+//! mints a fresh token and stores its hash on the invitation. The email is rendered and sent
+//! from memory. Delivery is at least once: a process killed between sending and recording sends
+//! again after the lease, with another token, and only the latest token works.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +16,14 @@ use lettre::message::Mailbox;
 use tokio::sync::{Notify, watch};
 
 use super::mailer::Mailer;
-use crate::domain::{DeliveryState, Timestamp};
+use super::render;
+use crate::domain::invitation::{self as lifecycle, Delivery};
+use crate::domain::{DeliveryState, Invitation, Timestamp};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::storage::Store;
+use crate::service::token::Token;
 use crate::storage::repo::{self, OutboxEmail};
+use crate::storage::{Store, WriteTx};
 
 /// How the worker paces itself.
 #[derive(Debug, Clone)]
@@ -33,6 +42,8 @@ pub struct WorkerSettings {
     pub claim_lease: Duration,
     /// Where failed attempts are counted.
     pub metrics: Arc<Metrics>,
+    /// Accept-link template with a `{token}` placeholder.
+    pub invite_url: String,
 }
 
 /// The delay before the attempt after `attempts` failed ones.
@@ -66,28 +77,62 @@ pub async fn run(
     }
 }
 
-/// Sends every due email once; returns how many were attempted.
+/// An email claimed for sending, with everything needed to render it. The token lives only
+/// here and in the email.
+struct Claimed {
+    invitation: Invitation,
+    organization: String,
+    inviter: String,
+    token: Token,
+}
+
+/// What became of a due row.
+enum Claim {
+    /// Another worker has it, or it no longer waits.
+    Taken,
+    /// Nothing to send: the row is gone or cancelled.
+    Settled,
+    /// This worker sends it.
+    Send(Box<Claimed>),
+}
+
+/// Handles every due email once; returns how many rows it settled or attempted.
 async fn drain(store: &Store, mailer: &Mailer, settings: &WorkerSettings) -> Result<usize, Error> {
     let now = Timestamp::now();
     let due = repo::list_due_outbox(store.reader(), now, 20).await?;
-    let mut attempted = 0;
+    let mut handled = 0;
     for email in due {
         // Long enough for one SMTP conversation; after it, another worker may retry.
         let lease = now.plus(settings.claim_lease);
-        if !claim(store, &email, lease).await? {
-            continue;
-        }
-        attempted += 1;
+        let claimed = match claim(store, &email, lease).await? {
+            Claim::Taken => continue,
+            Claim::Settled => {
+                handled += 1;
+                continue;
+            }
+            Claim::Send(claimed) => claimed,
+        };
+        handled += 1;
+        let url = render::accept_url(&settings.invite_url, claimed.token.expose());
+        let rendered = render::invitation(&render::InvitationEmail {
+            organization: &claimed.organization,
+            inviter: &claimed.inviter,
+            role: claimed.invitation.role,
+            expire_time: claimed.invitation.expire_time,
+            accept_url: &url,
+            token: claimed.token.expose(),
+        });
         let outcome = mailer
             .send(
                 &settings.from,
-                &email.recipient,
-                &email.subject,
-                email.body_text.clone(),
-                email.body_html.clone(),
+                claimed.invitation.email.as_str(),
+                &rendered.subject,
+                rendered.text,
+                rendered.html,
             )
             .await;
-        let tx = store.begin_write().await?;
+        drop(claimed.token);
+        let tx = locked(store, &claimed.invitation).await?;
         match outcome {
             Ok(()) => {
                 repo::record_delivery(&*tx, &email, DeliveryState::Sent, None, Timestamp::now())
@@ -109,14 +154,83 @@ async fn drain(store: &Store, mailer: &Mailer, settings: &WorkerSettings) -> Res
         }
         tx.commit().await?;
     }
-    Ok(attempted)
+    Ok(handled)
 }
 
-async fn claim(store: &Store, email: &OutboxEmail, lease: Timestamp) -> Result<bool, Error> {
+/// A write transaction holding the lock of the invitation's organization, so that the worker's
+/// writes serialize with resends, revocations and acceptances of it.
+async fn locked(store: &Store, invitation: &Invitation) -> Result<WriteTx, Error> {
     let tx = store.begin_write().await?;
-    let claimed = repo::claim_outbox(&*tx, email, lease).await?;
-    tx.commit().await?;
-    Ok(claimed)
+    repo::lock_organization(&*tx, invitation.organization_id).await?;
+    Ok(tx)
+}
+
+/// Claims a due row and decides, on the invitation as of the claim, whether it is sent: if so,
+/// the fresh token's hash replaces the invitation's in the same transaction.
+async fn claim(store: &Store, email: &OutboxEmail, lease: Timestamp) -> Result<Claim, Error> {
+    let Some(found) = repo::find_invitation_of_outbox(store.reader(), email).await? else {
+        // Its invitation went with its organization.
+        let tx = store.begin_write().await?;
+        repo::delete_outbox(&*tx, email).await?;
+        tx.commit().await?;
+        return Ok(Claim::Settled);
+    };
+    let tx = locked(store, &found).await?;
+    if !repo::claim_outbox(&*tx, email, lease).await? {
+        return Ok(Claim::Taken);
+    }
+    let org = found.organization_id;
+    // Read again under the lock: a resend, revocation or acceptance may have come first.
+    let Some(invitation) = repo::find_invitation(&*tx, org, found.id).await? else {
+        repo::delete_outbox(&*tx, email).await?;
+        tx.commit().await?;
+        return Ok(Claim::Settled);
+    };
+    let inviter = repo::find_member(&*tx, org, &invitation.inviter_user_id).await?;
+    let now = Timestamp::now();
+    match lifecycle::delivery(
+        invitation.state_at(now),
+        invitation.send_count,
+        email.send_number,
+        inviter.as_ref().map(|m| m.role),
+        invitation.role,
+    ) {
+        Delivery::Supersede => {
+            repo::delete_outbox(&*tx, email).await?;
+            tx.commit().await?;
+            Ok(Claim::Settled)
+        }
+        Delivery::Cancel(why) => {
+            repo::cancel_outbox_of(&*tx, org, invitation.id, why).await?;
+            tx.commit().await?;
+            tracing::info!(invitation = %invitation.id, reason = why, "invitation email canceled");
+            Ok(Claim::Settled)
+        }
+        Delivery::Send => {
+            let (Some(inviter), Some(organization)) =
+                (inviter, repo::find_organization(&*tx, org).await?)
+            else {
+                return Err(Error::internal(anyhow::anyhow!(
+                    "invitation {} lost its inviter or organization under the lock",
+                    invitation.id
+                )));
+            };
+            let token = Token::generate().map_err(Error::internal)?;
+            if !repo::update_invitation_token(&*tx, org, email, &token.hash()).await? {
+                return Err(Error::internal(anyhow::anyhow!(
+                    "invitation {} changed under the lock",
+                    invitation.id
+                )));
+            }
+            tx.commit().await?;
+            Ok(Claim::Send(Box::new(Claimed {
+                organization: organization.display_name.as_str().to_owned(),
+                inviter: inviter.email.as_str().to_owned(),
+                invitation,
+                token,
+            })))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +247,7 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             claim_lease: Duration::from_secs(60),
             metrics: Arc::default(),
+            invite_url: "https://app.example/accept?token={token}".to_owned(),
         };
         assert_eq!(backoff(&settings, 1), Duration::from_secs(2));
         assert_eq!(backoff(&settings, 2), Duration::from_secs(4));

@@ -116,7 +116,8 @@ pub fn new_service_token(name: &str) -> anyhow::Result<(String, String)> {
 
 enum UserAuth {
     Dev,
-    Jwt(JwtVerifier),
+    /// The verifier, and whether a token without `email_verified` counts as verified.
+    Jwt(JwtVerifier, bool),
 }
 
 /// Identifies callers according to the configured mode.
@@ -181,12 +182,20 @@ impl Identity {
                         "--auth jwt needs --service-tokens-file or --tls-client-ca, so that services can call AccessService"
                     );
                 }
-                UserAuth::Jwt(JwtVerifier::new(
+                let allow_missing = config.jwt_allow_missing_email_verified;
+                if allow_missing {
+                    tracing::warn!(
+                        "--jwt-allow-missing-email-verified is set: a JWT without an email_verified \
+                         claim counts as proof that its email belongs to its holder"
+                    );
+                }
+                let verifier = JwtVerifier::new(
                     source,
                     issuer.clone(),
                     audience.clone(),
                     config.jwt_leeway_secs,
-                )?)
+                )?;
+                UserAuth::Jwt(verifier, allow_missing)
             }
         };
         Ok(Self { users, services, client_certificates })
@@ -205,7 +214,7 @@ impl Identity {
     pub fn actor(&self, metadata: &HeaderMap) -> Result<Actor, Error> {
         match &self.users {
             UserAuth::Dev => dev_actor(metadata),
-            UserAuth::Jwt(verifier) => {
+            UserAuth::Jwt(verifier, allow_missing_email_verified) => {
                 let token = bearer(metadata)?;
                 if self.services.identify(token).is_some() {
                     return Err(Error::PermissionDenied(
@@ -220,7 +229,10 @@ impl Identity {
                     claims.email.as_deref().map(Email::parse).transpose().map_err(|e| {
                         Error::Unauthenticated(format!("the token's email claim {e}"))
                     })?;
-                Ok(Actor { user_id, email, email_verified: claims.email_verified })
+                // A missing claim is no proof, unless the operator said their provider omits it;
+                // an explicit false never is.
+                let email_verified = claims.email_verified.unwrap_or(*allow_missing_email_verified);
+                Ok(Actor { user_id, email, email_verified })
             }
         }
     }
@@ -234,7 +246,7 @@ impl Identity {
     ) -> Result<ServiceCaller, Error> {
         let verifier = match &self.users {
             UserAuth::Dev => return Ok(dev_service()),
-            UserAuth::Jwt(verifier) => verifier,
+            UserAuth::Jwt(verifier, _) => verifier,
         };
         if self.client_certificates && client_certificate {
             return Ok(certificate_service());
@@ -288,8 +300,9 @@ fn dev_actor(metadata: &HeaderMap) -> Result<Actor, Error> {
     let email = match metadata.get(USER_EMAIL_HEADER) {
         None => None,
         Some(raw) => {
-            let text = raw.to_str().map_err(|_| {
-                Error::Unauthenticated(format!("{USER_EMAIL_HEADER} must be printable ASCII"))
+            // UTF-8, so that dev mode can stand for users of internationalized addresses.
+            let text = std::str::from_utf8(raw.as_bytes()).map_err(|_| {
+                Error::Unauthenticated(format!("{USER_EMAIL_HEADER} must be UTF-8 text"))
             })?;
             Some(
                 Email::parse(text)
@@ -297,7 +310,8 @@ fn dev_actor(metadata: &HeaderMap) -> Result<Actor, Error> {
             )
         }
     };
-    Ok(Actor { user_id, email, email_verified: None })
+    // Dev mode trusts its headers, the email included.
+    Ok(Actor { user_id, email, email_verified: true })
 }
 
 #[cfg(test)]

@@ -186,6 +186,7 @@ pub fn invitation(i: Invitation) -> pb::Invitation {
         DeliveryState::Retrying => pb::DeliveryState::Retrying,
         DeliveryState::Sent => pb::DeliveryState::Sent,
         DeliveryState::Failed => pb::DeliveryState::Failed,
+        DeliveryState::Canceled => pb::DeliveryState::Canceled,
     };
     pb::Invitation {
         id: i.id.to_string(),

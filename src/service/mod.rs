@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::config::Config;
 use crate::domain::{Email, UserId};
 use crate::storage::Store;
 use crate::storage::snapshot::AuthzCache;
@@ -22,32 +23,59 @@ pub struct Actor {
     pub user_id: UserId,
     /// The user's email, when the credentials carry one.
     pub email: Option<Email>,
-    /// Whether the identity provider verified that email, when it says.
-    pub email_verified: Option<bool>,
+    /// Whether that email is proven to be the user's: in jwt mode the token's `email_verified`
+    /// claim is true (or absent, if configured to tolerate that); dev mode trusts its headers.
+    pub email_verified: bool,
 }
 
 /// Settings the use-cases need.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
-    /// Accept-link template with a `{token}` placeholder.
-    pub invite_url: String,
     /// Invitations an organization may send at once.
     pub invite_burst: u32,
     /// Invitations per hour and organization after the burst.
     pub invite_rate_per_hour: u32,
+    /// Invitations one user may send at once, across organizations.
+    pub invite_user_burst: u32,
+    /// Invitations per hour and user after the burst.
+    pub invite_user_rate_per_hour: u32,
+    /// Invitations this process may send at once.
+    pub invite_replica_burst: u32,
+    /// Invitations per hour of this process after the burst.
+    pub invite_replica_rate_per_hour: u32,
+    /// Organizations one user may create at once.
+    pub org_create_burst: u32,
+    /// Organizations per hour and user after the burst.
+    pub org_create_rate_per_hour: u32,
     /// Entries the Authorize cache may hold (0 disables it).
     pub authz_cache_entries: usize,
+}
+
+impl ServiceSettings {
+    /// The settings as configured.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            invite_burst: config.invite_burst,
+            invite_rate_per_hour: config.invite_rate_per_hour,
+            invite_user_burst: config.invite_user_burst,
+            invite_user_rate_per_hour: config.invite_user_rate_per_hour,
+            invite_replica_burst: config.invite_replica_burst,
+            invite_replica_rate_per_hour: config.invite_replica_rate_per_hour,
+            org_create_burst: config.org_create_burst,
+            org_create_rate_per_hour: config.org_create_rate_per_hour,
+            authz_cache_entries: config.authz_cache_entries,
+        }
+    }
 }
 
 /// Shared state of the use-cases.
 #[derive(Clone)]
 pub struct Services {
     pub(crate) store: Store,
-    pub(crate) settings: Arc<ServiceSettings>,
     /// Wakes the outbox worker when an email is queued.
     pub(crate) outbox_signal: Arc<Notify>,
-    /// Limits invitation emails per organization.
-    pub(crate) invite_limiter: Arc<ratelimit::RateLimiter>,
+    /// Limits invitation emails and new organizations.
+    pub(crate) limits: Arc<ratelimit::Limits>,
     /// What Authorize has read recently.
     pub(crate) authz_cache: Arc<AuthzCache>,
 }
@@ -55,12 +83,27 @@ pub struct Services {
 impl Services {
     /// Builds the use-cases over a store.
     pub fn new(store: Store, settings: ServiceSettings, outbox_signal: Arc<Notify>) -> Self {
-        let invite_limiter = Arc::new(ratelimit::RateLimiter::new(
-            settings.invite_burst,
-            settings.invite_rate_per_hour,
-        ));
+        use ratelimit::RateLimiter;
+        let limits = Arc::new(ratelimit::Limits {
+            invitations_per_user: RateLimiter::new(
+                settings.invite_user_burst,
+                settings.invite_user_rate_per_hour,
+            ),
+            invitations_per_organization: RateLimiter::new(
+                settings.invite_burst,
+                settings.invite_rate_per_hour,
+            ),
+            invitations_per_replica: RateLimiter::new(
+                settings.invite_replica_burst,
+                settings.invite_replica_rate_per_hour,
+            ),
+            organizations_per_user: RateLimiter::new(
+                settings.org_create_burst,
+                settings.org_create_rate_per_hour,
+            ),
+        });
         let authz_cache = Arc::new(AuthzCache::new(settings.authz_cache_entries));
-        Self { store, settings: Arc::new(settings), outbox_signal, invite_limiter, authz_cache }
+        Self { store, outbox_signal, limits, authz_cache }
     }
 
     /// The Authorize cache, for the invalidation feed and for reporting.

@@ -4,18 +4,17 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::page::{self, PageRequest};
-use super::token::{self, Token};
+use super::token;
 use super::{Actor, Services};
-use crate::domain::invitation::{self as lifecycle, Transition};
+use crate::domain::invitation::{self as lifecycle, InviteRefusal, Transition};
 use crate::domain::{
     Access, AuditEvent, AuditEventId, DeliveryState, DisplayName, Email, Grant, Invitation,
     InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId, Pass,
     Permission, Role, Timestamp, UserId, Workspace, WorkspaceFacts, WorkspaceId,
 };
-use crate::email::render;
 use crate::error::Error;
 use crate::storage::changes::Change;
-use crate::storage::repo::{self, OutboxEmail};
+use crate::storage::repo;
 use crate::storage::snapshot::AuthzCache;
 use crate::storage::{WriteTx, feed};
 
@@ -44,6 +43,19 @@ pub struct NewInvitation {
 
 fn denied(message: &str) -> Error {
     Error::PermissionDenied(message.to_owned())
+}
+
+/// Refuses an actor whose email is not proven theirs (jwt mode: `email_verified` is not true),
+/// before anything is read: founding organizations, inviting and accepting put that email to
+/// use, so an unverified one could name anyone.
+fn require_verified_email(actor: &Actor, to: &str) -> Result<(), Error> {
+    if actor.email_verified {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "your email address is not verified, which is needed to {to}: verify your email with \
+         your identity provider, then sign in again"
+    )))
 }
 
 /// The caller's membership, or NOT_FOUND as if the organization did not exist.
@@ -130,6 +142,8 @@ impl Services {
                     .to_owned(),
             )
         })?;
+        require_verified_email(actor, "create an organization")?;
+        let taken = self.limits.take_organization(&actor.user_id)?;
         let now = Timestamp::now();
         let org = Organization {
             id: OrganizationId::generate(),
@@ -163,6 +177,7 @@ impl Services {
         )
         .await?;
         self.commit(tx, org.id, Change::Everything).await?;
+        taken.keep();
         Ok(org)
     }
 
@@ -638,11 +653,11 @@ impl Services {
         org: OrganizationId,
         new: NewInvitation,
     ) -> Result<Invitation, Error> {
+        require_verified_email(actor, "invite")?;
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
-        if new.role == Role::Owner && me.role != Role::Owner {
-            return Err(denied("only an Owner can invite an Owner"));
-        }
-        self.take_invitation_send(org)?;
+        lifecycle::may_invite(Some(me.role), new.role).map_err(refuse_inviting)?;
+        // Given back unless the invitation is committed.
+        let taken = self.limits.take_invitation(&actor.user_id, org)?;
         for (i, (workspace_id, _)) in new.workspace_grants.iter().enumerate() {
             if repo::find_workspace(&*tx, org, *workspace_id).await?.is_none() {
                 return Err(Error::invalid(
@@ -667,7 +682,6 @@ impl Services {
         }
         let organization =
             repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
-        let token = Token::generate().map_err(Error::internal)?;
         let invitation = Invitation {
             id: InvitationId::generate(),
             organization_id: org,
@@ -682,8 +696,9 @@ impl Services {
             delivery_state: DeliveryState::Queued,
             last_delivery_error: None,
         };
-        repo::insert_invitation(&*tx, &pass, &invitation, &token.hash()).await?;
-        self.queue_email(&tx, &organization, &me, &invitation, &token, now).await?;
+        // No token yet: the worker mints it when it sends the email, so none is ever stored.
+        repo::insert_invitation(&*tx, &pass, &invitation).await?;
+        repo::insert_outbox(&*tx, &invitation, now).await?;
         let details = json!({
             "email": invitation.email.as_str(),
             "role": invitation.role.as_str(),
@@ -700,6 +715,7 @@ impl Services {
         )
         .await?;
         tx.commit().await?;
+        taken.keep();
         self.outbox_signal.notify_one();
         tracing::info!(invitation = %invitation.id, invitee = %invitation.email.redacted(), "invitation created");
         Ok(invitation)
@@ -734,52 +750,6 @@ impl Services {
         Ok(())
     }
 
-    /// Counts one invitation email against the organization's rate.
-    fn take_invitation_send(&self, org: OrganizationId) -> Result<(), Error> {
-        self.invite_limiter.try_take(org).map_err(|wait| {
-            Error::ResourceExhausted(format!(
-                "this organization has sent too many invitations; retry in {} s",
-                wait.as_secs().max(1)
-            ))
-        })
-    }
-
-    async fn queue_email(
-        &self,
-        tx: &WriteTx,
-        organization: &Organization,
-        inviter: &Member,
-        invitation: &Invitation,
-        token: &Token,
-        now: Timestamp,
-    ) -> Result<(), Error> {
-        let url = render::accept_url(&self.settings.invite_url, token.expose());
-        let rendered = render::invitation(&render::InvitationEmail {
-            organization: organization.display_name.as_str(),
-            inviter: inviter.email.as_str(),
-            role: invitation.role,
-            expire_time: invitation.expire_time,
-            accept_url: &url,
-            token: token.expose(),
-        });
-        repo::insert_outbox(
-            &**tx,
-            &OutboxEmail {
-                id: uuid::Uuid::now_v7(),
-                invitation_id: invitation.id,
-                send_number: invitation.send_count,
-                recipient: invitation.email.as_str().to_owned(),
-                subject: rendered.subject,
-                body_text: rendered.text,
-                body_html: rendered.html,
-                attempts: 0,
-                next_attempt_time: now.as_micros(),
-            },
-            now,
-        )
-        .await
-    }
-
     /// Lists invitations, optionally by state.
     #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org))]
     pub async fn list_invitations(
@@ -798,7 +768,9 @@ impl Services {
         Ok(page::finish("invitations", items, page.size, |i| i.id.to_string()))
     }
 
-    /// Issues a fresh token, expiry and email for a PENDING or EXPIRED invitation.
+    /// Issues a fresh expiry and email (with a fresh token) for a PENDING or EXPIRED
+    /// invitation; the token already mailed stops working at once, and the actor becomes the
+    /// inviter.
     #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, invitation = %id))]
     pub async fn resend_invitation(
         &self,
@@ -806,17 +778,21 @@ impl Services {
         org: OrganizationId,
         id: InvitationId,
     ) -> Result<Invitation, Error> {
+        require_verified_email(actor, "invite")?;
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
         let invitation =
             repo::find_invitation(&*tx, org, id).await?.ok_or(Error::NotFound("invitation"))?;
-        if invitation.role == Role::Owner && me.role != Role::Owner {
-            return Err(denied("only an Owner can resend an invitation to become Owner"));
-        }
+        lifecycle::may_invite(Some(me.role), invitation.role).map_err(|refusal| match refusal {
+            InviteRefusal::OwnerRoleNeedsOwner => {
+                denied("only an Owner can resend an invitation to become Owner")
+            }
+            other => refuse_inviting(other),
+        })?;
         let now = Timestamp::now();
         if let Transition::Refuse(why) = lifecycle::resend(invitation.state_at(now)) {
             return Err(Error::FailedPrecondition(why.to_owned()));
         }
-        self.take_invitation_send(org)?;
+        let taken = self.limits.take_invitation(&actor.user_id, org)?;
         if repo::find_member_by_email(&*tx, org, &invitation.email).await?.is_some() {
             return Err(Error::FailedPrecondition(
                 "this email belongs to a member of the organization already".to_owned(),
@@ -824,19 +800,19 @@ impl Services {
         }
         let organization =
             repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
-        let token = Token::generate().map_err(Error::internal)?;
         let expire_time = now.plus(organization.invitation_ttl.duration());
-        repo::update_invitation_for_resend(&*tx, &pass, id, &token.hash(), expire_time, now)
+        repo::update_invitation_for_resend(&*tx, &pass, id, &actor.user_id, expire_time, now)
             .await?;
         let resent = Invitation {
             stored_state: InvitationState::Pending,
+            inviter_user_id: actor.user_id.clone(),
             expire_time,
             send_count: invitation.send_count + 1,
             delivery_state: DeliveryState::Queued,
             last_delivery_error: None,
             ..invitation
         };
-        self.queue_email(&tx, &organization, &me, &resent, &token, now).await?;
+        repo::insert_outbox(&*tx, &resent, now).await?;
         let details = json!({ "send_count": resent.send_count });
         audit(
             &tx,
@@ -849,11 +825,13 @@ impl Services {
         )
         .await?;
         tx.commit().await?;
+        taken.keep();
         self.outbox_signal.notify_one();
         Ok(resent)
     }
 
-    /// Revokes a PENDING or EXPIRED invitation; revoking again succeeds without a change.
+    /// Revokes a PENDING or EXPIRED invitation; revoking again succeeds without a change. An
+    /// email not yet sent is never sent.
     #[instrument(skip_all, fields(actor = %actor.user_id, organization = %org, invitation = %id))]
     pub async fn revoke_invitation(
         &self,
@@ -870,6 +848,8 @@ impl Services {
             Transition::NoOp => Ok(invitation),
             Transition::Apply => {
                 repo::update_invitation_state(&*tx, org, id, InvitationState::Revoked, now).await?;
+                let why = "not sent: the invitation was revoked";
+                repo::cancel_outbox_of(&*tx, org, id, why).await?;
                 audit(
                     &tx,
                     org,
@@ -881,7 +861,10 @@ impl Services {
                 )
                 .await?;
                 tx.commit().await?;
-                Ok(Invitation { stored_state: InvitationState::Revoked, ..invitation })
+                // Read back: the delivery state may have changed with the revocation.
+                let revoked = repo::find_invitation(self.store.reader(), org, id).await?;
+                Ok(revoked
+                    .unwrap_or(Invitation { stored_state: InvitationState::Revoked, ..invitation }))
             }
         }
     }
@@ -895,11 +878,7 @@ impl Services {
                 "the caller's email is required to accept an invitation (x-user-email)".to_owned(),
             )
         })?;
-        if actor.email_verified == Some(false) {
-            return Err(denied(
-                "your email address is not verified; verify it with your identity provider first",
-            ));
-        }
+        require_verified_email(actor, "accept an invitation")?;
         if !token::is_well_formed(presented) {
             return Err(Error::invalid(
                 "token",
@@ -940,6 +919,10 @@ impl Services {
         if let Transition::Refuse(why) = lifecycle::accept(invitation.state_at(now)) {
             return Err(Error::FailedPrecondition(why.to_owned()));
         }
+        // The invitation grants no more than its inviter still could (rule 1, as of now).
+        let inviter = repo::find_member(&*tx, org, &invitation.inviter_user_id).await?;
+        lifecycle::may_invite(inviter.map(|m| m.role), invitation.role)
+            .map_err(|refusal| Error::FailedPrecondition(void_invitation(refusal).to_owned()))?;
         let member = Member {
             organization_id: org,
             user_id: actor.user_id.clone(),
@@ -950,6 +933,8 @@ impl Services {
         repo::insert_invited_member(&*tx, &invitation, &member).await?;
         repo::insert_invited_grants(&*tx, &invitation, &actor.user_id).await?;
         repo::update_invitation_state(&*tx, org, invitation.id, InvitationState::Accepted, now)
+            .await?;
+        repo::cancel_outbox_of(&*tx, org, invitation.id, "not sent: the invitation was accepted")
             .await?;
         let details =
             json!({ "invitation_id": invitation.id.to_string(), "role": invitation.role.as_str() });
@@ -996,6 +981,35 @@ struct InvalidateOnDrop<'a> {
 impl Drop for InvalidateOnDrop<'_> {
     fn drop(&mut self) {
         self.cache.invalidate(self.org);
+    }
+}
+
+/// PERMISSION_DENIED for an inviter who may not offer the role (rule 1).
+fn refuse_inviting(refusal: InviteRefusal) -> Error {
+    match refusal {
+        InviteRefusal::OwnerRoleNeedsOwner => denied("only an Owner can invite an Owner"),
+        // Unreachable past `begin_on`, which checked membership and members.invite.
+        InviteRefusal::NotAMember | InviteRefusal::CannotInvite => {
+            denied("your role does not include the permission members.invite")
+        }
+    }
+}
+
+/// Why an invitation no longer stands once its inviter may not offer its role.
+fn void_invitation(refusal: InviteRefusal) -> &'static str {
+    match refusal {
+        InviteRefusal::NotAMember => {
+            "the member who invited you has left the organization, so the invitation no longer \
+             stands; ask an Owner or Admin to invite you again"
+        }
+        InviteRefusal::CannotInvite => {
+            "the member who invited you may no longer invite members, so the invitation no \
+             longer stands; ask an Owner or Admin to invite you again"
+        }
+        InviteRefusal::OwnerRoleNeedsOwner => {
+            "the member who invited you to be Owner is no longer an Owner, so the invitation no \
+             longer stands; ask an Owner to invite you again"
+        }
     }
 }
 

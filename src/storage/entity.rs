@@ -123,7 +123,8 @@ pub mod invitation_grant {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// `outbox`
+/// `outbox`: which send of which invitation is due when. No row holds a body or a token: the
+/// worker renders the email, with a token minted at that moment, when it sends.
 pub mod outbox {
     use sea_orm::entity::prelude::*;
 
@@ -136,8 +137,12 @@ pub mod outbox {
         pub invitation_id: Uuid,
         pub send_number: i32,
         pub recipient: String,
+        /// Unused, always empty: kept with the bodies until a later release drops them.
         pub subject: String,
+        /// Always NULL since the bodies held tokens; only a process of the previous release,
+        /// during a rollout, still writes one, and the worker erases it when it claims the row.
         pub body_text: Option<String>,
+        /// As `body_text`.
         pub body_html: Option<String>,
         pub state: String,
         pub attempts: i32,

@@ -729,13 +729,19 @@ fn to_invitation(
     })
 }
 
-/// Inserts an invitation with its grants. A second pending invitation for the same email is
-/// refused by a unique index, so concurrent invitations of one email make one.
+/// What `token_hash` holds while an invitation has no token: the worker mints one when it sends
+/// the email. Unique per invitation (the column is), and never the hash of anything, since a
+/// hash is 64 hexadecimal digits. (Migration 2 writes the same prefix.)
+fn no_token(id: InvitationId) -> String {
+    format!("none:{id}")
+}
+
+/// Inserts an invitation with its grants, and no token yet. A second pending invitation for the
+/// same email is refused by a unique index, so concurrent invitations of one email make one.
 pub async fn insert_invitation(
     db: &impl ConnectionTrait,
     pass: &Pass,
     inv: &Invitation,
-    token_hash: &str,
 ) -> Result<(), Error> {
     debug_assert_eq!(inv.organization_id, pass.organization_id());
     let result = invitation::Entity::insert(invitation::ActiveModel {
@@ -744,7 +750,7 @@ pub async fn insert_invitation(
         email: Set(inv.email.as_str().to_owned()),
         role: Set(inv.role.as_str().to_owned()),
         state: Set(inv.stored_state.as_str().to_owned()),
-        token_hash: Set(token_hash.to_owned()),
+        token_hash: Set(no_token(inv.id)),
         inviter_user_id: Set(inv.inviter_user_id.as_str().to_owned()),
         create_time: Set(inv.create_time.as_micros()),
         expire_time: Set(inv.expire_time.as_micros()),
@@ -865,18 +871,21 @@ pub async fn update_invitation_state(
     Ok(())
 }
 
-/// Gives an invitation a fresh token and expiry, back in the pending state, and counts the send.
+/// Brings an invitation back to pending with a fresh expiry for a new email from `inviter`, and
+/// counts the send. Its token is cleared at once, so the one already mailed stops working; the
+/// worker mints the next when it sends.
 pub async fn update_invitation_for_resend(
     db: &impl ConnectionTrait,
     pass: &Pass,
     id: InvitationId,
-    token_hash: &str,
+    inviter: &UserId,
     expire_time: Timestamp,
     now: Timestamp,
 ) -> Result<(), Error> {
     let result = invitation::Entity::update_many()
         .col_expr(invitation::Column::State, Expr::value(InvitationState::Pending.as_str()))
-        .col_expr(invitation::Column::TokenHash, Expr::value(token_hash))
+        .col_expr(invitation::Column::TokenHash, Expr::value(no_token(id)))
+        .col_expr(invitation::Column::InviterUserId, Expr::value(inviter.as_str()))
         .col_expr(invitation::Column::ExpireTime, Expr::value(expire_time.as_micros()))
         .col_expr(invitation::Column::SendCount, Expr::col(invitation::Column::SendCount).add(1))
         .col_expr(invitation::Column::DeliveryState, Expr::value(DeliveryState::Queued.as_str()))
@@ -939,7 +948,8 @@ pub async fn list_invitations(
     Ok(out)
 }
 
-/// A queued email.
+/// A queued send of an invitation email. It holds no body and no token: the worker renders
+/// the email when it sends it.
 #[derive(Debug, Clone)]
 pub struct OutboxEmail {
     /// Row id.
@@ -948,40 +958,39 @@ pub struct OutboxEmail {
     pub invitation_id: InvitationId,
     /// Which send of the invitation this is (its send_count when queued).
     pub send_number: i32,
-    /// Recipient address.
-    pub recipient: String,
-    /// Subject line.
-    pub subject: String,
-    /// Plain-text body.
-    pub body_text: String,
-    /// HTML body.
-    pub body_html: String,
     /// Attempts made so far.
     pub attempts: i32,
     /// When the row is next due; part of the claim.
     pub next_attempt_time: i64,
 }
 
-/// Queues an email in the invitation's transaction, dropping any older unsent email of the same
-/// invitation (its token no longer works).
+/// States of a row whose email may still be sent.
+const WAITING: [DeliveryState; 2] = [DeliveryState::Queued, DeliveryState::Retrying];
+
+fn waiting() -> [&'static str; 2] {
+    WAITING.map(DeliveryState::as_str)
+}
+
+/// Queues the email for the invitation's current send in its transaction, dropping any older
+/// unsent email of the same invitation (superseded by this one).
 pub async fn insert_outbox(
     db: &impl ConnectionTrait,
-    email: &OutboxEmail,
+    invitation: &Invitation,
     now: Timestamp,
 ) -> Result<(), Error> {
     outbox::Entity::delete_many()
-        .filter(outbox::Column::InvitationId.eq(email.invitation_id.as_uuid()))
-        .filter(outbox::Column::State.ne(DeliveryState::Sent.as_str()))
+        .filter(outbox::Column::InvitationId.eq(invitation.id.as_uuid()))
+        .filter(outbox::Column::State.is_in(waiting()))
         .exec(db)
         .await?;
     outbox::Entity::insert(outbox::ActiveModel {
-        id: Set(email.id),
-        invitation_id: Set(email.invitation_id.as_uuid()),
-        send_number: Set(email.send_number),
-        recipient: Set(email.recipient.clone()),
-        subject: Set(email.subject.clone()),
-        body_text: Set(Some(email.body_text.clone())),
-        body_html: Set(Some(email.body_html.clone())),
+        id: Set(uuid::Uuid::now_v7()),
+        invitation_id: Set(invitation.id.as_uuid()),
+        send_number: Set(invitation.send_count),
+        recipient: Set(invitation.email.as_str().to_owned()),
+        subject: Set(String::new()),
+        body_text: Set(None),
+        body_html: Set(None),
         state: Set(DeliveryState::Queued.as_str().to_owned()),
         attempts: Set(0),
         next_attempt_time: Set(now.as_micros()),
@@ -1000,10 +1009,7 @@ pub async fn list_due_outbox(
     limit: u64,
 ) -> Result<Vec<OutboxEmail>, Error> {
     let rows = outbox::Entity::find()
-        .filter(
-            outbox::Column::State
-                .is_in([DeliveryState::Queued.as_str(), DeliveryState::Retrying.as_str()]),
-        )
+        .filter(outbox::Column::State.is_in(waiting()))
         .filter(outbox::Column::NextAttemptTime.lte(now.as_micros()))
         .order_by_asc(outbox::Column::NextAttemptTime)
         .limit(limit)
@@ -1011,24 +1017,32 @@ pub async fn list_due_outbox(
         .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|m| {
-            Some(OutboxEmail {
-                id: m.id,
-                invitation_id: InvitationId::from_uuid(m.invitation_id),
-                send_number: m.send_number,
-                recipient: m.recipient,
-                subject: m.subject,
-                body_text: m.body_text?,
-                body_html: m.body_html?,
-                attempts: m.attempts,
-                next_attempt_time: m.next_attempt_time,
-            })
+        .map(|m| OutboxEmail {
+            id: m.id,
+            invitation_id: InvitationId::from_uuid(m.invitation_id),
+            send_number: m.send_number,
+            attempts: m.attempts,
+            next_attempt_time: m.next_attempt_time,
         })
         .collect())
 }
 
+/// Finds the invitation an outbox row belongs to, whatever its organization: the worker learns
+/// from it which organization to lock.
+pub async fn find_invitation_of_outbox(
+    db: &impl ConnectionTrait,
+    email: &OutboxEmail,
+) -> Result<Option<Invitation>, Error> {
+    let Some(m) = invitation::Entity::find_by_id(email.invitation_id.as_uuid()).one(db).await?
+    else {
+        return Ok(None);
+    };
+    let grants = grants_of(db, m.id).await?;
+    to_invitation(m, grants).map(Some)
+}
+
 /// Claims a due email for `lease` so that one worker among several replicas sends it. Returns
-/// false when another worker claimed it first.
+/// false when another worker claimed it first, or it no longer waits.
 pub async fn claim_outbox(
     db: &impl ConnectionTrait,
     email: &OutboxEmail,
@@ -1036,15 +1050,79 @@ pub async fn claim_outbox(
 ) -> Result<bool, Error> {
     let result = outbox::Entity::update_many()
         .col_expr(outbox::Column::NextAttemptTime, Expr::value(lease_until.as_micros()))
+        // A process of the previous release, beside this one during a rollout, still writes
+        // bodies with a token in them; the email sent now carries another.
+        .col_expr(outbox::Column::BodyText, Expr::value(Option::<String>::None))
+        .col_expr(outbox::Column::BodyHtml, Expr::value(Option::<String>::None))
         .filter(outbox::Column::Id.eq(email.id))
         .filter(outbox::Column::NextAttemptTime.eq(email.next_attempt_time))
+        .filter(outbox::Column::State.is_in(waiting()))
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
 }
 
+/// Stores the hash of the token about to be mailed for send `send_number`, replacing any
+/// earlier one, provided that send is still the invitation's latest and the invitation pending.
+/// Returns false otherwise.
+pub async fn update_invitation_token(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    email: &OutboxEmail,
+    token_hash: &str,
+) -> Result<bool, Error> {
+    let result = invitation::Entity::update_many()
+        .col_expr(invitation::Column::TokenHash, Expr::value(token_hash))
+        .filter(invitation::Column::Id.eq(email.invitation_id.as_uuid()))
+        .filter(invitation::Column::OrganizationId.eq(org.as_uuid()))
+        .filter(invitation::Column::SendCount.eq(email.send_number))
+        .filter(invitation::Column::State.eq(InvitationState::Pending.as_str()))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Forgets a queued email: its invitation is gone, or a later send replaced it.
+pub async fn delete_outbox(db: &impl ConnectionTrait, email: &OutboxEmail) -> Result<(), Error> {
+    outbox::Entity::delete_by_id(email.id).exec(db).await?;
+    Ok(())
+}
+
+/// Marks every waiting email of an invitation as never to be sent, saying why, and shows that
+/// on the invitation if its latest email was among them. Called in the transaction that revokes
+/// or accepts it, and by the worker when it finds an invitation that can no longer be accepted.
+pub async fn cancel_outbox_of(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    id: InvitationId,
+    reason: &str,
+) -> Result<(), Error> {
+    let canceled = outbox::Entity::update_many()
+        .col_expr(outbox::Column::State, Expr::value(DeliveryState::Canceled.as_str()))
+        .col_expr(outbox::Column::LastError, Expr::value(reason))
+        .filter(outbox::Column::InvitationId.eq(id.as_uuid()))
+        .filter(outbox::Column::State.is_in(waiting()))
+        .exec(db)
+        .await?;
+    if canceled.rows_affected > 0 {
+        invitation::Entity::update_many()
+            .col_expr(
+                invitation::Column::DeliveryState,
+                Expr::value(DeliveryState::Canceled.as_str()),
+            )
+            .col_expr(invitation::Column::LastDeliveryError, Expr::value(reason))
+            .filter(invitation::Column::Id.eq(id.as_uuid()))
+            .filter(invitation::Column::OrganizationId.eq(org.as_uuid()))
+            .filter(invitation::Column::DeliveryState.is_in(waiting()))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Records the outcome of an attempt on the email and, if it is the invitation's latest email,
-/// on the invitation. A sent email's bodies are cleared: they hold the token.
+/// on the invitation. A failure is recorded only on an email still waiting: one cancelled
+/// while it was being sent stays cancelled.
 pub async fn record_delivery(
     db: &impl ConnectionTrait,
     email: &OutboxEmail,
@@ -1052,26 +1130,24 @@ pub async fn record_delivery(
     error: Option<&str>,
     next_attempt: Timestamp,
 ) -> Result<(), Error> {
-    // The invitation row first, then the outbox row: the same order as a resend, so the two
-    // cannot deadlock.
-    invitation::Entity::update_many()
+    let sent = state == DeliveryState::Sent;
+    let mut on_invitation = invitation::Entity::update_many()
         .col_expr(invitation::Column::DeliveryState, Expr::value(state.as_str()))
         .col_expr(invitation::Column::LastDeliveryError, Expr::value(error.map(str::to_owned)))
         .filter(invitation::Column::Id.eq(email.invitation_id.as_uuid()))
-        .filter(invitation::Column::SendCount.eq(email.send_number))
-        .exec(db)
-        .await?;
-    let mut update = outbox::Entity::update_many()
+        .filter(invitation::Column::SendCount.eq(email.send_number));
+    let mut on_outbox = outbox::Entity::update_many()
         .col_expr(outbox::Column::State, Expr::value(state.as_str()))
         .col_expr(outbox::Column::Attempts, Expr::value(email.attempts + 1))
         .col_expr(outbox::Column::NextAttemptTime, Expr::value(next_attempt.as_micros()))
-        .col_expr(outbox::Column::LastError, Expr::value(error.map(str::to_owned)));
-    if state == DeliveryState::Sent {
-        update = update
-            .col_expr(outbox::Column::BodyText, Expr::value(Option::<String>::None))
-            .col_expr(outbox::Column::BodyHtml, Expr::value(Option::<String>::None));
+        .col_expr(outbox::Column::LastError, Expr::value(error.map(str::to_owned)))
+        .filter(outbox::Column::Id.eq(email.id));
+    if !sent {
+        on_invitation = on_invitation.filter(invitation::Column::DeliveryState.is_in(waiting()));
+        on_outbox = on_outbox.filter(outbox::Column::State.is_in(waiting()));
     }
-    update.filter(outbox::Column::Id.eq(email.id)).exec(db).await?;
+    on_invitation.exec(db).await?;
+    on_outbox.exec(db).await?;
     Ok(())
 }
 

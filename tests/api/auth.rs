@@ -19,23 +19,24 @@ db_tests!(
     accepting_needs_a_verified_email_when_the_token_says,
 );
 
-const ISSUER: &str = "https://login.example.com/";
-const AUDIENCE: &str = "roster";
-const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes";
+pub(crate) const ISSUER: &str = "https://login.example.com/";
+pub(crate) const AUDIENCE: &str = "roster";
+pub(crate) const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt").join(name)
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn claims(sub: &str, email: &str) -> serde_json::Value {
-    json!({ "sub": sub, "email": email, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "nbf": now() - 10 })
+/// Claims of a user whose identity provider verified their email.
+pub(crate) fn claims(sub: &str, email: &str) -> serde_json::Value {
+    json!({ "sub": sub, "email": email, "email_verified": true, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "nbf": now() - 10 })
 }
 
-fn sign_hs(claims: &serde_json::Value, secret: &str) -> String {
+pub(crate) fn sign_hs(claims: &serde_json::Value, secret: &str) -> String {
     encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
         .unwrap()
 }
@@ -59,19 +60,19 @@ fn sign_pem(
     encode(&header, claims, &key).unwrap()
 }
 
-fn bearer<T>(token: &str, message: T) -> Request<T> {
+pub(crate) fn bearer<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
 }
 
-struct JwtSetup {
+pub(crate) struct JwtSetup {
     dir: tempfile::TempDir,
     service_token: String,
 }
 
 impl JwtSetup {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
         let (service_token, line) = roster::grpc::auth::new_service_token("billing-api").unwrap();
@@ -80,7 +81,7 @@ impl JwtSetup {
         JwtSetup { dir, service_token }
     }
 
-    async fn spawn(
+    pub(crate) async fn spawn(
         &self,
         backend: Backend,
         keys: impl FnOnce(&mut roster::config::Config),
@@ -96,13 +97,13 @@ impl JwtSetup {
         .await
     }
 
-    async fn spawn_hs(&self, backend: Backend) -> TestApp {
+    pub(crate) async fn spawn_hs(&self, backend: Backend) -> TestApp {
         let secret = self.dir.path().join("secret");
         self.spawn(backend, |config| config.jwt_secret_file = Some(secret)).await
     }
 }
 
-async fn create_org(app: &TestApp, token: &str) -> Result<String, tonic::Status> {
+pub(crate) async fn create_org(app: &TestApp, token: &str) -> Result<String, tonic::Status> {
     app.team
         .clone()
         .create_organization(bearer(

@@ -5,7 +5,7 @@ use roster::pb::{self, OrganizationRole as R, WorkspaceAccess as A};
 use sea_orm::{ConnectionTrait, DbBackend};
 use tonic::{Code, Request, Status};
 
-use crate::common::{Backend, TestApp, User, spawn_app};
+use crate::common::{Backend, TestApp, User, spawn_app_with};
 use crate::db_tests;
 
 db_tests!(every_team_rpc_answers_each_kind_of_caller_as_the_tables_say);
@@ -292,7 +292,13 @@ const MATRIX: &[(&str, [Code; 4])] = &[
 ];
 
 async fn every_team_rpc_answers_each_kind_of_caller_as_the_tables_say(backend: Backend) {
-    let app = spawn_app(backend).await;
+    // One Owner founds and invites in every cell's organization: more than one user's default
+    // budget of new organizations and invitations.
+    let app = spawn_app_with(backend, |config| {
+        config.org_create_burst = 1000;
+        config.invite_user_burst = 1000;
+    })
+    .await;
     let shared = fixture(&app, "shared").await;
     let missing_org = "01900000-0000-7000-8000-00000000abcd";
     let outsider = User::new("outsider");

@@ -7,11 +7,15 @@ use roster::pb::{self, OrganizationRole as R};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use tonic::Code;
 
-use crate::common::{Backend, User, assert_code, spawn_app_with};
+use crate::common::{Backend, User, assert_code, spawn_app, spawn_app_with};
 use crate::db_tests;
 
 db_tests!(
     invitations_are_rate_limited_per_organization,
+    one_user_cannot_spread_invitations_over_many_organizations,
+    refused_invitations_give_their_budget_back,
+    organizations_are_rate_limited_per_user,
+    every_invitation_of_a_replica_counts_against_its_limit,
     excess_calls_are_shed_and_slow_calls_hit_the_deadline,
 );
 
@@ -47,6 +51,121 @@ async fn invitations_are_rate_limited_per_organization(backend: Backend) {
     app.invite(&owner, &other, "p3@example.com", R::Member, &[])
         .await
         .expect("another organization has its own budget");
+    app.stop().await;
+}
+
+/// The default budget of one inviting user, across all their organizations.
+const USER_INVITE_BURST: usize = 20;
+
+async fn one_user_cannot_spread_invitations_over_many_organizations(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let spammer = User::new("spammer");
+    let mut orgs = Vec::new();
+    for name in ["Spam 1", "Spam 2", "Spam 3"] {
+        orgs.push(app.create_org(&spammer, name).await);
+    }
+    for i in 0..USER_INVITE_BURST {
+        let org = &orgs[i % 2];
+        app.invite(&spammer, org, &format!("stranger{i}@example.com"), R::Member, &[])
+            .await
+            .unwrap();
+    }
+    let before = app.snapshot().await;
+    let status = app.invite(&spammer, &orgs[2], "one.more@example.com", R::Member, &[]).await;
+    let status = status.expect_err("the user's budget is spent, whatever the organization");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("you have sent"), "{}", status.message());
+    assert!(status.message().contains("retry in"), "{}", status.message());
+    assert_eq!(app.snapshot().await, before, "a refused invitation changed something");
+    // Another user keeps a budget of their own.
+    let other = User::new("other");
+    let theirs = app.create_org(&other, "Theirs").await;
+    app.invite(&other, &theirs, "friend@example.com", R::Member, &[]).await.unwrap();
+    app.stop().await;
+}
+
+async fn refused_invitations_give_their_budget_back(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let other = app.create_org(&owner, "Other").await;
+    let foreign_ws = app.create_workspace(&owner, &other, "theirs").await;
+    app.invite(&owner, &org, "carol@example.com", R::Member, &[]).await.unwrap();
+    let before = app.snapshot().await;
+    for _ in 0..10 {
+        let pending = app.invite(&owner, &org, "carol@example.com", R::Admin, &[]).await;
+        assert_code(pending, Code::AlreadyExists, None);
+        let member = app.invite(&owner, &org, &owner.email, R::Member, &[]).await;
+        assert_code(member, Code::AlreadyExists, None);
+        let grant = app
+            .invite(
+                &owner,
+                &org,
+                "dan@example.com",
+                R::Member,
+                &[(&foreign_ws, pb::WorkspaceAccess::Read)],
+            )
+            .await;
+        assert_code(grant, Code::InvalidArgument, Some("workspace_grants[0].workspace_id"));
+    }
+    assert_eq!(app.snapshot().await, before);
+    // Thirty refusals later, the whole budget but the one invitation made is left.
+    for i in 1..USER_INVITE_BURST {
+        app.invite(&owner, &org, &format!("p{i}@example.com"), R::Member, &[])
+            .await
+            .unwrap_or_else(|status| panic!("invitation {i}: {status:?}"));
+    }
+    let spent = app.invite(&owner, &org, "last@example.com", R::Member, &[]).await;
+    assert_code(spent, Code::ResourceExhausted, None);
+    app.stop().await;
+}
+
+/// The default number of organizations one user may create at once.
+const ORGANIZATION_BURST: usize = 10;
+
+async fn organizations_are_rate_limited_per_user(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let founder = User::new("founder");
+    for i in 0..ORGANIZATION_BURST {
+        app.create_org(&founder, &format!("Org {i}")).await;
+    }
+    let before = app.snapshot().await;
+    let status = app
+        .team
+        .clone()
+        .create_organization(
+            founder.req(pb::CreateOrganizationRequest { display_name: "One more".into() }),
+        )
+        .await
+        .expect_err("the founder's budget is spent");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("retry in"), "{}", status.message());
+    assert_eq!(app.snapshot().await, before);
+    app.create_org(&User::new("someone-else"), "Theirs").await;
+    app.stop().await;
+}
+
+async fn every_invitation_of_a_replica_counts_against_its_limit(backend: Backend) {
+    let app = spawn_app_with(backend, |config| config.invite_replica_burst = 3).await;
+    let mut orgs = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let owner = User::new(name);
+        let org = app.create_org(&owner, name).await;
+        orgs.push((owner, org));
+    }
+    for (owner, org) in &orgs[..3] {
+        app.invite(owner, org, &format!("guest-of-{}@example.com", owner.id), R::Member, &[])
+            .await
+            .unwrap();
+    }
+    let before = app.snapshot().await;
+    let (owner, org) = &orgs[3];
+    let status = app.invite(owner, org, "guest-of-d@example.com", R::Member, &[]).await;
+    let status = status.expect_err("the replica's budget is spent, whoever asks");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("this server"), "{}", status.message());
+    assert!(status.message().contains("retry in"), "{}", status.message());
+    assert_eq!(app.snapshot().await, before);
     app.stop().await;
 }
 

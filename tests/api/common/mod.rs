@@ -223,6 +223,17 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let (database_url, pg_database) = fresh_database(backend, dir.path()).await;
+    spawn_app_on(dir, database_url, pg_database, adjust).await
+}
+
+/// Starts a server on a database the test prepared (`pg_database` is dropped when it stops),
+/// keeping its mail folder in `dir`.
+pub async fn spawn_app_on(
+    dir: tempfile::TempDir,
+    database_url: String,
+    pg_database: Option<String>,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
     let smtp = SmtpSink::start().await;
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -426,6 +437,12 @@ impl TestApp {
         joined.bytes().fold(17i64, |acc, b| acc.wrapping_mul(31).wrapping_add(b as i64))
     }
 
+    /// Every text value stored in every table of the server's database, as (table, column,
+    /// value): what a reader of the database (or of a backup) would see.
+    pub async fn stored_texts(&self) -> Vec<(String, String, String)> {
+        stored_texts(&self.db).await
+    }
+
     /// Runs a statement on the server's database (to age an invitation, for example).
     pub async fn execute(&self, sql: &str) {
         self.db.execute_unprepared(sql).await.unwrap();
@@ -482,4 +499,36 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, fi
             "BadRequest names {field}: {bad_request:?}"
         );
     }
+}
+
+/// Every text value stored in every table of `db`, as (table, column, value).
+pub async fn stored_texts(db: &DatabaseConnection) -> Vec<(String, String, String)> {
+    let backend = db.get_database_backend();
+    let columns_sql = match backend {
+        sea_orm::DbBackend::Postgres => {
+            "SELECT table_name::text AS t, column_name::text AS c FROM information_schema.columns \
+             WHERE table_schema = 'public' \
+             AND data_type IN ('text', 'character varying', 'character', 'json', 'jsonb')"
+        }
+        _ => {
+            "SELECT m.name AS t, p.name AS c FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND (upper(p.type) LIKE '%TEXT%' \
+             OR upper(p.type) LIKE '%CHAR%' OR upper(p.type) LIKE '%CLOB%' OR p.type = '')"
+        }
+    };
+    let columns =
+        db.query_all_raw(Statement::from_string(backend, columns_sql.to_owned())).await.unwrap();
+    assert!(!columns.is_empty(), "the database has text columns");
+    let mut texts = Vec::new();
+    for row in columns {
+        let table: String = row.try_get("", "t").unwrap();
+        let column: String = row.try_get("", "c").unwrap();
+        let sql = format!("SELECT CAST(\"{column}\" AS TEXT) AS v FROM \"{table}\"");
+        for value_row in db.query_all_raw(Statement::from_string(backend, sql)).await.unwrap() {
+            if let Ok(Some(value)) = value_row.try_get::<Option<String>>("", "v") {
+                texts.push((table.clone(), column.clone(), value));
+            }
+        }
+    }
+    texts
 }

@@ -2,6 +2,7 @@
 //! the emails Roster sends over a real SMTP conversation.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -37,6 +38,9 @@ pub struct SmtpSink {
     pub port: u16,
     received: Arc<Mutex<Vec<ReceivedEmail>>>,
     arrived: Arc<Notify>,
+    /// When set, a message is kept but its DATA is answered with a temporary failure, as by a
+    /// server that stored the mail and then failed to say so: the sender will try again.
+    fail_replies: Arc<AtomicBool>,
 }
 
 impl SmtpSink {
@@ -49,7 +53,12 @@ impl SmtpSink {
     /// Starts the sink on a given listener (to come back on a known port).
     pub fn serve(listener: TcpListener) -> Self {
         let port = listener.local_addr().unwrap().port();
-        let sink = SmtpSink { port, received: Arc::default(), arrived: Arc::new(Notify::new()) };
+        let sink = SmtpSink {
+            port,
+            received: Arc::default(),
+            arrived: Arc::new(Notify::new()),
+            fail_replies: Arc::default(),
+        };
         let handle = sink.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -75,7 +84,7 @@ impl SmtpSink {
             }
             let command = line.trim_end().to_ascii_uppercase();
             if command.starts_with("EHLO") {
-                write.write_all(b"250-sink.localhost\r\n250 8BITMIME\r\n").await?;
+                write.write_all(b"250-sink.localhost\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n").await?;
             } else if command.starts_with("HELO") || command.starts_with("MAIL FROM") {
                 write.write_all(b"250 OK\r\n").await?;
             } else if command.starts_with("RCPT TO") {
@@ -102,7 +111,11 @@ impl SmtpSink {
                     .await
                     .push(ReceivedEmail { recipients: std::mem::take(&mut recipients), data });
                 self.arrived.notify_waiters();
-                write.write_all(b"250 OK queued\r\n").await?;
+                if self.fail_replies.load(Ordering::SeqCst) {
+                    write.write_all(b"451 4.3.0 stored, but reporting a failure\r\n").await?;
+                } else {
+                    write.write_all(b"250 OK queued\r\n").await?;
+                }
             } else if command == "RSET" || command == "NOOP" {
                 recipients.clear();
                 write.write_all(b"250 OK\r\n").await?;
@@ -113,6 +126,12 @@ impl SmtpSink {
                 write.write_all(b"502 Command not implemented\r\n").await?;
             }
         }
+    }
+
+    /// Makes the sink keep each message but answer its DATA with a temporary failure (`true`),
+    /// or answer normally again (`false`).
+    pub fn fail_replies(&self, fail: bool) {
+        self.fail_replies.store(fail, Ordering::SeqCst);
     }
 
     /// Every email received so far.
