@@ -7,6 +7,7 @@ mod access;
 mod auth;
 mod faults;
 mod hostile;
+mod index;
 mod invitations;
 mod matrix;
 mod members;
