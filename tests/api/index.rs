@@ -1,13 +1,17 @@
-//! The Authorize index under pressure: organization ids nobody created, and eviction by recency.
+//! The Authorize index under pressure: organization ids nobody created, eviction by recency,
+//! and the rows it reports holding against what a reload of the same organizations holds.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use roster::domain::OrganizationId;
-use roster::pb::{self, DecisionReason as Why};
-use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
+use roster::pb::{self, DecisionReason as Why, OrganizationRole as R, WorkspaceAccess as A};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, EntityTrait, Statement,
+};
 
 use crate::common::{
-    Backend, TestApp, User, check, sample, scrape, spawn_app_with, wait_for_sample,
+    Backend, TestApp, User, check, fresh_database, sample, scrape, spawn_app_with, wait_for_sample,
 };
 use crate::db_tests;
 
@@ -15,6 +19,7 @@ db_tests!(
     a_flood_of_made_up_organization_ids_leaves_the_organizations_in_use_loaded,
     eviction_keeps_the_organizations_in_use_loaded,
     an_organization_created_with_an_id_remembered_as_absent_is_found,
+    after_many_patches_the_index_counts_what_a_reload_counts,
 );
 
 /// How long the index may take to be in use (on PostgreSQL, until the feed is subscribed).
@@ -202,4 +207,122 @@ async fn an_organization_created_with_an_id_remembered_as_absent_is_found(backen
         }
     }
     app.stop().await;
+}
+
+/// What loading the organization reads, in rows: itself, its members, workspaces and grants
+/// (the database holds this one organization only).
+async fn rows_of_the_organization(db: &DatabaseConnection) -> f64 {
+    let mut rows = 0;
+    for table in ["organizations", "members", "workspaces", "workspace_grants"] {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql));
+        rows += row.await.unwrap().unwrap().try_get::<i64>("", "n").unwrap();
+    }
+    rows as f64
+}
+
+async fn after_many_patches_the_index_counts_what_a_reload_counts(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, pg_database) = fresh_database(backend, dir.path()).await;
+    let spawn = || {
+        spawn_app_with(backend, |c| {
+            c.database_url = url.clone();
+            c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+    };
+    let app = spawn().await;
+    let db = Database::connect(&url).await.unwrap();
+    let metrics = app.metrics_addr.unwrap();
+    assert!(wait_for_sample(metrics, "roster_authz_index_in_use", 1.0, IN_USE).await);
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let mut workspaces = Vec::new();
+    for w in 0..3 {
+        workspaces.push(app.create_workspace(&owner, &org, &format!("ws{w}")).await);
+    }
+    let members = [User::new("engineer"), User::new("analyst")];
+    for member in &members {
+        app.join(&owner, &org, member, R::Member, &[(&workspaces[0], A::Read)]).await;
+    }
+    assert!(app.allowed(&owner.id, &org, "", "organization.update").await);
+    let entries = || async { gauge(&app, "roster_authz_index_entries").await };
+    assert_eq!(entries().await, rows_of_the_organization(&db).await);
+
+    let mut team = app.team.clone();
+    let patches = gauge(&app, "roster_authz_index_patches_total").await;
+    let accesses = [A::Read, A::Write, A::None, A::Write, A::Read];
+    let roles = [R::Admin, R::Billing, R::Member];
+    // Grants as they stand, to tell a change from a request that changes nothing.
+    let mut granted: HashMap<(usize, String), A> =
+        (0..members.len()).map(|m| ((m, workspaces[0].clone()), A::Read)).collect();
+    let mut changes = 0;
+    for step in 0..60usize {
+        let m = step % 2;
+        let member = &members[m];
+        match step % 10 {
+            // A role changes.
+            7 => {
+                team.update_member_role(owner.req(pb::UpdateMemberRoleRequest {
+                    organization_id: org.clone(),
+                    user_id: member.id.clone(),
+                    role: roles[step / 10 % 3] as i32,
+                }))
+                .await
+                .unwrap();
+                changes += 1;
+            }
+            // A workspace comes and, with its grants, goes.
+            8 => {
+                workspaces.push(app.create_workspace(&owner, &org, &format!("new{step}")).await);
+                changes += 1;
+            }
+            9 => {
+                let gone = workspaces.remove(1);
+                granted.retain(|(_, ws), _| *ws != gone);
+                team.delete_workspace(owner.req(pb::DeleteWorkspaceRequest {
+                    organization_id: org.clone(),
+                    workspace_id: gone,
+                }))
+                .await
+                .unwrap();
+                changes += 1;
+            }
+            // Grants are added, flipped and removed.
+            _ => {
+                let ws = workspaces[step * 7 % workspaces.len()].clone();
+                let access = accesses[step % accesses.len()];
+                let before = granted.get(&(m, ws.clone())).copied().unwrap_or(A::None);
+                if access == A::None {
+                    granted.remove(&(m, ws.clone()));
+                } else {
+                    granted.insert((m, ws.clone()), access);
+                }
+                changes += u32::from(before != access);
+                let request = pb::SetWorkspaceAccessRequest {
+                    organization_id: org.clone(),
+                    workspace_id: ws,
+                    user_id: member.id.clone(),
+                    access: access as i32,
+                };
+                team.set_workspace_access(owner.req(request)).await.unwrap();
+            }
+        }
+        assert_eq!(entries().await, rows_of_the_organization(&db).await, "after step {step}");
+    }
+    // Every change was patched into the loaded index, none reloaded it.
+    let patched = gauge(&app, "roster_authz_index_patches_total").await - patches;
+    assert_eq!(patched, f64::from(changes));
+    assert_eq!(counters(&app).await.1, 1.0, "only the first check loaded the organization");
+    let held = entries().await;
+    app.stop().await;
+
+    // A fresh server loads the same organization from the database.
+    let app = spawn().await;
+    let metrics = app.metrics_addr.unwrap();
+    assert!(wait_for_sample(metrics, "roster_authz_index_in_use", 1.0, IN_USE).await);
+    assert!(app.allowed(&owner.id, &org, "", "organization.update").await);
+    assert_eq!(gauge(&app, "roster_authz_index_entries").await, held, "a reload counts as many");
+    app.stop().await;
+    db.close().await.unwrap();
+    crate::common::drop_database(pg_database).await;
 }
