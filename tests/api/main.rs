@@ -19,5 +19,6 @@ mod races;
 mod replicas;
 mod scenario;
 mod server;
+mod sqlite_file;
 mod tls;
 mod workspaces;
