@@ -223,6 +223,12 @@ impl prometheus_client::collector::Collector for Snapshot {
         )?;
         encode_one(
             &mut encoder,
+            "authz_index_absent_organizations",
+            "Organization ids the authorization index remembers as not existing, so that checks naming them cost no query",
+            ConstGauge::new(i64::try_from(cache.absent).unwrap_or(i64::MAX)),
+        )?;
+        encode_one(
+            &mut encoder,
             "authz_index_patches",
             "Committed changes applied to a loaded organization's index in place of reloading it",
             ConstCounter::new(cache.patches),

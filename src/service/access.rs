@@ -123,7 +123,13 @@ impl Services {
             .index
             .get_or_try_init(|| async {
                 loaded.store(true, Ordering::Relaxed);
-                let index = repo::load_organization_index(self.store.reader(), org).await?;
+                let Some(index) = repo::load_organization_index(self.store.reader(), org).await?
+                else {
+                    // No such organization: its next checks cost nothing (until a change says
+                    // it exists), and nobody is a member of it.
+                    cache.mark_absent(org, &slot);
+                    return Ok(Some(cache.absent_index()));
+                };
                 if !cache.fits(&index) {
                     tracing::warn!(organization = %org, rows = index.entries(), "organization larger than --authz-cache-entries; its checks read the database");
                     return Ok::<_, Error>(None);

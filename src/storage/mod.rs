@@ -7,12 +7,15 @@ pub mod migration;
 pub mod repo;
 pub mod snapshot;
 
+use std::io::{Read as _, Write as _};
 use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionTrait,
 };
@@ -28,6 +31,9 @@ pub struct Store {
     /// SQLite allows one writer at a time; serializing write transactions in the process avoids
     /// `SQLITE_BUSY` when a transaction that began by reading later wants to write.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// The lock that makes a SQLite file this process's alone, until [`Store::close`] or the
+    /// process ends.
+    sqlite_lock: Option<Arc<std::sync::Mutex<Option<std::fs::File>>>>,
 }
 
 /// The PostgreSQL advisory lock key that serializes migrations ("roster" in ASCII).
@@ -74,6 +80,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(5));
         let is_sqlite = url.starts_with("sqlite:");
+        // Before the file is opened: a second process must not even migrate it.
+        let sqlite_lock = match is_sqlite.then(|| sqlite_file(url)).flatten() {
+            Some(path) => Some(Arc::new(std::sync::Mutex::new(Some(lock_sqlite_file(&path)?)))),
+            None => None,
+        };
         if is_sqlite {
             options
                 // Readers never wait for the writer in WAL mode, so reads can use several
@@ -93,7 +104,7 @@ impl Store {
         let db = Database::connect(options)
             .await
             .with_context(|| format!("cannot open the database at {}", redact_url(url)))?;
-        Ok(Self { db, sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))) })
+        Ok(Self { db, sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))), sqlite_lock })
     }
 
     /// Applies every pending migration.
@@ -166,10 +177,75 @@ impl Store {
         self.db.ping().await.map_err(Error::from)
     }
 
-    /// Closes the pool.
+    /// Closes the pool, and lets another process have the SQLite file.
     pub async fn close(self) {
         let _ = self.db.close().await;
+        // Every clone shares the closed pool, so none can use the file any more.
+        if let Some(lock) = self.sqlite_lock {
+            lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
     }
+}
+
+/// The database file a SQLite URL names; `None` for an in-memory database, which no other
+/// process can open.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    let in_memory = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "mode=memory"))
+        || options.get_filename().to_string_lossy().starts_with("file:sqlx-in-memory-");
+    (!in_memory).then(|| options.get_filename().to_path_buf())
+}
+
+/// Takes the advisory lock that keeps a SQLite file to one Roster process, on a file beside
+/// it (`roster.db.lock` for `roster.db`). Several processes on one file would each answer
+/// Authorize from an index that the others' changes never reach, so a second one must not
+/// start. The operating system drops the lock with the process, however it ends.
+fn lock_sqlite_file(database: &Path) -> anyhow::Result<std::fs::File> {
+    // The same file by whatever path it is named: the database itself once it exists, or the
+    // folder it will be created in.
+    let database = std::fs::canonicalize(database).unwrap_or_else(|_| {
+        match (database.parent().map(std::fs::canonicalize), database.file_name()) {
+            (Some(Ok(folder)), Some(name)) => folder.join(name),
+            _ => database.to_path_buf(),
+        }
+    });
+    let mut name = database.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let path = database.with_file_name(name);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim().parse::<u32>() {
+                Ok(pid) => format!("process {pid}"),
+                Err(_) => "another process".to_owned(),
+            };
+            anyhow::bail!(
+                "the SQLite database {} is in use by another Roster process ({holder} holds \
+                 the lock on {}). A SQLite file serves one process at a time: stop the other \
+                 one first, or use PostgreSQL (--database-url postgres://...) to run several \
+                 replicas on one database",
+                database.display(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    // For the message above, in the next process that tries; the lock is what counts.
+    let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
+    Ok(file)
 }
 
 /// The URL without its password, for messages.
@@ -188,6 +264,37 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn a_sqlite_url_names_its_file_unless_in_memory() {
+        assert_eq!(
+            super::sqlite_file("sqlite://roster.db?mode=rwc").as_deref(),
+            Some(Path::new("roster.db"))
+        );
+        assert_eq!(
+            super::sqlite_file("sqlite:/var/lib/r.db").as_deref(),
+            Some(Path::new("/var/lib/r.db"))
+        );
+        assert_eq!(super::sqlite_file("sqlite::memory:"), None);
+        assert_eq!(super::sqlite_file("sqlite://x.db?mode=memory"), None);
+    }
+
+    #[test]
+    fn one_sqlite_file_is_locked_once_by_whatever_path_it_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let database = dir.path().join("data/roster.db");
+        let held = super::lock_sqlite_file(&database).unwrap();
+        let other_spelling = dir.path().join("data/../data/roster.db");
+        let refused = super::lock_sqlite_file(&other_spelling).unwrap_err().to_string();
+        assert!(refused.contains("in use by another Roster process"), "{refused}");
+        assert!(refused.contains(&format!("process {}", std::process::id())), "{refused}");
+        assert!(dir.path().join("data/roster.db.lock").exists());
+        drop(held);
+        super::lock_sqlite_file(&other_spelling).expect("free once the holder is gone");
+    }
+
     #[test]
     fn urls_are_redacted() {
         assert_eq!(

@@ -601,19 +601,29 @@ pub async fn authorization_facts(
 }
 
 /// Reads everything Authorize needs about one organization: its members' roles, its
-/// workspaces and every grant, in three indexed queries.
+/// workspaces and every grant, in three indexed queries; `None`, after the first one, when
+/// there is no such organization, so that a made-up id costs a single query.
 pub async fn load_organization_index(
     db: &impl ConnectionTrait,
     org: OrganizationId,
-) -> Result<crate::storage::snapshot::OrgIndex, Error> {
-    let members: Vec<(String, String)> = member::Entity::find()
-        .select_only()
-        .column(member::Column::UserId)
-        .column(member::Column::Role)
-        .filter(member::Column::OrganizationId.eq(org.as_uuid()))
-        .into_tuple()
-        .all(db)
-        .await?;
+) -> Result<Option<crate::storage::snapshot::OrgIndex>, Error> {
+    let backend = db.get_database_backend();
+    // One row per member, or a single row without one for an organization that has none, or
+    // no row at all when the organization does not exist.
+    let sql = "SELECT m.user_id AS user_id, m.role AS role FROM organizations o \
+        LEFT JOIN members m ON m.organization_id = o.id WHERE o.id = ?";
+    let rows = db.query_all_raw(statement(backend, sql, vec![org.as_uuid().into()])).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut members = Vec::with_capacity(rows.len());
+    for row in rows {
+        let user: Option<String> = row.try_get("", "user_id")?;
+        let role: Option<String> = row.try_get("", "role")?;
+        if let (Some(user), Some(role)) = (user, role) {
+            members.push((UserId::from_stored(user), role_of(&role)?));
+        }
+    }
     let workspaces: Vec<uuid::Uuid> = workspace::Entity::find()
         .select_only()
         .column(workspace::Column::Id)
@@ -630,21 +640,17 @@ pub async fn load_organization_index(
         .into_tuple()
         .all(db)
         .await?;
-    let members = members
-        .into_iter()
-        .map(|(user, role)| Ok((UserId::from_stored(user), role_of(&role)?)))
-        .collect::<Result<Vec<_>, Error>>()?;
     let grants = grants
         .into_iter()
         .map(|(ws, user, access)| {
             Ok((WorkspaceId::from_uuid(ws), UserId::from_stored(user), access_of(&access)?))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    Ok(crate::storage::snapshot::OrgIndex::new(
+    Ok(Some(crate::storage::snapshot::OrgIndex::new(
         members,
         workspaces.into_iter().map(WorkspaceId::from_uuid).collect(),
         grants,
-    ))
+    )))
 }
 
 /// Reads one member's role and grants as a patch for a loaded index, in one statement, so that

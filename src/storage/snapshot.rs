@@ -1,14 +1,16 @@
 //! An in-memory index of what Authorize decides on, one organization at a time: its members'
 //! roles, its workspaces, and every grant. The first check that names an organization loads it
 //! whole (three indexed queries); every later check is a memory lookup, whatever the data size.
-//! Bounded by an entry limit, with hit and miss counters.
+//! Bounded by an entry limit, over which the least recently used organizations are dropped,
+//! with hit and miss counters. An organization that does not exist costs one query, and is
+//! then remembered in 16 bytes (a bounded number of them) until a change shows it exists.
 //!
 //! Freshness: every committed change to an organization reaches its index here before the RPC
 //! returns: a change to one member's role or grants, or a workspace created or deleted, is
 //! patched into a copy of the loaded index that replaces it (checks never wait for it); anything
-//! else drops the index and the next check reloads it. Other replicas drop it when PostgreSQL
-//! delivers the change's NOTIFY. A load that raced a change is never kept: the change removes the
-//! load's slot. While the notification feed is down the index is bypassed and checks read the
+//! else drops the index and the next check reloads it. Other replicas do the same when
+//! PostgreSQL delivers the change's notification (see [`super::feed`]). A load that raced a
+//! change is never kept: the change removes the load's slot. While the notification feed is down the index is bypassed and checks read the
 //! database.
 
 use std::collections::HashMap;
@@ -136,9 +138,7 @@ impl OrgIndex {
         workspaces: Vec<WorkspaceId>,
         grants: Vec<(WorkspaceId, UserId, Access)>,
     ) -> Self {
-        // One more for the organization itself, so that even an empty or unknown organization
-        // counts against the limit and a flood of made-up ids cannot grow memory unbounded.
-        let entries = 1 + members.len() + workspaces.len() + grants.len();
+        let member_rows = members.len();
         let hasher = Fast::default();
         // Ordinals leave one bit of a grant word for the access; an organization with more
         // workspaces than that (far beyond any memory limit) would answer "no such workspace"
@@ -183,6 +183,9 @@ impl OrgIndex {
                 hasher.hash_one(e.id.as_bytes())
             });
         }
+        // One more for the organization itself, so that even an empty one counts against the
+        // limit. Grants left out above are not counted, as a patch would not count them.
+        let entries = 1 + member_rows + workspaces.len() + held;
         Self { hasher, users, workspaces, grants: packed.into_boxed_slice(), next_ordinal, entries }
     }
 
@@ -360,6 +363,19 @@ pub struct SlotCell {
     pub index: OnceCell<Option<Arc<OrgIndex>>>,
     /// Rows counted against the limit for this slot.
     accounted: AtomicUsize,
+    /// The cache's clock when a check last used this index, for eviction by recency.
+    used: AtomicU64,
+}
+
+impl SlotCell {
+    /// Records a use at clock reading `now`. Written at most once per tick of the clock (the
+    /// clock moves once per load), so checks on a busy organization read this word but almost
+    /// never write it, and do not contend for its cache line.
+    fn touch(&self, now: u64) {
+        if self.used.load(Ordering::Relaxed) < now {
+            self.used.fetch_max(now, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A shared handle on a slot.
@@ -374,10 +390,83 @@ pub struct CacheStats {
     pub misses: u64,
     /// Rows held in memory.
     pub entries: usize,
+    /// Organization ids remembered as not existing.
+    pub absent: usize,
     /// Committed changes applied to a loaded index in place of reloading it.
     pub patches: u64,
     /// Whether checks may be answered from memory now (enabled, and the feed is up).
     pub in_use: bool,
+}
+
+/// Organization ids known not to exist, so that checks naming them cost no query: sorted, 16
+/// bytes each in an array grown by a quarter at a time (so at most 36 bytes per id held), and
+/// never more than a fixed number. When full, a new id replaces one chosen at random: a
+/// remembered id forgotten merely costs one query again.
+#[derive(Debug, Default)]
+struct AbsentIds {
+    ids: Vec<u128>,
+    limit: usize,
+}
+
+impl AbsentIds {
+    fn new(limit: usize) -> Self {
+        Self { ids: Vec::new(), limit }
+    }
+
+    fn contains(&self, org: OrganizationId) -> bool {
+        self.ids.binary_search(&org.as_uuid().as_u128()).is_ok()
+    }
+
+    /// Remembers `org`; `random` picks the id it replaces when full.
+    fn insert(&mut self, org: OrganizationId, random: u64) {
+        let id = org.as_uuid().as_u128();
+        let Err(at) = self.ids.binary_search(&id) else { return };
+        let len = self.ids.len();
+        if len >= self.limit {
+            let Some(victim) = usize::try_from(random).ok().and_then(|r| r.checked_rem(len)) else {
+                // Nothing may be held at all.
+                return;
+            };
+            // Out with the victim, in with the new id, in order, in one pass.
+            if victim < at {
+                self.ids[victim..at].rotate_left(1);
+                self.ids[at - 1] = id;
+            } else {
+                self.ids[at..=victim].rotate_right(1);
+                self.ids[at] = id;
+            }
+            return;
+        }
+        if len == self.ids.capacity() {
+            // A quarter at a time rather than doubling, which could leave half the array empty.
+            self.ids.reserve_exact((len / 4).clamp(1, self.limit - len));
+        }
+        self.ids.insert(at, id);
+    }
+
+    fn remove(&mut self, org: OrganizationId) {
+        if let Ok(at) = self.ids.binary_search(&org.as_uuid().as_u128()) {
+            self.ids.remove(at);
+            if self.ids.capacity() > 2 * self.ids.len() + 8 {
+                self.ids.shrink_to(self.ids.len() + self.ids.len() / 4);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ids = Vec::new();
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// One shard of the cache: the organizations loaded or being loaded, and ids known absent.
+#[derive(Debug, Default)]
+struct Shard {
+    orgs: HashMap<OrganizationId, Slot>,
+    absent: AbsentIds,
 }
 
 /// The index of every organization loaded so far.
@@ -388,9 +477,15 @@ pub struct AuthzCache {
     hits: AtomicU64,
     misses: AtomicU64,
     patches: AtomicU64,
+    /// Moves once per load; a slot's `used` is its reading at the slot's last use.
+    clock: AtomicU64,
+    /// Held while organizations are evicted, so that two loads do not both evict for one excess.
+    evicting: Mutex<()>,
+    /// What a check on an organization that does not exist answers from: nobody is a member.
+    empty: Arc<OrgIndex>,
     // SipHash: organization ids here come straight from callers, who may name any id.
     hasher: std::collections::hash_map::RandomState,
-    shards: Vec<RwLock<HashMap<OrganizationId, Slot>>>,
+    shards: Vec<RwLock<Shard>>,
     /// Taken while a change is patched in, one per shard: patches of one organization then
     /// read the database and replace its index one after another, each from newer rows.
     patching: Vec<tokio::sync::Mutex<()>>,
@@ -404,6 +499,12 @@ pub struct AuthzCache {
 /// keeps a stray entry from outliving the session whose process id it names.
 const ECHO_WAIT: Duration = Duration::from_secs(10);
 
+/// Rows of the limit per remembered absent id: their memory stays under a tenth of the rows'.
+const ROWS_PER_ABSENT_ID: usize = 16;
+
+/// The most absent ids remembered whatever the limit (1 MiB of them).
+const MAX_ABSENT_IDS: usize = 65_536;
+
 /// Where an organization stands when a change to it is to be patched in.
 pub enum Held {
     /// Not held: the next check loads it, with the change.
@@ -416,8 +517,12 @@ pub enum Held {
 }
 
 impl AuthzCache {
-    /// An index of at most `capacity` rows (0 disables it), trusted from the start.
+    /// An index of at most `capacity` rows (0 disables it), trusted from the start. It also
+    /// remembers the ids of organizations that do not exist: one per 16 rows of `capacity`,
+    /// 65,536 at most.
     pub fn new(capacity: usize) -> Self {
+        let absent_per_shard =
+            (capacity / ROWS_PER_ABSENT_ID).clamp(SHARDS, MAX_ABSENT_IDS) / SHARDS;
         Self {
             capacity,
             trusted: AtomicBool::new(true),
@@ -425,8 +530,18 @@ impl AuthzCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             patches: AtomicU64::new(0),
+            clock: AtomicU64::new(1),
+            evicting: Mutex::new(()),
+            empty: Arc::new(OrgIndex::new(Vec::new(), Vec::new(), Vec::new())),
             hasher: Default::default(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    RwLock::new(Shard {
+                        orgs: HashMap::new(),
+                        absent: AbsentIds::new(absent_per_shard),
+                    })
+                })
+                .collect(),
             patching: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             echoes: Mutex::new(Vec::new()),
         }
@@ -436,8 +551,16 @@ impl AuthzCache {
         (self.hasher.hash_one(org) as usize) % SHARDS
     }
 
-    fn shard(&self, org: OrganizationId) -> &RwLock<HashMap<OrganizationId, Slot>> {
+    fn shard(&self, org: OrganizationId) -> &RwLock<Shard> {
         &self.shards[self.shard_of(org)]
+    }
+
+    fn read(&self, org: OrganizationId) -> std::sync::RwLockReadGuard<'_, Shard> {
+        self.shard(org).read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, org: OrganizationId) -> std::sync::RwLockWriteGuard<'_, Shard> {
+        self.shard(org).write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Serializes the patches of an organization; hold it from [`AuthzCache::held`] until
@@ -446,13 +569,21 @@ impl AuthzCache {
         self.patching[self.shard_of(org)].lock().await
     }
 
-    /// Where the organization's index stands.
+    /// Where the organization's index stands. A change to an organization remembered as absent
+    /// proves that it exists now: the mark is forgotten, and the next check loads it.
     pub fn held(&self, org: OrganizationId) -> Held {
         if !self.usable() {
             return Held::Absent;
         }
-        let shard = self.shard(org).read().unwrap_or_else(|p| p.into_inner());
-        let Some(slot) = shard.get(&org) else { return Held::Absent };
+        let shard = self.read(org);
+        let Some(slot) = shard.orgs.get(&org) else {
+            let marked = shard.absent.contains(org);
+            drop(shard);
+            if marked {
+                self.write(org).absent.remove(org);
+            }
+            return Held::Absent;
+        };
         match slot.index.get() {
             Some(Some(index)) => Held::Loaded(slot.clone(), index.clone()),
             _ => Held::Unsettled,
@@ -470,18 +601,20 @@ impl AuthzCache {
             let _ = fresh.index.set(Some(Arc::new(index)));
         }
         {
-            let mut shard = self.shard(org).write().unwrap_or_else(|p| p.into_inner());
-            if !shard.get(&org).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+            let mut shard = self.write(org);
+            if !shard.orgs.get(&org).is_some_and(|current| Arc::ptr_eq(current, slot)) {
                 return;
             }
             self.release(slot);
             if !fits {
                 // Grown past the limit: its checks read the database, as after a reload.
-                shard.remove(&org);
+                shard.orgs.remove(&org);
                 return;
             }
+            // A change is no use: the organization keeps its place in the order of recency.
+            fresh.used.store(slot.used.load(Ordering::Relaxed), Ordering::Relaxed);
             self.entries.fetch_add(fresh.accounted.load(Ordering::Acquire), Ordering::AcqRel);
-            shard.insert(org, fresh);
+            shard.orgs.insert(org, fresh);
             self.patches.fetch_add(1, Ordering::Relaxed);
         }
         self.make_room(org);
@@ -492,28 +625,61 @@ impl AuthzCache {
         self.capacity != 0 && self.is_trusted()
     }
 
-    /// The organization's index if it is loaded and may be used now; `None` sends the caller
-    /// down [`AuthzCache::slot`]'s path (load, wait for a load, or read the database). The
-    /// path nearly every check takes: one shared lock and no waiting.
+    /// The organization's index if it is loaded and may be used now, or an empty one for an
+    /// organization remembered as absent; `None` sends the caller down [`AuthzCache::slot`]'s
+    /// path (load, wait for a load, or read the database). The path nearly every check takes:
+    /// one shared lock, no waiting, and no write but a rare note of the use.
     pub fn loaded(&self, org: OrganizationId) -> Option<Arc<OrgIndex>> {
         if !self.usable() {
             return None;
         }
-        let shard = self.shard(org).read().unwrap_or_else(|p| p.into_inner());
-        shard.get(&org)?.index.get()?.clone()
+        let shard = self.read(org);
+        match shard.orgs.get(&org) {
+            Some(slot) => {
+                let index = slot.index.get()?.clone()?;
+                slot.touch(self.clock.load(Ordering::Relaxed));
+                Some(index)
+            }
+            None => shard.absent.contains(org).then(|| self.empty.clone()),
+        }
     }
 
     /// The slot of an organization, created empty if missing; `None` when the index may not be
-    /// used (disabled, or the feed is down).
+    /// used (disabled, or the feed is down). An organization remembered as absent gets a slot
+    /// of its own, answered already and held nowhere.
     pub fn slot(&self, org: OrganizationId) -> Option<Slot> {
         if !self.usable() {
             return None;
         }
-        if let Some(slot) = self.shard(org).read().unwrap_or_else(|p| p.into_inner()).get(&org) {
+        if let Some(slot) = self.read(org).orgs.get(&org) {
             return Some(slot.clone());
         }
-        let mut shard = self.shard(org).write().unwrap_or_else(|p| p.into_inner());
-        Some(shard.entry(org).or_default().clone())
+        let mut shard = self.write(org);
+        if !shard.orgs.contains_key(&org) && shard.absent.contains(org) {
+            let answered = Slot::default();
+            let _ = answered.index.set(Some(self.empty.clone()));
+            return Some(answered);
+        }
+        Some(shard.orgs.entry(org).or_default().clone())
+    }
+
+    /// Remembers that the organization of `slot` does not exist, as its load found, and lets
+    /// the slot go. Not if a change removed the slot during the load: the organization may
+    /// have been created since (here, or on another replica, whose notification removes it).
+    pub fn mark_absent(&self, org: OrganizationId, slot: &Slot) {
+        let random = self.hasher.hash_one((org, self.clock.load(Ordering::Relaxed)));
+        let mut shard = self.write(org);
+        if !shard.orgs.get(&org).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+            return;
+        }
+        shard.orgs.remove(&org);
+        self.release(slot);
+        shard.absent.insert(org, random);
+    }
+
+    /// What a check on an organization that does not exist answers from.
+    pub fn absent_index(&self) -> Arc<OrgIndex> {
+        self.empty.clone()
     }
 
     /// Records a check answered from memory.
@@ -539,36 +705,59 @@ impl AuthzCache {
     /// Accounts for a freshly loaded organization and makes room under the limit.
     pub fn admit(&self, org: OrganizationId, slot: &Slot, index: &OrgIndex) {
         {
-            let shard = self.shard(org).write().unwrap_or_else(|p| p.into_inner());
+            let shard = self.write(org);
             // A change during the load already removed this slot: nothing to account for.
-            if !shard.get(&org).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+            if !shard.orgs.get(&org).is_some_and(|current| Arc::ptr_eq(current, slot)) {
                 return;
             }
+            // Every use from now on reads a later clock than this load's.
+            slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
             slot.accounted.store(index.entries(), Ordering::Release);
             self.entries.fetch_add(index.entries(), Ordering::AcqRel);
         }
         self.make_room(org);
     }
 
-    /// Drops organizations other than `keep` while the limit is exceeded.
+    /// Drops the least recently used organizations other than `keep` while the limit is
+    /// exceeded, down to a sixteenth below it, so that a full index looks over its slots once
+    /// per many loads rather than at each.
     fn make_room(&self, keep: OrganizationId) {
-        if self.entries.load(Ordering::Acquire) > self.capacity {
-            // Over the limit: drop other organizations, shard by shard, until there is room.
-            for shard in &self.shards {
-                if self.entries.load(Ordering::Acquire) <= self.capacity {
-                    break;
-                }
-                let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
-                let victims: Vec<OrganizationId> =
-                    shard.keys().copied().filter(|o| *o != keep).collect();
-                for victim in victims {
-                    if let Some(old) = shard.remove(&victim) {
-                        self.release(&old);
-                    }
-                    if self.entries.load(Ordering::Acquire) <= self.capacity {
-                        break;
-                    }
-                }
+        if self.entries.load(Ordering::Acquire) <= self.capacity {
+            return;
+        }
+        // Another load is evicting already, down to below the limit with this one counted.
+        let _evicting = match self.evicting.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        let target = self.capacity - self.capacity / 16;
+        let mut candidates: Vec<(u64, OrganizationId, Slot)> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+            candidates.extend(
+                shard
+                    .orgs
+                    .iter()
+                    // Slots still loading, or too large to hold, hold no rows.
+                    .filter(|(org, slot)| {
+                        **org != keep && slot.accounted.load(Ordering::Acquire) > 0
+                    })
+                    .map(|(org, slot)| (slot.used.load(Ordering::Relaxed), *org, slot.clone())),
+            );
+        }
+        candidates.sort_unstable_by_key(|(used, _, _)| *used);
+        for (used, org, slot) in candidates {
+            if self.entries.load(Ordering::Acquire) <= target {
+                break;
+            }
+            let mut shard = self.write(org);
+            // Unless replaced, or used, since it was looked at.
+            if shard.orgs.get(&org).is_some_and(|current| Arc::ptr_eq(current, &slot))
+                && slot.used.load(Ordering::Relaxed) == used
+            {
+                shard.orgs.remove(&org);
+                self.release(&slot);
             }
         }
     }
@@ -578,10 +767,15 @@ impl AuthzCache {
         self.entries.fetch_sub(accounted, Ordering::AcqRel);
     }
 
-    /// Forgets an organization; called once its change has committed. A load in progress keeps
-    /// serving only the checks that were already waiting for it.
+    /// Forgets an organization, and that it was absent; called once its change has committed
+    /// (creating an organization is one). A load in progress keeps serving only the checks
+    /// that were already waiting for it.
     pub fn invalidate(&self, org: OrganizationId) {
-        let removed = self.shard(org).write().unwrap_or_else(|p| p.into_inner()).remove(&org);
+        let removed = {
+            let mut shard = self.write(org);
+            shard.absent.remove(org);
+            shard.orgs.remove(&org)
+        };
         if let Some(slot) = removed {
             self.release(&slot);
         }
@@ -614,8 +808,11 @@ impl AuthzCache {
     /// Forgets everything.
     pub fn clear(&self) {
         for shard in &self.shards {
-            let drained: Vec<Slot> =
-                shard.write().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
+            let drained: Vec<Slot> = {
+                let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
+                shard.absent.clear();
+                shard.orgs.drain().map(|(_, s)| s).collect()
+            };
             for slot in drained {
                 self.release(&slot);
             }
@@ -647,6 +844,11 @@ impl AuthzCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             entries: self.entries.load(Ordering::Relaxed),
+            absent: self
+                .shards
+                .iter()
+                .map(|shard| shard.read().unwrap_or_else(|p| p.into_inner()).absent.len())
+                .sum(),
             patches: self.patches.load(Ordering::Relaxed),
             in_use: self.usable(),
         }
@@ -941,6 +1143,26 @@ mod tests {
     }
 
     #[test]
+    fn a_load_counts_only_the_rows_it_holds_as_a_patch_does() {
+        let ws = WorkspaceId::generate();
+        // A grant on a workspace created between the load's queries is left out, and counted
+        // out: a later patch, which counts what is held, must find the same number.
+        let late = WorkspaceId::generate();
+        let index = OrgIndex::new(
+            vec![(user("a"), Role::Member)],
+            vec![ws],
+            vec![(ws, user("a"), Access::Read), (late, user("a"), Access::Write)],
+        );
+        assert_eq!(index.entries(), 4, "the organization, a member, a workspace, a grant");
+        let patch = Patch::Member {
+            user: user("a"),
+            role: Some(Role::Member),
+            grants: vec![(ws, Access::Read)],
+        };
+        assert_eq!(index.patched(&patch).unwrap().entries(), index.entries());
+    }
+
+    #[test]
     fn a_grant_without_its_member_row_answers_as_a_non_member() {
         let ws = WorkspaceId::generate();
         let index = OrgIndex::new(vec![], vec![ws], vec![(ws, user("late"), Access::Write)]);
@@ -948,6 +1170,208 @@ mod tests {
             index.facts(&user("late"), Some(ws)),
             (None, WorkspaceFacts::Present(Some(Access::Write)))
         );
+    }
+
+    /// Heap bytes held by the current thread, so that a test can weigh what it builds.
+    mod heap {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static LIVE: Cell<isize> = const { Cell::new(0) };
+        }
+
+        fn add(bytes: isize) {
+            // No destructor is registered for a const-initialized Cell, so this never fails;
+            // `try_with` all the same, since an allocator must not panic.
+            let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
+        }
+
+        /// The bytes allocated and not yet freed by this thread.
+        pub fn live() -> isize {
+            LIVE.with(Cell::get)
+        }
+
+        struct Counting;
+
+        // SAFETY: every call is passed to the system allocator unchanged; the counting around
+        // it touches only a thread-local integer.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                // SAFETY: the caller's guarantees, forwarded.
+                let p = unsafe { System.alloc(layout) };
+                if !p.is_null() {
+                    add(layout.size() as isize);
+                }
+                p
+            }
+
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                // SAFETY: the caller's guarantees, forwarded.
+                let p = unsafe { System.alloc_zeroed(layout) };
+                if !p.is_null() {
+                    add(layout.size() as isize);
+                }
+                p
+            }
+
+            unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+                // SAFETY: the caller's guarantees, forwarded.
+                unsafe { System.dealloc(p, layout) };
+                add(-(layout.size() as isize));
+            }
+
+            unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                // SAFETY: the caller's guarantees, forwarded.
+                let q = unsafe { System.realloc(p, layout, new_size) };
+                if !q.is_null() {
+                    add(new_size as isize - layout.size() as isize);
+                }
+                q
+            }
+        }
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+    }
+
+    /// What a check naming an organization that does not exist leaves in the cache: its load
+    /// finds no such organization.
+    fn remember_absent(cache: &AuthzCache, org: OrganizationId) {
+        let slot = cache.slot(org).unwrap();
+        cache.mark_absent(org, &slot);
+    }
+
+    #[test]
+    fn absent_organizations_take_at_most_40_bytes_each_and_their_number_is_bounded() {
+        for (capacity, flood) in [(2_000_000, 100_000), (2_000, 1_000), (2_000_000, 3)] {
+            let cache = AuthzCache::new(capacity);
+            // Every shard's table of organizations, which a load allocates once and keeps
+            // whatever it finds, is allocated before the weighing starts.
+            let mut warm = [false; SHARDS];
+            while warm.contains(&false) {
+                let org = OrganizationId::generate();
+                warm[cache.shard_of(org)] = true;
+                drop(cache.slot(org));
+                cache.invalidate(org);
+            }
+            let before = heap::live();
+            for _ in 0..flood {
+                remember_absent(&cache, OrganizationId::generate());
+            }
+            let held = heap::live() - before;
+            let remembered = cache.stats().absent;
+            let bound = (capacity / ROWS_PER_ABSENT_ID).min(MAX_ABSENT_IDS);
+            assert!(remembered <= bound, "{remembered} remembered, at most {bound}");
+            assert!(remembered >= bound.min(flood) / 2, "{remembered} remembered of {flood}");
+            println!("limit {capacity}: {remembered} absent ids in {held} bytes");
+            assert!(
+                held <= 40 * remembered as isize,
+                "{held} bytes for {remembered} absent ids (capacity {capacity})"
+            );
+            assert_eq!(cache.stats().entries, 0, "absent ids hold no rows");
+        }
+    }
+
+    #[test]
+    fn an_absent_mark_answers_until_a_change_or_a_creation_forgets_it() {
+        let cache = AuthzCache::new(1_000);
+        let org = OrganizationId::generate();
+        assert!(cache.loaded(org).is_none(), "unknown: the first check loads");
+        remember_absent(&cache, org);
+        let answered = cache.loaded(org).expect("answered from memory");
+        assert_eq!(answered.facts(&user("a"), None), (None, WorkspaceFacts::NotApplicable));
+        let slot = cache.slot(org).unwrap();
+        assert!(slot.index.get().is_some(), "a slot answered already, nothing to load");
+
+        // Creating the organization (here, or a notification of it) invalidates it.
+        cache.invalidate(org);
+        assert!(cache.loaded(org).is_none());
+        assert_eq!(cache.stats().absent, 0);
+
+        // Any other committed change proves that it exists too.
+        remember_absent(&cache, org);
+        assert!(matches!(cache.held(org), Held::Absent));
+        assert!(cache.loaded(org).is_none());
+        assert_eq!(cache.stats().absent, 0);
+
+        // A load that found nothing, raced by the creation, leaves no mark.
+        let slot = cache.slot(org).unwrap();
+        cache.invalidate(org);
+        cache.mark_absent(org, &slot);
+        assert!(cache.loaded(org).is_none());
+        assert_eq!(cache.stats().absent, 0);
+
+        // And a feed that goes down forgets every mark.
+        remember_absent(&cache, org);
+        cache.set_trusted(false);
+        cache.set_trusted(true);
+        assert!(cache.loaded(org).is_none());
+    }
+
+    proptest::proptest! {
+        /// Absent ids behave as a set that never grows past its limit, losing only what a full
+        /// set had to give up.
+        #[test]
+        fn absent_ids_are_a_bounded_set(
+            limit in 0usize..12,
+            ops in proptest::collection::vec((0u8..3, 0u128..24, proptest::num::u64::ANY), 0..200),
+        ) {
+            let mut set = AbsentIds::new(limit);
+            let mut model = std::collections::BTreeSet::new();
+            for (op, id, random) in ops {
+                let org = OrganizationId::from_uuid(uuid::Uuid::from_u128(id));
+                match op {
+                    0 | 1 => {
+                        set.insert(org, random);
+                        if limit > 0 {
+                            model.insert(id);
+                        }
+                        model.retain(|id| set.ids.binary_search(id).is_ok());
+                        proptest::prop_assert!(limit == 0 || set.contains(org));
+                    }
+                    _ => {
+                        set.remove(org);
+                        model.remove(&id);
+                        proptest::prop_assert!(!set.contains(org));
+                    }
+                }
+                proptest::prop_assert!(set.len() <= limit);
+                proptest::prop_assert!(set.ids.windows(2).all(|w| w[0] < w[1]), "sorted");
+                proptest::prop_assert_eq!(set.ids.to_vec(),
+                    model.iter().copied().collect::<Vec<_>>());
+            }
+        }
+    }
+
+    /// Loads an index of `rows` rows (at least 4) for `org`, as a check's load does.
+    fn load(cache: &AuthzCache, org: OrganizationId, rows: usize) {
+        let slot = cache.slot(org).unwrap();
+        let loaded = Arc::new(index(rows - 3));
+        let _ = slot.index.set(Some(loaded.clone()));
+        cache.admit(org, &slot, &loaded);
+    }
+
+    #[test]
+    fn eviction_drops_the_least_recently_used_organizations_first() {
+        let cache = AuthzCache::new(100);
+        // In the shard a sweep in table order would empty first.
+        let in_use = std::iter::repeat_with(OrganizationId::generate)
+            .find(|org| cache.shard_of(*org) == 0)
+            .unwrap();
+        load(&cache, in_use, 12);
+        let mut others = Vec::new();
+        for i in 0..50 {
+            let org = OrganizationId::generate();
+            load(&cache, org, 12);
+            others.push(org);
+            assert!(cache.loaded(in_use).is_some(), "the organization in use stays ({i})");
+            assert!(cache.stats().entries <= 100, "{:?}", cache.stats());
+        }
+        // Besides it, the ones loaded last are held and the first ones are gone.
+        let held: Vec<bool> = others.iter().map(|org| cache.loaded(*org).is_some()).collect();
+        assert!(held[45..].iter().all(|h| *h), "{held:?}");
+        assert!(held[..40].iter().all(|h| !*h), "{held:?}");
     }
 
     #[test]
