@@ -175,6 +175,8 @@ async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
             invitation_ttl_secs: Set(7 * 86400),
             create_time: Set(0),
             update_time: Set(0),
+            // Seeded rows, as if made before the change log.
+            revision: Set(0),
         })
         .exec_without_returning(&tx)
         .await?;

@@ -2,6 +2,7 @@
 //! decision function, and the invitation state machine.
 
 pub mod authz;
+pub mod change;
 pub mod email;
 pub mod ids;
 pub mod invitation;
@@ -10,6 +11,7 @@ pub mod permission;
 pub mod values;
 
 pub use authz::{Decision, Pass, Reason, WorkspaceFacts, decide};
+pub use change::{ChangeRecord, ChangeToken, Delta, LogPosition, Revision};
 pub use email::Email;
 pub use ids::{AuditEventId, InvitationId, OrganizationId, UserId, UserIdRef, WorkspaceId};
 pub use invitation::InvitationState;

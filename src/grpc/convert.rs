@@ -1,10 +1,11 @@
 //! Conversions between protobuf messages and domain values. Proto types stop here.
 
+use crate::domain::change::TokenError;
 use crate::domain::ids::IdError;
 use crate::domain::{
-    self, Access, AuditEvent, Decision, DeliveryState, Grant, Invitation, InvitationId,
-    InvitationState, Member, Organization, OrganizationId, Reason, Role, Timestamp, UserId,
-    Workspace, WorkspaceId,
+    self, Access, AuditEvent, ChangeToken, Decision, DeliveryState, Grant, Invitation,
+    InvitationId, InvitationState, Member, Organization, OrganizationId, Reason, Role, Timestamp,
+    UserId, Workspace, WorkspaceId,
 };
 use crate::error::{Error, Violations};
 use crate::pb;
@@ -259,12 +260,6 @@ pub fn permission(p: domain::Permission) -> pb::Permission {
     }
 }
 
-/// The token a change's response carries: the time after its commit. Any replica answering
-/// AT_LEAST_AS_FRESH with it reads the database, which holds every committed change.
-pub fn consistency_token() -> String {
-    format!("v1.{}", Timestamp::now().as_micros())
-}
-
 /// Reads a consistency requirement; `Some(true)` when the answer must come from the database.
 pub fn consistency(
     v: &mut Violations,
@@ -279,11 +274,11 @@ pub fn consistency(
         ) => Ok(false),
         Ok(pb::ConsistencyRequirement::FullyConsistent) => Ok(true),
         Ok(pb::ConsistencyRequirement::AtLeastAsFresh) => {
-            let well_formed = value.at_least_as_fresh.strip_prefix("v1.").is_some_and(|micros| {
-                !micros.is_empty()
-                    && micros.len() <= 20
-                    && micros.bytes().all(|b| b.is_ascii_digit())
-            });
+            // The previous release's tokens are still honoured (from the database).
+            let well_formed = matches!(
+                ChangeToken::parse(&value.at_least_as_fresh),
+                Ok(_) | Err(TokenError::Legacy)
+            );
             if well_formed {
                 Ok(true)
             } else {

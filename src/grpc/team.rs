@@ -42,10 +42,10 @@ impl TeamService for TeamApi {
         let Some(name) = v.check("display_name", DisplayName::parse(&req.display_name)) else {
             return Err(v.into_error().into());
         };
-        let org = self.services.create_organization(&actor, name).await?;
+        let changed = self.services.create_organization(&actor, name).await?;
         Ok(Response::new(pb::CreateOrganizationResponse {
-            organization: Some(convert::organization(org)),
-            consistency_token: convert::consistency_token(),
+            organization: Some(convert::organization(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -130,10 +130,10 @@ impl TeamService for TeamApi {
         }
         let Some(org) = org else { return Err(v.into_error().into()) };
         v.finish()?;
-        let org = self.services.update_organization(&actor, org, changes).await?;
+        let changed = self.services.update_organization(&actor, org, changes).await?;
         Ok(Response::new(pb::UpdateOrganizationResponse {
-            organization: Some(convert::organization(org)),
-            consistency_token: convert::consistency_token(),
+            organization: Some(convert::organization(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -143,9 +143,9 @@ impl TeamService for TeamApi {
     ) -> Reply<pb::DeleteOrganizationResponse> {
         let actor = identify::actor(&mut request)?;
         let org = convert::sole_organization_id(&request.into_inner().organization_id)?;
-        self.services.delete_organization(&actor, org).await?;
+        let changed = self.services.delete_organization(&actor, org).await?;
         Ok(Response::new(pb::DeleteOrganizationResponse {
-            consistency_token: convert::consistency_token(),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -193,10 +193,10 @@ impl TeamService for TeamApi {
         let (Some(org), Some(user), Some(role)) = (org, user, role) else {
             return Err(v.into_error().into());
         };
-        let member = self.services.update_member_role(&actor, org, &user, role).await?;
+        let changed = self.services.update_member_role(&actor, org, &user, role).await?;
         Ok(Response::new(pb::UpdateMemberRoleResponse {
-            member: Some(convert::member(member)),
-            consistency_token: convert::consistency_token(),
+            member: Some(convert::member(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -210,10 +210,8 @@ impl TeamService for TeamApi {
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
         let user = convert::user_id(&mut v, "user_id", &req.user_id);
         let (Some(org), Some(user)) = (org, user) else { return Err(v.into_error().into()) };
-        self.services.remove_member(&actor, org, &user).await?;
-        Ok(Response::new(pb::RemoveMemberResponse {
-            consistency_token: convert::consistency_token(),
-        }))
+        let changed = self.services.remove_member(&actor, org, &user).await?;
+        Ok(Response::new(pb::RemoveMemberResponse { consistency_token: changed.token.encode() }))
     }
 
     async fn leave_organization(
@@ -222,9 +220,9 @@ impl TeamService for TeamApi {
     ) -> Reply<pb::LeaveOrganizationResponse> {
         let actor = identify::actor(&mut request)?;
         let org = convert::sole_organization_id(&request.into_inner().organization_id)?;
-        self.services.leave_organization(&actor, org).await?;
+        let changed = self.services.leave_organization(&actor, org).await?;
         Ok(Response::new(pb::LeaveOrganizationResponse {
-            consistency_token: convert::consistency_token(),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -238,11 +236,12 @@ impl TeamService for TeamApi {
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
         let user = convert::user_id(&mut v, "new_owner_user_id", &req.new_owner_user_id);
         let (Some(org), Some(user)) = (org, user) else { return Err(v.into_error().into()) };
-        let (previous, new) = self.services.transfer_ownership(&actor, org, &user).await?;
+        let changed = self.services.transfer_ownership(&actor, org, &user).await?;
+        let (previous, new) = changed.value;
         Ok(Response::new(pb::TransferOwnershipResponse {
             previous_owner: Some(convert::member(previous)),
             new_owner: Some(convert::member(new)),
-            consistency_token: convert::consistency_token(),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -256,10 +255,10 @@ impl TeamService for TeamApi {
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
         let name = v.check("display_name", DisplayName::parse(&req.display_name));
         let (Some(org), Some(name)) = (org, name) else { return Err(v.into_error().into()) };
-        let ws = self.services.create_workspace(&actor, org, name).await?;
+        let changed = self.services.create_workspace(&actor, org, name).await?;
         Ok(Response::new(pb::CreateWorkspaceResponse {
-            workspace: Some(convert::workspace(ws)),
-            consistency_token: convert::consistency_token(),
+            workspace: Some(convert::workspace(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -307,10 +306,10 @@ impl TeamService for TeamApi {
         let (Some(org), Some(ws), Some(name)) = (org, ws, name) else {
             return Err(v.into_error().into());
         };
-        let ws = self.services.update_workspace(&actor, org, ws, name).await?;
+        let changed = self.services.update_workspace(&actor, org, ws, name).await?;
         Ok(Response::new(pb::UpdateWorkspaceResponse {
-            workspace: Some(convert::workspace(ws)),
-            consistency_token: convert::consistency_token(),
+            workspace: Some(convert::workspace(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -324,10 +323,8 @@ impl TeamService for TeamApi {
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
         let ws = convert::workspace_id(&mut v, "workspace_id", &req.workspace_id);
         let (Some(org), Some(ws)) = (org, ws) else { return Err(v.into_error().into()) };
-        self.services.delete_workspace(&actor, org, ws).await?;
-        Ok(Response::new(pb::DeleteWorkspaceResponse {
-            consistency_token: convert::consistency_token(),
-        }))
+        let changed = self.services.delete_workspace(&actor, org, ws).await?;
+        Ok(Response::new(pb::DeleteWorkspaceResponse { consistency_token: changed.token.encode() }))
     }
 
     async fn set_workspace_access(
@@ -344,10 +341,10 @@ impl TeamService for TeamApi {
         let (Some(org), Some(ws), Some(user), Some(access)) = (org, ws, user, access) else {
             return Err(v.into_error().into());
         };
-        let grant = self.services.set_workspace_access(&actor, org, ws, &user, access).await?;
+        let changed = self.services.set_workspace_access(&actor, org, ws, &user, access).await?;
         Ok(Response::new(pb::SetWorkspaceAccessResponse {
-            grant: Some(convert::grant(grant)),
-            consistency_token: convert::consistency_token(),
+            grant: Some(convert::grant(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -419,10 +416,10 @@ impl TeamService for TeamApi {
         };
         v.finish()?;
         let new = NewInvitation { email, role, workspace_grants: grants };
-        let invitation = self.services.create_invitation(&actor, org, new).await?;
+        let changed = self.services.create_invitation(&actor, org, new).await?;
         Ok(Response::new(pb::CreateInvitationResponse {
-            invitation: Some(convert::invitation(invitation)),
-            consistency_token: convert::consistency_token(),
+            invitation: Some(convert::invitation(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -457,10 +454,10 @@ impl TeamService for TeamApi {
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
         let id = convert::invitation_id(&mut v, "invitation_id", &req.invitation_id);
         let (Some(org), Some(id)) = (org, id) else { return Err(v.into_error().into()) };
-        let invitation = self.services.resend_invitation(&actor, org, id).await?;
+        let changed = self.services.resend_invitation(&actor, org, id).await?;
         Ok(Response::new(pb::ResendInvitationResponse {
-            invitation: Some(convert::invitation(invitation)),
-            consistency_token: convert::consistency_token(),
+            invitation: Some(convert::invitation(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -474,10 +471,10 @@ impl TeamService for TeamApi {
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
         let id = convert::invitation_id(&mut v, "invitation_id", &req.invitation_id);
         let (Some(org), Some(id)) = (org, id) else { return Err(v.into_error().into()) };
-        let invitation = self.services.revoke_invitation(&actor, org, id).await?;
+        let changed = self.services.revoke_invitation(&actor, org, id).await?;
         Ok(Response::new(pb::RevokeInvitationResponse {
-            invitation: Some(convert::invitation(invitation)),
-            consistency_token: convert::consistency_token(),
+            invitation: Some(convert::invitation(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 
@@ -495,10 +492,10 @@ impl TeamService for TeamApi {
         if req.token.len() > MAX_TOKEN_CHARS {
             return Err(Error::invalid("token", "is too long to be an invitation token").into());
         }
-        let member = self.services.accept_invitation(&actor, &req.token).await?;
+        let changed = self.services.accept_invitation(&actor, &req.token).await?;
         Ok(Response::new(pb::AcceptInvitationResponse {
-            member: Some(convert::member(member)),
-            consistency_token: convert::consistency_token(),
+            member: Some(convert::member(changed.value)),
+            consistency_token: changed.token.encode(),
         }))
     }
 

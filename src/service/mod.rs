@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::domain::{Email, UserId};
+use crate::domain::{ChangeToken, Email, LogPosition, UserId};
 use crate::storage::Store;
 use crate::storage::snapshot::AuthzCache;
 
@@ -78,6 +78,19 @@ pub struct Services {
     pub(crate) limits: Arc<ratelimit::Limits>,
     /// What Authorize has read recently.
     pub(crate) authz_cache: Arc<AuthzCache>,
+    /// The newest position this process knows the change log has reached: moved by its own
+    /// commits and by other replicas' notifications, so that Watch streams wake up.
+    pub(crate) log_head: Arc<tokio::sync::watch::Sender<LogPosition>>,
+}
+
+/// A use-case's result together with the token of the state it leaves: the change it committed,
+/// or, when it changed nothing, the latest change it found.
+#[derive(Debug, Clone)]
+pub struct Changed<T> {
+    /// The result.
+    pub value: T,
+    /// Names the state; `consistency_token` in the reply.
+    pub token: ChangeToken,
 }
 
 impl Services {
@@ -103,7 +116,13 @@ impl Services {
             ),
         });
         let authz_cache = Arc::new(AuthzCache::new(settings.authz_cache_entries));
-        Self { store, outbox_signal, limits, authz_cache }
+        let (log_head, _) = tokio::sync::watch::channel(LogPosition::default());
+        Self { store, outbox_signal, limits, authz_cache, log_head: Arc::new(log_head) }
+    }
+
+    /// The newest log position this process knows of (see [`Services::log_head`]).
+    pub fn log_head(&self) -> Arc<tokio::sync::watch::Sender<LogPosition>> {
+        self.log_head.clone()
     }
 
     /// The Authorize cache, for the invalidation feed and for reporting.

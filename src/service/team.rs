@@ -5,18 +5,19 @@ use tracing::instrument;
 
 use super::page::{self, PageRequest};
 use super::token;
-use super::{Actor, Services};
+use super::{Actor, Changed, Services};
 use crate::domain::invitation::{self as lifecycle, InviteRefusal, Transition};
 use crate::domain::{
-    Access, AuditEvent, AuditEventId, DeliveryState, DisplayName, Email, Grant, Invitation,
-    InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId, Pass,
-    Permission, Role, Timestamp, UserId, Workspace, WorkspaceFacts, WorkspaceId,
+    Access, AuditEvent, AuditEventId, ChangeToken, DeliveryState, Delta, DisplayName, Email, Grant,
+    Invitation, InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId,
+    Pass, Permission, Role, Timestamp, UserId, Workspace, WorkspaceFacts, WorkspaceId,
 };
 use crate::error::Error;
+use crate::storage::changelog::{Declared, OrgChange};
 use crate::storage::changes::Change;
+use crate::storage::feed;
 use crate::storage::repo;
 use crate::storage::snapshot::AuthzCache;
-use crate::storage::{WriteTx, feed};
 
 /// A page of results and the token of the next one (empty on the last page).
 pub type Page<T> = (Vec<T>, String);
@@ -80,37 +81,37 @@ fn require(member: &Member, permission: Permission) -> Result<Pass, Error> {
         })
 }
 
-/// Opens a write transaction on an organization: takes its lock first, so that concurrent
-/// changes to it serialize, then checks the actor's permission on the state as of the lock.
+/// Opens a change to an organization: takes its lock and next revision first, so that
+/// concurrent changes to it serialize, then checks the actor's permission on the state as of
+/// the lock.
 async fn begin_on(
     services: &Services,
     org: OrganizationId,
     actor: &Actor,
     permission: Permission,
-) -> Result<(WriteTx, Member, Pass), Error> {
-    let tx = services.store.begin_write().await?;
-    if !repo::lock_organization(&*tx, org).await? {
-        return Err(Error::NotFound("organization"));
-    }
-    let me = membership(&*tx, org, actor).await?;
+) -> Result<(OrgChange, Member, Pass), Error> {
+    let change =
+        OrgChange::begin(&services.store, org).await?.ok_or(Error::NotFound("organization"))?;
+    let me = membership(&*change, org, actor).await?;
     let pass = require(&me, permission)?;
-    Ok((tx, me, pass))
+    Ok((change, me, pass))
 }
 
+/// Writes the change's audit event; its id goes into the change log.
 async fn audit(
-    tx: &WriteTx,
-    org: OrganizationId,
+    change: &OrgChange,
     actor: &UserId,
     action: &str,
     target: String,
     details: serde_json::Value,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<AuditEventId, Error> {
+    let id = AuditEventId::generate();
     repo::insert_audit(
-        &**tx,
+        &**change,
         &AuditEvent {
-            id: AuditEventId::generate(),
-            organization_id: org,
+            id,
+            organization_id: change.organization(),
             actor_user_id: actor.clone(),
             action: action.to_owned(),
             target,
@@ -118,7 +119,13 @@ async fn audit(
             create_time: now,
         },
     )
-    .await
+    .await?;
+    Ok(id)
+}
+
+/// What a change did, for its log row.
+fn declared(actor: &Actor, audit_event_id: AuditEventId, deltas: Vec<Delta>) -> Declared {
+    Declared { actor: actor.user_id.clone(), audit_event_id: Some(audit_event_id), deltas }
 }
 
 fn sees_everything(role: Role) -> bool {
@@ -135,7 +142,7 @@ impl Services {
         &self,
         actor: &Actor,
         display_name: DisplayName,
-    ) -> Result<Organization, Error> {
+    ) -> Result<Changed<Organization>, Error> {
         let email = actor.email.clone().ok_or_else(|| {
             Error::Unauthenticated(
                 "the caller's email is required to create an organization (x-user-email)"
@@ -152,23 +159,22 @@ impl Services {
             create_time: now,
             update_time: now,
         };
-        let tx = self.store.begin_write().await?;
-        repo::insert_organization(&*tx, &org).await?;
+        let change = OrgChange::create(&self.store, org.id).await?;
+        repo::insert_organization(&*change, &org).await?;
         repo::insert_founder(
-            &*tx,
+            &*change,
             &Member {
                 organization_id: org.id,
                 user_id: actor.user_id.clone(),
-                email,
+                email: email.clone(),
                 role: Role::Owner,
                 create_time: now,
             },
         )
         .await?;
         let details = json!({ "display_name": org.display_name.as_str() });
-        audit(
-            &tx,
-            org.id,
+        let event = audit(
+            &change,
             &actor.user_id,
             "organization.created",
             format!("organization/{}", org.id),
@@ -176,9 +182,14 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org.id, Change::Everything).await?;
+        let deltas = vec![
+            Delta::OrganizationCreated { display_name: org.display_name.clone() },
+            Delta::MemberAdded { user: actor.user_id.clone(), email, role: Role::Owner },
+        ];
+        let token =
+            self.commit(change, declared(actor, event, deltas), Some(Change::Everything)).await?;
         taken.keep();
-        Ok(org)
+        Ok(Changed { value: org, token })
     }
 
     /// Returns an organization the actor belongs to.
@@ -215,7 +226,7 @@ impl Services {
         actor: &Actor,
         org: OrganizationId,
         changes: OrganizationChanges,
-    ) -> Result<Organization, Error> {
+    ) -> Result<Changed<Organization>, Error> {
         let (tx, _, pass) = begin_on(self, org, actor, Permission::OrganizationUpdate).await?;
         let current =
             repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
@@ -223,16 +234,15 @@ impl Services {
         let display_name = changes.display_name.unwrap_or_else(|| current.display_name.clone());
         let ttl = changes.invitation_ttl.unwrap_or(current.invitation_ttl);
         if display_name == current.display_name && ttl == current.invitation_ttl {
-            return Ok(current);
+            return Ok(Changed { value: current, token: tx.unchanged().await? });
         }
         repo::update_organization(&*tx, &pass, &display_name, ttl, now).await?;
         let details = json!({
             "display_name": display_name.as_str(),
             "invitation_ttl_secs": ttl.as_secs(),
         });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "organization.updated",
             format!("organization/{org}"),
@@ -241,8 +251,9 @@ impl Services {
         )
         .await?;
         // A name or a setting: nothing Authorize decides on.
-        tx.commit().await?;
-        Ok(Organization { display_name, invitation_ttl: ttl, update_time: now, ..current })
+        let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
+        let value = Organization { display_name, invitation_ttl: ttl, update_time: now, ..current };
+        Ok(Changed { value, token })
     }
 
     /// Deletes an organization and everything in it.
@@ -251,13 +262,12 @@ impl Services {
         &self,
         actor: &Actor,
         org: OrganizationId,
-    ) -> Result<(), Error> {
+    ) -> Result<Changed<()>, Error> {
         let (tx, _, pass) = begin_on(self, org, actor, Permission::OrganizationDelete).await?;
         let now = Timestamp::now();
         repo::delete_organization(&*tx, &pass).await?;
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "organization.deleted",
             format!("organization/{org}"),
@@ -265,7 +275,10 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org, Change::Everything).await
+        let deltas = vec![Delta::OrganizationDeleted];
+        let token =
+            self.commit(tx, declared(actor, event, deltas), Some(Change::Everything)).await?;
+        Ok(Changed { value: (), token })
     }
 
     // -----------------------------------------------------------------------------------------
@@ -308,7 +321,7 @@ impl Services {
         org: OrganizationId,
         user: &UserId,
         role: Role,
-    ) -> Result<Member, Error> {
+    ) -> Result<Changed<Member>, Error> {
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersUpdateRole).await?;
         let target = repo::find_member(&*tx, org, user).await?.ok_or(Error::NotFound("member"))?;
         if me.role != Role::Owner {
@@ -321,7 +334,7 @@ impl Services {
             }
         }
         if target.role == role {
-            return Ok(target);
+            return Ok(Changed { value: target, token: tx.unchanged().await? });
         }
         if target.role == Role::Owner && repo::count_owners(&*tx, org).await? <= 1 {
             return Err(last_owner("demote"));
@@ -329,9 +342,8 @@ impl Services {
         let now = Timestamp::now();
         repo::update_member_role(&*tx, &pass, user, role).await?;
         let details = json!({ "old_role": target.role.as_str(), "new_role": role.as_str() });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "member.role_updated",
             format!("member/{user}"),
@@ -339,8 +351,10 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org, Change::Members(&[user])).await?;
-        Ok(Member { role, ..target })
+        let deltas = vec![Delta::RoleChanged { user: user.clone(), old: target.role, new: role }];
+        let old = Change::Members(&[user]);
+        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        Ok(Changed { value: Member { role, ..target }, token })
     }
 
     /// Removes a member and their grants (rules 1, 2 and 4).
@@ -350,7 +364,7 @@ impl Services {
         actor: &Actor,
         org: OrganizationId,
         user: &UserId,
-    ) -> Result<(), Error> {
+    ) -> Result<Changed<()>, Error> {
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersRemove).await?;
         let target = repo::find_member(&*tx, org, user).await?.ok_or(Error::NotFound("member"))?;
         if target.role == Role::Owner && me.role != Role::Owner {
@@ -360,11 +374,15 @@ impl Services {
             return Err(last_owner("remove"));
         }
         let now = Timestamp::now();
-        repo::delete_member(&*tx, &pass, user).await?;
+        let grants = repo::delete_member(&*tx, &pass, user).await?;
         let details = json!({ "role": target.role.as_str() });
-        audit(&tx, org, &actor.user_id, "member.removed", format!("member/{user}"), details, now)
-            .await?;
-        self.commit(tx, org, Change::Members(&[user])).await
+        let event =
+            audit(&tx, &actor.user_id, "member.removed", format!("member/{user}"), details, now)
+                .await?;
+        let deltas = removal(user, target.role, grants);
+        let old = Change::Members(&[user]);
+        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        Ok(Changed { value: (), token })
     }
 
     /// Removes the actor from an organization (rule 2).
@@ -373,18 +391,17 @@ impl Services {
         &self,
         actor: &Actor,
         org: OrganizationId,
-    ) -> Result<(), Error> {
+    ) -> Result<Changed<()>, Error> {
         // Every member may leave: organization.read is held by every role.
         let (tx, me, pass) = begin_on(self, org, actor, Permission::OrganizationRead).await?;
         if me.role == Role::Owner && repo::count_owners(&*tx, org).await? <= 1 {
             return Err(last_owner("leave as"));
         }
         let now = Timestamp::now();
-        repo::delete_member(&*tx, &pass, &actor.user_id).await?;
+        let grants = repo::delete_member(&*tx, &pass, &actor.user_id).await?;
         let details = json!({ "role": me.role.as_str() });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "member.left",
             format!("member/{}", actor.user_id),
@@ -392,7 +409,10 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org, Change::Members(&[&actor.user_id])).await
+        let deltas = removal(&actor.user_id, me.role, grants);
+        let old = Change::Members(&[&actor.user_id]);
+        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        Ok(Changed { value: (), token })
     }
 
     /// Makes another member Owner and the calling Owner an Admin (rule 3).
@@ -402,7 +422,7 @@ impl Services {
         actor: &Actor,
         org: OrganizationId,
         new_owner: &UserId,
-    ) -> Result<(Member, Member), Error> {
+    ) -> Result<Changed<(Member, Member)>, Error> {
         if *new_owner == actor.user_id {
             return Err(Error::invalid(
                 "new_owner_user_id",
@@ -417,9 +437,8 @@ impl Services {
         repo::update_member_role(&*tx, &pass, new_owner, Role::Owner).await?;
         repo::update_member_role(&*tx, &pass, &actor.user_id, Role::Admin).await?;
         let details = json!({ "new_owner": new_owner.as_str(), "new_owner_previous_role": target.role.as_str() });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "organization.ownership_transferred",
             format!("member/{new_owner}"),
@@ -427,8 +446,15 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org, Change::Members(&[new_owner, &actor.user_id])).await?;
-        Ok((Member { role: Role::Admin, ..me }, Member { role: Role::Owner, ..target }))
+        let deltas = vec![
+            Delta::OwnershipTransferred { from: actor.user_id.clone(), to: new_owner.clone() },
+            Delta::RoleChanged { user: new_owner.clone(), old: target.role, new: Role::Owner },
+            Delta::RoleChanged { user: actor.user_id.clone(), old: me.role, new: Role::Admin },
+        ];
+        let old = Change::Members(&[new_owner, &actor.user_id]);
+        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let value = (Member { role: Role::Admin, ..me }, Member { role: Role::Owner, ..target });
+        Ok(Changed { value, token })
     }
 
     // -----------------------------------------------------------------------------------------
@@ -441,15 +467,14 @@ impl Services {
         actor: &Actor,
         org: OrganizationId,
         display_name: DisplayName,
-    ) -> Result<Workspace, Error> {
+    ) -> Result<Changed<Workspace>, Error> {
         let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspacesCreate).await?;
         let now = Timestamp::now();
         let ws = repo::insert_workspace(&*tx, &pass, WorkspaceId::generate(), &display_name, now)
             .await?;
         let details = json!({ "display_name": display_name.as_str() });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "workspace.created",
             format!("workspace/{}", ws.id),
@@ -457,8 +482,11 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org, Change::WorkspaceCreated(ws.id)).await?;
-        Ok(ws)
+        let deltas =
+            vec![Delta::WorkspaceCreated { workspace: ws.id, display_name: display_name.clone() }];
+        let old = Change::WorkspaceCreated(ws.id);
+        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        Ok(Changed { value: ws, token })
     }
 
     /// Returns a workspace the actor may see.
@@ -505,18 +533,17 @@ impl Services {
         org: OrganizationId,
         id: WorkspaceId,
         display_name: DisplayName,
-    ) -> Result<Workspace, Error> {
+    ) -> Result<Changed<Workspace>, Error> {
         let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspacesUpdate).await?;
         let ws = repo::find_workspace(&*tx, org, id).await?.ok_or(Error::NotFound("workspace"))?;
         if ws.display_name == display_name {
-            return Ok(ws);
+            return Ok(Changed { value: ws, token: tx.unchanged().await? });
         }
         let now = Timestamp::now();
         repo::update_workspace_name(&*tx, &pass, id, &display_name).await?;
         let details = json!({ "old_display_name": ws.display_name.as_str(), "display_name": display_name.as_str() });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "workspace.updated",
             format!("workspace/{id}"),
@@ -525,8 +552,8 @@ impl Services {
         )
         .await?;
         // A name: nothing Authorize decides on.
-        tx.commit().await?;
-        Ok(Workspace { display_name, ..ws })
+        let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
+        Ok(Changed { value: Workspace { display_name, ..ws }, token })
     }
 
     /// Deletes a workspace and its grants.
@@ -536,15 +563,14 @@ impl Services {
         actor: &Actor,
         org: OrganizationId,
         id: WorkspaceId,
-    ) -> Result<(), Error> {
+    ) -> Result<Changed<()>, Error> {
         let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspacesDelete).await?;
         let ws = repo::find_workspace(&*tx, org, id).await?.ok_or(Error::NotFound("workspace"))?;
         let now = Timestamp::now();
-        repo::delete_workspace(&*tx, &pass, id).await?;
+        let grants = repo::delete_workspace(&*tx, &pass, id).await?;
         let details = json!({ "display_name": ws.display_name.as_str() });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "workspace.deleted",
             format!("workspace/{id}"),
@@ -552,7 +578,18 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org, Change::WorkspaceDeleted(id)).await
+        // Rule 4: the workspace's grants go with it, each spelled out.
+        let deltas = std::iter::once(Delta::WorkspaceDeleted { workspace: id })
+            .chain(grants.into_iter().map(|(user, access)| Delta::GrantChanged {
+                user,
+                workspace: id,
+                old: Some(access),
+                new: None,
+            }))
+            .collect();
+        let old = Change::WorkspaceDeleted(id);
+        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        Ok(Changed { value: (), token })
     }
 
     /// Grants, changes or (with `None`) removes a member's access to a workspace.
@@ -564,7 +601,7 @@ impl Services {
         workspace_id: WorkspaceId,
         user: &UserId,
         access: Option<Access>,
-    ) -> Result<Grant, Error> {
+    ) -> Result<Changed<Grant>, Error> {
         let (tx, _, pass) = begin_on(self, org, actor, Permission::WorkspaceAccessManage).await?;
         // The workspace, the member and their current grant, in one statement.
         let facts = repo::authorization_facts(&*tx, org, user.into(), Some(workspace_id)).await?;
@@ -577,7 +614,7 @@ impl Services {
         };
         let grant = Grant { organization_id: org, workspace_id, user_id: user.clone(), access };
         if previous == access {
-            return Ok(grant);
+            return Ok(Changed { value: grant, token: tx.unchanged().await? });
         }
         let now = Timestamp::now();
         let action = match access {
@@ -595,9 +632,17 @@ impl Services {
             "old_access": previous.map(Access::as_str),
             "new_access": access.map(Access::as_str),
         });
-        audit(&tx, org, &actor.user_id, action, format!("member/{user}"), details, now).await?;
-        self.commit(tx, org, Change::Members(&[user])).await?;
-        Ok(grant)
+        let event =
+            audit(&tx, &actor.user_id, action, format!("member/{user}"), details, now).await?;
+        let deltas = vec![Delta::GrantChanged {
+            user: user.clone(),
+            workspace: workspace_id,
+            old: previous,
+            new: access,
+        }];
+        let old = Change::Members(&[user]);
+        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        Ok(Changed { value: grant, token })
     }
 
     /// Lists grants; Billing and Member users see only their own.
@@ -652,7 +697,7 @@ impl Services {
         actor: &Actor,
         org: OrganizationId,
         new: NewInvitation,
-    ) -> Result<Invitation, Error> {
+    ) -> Result<Changed<Invitation>, Error> {
         require_verified_email(actor, "invite")?;
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
         lifecycle::may_invite(Some(me.role), new.role).map_err(refuse_inviting)?;
@@ -704,9 +749,8 @@ impl Services {
             "role": invitation.role.as_str(),
             "workspace_grants": invitation.workspace_grants.len(),
         });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "invitation.created",
             format!("invitation/{}", invitation.id),
@@ -714,40 +758,57 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        // Nothing Authorize decides on until it is accepted.
+        let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
         taken.keep();
         self.outbox_signal.notify_one();
         tracing::info!(invitation = %invitation.id, invitee = %invitation.email.redacted(), "invitation created");
-        Ok(invitation)
+        Ok(Changed { value: invitation, token })
     }
 
-    /// Commits a change to an organization's members, workspaces or grants: the invalidation
-    /// notice for other replicas travels in the transaction, and this replica's index holds the
-    /// change before the RPC returns (rule 4).
+    /// Commits a change with what it did: its log row, and for a change to members,
+    /// workspaces or grants the invalidation notice for other replicas, travel in the
+    /// transaction, and this replica's index holds the change before the RPC returns (rule 4).
     async fn commit(
         &self,
-        tx: WriteTx,
-        org: OrganizationId,
-        change: Change<'_>,
-    ) -> Result<(), Error> {
-        let sender = feed::notify(&*tx, org, change).await?;
+        tx: OrgChange,
+        declared: Declared,
+        change: Option<Change<'_>>,
+    ) -> Result<ChangeToken, Error> {
+        let org = tx.organization();
         let cache = &self.authz_cache;
+        let sender = match change {
+            Some(change) => feed::notify(&*tx, org, change).await?,
+            None => None,
+        };
         if let Some(sender) = sender {
             cache.expect_echo(sender, org);
         }
         // A call cut off (by its deadline, or a client going away) may stop anywhere below,
         // maybe after the commit: the index is then dropped rather than left unpatched.
-        let unsettled = InvalidateOnDrop { cache, org };
-        if let Err(err) = tx.commit().await {
-            if let Some(sender) = sender {
-                cache.forget_echo(sender, org);
+        let unsettled = change.is_some().then(|| InvalidateOnDrop { cache, org });
+        let record = match tx.commit(declared).await {
+            Ok(record) => record,
+            Err(err) => {
+                if let Some(sender) = sender {
+                    cache.forget_echo(sender, org);
+                }
+                // Whether it committed is unknown: the guard forgets the organization to be safe.
+                return Err(err);
             }
-            // Whether it committed is unknown: the guard forgets the organization to be safe.
-            return Err(err);
+        };
+        if let Some(change) = change {
+            self.index_committed(org, change).await;
         }
-        self.index_committed(org, change).await;
         std::mem::forget(unsettled);
-        Ok(())
+        self.log_head.send_if_modified(|head| {
+            let newer = record.position > *head;
+            if newer {
+                *head = record.position;
+            }
+            newer
+        });
+        Ok(record.token())
     }
 
     /// Lists invitations, optionally by state.
@@ -777,7 +838,7 @@ impl Services {
         actor: &Actor,
         org: OrganizationId,
         id: InvitationId,
-    ) -> Result<Invitation, Error> {
+    ) -> Result<Changed<Invitation>, Error> {
         require_verified_email(actor, "invite")?;
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
         let invitation =
@@ -814,9 +875,8 @@ impl Services {
         };
         repo::insert_outbox(&*tx, &resent, now).await?;
         let details = json!({ "send_count": resent.send_count });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "invitation.resent",
             format!("invitation/{id}"),
@@ -824,10 +884,10 @@ impl Services {
             now,
         )
         .await?;
-        tx.commit().await?;
+        let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
         taken.keep();
         self.outbox_signal.notify_one();
-        Ok(resent)
+        Ok(Changed { value: resent, token })
     }
 
     /// Revokes a PENDING or EXPIRED invitation; revoking again succeeds without a change. An
@@ -838,21 +898,20 @@ impl Services {
         actor: &Actor,
         org: OrganizationId,
         id: InvitationId,
-    ) -> Result<Invitation, Error> {
+    ) -> Result<Changed<Invitation>, Error> {
         let (tx, _, _pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
         let invitation =
             repo::find_invitation(&*tx, org, id).await?.ok_or(Error::NotFound("invitation"))?;
         let now = Timestamp::now();
         match lifecycle::revoke(invitation.state_at(now)) {
             Transition::Refuse(why) => Err(Error::FailedPrecondition(why.to_owned())),
-            Transition::NoOp => Ok(invitation),
+            Transition::NoOp => Ok(Changed { value: invitation, token: tx.unchanged().await? }),
             Transition::Apply => {
                 repo::update_invitation_state(&*tx, org, id, InvitationState::Revoked, now).await?;
                 let why = "not sent: the invitation was revoked";
                 repo::cancel_outbox_of(&*tx, org, id, why).await?;
-                audit(
+                let event = audit(
                     &tx,
-                    org,
                     &actor.user_id,
                     "invitation.revoked",
                     format!("invitation/{id}"),
@@ -860,11 +919,12 @@ impl Services {
                     now,
                 )
                 .await?;
-                tx.commit().await?;
+                let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
                 // Read back: the delivery state may have changed with the revocation.
                 let revoked = repo::find_invitation(self.store.reader(), org, id).await?;
-                Ok(revoked
-                    .unwrap_or(Invitation { stored_state: InvitationState::Revoked, ..invitation }))
+                let value = revoked
+                    .unwrap_or(Invitation { stored_state: InvitationState::Revoked, ..invitation });
+                Ok(Changed { value, token })
             }
         }
     }
@@ -872,7 +932,11 @@ impl Services {
     /// Accepts an invitation with its token: the member, the grants and the ACCEPTED state in
     /// one transaction.
     #[instrument(skip_all, fields(actor = %actor.user_id))]
-    pub async fn accept_invitation(&self, actor: &Actor, presented: &str) -> Result<Member, Error> {
+    pub async fn accept_invitation(
+        &self,
+        actor: &Actor,
+        presented: &str,
+    ) -> Result<Changed<Member>, Error> {
         let email = actor.email.clone().ok_or_else(|| {
             Error::Unauthenticated(
                 "the caller's email is required to accept an invitation (x-user-email)".to_owned(),
@@ -892,10 +956,9 @@ impl Services {
             return Err(Error::NotFound("invitation"));
         };
         let org = found.organization_id;
-        let tx = self.store.begin_write().await?;
-        if !repo::lock_organization(&*tx, org).await? {
+        let Some(tx) = OrgChange::begin(&self.store, org).await? else {
             return Err(Error::NotFound("invitation"));
-        }
+        };
         // Read again under the lock: a concurrent accept, resend or revoke may have won.
         let Some((invitation, stored_hash)) =
             repo::find_invitation_by_token_hash(&*tx, &presented_hash).await?
@@ -938,9 +1001,8 @@ impl Services {
             .await?;
         let details =
             json!({ "invitation_id": invitation.id.to_string(), "role": invitation.role.as_str() });
-        audit(
+        let event = audit(
             &tx,
-            org,
             &actor.user_id,
             "invitation.accepted",
             format!("member/{}", actor.user_id),
@@ -948,8 +1010,24 @@ impl Services {
             now,
         )
         .await?;
-        self.commit(tx, org, Change::Members(&[&actor.user_id])).await?;
-        Ok(member)
+        let added = Delta::MemberAdded {
+            user: actor.user_id.clone(),
+            email: member.email.clone(),
+            role: member.role,
+        };
+        let deltas = std::iter::once(added)
+            .chain(invitation.workspace_grants.iter().map(|(workspace, access)| {
+                Delta::GrantChanged {
+                    user: actor.user_id.clone(),
+                    workspace: *workspace,
+                    old: None,
+                    new: Some(*access),
+                }
+            }))
+            .collect();
+        let old = Change::Members(&[&actor.user_id]);
+        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        Ok(Changed { value: member, token })
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1011,6 +1089,18 @@ fn void_invitation(refusal: InviteRefusal) -> &'static str {
              longer stands; ask an Owner to invite you again"
         }
     }
+}
+
+/// What removing a member does: the removal, then each grant it took with it (rule 4).
+fn removal(user: &UserId, role: Role, grants: Vec<(WorkspaceId, Access)>) -> Vec<Delta> {
+    std::iter::once(Delta::MemberRemoved { user: user.clone(), role })
+        .chain(grants.into_iter().map(|(workspace, access)| Delta::GrantChanged {
+            user: user.clone(),
+            workspace,
+            old: Some(access),
+            new: None,
+        }))
+        .collect()
 }
 
 fn last_owner(verb: &str) -> Error {

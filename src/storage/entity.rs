@@ -15,6 +15,8 @@ pub mod organization {
         pub invitation_ttl_secs: i64,
         pub create_time: i64,
         pub update_time: i64,
+        /// The revision of the organization's latest change (see `storage::changelog`).
+        pub revision: i64,
     }
 
     impl ActiveModelBehavior for ActiveModel {}

@@ -1,5 +1,6 @@
 //! Persistence: SeaORM entities, migrations and the repository functions the services call.
 
+pub mod changelog;
 pub mod changes;
 pub mod entity;
 pub mod feed;

@@ -55,6 +55,8 @@ pub async fn insert_organization(
         invitation_ttl_secs: Set(org.invitation_ttl.as_secs()),
         create_time: Set(org.create_time.as_micros()),
         update_time: Set(org.update_time.as_micros()),
+        // Its creation is its first change.
+        revision: Set(1),
     })
     .exec_without_returning(db)
     .await?;
@@ -241,24 +243,27 @@ pub async fn update_member_role(
     Ok(())
 }
 
-/// Removes a member and their workspace grants (rule 4).
+/// Removes a member and their workspace grants (rule 4); returns the grants removed.
 pub async fn delete_member(
     db: &impl ConnectionTrait,
     pass: &Pass,
     user: &UserId,
-) -> Result<(), Error> {
+) -> Result<Vec<(WorkspaceId, Access)>, Error> {
     let org = pass.organization_id().as_uuid();
-    workspace_grant::Entity::delete_many()
+    let removed = workspace_grant::Entity::delete_many()
         .filter(workspace_grant::Column::OrganizationId.eq(org))
         .filter(workspace_grant::Column::UserId.eq(user.as_str()))
-        .exec(db)
+        .exec_with_returning(db)
         .await?;
     member::Entity::delete_many()
         .filter(member::Column::OrganizationId.eq(org))
         .filter(member::Column::UserId.eq(user.as_str()))
         .exec(db)
         .await?;
-    Ok(())
+    removed
+        .into_iter()
+        .map(|g| Ok((WorkspaceId::from_uuid(g.workspace_id), access_of(&g.access)?)))
+        .collect()
 }
 
 /// Counts the Owners of an organization.
@@ -370,12 +375,12 @@ pub async fn delete_workspace(
     db: &impl ConnectionTrait,
     pass: &Pass,
     id: WorkspaceId,
-) -> Result<(), Error> {
+) -> Result<Vec<(UserId, Access)>, Error> {
     let org = pass.organization_id().as_uuid();
-    workspace_grant::Entity::delete_many()
+    let removed = workspace_grant::Entity::delete_many()
         .filter(workspace_grant::Column::OrganizationId.eq(org))
         .filter(workspace_grant::Column::WorkspaceId.eq(id.as_uuid()))
-        .exec(db)
+        .exec_with_returning(db)
         .await?;
     invitation_grant::Entity::delete_many()
         .filter(invitation_grant::Column::OrganizationId.eq(org))
@@ -387,7 +392,10 @@ pub async fn delete_workspace(
         .filter(workspace::Column::Id.eq(id.as_uuid()))
         .exec(db)
         .await?;
-    Ok(())
+    removed
+        .into_iter()
+        .map(|g| Ok((UserId::from_stored(g.user_id), access_of(&g.access)?)))
+        .collect()
 }
 
 /// Lists an organization's workspaces in creation order after a cursor; with `granted_to`, only

@@ -196,9 +196,11 @@ async fn silent_connections_are_closed_and_cost_little() {
 async fn at_the_file_descriptor_limit_the_server_neither_spins_nor_goes_silent() {
     let app = Guarded::start(&[], Some(600)).await;
     let pid = app.server.pid();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
-    // An identified connection, so that it is not one a newcomer may push out.
-    app.legitimate_calls(app.channel().await, Instant::now() + Duration::from_millis(50)).await;
+    // An identified connection (it carried a call with a credential), so that it is not one a
+    // newcomer may push out.
+    let channel = app.channel().await;
+    app.legitimate_calls(channel.clone(), Instant::now() + Duration::from_millis(50)).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let silent = attack::silent_connections(app.server.addr, 900).await;
     println!("{} connections opened against a limit of 600 files", silent.len());
     let cpu_before = attack::cpu_time(pid);

@@ -148,6 +148,7 @@ async fn forge_organization(app: &TestApp, id: &str, owner: &User) {
         invitation_ttl_secs: Set(3_600),
         create_time: Set(0),
         update_time: Set(0),
+        revision: Set(0),
     })
     .exec_without_returning(&app.db)
     .await

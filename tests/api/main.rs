@@ -6,6 +6,7 @@ mod common;
 mod access;
 mod auth;
 mod boundary;
+mod changelog;
 mod faults;
 mod hostile;
 mod identity;

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_initial_schema;
 mod m20261201_000002_erase_outbox_bodies;
+mod m20261201_000003_change_log;
 
 /// Runs Roster's migrations.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_initial_schema::Migration),
             Box::new(m20261201_000002_erase_outbox_bodies::Migration),
+            Box::new(m20261201_000003_change_log::Migration),
         ]
     }
 }

@@ -1,0 +1,463 @@
+//! The change log. A change to an organization is an [`OrgChange`]: a write transaction that
+//! holds the organization's row lock and its next revision from its first statement, and whose
+//! only way to commit is [`OrgChange::commit`] with what it did to access ([`Declared`]). The
+//! commit writes the log row (its position follows commit order: see the migration
+//! `m20261201_000003_change_log`).
+
+use std::ops::Deref;
+
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, Value};
+use serde_json::{Value as Json, json};
+
+use super::{Store, WriteTx};
+use crate::domain::{
+    Access, AuditEventId, ChangeRecord, ChangeToken, Delta, DisplayName, Email, LogPosition,
+    OrganizationId, Revision, Role, Timestamp, UserId, WorkspaceId,
+};
+use crate::error::Error;
+
+/// What a change did, declared by the use-case that made it: nothing commits without it.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    /// Who made the change.
+    pub actor: UserId,
+    /// The audit event it wrote.
+    pub audit_event_id: Option<AuditEventId>,
+    /// What it did to access, in order; empty for a change Authorize does not see.
+    pub deltas: Vec<Delta>,
+}
+
+/// A change to one organization, in progress. Dropping it rolls the change back.
+pub struct OrgChange {
+    tx: WriteTx,
+    organization: OrganizationId,
+    revision: Revision,
+}
+
+impl Deref for OrgChange {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl OrgChange {
+    /// Begins a change to an existing organization: takes its row lock, so that changes to one
+    /// organization run one after another, and its next revision, in one statement. `None`
+    /// when the organization does not exist.
+    pub async fn begin(store: &Store, organization: OrganizationId) -> Result<Option<Self>, Error> {
+        let tx = store.begin_write().await?;
+        let backend = tx.get_database_backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "UPDATE organizations SET revision = revision + 1 WHERE id = $1 RETURNING revision"
+            }
+            _ => "UPDATE organizations SET revision = revision + 1 WHERE id = ? RETURNING revision",
+        };
+        let row = tx
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [organization.as_uuid().into()],
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let revision = revision_of(&row, "revision")?;
+        Ok(Some(Self { tx, organization, revision }))
+    }
+
+    /// Begins the change that creates an organization, whose row the caller inserts at
+    /// revision 1 (see [`Revision`]).
+    pub async fn create(store: &Store, organization: OrganizationId) -> Result<Self, Error> {
+        let tx = store.begin_write().await?;
+        Ok(Self { tx, organization, revision: Revision(1) })
+    }
+
+    /// The organization changed.
+    pub fn organization(&self) -> OrganizationId {
+        self.organization
+    }
+
+    /// The revision the change commits as.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Writes the change's log row and commits. On PostgreSQL the row takes its position from
+    /// `change_log_head`, whose lock it then holds until the commit, so positions follow commit
+    /// order.
+    pub async fn commit(self, declared: Declared) -> Result<ChangeRecord, Error> {
+        let now = Timestamp::now();
+        let backend = self.tx.get_database_backend();
+        let deltas = encode_deltas(&declared.deltas);
+        let values: Vec<Value> = vec![
+            self.organization.as_uuid().into(),
+            i64::try_from(self.revision.0).unwrap_or(i64::MAX).into(),
+            now.as_micros().into(),
+            declared.actor.as_str().to_owned().into(),
+            declared.audit_event_id.map(|id| id.as_uuid()).into(),
+            deltas.into(),
+        ];
+        let statement = match backend {
+            DbBackend::Postgres => Statement::from_sql_and_values(
+                backend,
+                "WITH head AS (
+                     UPDATE change_log_head SET position = position + 1 WHERE id = 1
+                     RETURNING position
+                 )
+                 INSERT INTO change_log (position, organization_id, revision, commit_time,
+                     actor_user_id, audit_event_id, deltas)
+                 SELECT head.position, $1, $2, $3, $4, $5, $6 FROM head
+                 RETURNING position",
+                values,
+            ),
+            _ => Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO change_log (organization_id, revision, commit_time, actor_user_id,
+                     audit_event_id, deltas)
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING position",
+                values,
+            ),
+        };
+        let row = self.tx.query_one_raw(statement).await?.ok_or_else(|| {
+            Error::internal(anyhow::anyhow!("the change log row was not written"))
+        })?;
+        let position = position_of(&row, "position")?;
+        self.tx.commit().await?;
+        Ok(ChangeRecord {
+            organization_id: self.organization,
+            revision: self.revision,
+            position,
+            commit_time: now,
+            actor: declared.actor,
+            audit_event_id: declared.audit_event_id,
+            deltas: declared.deltas,
+        })
+    }
+}
+
+impl OrgChange {
+    /// Ends a request that changed nothing (rolling the transaction back), with the token of
+    /// the state it found: the organization's latest committed change.
+    pub async fn unchanged(self) -> Result<ChangeToken, Error> {
+        let current = Revision(self.revision.0.saturating_sub(1));
+        let backend = self.tx.get_database_backend();
+        let sql = format!(
+            "SELECT position FROM change_log WHERE organization_id = {} AND revision = {}",
+            placeholder(backend, 1),
+            placeholder(backend, 2)
+        );
+        let row = self
+            .tx
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [
+                    self.organization.as_uuid().into(),
+                    i64::try_from(current.0).unwrap_or(i64::MAX).into(),
+                ],
+            ))
+            .await?;
+        // None for an organization made before the change log and not changed since: the
+        // start of the log is the point before every logged change.
+        let position =
+            row.map(|row| position_of(&row, "position")).transpose()?.unwrap_or_default();
+        Ok(ChangeToken { organization: Some((self.organization, current)), position })
+    }
+}
+
+fn revision_of(row: &QueryResult, column: &str) -> Result<Revision, Error> {
+    let value: i64 = row.try_get("", column)?;
+    u64::try_from(value).map(Revision).map_err(|_| corrupt(format!("a negative revision {value}")))
+}
+
+fn position_of(row: &QueryResult, column: &str) -> Result<LogPosition, Error> {
+    let value: i64 = row.try_get("", column)?;
+    u64::try_from(value)
+        .map(LogPosition)
+        .map_err(|_| corrupt(format!("a negative log position {value}")))
+}
+
+fn corrupt(what: String) -> Error {
+    Error::internal(anyhow::anyhow!("the change log holds {what}"))
+}
+
+/// The organization's latest revision and the position of the change that made it; `None` when
+/// the organization does not exist. For a request that changed nothing, whose token names the
+/// state it found.
+pub async fn latest(
+    db: &impl ConnectionTrait,
+    organization: OrganizationId,
+) -> Result<Option<(Revision, LogPosition)>, Error> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT o.revision, COALESCE(l.position, 0) AS position FROM organizations o
+             LEFT JOIN change_log l ON l.organization_id = o.id AND l.revision = o.revision
+             WHERE o.id = $1"
+        }
+        _ => {
+            "SELECT o.revision, COALESCE(l.position, 0) AS position FROM organizations o
+             LEFT JOIN change_log l ON l.organization_id = o.id AND l.revision = o.revision
+             WHERE o.id = ?"
+        }
+    };
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [organization.as_uuid().into()],
+        ))
+        .await?;
+    row.map(|row| Ok((revision_of(&row, "revision")?, position_of(&row, "position")?))).transpose()
+}
+
+/// The organization's changes after revision `after`, in order.
+pub async fn read_organization(
+    db: &impl ConnectionTrait,
+    organization: OrganizationId,
+    after: Revision,
+) -> Result<Vec<ChangeRecord>, Error> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM change_log WHERE organization_id = {} AND revision > {} \
+         ORDER BY revision",
+        placeholder(backend, 1),
+        placeholder(backend, 2)
+    );
+    let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [organization.as_uuid().into(), after.into()],
+        ))
+        .await?;
+    rows.iter().map(to_record).collect()
+}
+
+/// Up to `limit` changes after position `after`, in commit order, of one organization or all.
+pub async fn read_after(
+    db: &impl ConnectionTrait,
+    after: LogPosition,
+    organization: Option<OrganizationId>,
+    limit: u64,
+) -> Result<Vec<ChangeRecord>, Error> {
+    let backend = db.get_database_backend();
+    let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (sql, values): (String, Vec<Value>) = match organization {
+        Some(org) => (
+            format!(
+                "SELECT {COLUMNS} FROM change_log WHERE position > {} AND organization_id = {} \
+                 ORDER BY position LIMIT {}",
+                placeholder(backend, 1),
+                placeholder(backend, 2),
+                placeholder(backend, 3)
+            ),
+            vec![after.into(), org.as_uuid().into(), limit.into()],
+        ),
+        None => (
+            format!(
+                "SELECT {COLUMNS} FROM change_log WHERE position > {} ORDER BY position LIMIT {}",
+                placeholder(backend, 1),
+                placeholder(backend, 2)
+            ),
+            vec![after.into(), limit.into()],
+        ),
+    };
+    let rows = db.query_all_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+    rows.iter().map(to_record).collect()
+}
+
+/// The last position written, and the last one retention removed (changes up to it are gone).
+pub async fn head(db: &impl ConnectionTrait) -> Result<(LogPosition, LogPosition), Error> {
+    let backend = db.get_database_backend();
+    // On SQLite positions come from AUTOINCREMENT rather than from the head row.
+    let sql = match backend {
+        DbBackend::Postgres => "SELECT position, pruned_through FROM change_log_head WHERE id = 1",
+        _ => {
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0)
+                 AS position, pruned_through FROM change_log_head WHERE id = 1"
+        }
+    };
+    let row = db
+        .query_one_raw(Statement::from_string(backend, sql.to_owned()))
+        .await?
+        .ok_or_else(|| corrupt("no head row".to_owned()))?;
+    Ok((position_of(&row, "position")?, position_of(&row, "pruned_through")?))
+}
+
+const COLUMNS: &str =
+    "position, organization_id, revision, commit_time, actor_user_id, audit_event_id, deltas";
+
+fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    }
+}
+
+fn to_record(row: &QueryResult) -> Result<ChangeRecord, Error> {
+    let organization: uuid::Uuid = row.try_get("", "organization_id")?;
+    let actor: String = row.try_get("", "actor_user_id")?;
+    let audit: Option<uuid::Uuid> = row.try_get("", "audit_event_id")?;
+    let deltas: String = row.try_get("", "deltas")?;
+    Ok(ChangeRecord {
+        organization_id: OrganizationId::from_uuid(organization),
+        revision: revision_of(row, "revision")?,
+        position: position_of(row, "position")?,
+        commit_time: Timestamp::from_micros(row.try_get("", "commit_time")?),
+        actor: UserId::parse_owned(actor).map_err(|e| corrupt(format!("an actor that {}", e.0)))?,
+        audit_event_id: audit.map(AuditEventId::from_uuid),
+        deltas: decode_deltas(&deltas)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deltas as stored: a JSON array of objects, each with its kind in `k`.
+
+fn access(access: Option<Access>) -> Json {
+    access.map_or(Json::Null, |a| Json::from(a.as_str()))
+}
+
+/// The stored form of a change's deltas.
+pub fn encode_deltas(deltas: &[Delta]) -> String {
+    let encoded: Vec<Json> = deltas
+        .iter()
+        .map(|delta| match delta {
+            Delta::OrganizationCreated { display_name } => {
+                json!({ "k": "organization_created", "name": display_name.as_str() })
+            }
+            Delta::OrganizationDeleted => json!({ "k": "organization_deleted" }),
+            Delta::MemberAdded { user, email, role } => json!({
+                "k": "member_added", "user": user.as_str(), "email": email.as_str(),
+                "role": role.as_str(),
+            }),
+            Delta::MemberRemoved { user, role } => {
+                json!({ "k": "member_removed", "user": user.as_str(), "role": role.as_str() })
+            }
+            Delta::RoleChanged { user, old, new } => json!({
+                "k": "role_changed", "user": user.as_str(), "old": old.as_str(),
+                "new": new.as_str(),
+            }),
+            Delta::GrantChanged { user, workspace, old, new } => json!({
+                "k": "grant_changed", "user": user.as_str(), "workspace": workspace.to_string(),
+                "old": access(*old), "new": access(*new),
+            }),
+            Delta::WorkspaceCreated { workspace, display_name } => json!({
+                "k": "workspace_created", "workspace": workspace.to_string(),
+                "name": display_name.as_str(),
+            }),
+            Delta::WorkspaceDeleted { workspace } => {
+                json!({ "k": "workspace_deleted", "workspace": workspace.to_string() })
+            }
+            Delta::OwnershipTransferred { from, to } => {
+                json!({ "k": "ownership_transferred", "from": from.as_str(), "to": to.as_str() })
+            }
+        })
+        .collect();
+    Json::Array(encoded).to_string()
+}
+
+/// Reads what [`encode_deltas`] wrote.
+pub fn decode_deltas(text: &str) -> Result<Vec<Delta>, Error> {
+    let bad = |what: &str| corrupt(format!("a malformed delta ({what})"));
+    let parsed: Json = serde_json::from_str(text).map_err(|_| bad("not JSON"))?;
+    let Json::Array(items) = parsed else { return Err(bad("not an array")) };
+    items
+        .iter()
+        .map(|item| {
+            let text = |key: &str| item.get(key).and_then(Json::as_str).ok_or_else(|| bad(key));
+            let user = |key: &str| UserId::parse(text(key)?).map_err(|_| bad(key));
+            let role = |key: &str| Role::from_stored(text(key)?).ok_or_else(|| bad(key));
+            let workspace = |key: &str| WorkspaceId::parse(text(key)?).map_err(|_| bad(key));
+            let level = |key: &str| match item.get(key) {
+                Some(Json::Null) => Ok(None),
+                Some(Json::String(s)) => Access::from_stored(s).map(Some).ok_or_else(|| bad(key)),
+                _ => Err(bad(key)),
+            };
+            Ok(match text("k")? {
+                "organization_created" => Delta::OrganizationCreated {
+                    display_name: DisplayName::from_stored(text("name")?.to_owned()),
+                },
+                "organization_deleted" => Delta::OrganizationDeleted,
+                "member_added" => Delta::MemberAdded {
+                    user: user("user")?,
+                    email: Email::from_stored(text("email")?.to_owned()),
+                    role: role("role")?,
+                },
+                "member_removed" => {
+                    Delta::MemberRemoved { user: user("user")?, role: role("role")? }
+                }
+                "role_changed" => {
+                    Delta::RoleChanged { user: user("user")?, old: role("old")?, new: role("new")? }
+                }
+                "grant_changed" => Delta::GrantChanged {
+                    user: user("user")?,
+                    workspace: workspace("workspace")?,
+                    old: level("old")?,
+                    new: level("new")?,
+                },
+                "workspace_created" => Delta::WorkspaceCreated {
+                    workspace: workspace("workspace")?,
+                    display_name: DisplayName::from_stored(text("name")?.to_owned()),
+                },
+                "workspace_deleted" => {
+                    Delta::WorkspaceDeleted { workspace: workspace("workspace")? }
+                }
+                "ownership_transferred" => {
+                    Delta::OwnershipTransferred { from: user("from")?, to: user("to")? }
+                }
+                _ => return Err(bad("unknown kind")),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_delta_reads_back_as_itself() {
+        let user = |s: &str| UserId::parse(s).unwrap();
+        let ws = WorkspaceId::generate();
+        let deltas = vec![
+            Delta::OrganizationCreated { display_name: DisplayName::parse("Acme").unwrap() },
+            Delta::MemberAdded {
+                user: user("ada|1"),
+                email: Email::parse("ada@example.com").unwrap(),
+                role: Role::Owner,
+            },
+            Delta::RoleChanged { user: user("bob"), old: Role::Member, new: Role::Admin },
+            Delta::GrantChanged {
+                user: user("bob"),
+                workspace: ws,
+                old: None,
+                new: Some(Access::Read),
+            },
+            Delta::GrantChanged {
+                user: user("bob"),
+                workspace: ws,
+                old: Some(Access::Read),
+                new: None,
+            },
+            Delta::WorkspaceCreated {
+                workspace: ws,
+                display_name: DisplayName::parse("prod").unwrap(),
+            },
+            Delta::WorkspaceDeleted { workspace: ws },
+            Delta::MemberRemoved { user: user("bob"), role: Role::Admin },
+            Delta::OwnershipTransferred { from: user("ada|1"), to: user("bob") },
+            Delta::OrganizationDeleted,
+        ];
+        assert_eq!(decode_deltas(&encode_deltas(&deltas)).unwrap(), deltas);
+        assert_eq!(decode_deltas("[]").unwrap(), vec![]);
+        for bad in ["", "{}", "[{}]", r#"[{"k":"nope"}]"#, r#"[{"k":"member_removed","user":""}]"#]
+        {
+            assert!(decode_deltas(bad).is_err(), "{bad:?}");
+        }
+    }
+}
