@@ -159,7 +159,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let cache = services.authz_cache();
     let feed = (store.backend() == sea_orm::DbBackend::Postgres)
-        .then(|| feed::spawn(store.clone(), cache.clone(), stopped.clone()));
+        .then(|| feed::spawn(store.clone(), cache.clone(), services.log_head(), stopped.clone()));
 
     let limits =
         LimitLayer::new(config.max_in_flight, Duration::from_millis(config.request_timeout_ms));

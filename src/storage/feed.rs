@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use super::Store;
 use super::changes::{self, Change, Described};
 use super::snapshot::AuthzCache;
-use crate::domain::OrganizationId;
+use crate::domain::{LogPosition, OrganizationId};
 use crate::error::Error;
 
 /// The notification channel.
@@ -83,8 +83,15 @@ enum Event {
     Lost,
 }
 
-/// Starts listening; the cache is bypassed until the first heartbeat arrives.
-pub fn spawn(store: Store, cache: Arc<AuthzCache>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Starts listening; the cache is bypassed until the first heartbeat arrives. Every change
+/// notification also wakes whoever waits on `log_head` (Watch streams), since the change log
+/// has grown.
+pub fn spawn(
+    store: Store,
+    cache: Arc<AuthzCache>,
+    log_head: Arc<watch::Sender<LogPosition>>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     cache.set_trusted(false);
     let (events, received) = mpsc::channel(1024);
     let reader = tokio::spawn(read(store.clone(), events, stop.clone()));
@@ -101,7 +108,7 @@ pub fn spawn(store: Store, cache: Arc<AuthzCache>, stop: watch::Receiver<bool>) 
         })
     };
     tokio::spawn(async move {
-        coordinate(store, cache, received, to_apply, stop).await;
+        coordinate(store, cache, received, to_apply, log_head, stop).await;
         reader.abort();
         applier.abort();
     })
@@ -169,6 +176,7 @@ async fn coordinate(
     cache: Arc<AuthzCache>,
     mut received: mpsc::Receiver<Event>,
     to_apply: mpsc::Sender<(OrganizationId, Described)>,
+    log_head: Arc<watch::Sender<LogPosition>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let replica = uuid::Uuid::new_v4().simple().to_string();
@@ -190,6 +198,10 @@ async fn coordinate(
                     cache.set_trusted(false);
                 }
                 Some(Event::Payload(sender, payload)) => {
+                    if !payload.starts_with("ping:") {
+                        // The position is not in the payload: waiters read the log to learn it.
+                        log_head.send_modify(|_| {});
+                    }
                     let follows = described.take();
                     if let Some((org, change)) = Described::parse(&payload) {
                         described = Some((sender, org));
