@@ -28,11 +28,11 @@ use crate::grpc::readiness;
 use crate::grpc::router::Router;
 use crate::grpc::team::TeamApi;
 use crate::grpc::tls::TlsAcceptor;
+use crate::index::AuthzIndex;
 use crate::metrics::{self, Metrics};
 use crate::pb::access_service_server::AccessServiceServer;
 use crate::pb::team_service_server::TeamServiceServer;
 use crate::service::{ServiceSettings, Services};
-use crate::storage::snapshot::AuthzCache;
 use crate::storage::{Store, feed};
 
 /// A running server.
@@ -47,7 +47,7 @@ pub struct Running {
     metrics_server: Option<JoinHandle<()>>,
     /// Where Prometheus metrics are served, if they are.
     pub metrics_addr: Option<SocketAddr>,
-    cache: Arc<AuthzCache>,
+    index: Arc<AuthzIndex>,
     store: Store,
 }
 
@@ -64,7 +64,7 @@ impl Running {
         if let Some(metrics) = self.metrics_server {
             let _ = metrics.await;
         }
-        let stats = self.cache.stats();
+        let stats = self.index.stats();
         tracing::info!(
             hits = stats.hits,
             misses = stats.misses,
@@ -157,9 +157,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         stopped.clone(),
     ));
 
-    let cache = services.authz_cache();
+    let index = services.index();
     let feed = (store.backend() == sea_orm::DbBackend::Postgres)
-        .then(|| feed::spawn(store.clone(), cache.clone(), services.log_head(), stopped.clone()));
+        .then(|| feed::spawn(store.clone(), index.clone(), services.log_head(), stopped.clone()));
 
     let limits =
         LimitLayer::new(config.max_in_flight, Duration::from_millis(config.request_timeout_ms));
@@ -169,7 +169,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Some(addr) => {
             let sources = metrics::Sources {
                 store: store.clone(),
-                cache: cache.clone(),
+                index: index.clone(),
                 edge: metrics::EdgeSources {
                     listener: listener_stats.clone(),
                     budget: budget.clone(),
@@ -255,7 +255,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         feed,
         metrics_server,
         metrics_addr,
-        cache,
+        index,
         store,
     })
 }

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod email;
 pub mod error;
 pub mod grpc;
+pub mod index;
 pub mod metrics;
 pub mod pb;
 pub mod service;

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::domain::Permission;
-use crate::storage::snapshot::AuthzCache;
+use crate::index::AuthzIndex;
 use crate::storage::{Store, repo};
 
 /// Labels of the per-call metrics.
@@ -129,7 +129,7 @@ impl Metrics {
     pub async fn render(&self, sources: &Sources) -> String {
         let outbox = repo::count_outbox_by_state(sources.store.reader()).await;
         let snapshot = Snapshot {
-            cache: sources.cache.stats(),
+            cache: sources.index.stats(),
             pool: sources.store.pool_use(),
             outbox: match outbox {
                 Ok(counts) => Some(counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect()),
@@ -162,8 +162,8 @@ impl Metrics {
 pub struct Sources {
     /// The database, for the outbox and the pool.
     pub store: Store,
-    /// The authorization index, for its counters.
-    pub cache: Arc<AuthzCache>,
+    /// The Authorize index, for its counters.
+    pub index: Arc<AuthzIndex>,
     /// The server's edge: connections, request bytes, shed calls.
     pub edge: EdgeSources,
 }
@@ -182,7 +182,7 @@ pub struct EdgeSources {
 /// Values read for one scrape.
 #[derive(Debug)]
 struct Snapshot {
-    cache: crate::storage::snapshot::CacheStats,
+    cache: crate::index::CacheStats,
     pool: crate::storage::PoolUse,
     outbox: Option<Vec<(&'static str, i64)>>,
     connections: crate::grpc::listener::ListenerSnapshot,

@@ -10,9 +10,9 @@ use super::identify;
 use crate::domain::ids::IdError;
 use crate::domain::{OrganizationId, Permission, Scope, UserIdRef, WorkspaceId};
 use crate::error::{Error, Violations};
+use crate::index::{Check, Freshness};
 use crate::metrics::Metrics;
 use crate::pb::{self, access_service_server::AccessService};
-use crate::service::access::Check;
 use crate::service::{Services, page};
 
 /// Most checks one BatchAuthorize may carry.
@@ -64,13 +64,15 @@ fn check<'a>(v: &mut Violations, prefix: &str, req: CheckFields<'a>) -> Option<C
         }
         _ => convert::optional_workspace_id(v, &workspace_field, req.workspace_id),
     };
-    let fresh = convert::consistency(v, &format!("{prefix}consistency"), req.consistency);
+    let field = format!("{prefix}consistency");
+    let freshness = convert::consistency(v, &field, req.consistency)
+        .and_then(|r| r.for_organization(v, &field, organization_id));
     Some(Check {
         user_id: user_id?,
         organization_id: organization_id?,
         workspace_id: workspace_id?,
         permission: permission?,
-        fresh: fresh?,
+        freshness: freshness?,
     })
 }
 
@@ -92,7 +94,7 @@ fn parse_quickly(req: CheckFields<'_>) -> Option<Check<'_>> {
         organization_id: OrganizationId::parse(req.organization_id).ok()?,
         workspace_id,
         permission,
-        fresh: false,
+        freshness: Freshness::MinimizeLatency,
     })
 }
 
@@ -138,7 +140,7 @@ impl AccessService for AccessApi {
             );
         }
         let mut v = Violations::new();
-        let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
+        let requirement = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
         let parsed: Option<Vec<Check<'_>>> = req.iter().map(parse_quickly).collect();
         let checks = parsed.or_else(|| {
             let named: Vec<Option<Check<'_>>> = req
@@ -149,13 +151,20 @@ impl AccessService for AccessApi {
             named.into_iter().collect()
         });
         v.finish()?;
-        let (Some(mut checks), Some(fresh)) = (checks, fresh) else {
+        let (Some(mut checks), Some(requirement)) = (checks, requirement) else {
             return Err(Error::invalid("checks", "holds a malformed check").into());
         };
-        // The batch's requirement applies to every check in it.
+        // The batch's requirement applies to every check in it; a token names one organization,
+        // which every check must be in.
+        let mut v = Violations::new();
         for check in &mut checks {
-            check.fresh = fresh;
+            let org = Some(check.organization_id);
+            match requirement.for_organization(&mut v, "consistency", org) {
+                Some(freshness) => check.freshness = freshness,
+                None => break,
+            }
         }
+        v.finish()?;
         let span = tracing::Span::current();
         let decisions = self.services.batch_authorize(&checks).await?;
         let mut allowed = 0;
@@ -192,11 +201,12 @@ impl AccessService for AccessApi {
         let user = convert::user_id(&mut v, "user_id", &req.user_id);
         let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
         let ws = convert::optional_workspace_id(&mut v, "workspace_id", &req.workspace_id);
-        let fresh = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
-        let (Some(user), Some(org), Some(ws), Some(fresh)) = (user, org, ws, fresh) else {
+        let requirement = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
+        let freshness = requirement.and_then(|r| r.for_organization(&mut v, "consistency", org));
+        let (Some(user), Some(org), Some(ws), Some(freshness)) = (user, org, ws, freshness) else {
             return Err(v.into_error().into());
         };
-        let permissions = self.services.list_granted_permissions(&user, org, ws, fresh).await?;
+        let permissions = self.services.list_granted_permissions(&user, org, ws, freshness).await?;
         Ok(Response::new(pb::ListGrantedPermissionsResponse {
             permissions: permissions.into_iter().map(|p| p.name().to_owned()).collect(),
         }))
@@ -217,7 +227,8 @@ impl AccessService for AccessApi {
         }
         let page = v.absorb(page::parse("accessible", req.page_size, &req.page_token));
         // Read from the database in any case; the requirement is validated all the same.
-        let _ = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
+        let requirement = convert::consistency(&mut v, "consistency", req.consistency.as_ref());
+        let _ = requirement.and_then(|r| r.for_organization(&mut v, "consistency", org));
         let (Some(user), Some(org), Some(permission), Some(page)) = (user, org, permission, page)
         else {
             return Err(v.into_error().into());

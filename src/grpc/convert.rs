@@ -8,6 +8,7 @@ use crate::domain::{
     UserId, Workspace, WorkspaceId,
 };
 use crate::error::{Error, Violations};
+use crate::index::Freshness;
 use crate::pb;
 
 /// Reads a required organization id.
@@ -260,36 +261,82 @@ pub fn permission(p: domain::Permission) -> pb::Permission {
     }
 }
 
-/// Reads a consistency requirement; `Some(true)` when the answer must come from the database.
+/// A consistency requirement as read from a request: how fresh, and for AT_LEAST_AS_FRESH the
+/// organization its token names, which must be the check's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requirement {
+    /// How fresh the answer must be.
+    pub freshness: Freshness,
+    /// The organization the token names.
+    pub organization: Option<OrganizationId>,
+}
+
+impl Requirement {
+    /// The freshness for a check of `org`; a token of another organization is recorded as a
+    /// violation of `field` (the requirement's own field name).
+    pub fn for_organization(
+        self,
+        v: &mut Violations,
+        field: &str,
+        org: Option<OrganizationId>,
+    ) -> Option<Freshness> {
+        match (self.organization, org) {
+            (Some(named), Some(org)) if named != org => {
+                v.add(
+                    format!("{field}.at_least_as_fresh"),
+                    "names a change of another organization than the check's; use a token of that organization",
+                );
+                None
+            }
+            _ => Some(self.freshness),
+        }
+    }
+}
+
+/// Reads a consistency requirement.
 pub fn consistency(
     v: &mut Violations,
     field: &str,
     value: Option<&pb::Consistency>,
-) -> Option<bool> {
-    let Some(value) = value else { return Some(false) };
+) -> Option<Requirement> {
+    let minimize = Requirement { freshness: Freshness::MinimizeLatency, organization: None };
+    let Some(value) = value else { return Some(minimize) };
     let requirement = pb::ConsistencyRequirement::try_from(value.requirement);
-    let fresh = match requirement {
+    let read = match requirement {
         Ok(
             pb::ConsistencyRequirement::Unspecified | pb::ConsistencyRequirement::MinimizeLatency,
-        ) => Ok(false),
-        Ok(pb::ConsistencyRequirement::FullyConsistent) => Ok(true),
+        ) => Ok(minimize),
+        Ok(pb::ConsistencyRequirement::FullyConsistent) => {
+            Ok(Requirement { freshness: Freshness::Full, organization: None })
+        }
         Ok(pb::ConsistencyRequirement::AtLeastAsFresh) => {
-            // The previous release's tokens are still honoured (from the database).
-            let well_formed = matches!(
-                ChangeToken::parse(&value.at_least_as_fresh),
-                Ok(_) | Err(TokenError::Legacy)
-            );
-            if well_formed {
-                Ok(true)
-            } else {
-                v.add(
-                    format!("{field}.at_least_as_fresh"),
-                    "must be a consistency_token returned by a TeamService change",
-                );
-                return None;
+            let token_field = format!("{field}.at_least_as_fresh");
+            match ChangeToken::parse(&value.at_least_as_fresh) {
+                Ok(ChangeToken { organization: Some((org, revision)), .. }) => Ok(Requirement {
+                    freshness: Freshness::AtLeast(revision),
+                    organization: Some(org),
+                }),
+                Ok(ChangeToken { organization: None, .. }) => {
+                    v.add(
+                        token_field,
+                        "names no organization: use a consistency_token from a change, or a token from a Watch of one organization",
+                    );
+                    return None;
+                }
+                // The previous release's tokens named a time; the database answers them.
+                Err(TokenError::Legacy) => {
+                    Ok(Requirement { freshness: Freshness::Full, organization: None })
+                }
+                Err(TokenError::Malformed) => {
+                    v.add(
+                        token_field,
+                        "must be a consistency_token returned by a TeamService change",
+                    );
+                    return None;
+                }
             }
         }
         Err(_) => Err("is not a known consistency requirement"),
     };
-    v.check(&format!("{field}.requirement"), fresh)
+    v.check(&format!("{field}.requirement"), read)
 }

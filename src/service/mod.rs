@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::domain::{ChangeToken, Email, LogPosition, UserId};
+use crate::index::AuthzIndex;
 use crate::storage::Store;
-use crate::storage::snapshot::AuthzCache;
 
 /// The end user on whose behalf a TeamService call runs.
 #[derive(Debug, Clone)]
@@ -76,8 +76,8 @@ pub struct Services {
     pub(crate) outbox_signal: Arc<Notify>,
     /// Limits invitation emails and new organizations.
     pub(crate) limits: Arc<ratelimit::Limits>,
-    /// What Authorize has read recently.
-    pub(crate) authz_cache: Arc<AuthzCache>,
+    /// What Authorize decides on, in memory.
+    pub(crate) index: Arc<AuthzIndex>,
     /// The newest position this process knows the change log has reached: moved by its own
     /// commits and by other replicas' notifications, so that Watch streams wake up.
     pub(crate) log_head: Arc<tokio::sync::watch::Sender<LogPosition>>,
@@ -115,9 +115,12 @@ impl Services {
                 settings.org_create_rate_per_hour,
             ),
         });
-        let authz_cache = Arc::new(AuthzCache::new(settings.authz_cache_entries));
+        // On PostgreSQL other replicas' changes arrive through the feed, which must be up first.
+        let wait_for_feed = store.backend() == sea_orm::DbBackend::Postgres;
+        let source = Arc::new(store.clone());
+        let index = Arc::new(AuthzIndex::new(source, settings.authz_cache_entries, wait_for_feed));
         let (log_head, _) = tokio::sync::watch::channel(LogPosition::default());
-        Self { store, outbox_signal, limits, authz_cache, log_head: Arc::new(log_head) }
+        Self { store, outbox_signal, limits, index, log_head: Arc::new(log_head) }
     }
 
     /// The newest log position this process knows of (see [`Services::log_head`]).
@@ -125,8 +128,8 @@ impl Services {
         self.log_head.clone()
     }
 
-    /// The Authorize cache, for the invalidation feed and for reporting.
-    pub fn authz_cache(&self) -> Arc<AuthzCache> {
-        self.authz_cache.clone()
+    /// The Authorize index, for the notification feed and for reporting.
+    pub fn index(&self) -> Arc<AuthzIndex> {
+        self.index.clone()
     }
 }

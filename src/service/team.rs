@@ -13,11 +13,9 @@ use crate::domain::{
     Pass, Permission, Role, Timestamp, UserId, Workspace, WorkspaceFacts, WorkspaceId,
 };
 use crate::error::Error;
+use crate::index::AuthzIndex;
 use crate::storage::changelog::{Declared, OrgChange};
-use crate::storage::changes::Change;
-use crate::storage::feed;
 use crate::storage::repo;
-use crate::storage::snapshot::AuthzCache;
 
 /// A page of results and the token of the next one (empty on the last page).
 pub type Page<T> = (Vec<T>, String);
@@ -186,8 +184,7 @@ impl Services {
             Delta::OrganizationCreated { display_name: org.display_name.clone() },
             Delta::MemberAdded { user: actor.user_id.clone(), email, role: Role::Owner },
         ];
-        let token =
-            self.commit(change, declared(actor, event, deltas), Some(Change::Everything)).await?;
+        let token = self.commit(change, declared(actor, event, deltas)).await?;
         taken.keep();
         Ok(Changed { value: org, token })
     }
@@ -251,7 +248,7 @@ impl Services {
         )
         .await?;
         // A name or a setting: nothing Authorize decides on.
-        let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
+        let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
         let value = Organization { display_name, invitation_ttl: ttl, update_time: now, ..current };
         Ok(Changed { value, token })
     }
@@ -276,8 +273,7 @@ impl Services {
         )
         .await?;
         let deltas = vec![Delta::OrganizationDeleted];
-        let token =
-            self.commit(tx, declared(actor, event, deltas), Some(Change::Everything)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         Ok(Changed { value: (), token })
     }
 
@@ -352,8 +348,7 @@ impl Services {
         )
         .await?;
         let deltas = vec![Delta::RoleChanged { user: user.clone(), old: target.role, new: role }];
-        let old = Change::Members(&[user]);
-        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         Ok(Changed { value: Member { role, ..target }, token })
     }
 
@@ -380,8 +375,7 @@ impl Services {
             audit(&tx, &actor.user_id, "member.removed", format!("member/{user}"), details, now)
                 .await?;
         let deltas = removal(user, target.role, grants);
-        let old = Change::Members(&[user]);
-        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         Ok(Changed { value: (), token })
     }
 
@@ -410,8 +404,7 @@ impl Services {
         )
         .await?;
         let deltas = removal(&actor.user_id, me.role, grants);
-        let old = Change::Members(&[&actor.user_id]);
-        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         Ok(Changed { value: (), token })
     }
 
@@ -451,8 +444,7 @@ impl Services {
             Delta::RoleChanged { user: new_owner.clone(), old: target.role, new: Role::Owner },
             Delta::RoleChanged { user: actor.user_id.clone(), old: me.role, new: Role::Admin },
         ];
-        let old = Change::Members(&[new_owner, &actor.user_id]);
-        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         let value = (Member { role: Role::Admin, ..me }, Member { role: Role::Owner, ..target });
         Ok(Changed { value, token })
     }
@@ -484,8 +476,7 @@ impl Services {
         .await?;
         let deltas =
             vec![Delta::WorkspaceCreated { workspace: ws.id, display_name: display_name.clone() }];
-        let old = Change::WorkspaceCreated(ws.id);
-        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         Ok(Changed { value: ws, token })
     }
 
@@ -552,7 +543,7 @@ impl Services {
         )
         .await?;
         // A name: nothing Authorize decides on.
-        let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
+        let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
         Ok(Changed { value: Workspace { display_name, ..ws }, token })
     }
 
@@ -587,8 +578,7 @@ impl Services {
                 new: None,
             }))
             .collect();
-        let old = Change::WorkspaceDeleted(id);
-        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         Ok(Changed { value: (), token })
     }
 
@@ -640,8 +630,7 @@ impl Services {
             old: previous,
             new: access,
         }];
-        let old = Change::Members(&[user]);
-        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         Ok(Changed { value: grant, token })
     }
 
@@ -759,47 +748,24 @@ impl Services {
         )
         .await?;
         // Nothing Authorize decides on until it is accepted.
-        let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
+        let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
         taken.keep();
         self.outbox_signal.notify_one();
         tracing::info!(invitation = %invitation.id, invitee = %invitation.email.redacted(), "invitation created");
         Ok(Changed { value: invitation, token })
     }
 
-    /// Commits a change with what it did: its log row, and for a change to members,
-    /// workspaces or grants the invalidation notice for other replicas, travel in the
-    /// transaction, and this replica's index holds the change before the RPC returns (rule 4).
-    async fn commit(
-        &self,
-        tx: OrgChange,
-        declared: Declared,
-        change: Option<Change<'_>>,
-    ) -> Result<ChangeToken, Error> {
+    /// Commits a change with what it did: its log row (and, on PostgreSQL, the notification
+    /// other replicas follow) travels in the transaction, and this replica's index holds the
+    /// change before the RPC returns (rule 4).
+    async fn commit(&self, tx: OrgChange, declared: Declared) -> Result<ChangeToken, Error> {
         let org = tx.organization();
-        let cache = &self.authz_cache;
-        let sender = match change {
-            Some(change) => feed::notify(&*tx, org, change).await?,
-            None => None,
-        };
-        if let Some(sender) = sender {
-            cache.expect_echo(sender, org);
-        }
         // A call cut off (by its deadline, or a client going away) may stop anywhere below,
-        // maybe after the commit: the index is then dropped rather than left unpatched.
-        let unsettled = change.is_some().then(|| InvalidateOnDrop { cache, org });
-        let record = match tx.commit(declared).await {
-            Ok(record) => record,
-            Err(err) => {
-                if let Some(sender) = sender {
-                    cache.forget_echo(sender, org);
-                }
-                // Whether it committed is unknown: the guard forgets the organization to be safe.
-                return Err(err);
-            }
-        };
-        if let Some(change) = change {
-            self.index_committed(org, change).await;
-        }
+        // maybe after the commit: the organization is then dropped rather than left behind.
+        let unsettled = ForgetOnDrop { index: &self.index, org };
+        // Whether a failed commit committed is unknown: the guard forgets the organization.
+        let record = tx.commit(declared).await?;
+        self.index.committed(&record).await;
         std::mem::forget(unsettled);
         self.log_head.send_if_modified(|head| {
             let newer = record.position > *head;
@@ -884,7 +850,7 @@ impl Services {
             now,
         )
         .await?;
-        let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
+        let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
         taken.keep();
         self.outbox_signal.notify_one();
         Ok(Changed { value: resent, token })
@@ -919,7 +885,7 @@ impl Services {
                     now,
                 )
                 .await?;
-                let token = self.commit(tx, declared(actor, event, Vec::new()), None).await?;
+                let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
                 // Read back: the delivery state may have changed with the revocation.
                 let revoked = repo::find_invitation(self.store.reader(), org, id).await?;
                 let value = revoked
@@ -1025,8 +991,7 @@ impl Services {
                 }
             }))
             .collect();
-        let old = Change::Members(&[&actor.user_id]);
-        let token = self.commit(tx, declared(actor, event, deltas), Some(old)).await?;
+        let token = self.commit(tx, declared(actor, event, deltas)).await?;
         Ok(Changed { value: member, token })
     }
 
@@ -1051,14 +1016,14 @@ impl Services {
 }
 
 /// Drops an organization's index unless defused with `mem::forget`.
-struct InvalidateOnDrop<'a> {
-    cache: &'a AuthzCache,
+struct ForgetOnDrop<'a> {
+    index: &'a AuthzIndex,
     org: OrganizationId,
 }
 
-impl Drop for InvalidateOnDrop<'_> {
+impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        self.cache.invalidate(self.org);
+        self.index.forget(self.org);
     }
 }
 

@@ -2,14 +2,15 @@
 //! holds the organization's row lock and its next revision from its first statement, and whose
 //! only way to commit is [`OrgChange::commit`] with what it did to access ([`Declared`]). The
 //! commit writes the log row (its position follows commit order: see the migration
-//! `m20261201_000003_change_log`).
+//! `m20261201_000003_change_log`) and, on PostgreSQL, the notification that other replicas
+//! follow (see [`super::feed`]).
 
 use std::ops::Deref;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, Value};
 use serde_json::{Value as Json, json};
 
-use super::{Store, WriteTx};
+use super::{Store, WriteTx, feed};
 use crate::domain::{
     Access, AuditEventId, ChangeRecord, ChangeToken, Delta, DisplayName, Email, LogPosition,
     OrganizationId, Revision, Role, Timestamp, UserId, WorkspaceId,
@@ -86,7 +87,7 @@ impl OrgChange {
 
     /// Writes the change's log row and commits. On PostgreSQL the row takes its position from
     /// `change_log_head`, whose lock it then holds until the commit, so positions follow commit
-    /// order.
+    /// order; the notification that wakes the other replicas travels in the same statement.
     pub async fn commit(self, declared: Declared) -> Result<ChangeRecord, Error> {
         let now = Timestamp::now();
         let backend = self.tx.get_database_backend();
@@ -100,18 +101,25 @@ impl OrgChange {
             deltas.into(),
         ];
         let statement = match backend {
-            DbBackend::Postgres => Statement::from_sql_and_values(
-                backend,
-                "WITH head AS (
-                     UPDATE change_log_head SET position = position + 1 WHERE id = 1
-                     RETURNING position
-                 )
-                 INSERT INTO change_log (position, organization_id, revision, commit_time,
-                     actor_user_id, audit_event_id, deltas)
-                 SELECT head.position, $1, $2, $3, $4, $5, $6 FROM head
-                 RETURNING position",
-                values,
-            ),
+            DbBackend::Postgres => {
+                let mut values = values;
+                values.push(feed::CHANNEL.into());
+                values.push(self.organization.to_string().into());
+                Statement::from_sql_and_values(
+                    backend,
+                    "WITH head AS (
+                         UPDATE change_log_head SET position = position + 1 WHERE id = 1
+                         RETURNING position
+                     ), logged AS (
+                         INSERT INTO change_log (position, organization_id, revision, commit_time,
+                             actor_user_id, audit_event_id, deltas)
+                         SELECT head.position, $1, $2, $3, $4, $5, $6 FROM head
+                         RETURNING position
+                     )
+                     SELECT position, pg_notify($7, $8)::text AS notified FROM logged",
+                    values,
+                )
+            }
             _ => Statement::from_sql_and_values(
                 backend,
                 "INSERT INTO change_log (organization_id, revision, commit_time, actor_user_id,
@@ -235,6 +243,43 @@ pub async fn read_organization(
         ))
         .await?;
     rows.iter().map(to_record).collect()
+}
+
+/// The organization's changes after revision `after`, in order, as [`read_organization`]
+/// reads them; `None` when the organization does not exist (any more), in the same statement.
+pub async fn read_organization_if_exists(
+    db: &impl ConnectionTrait,
+    organization: OrganizationId,
+    after: Revision,
+) -> Result<Option<Vec<ChangeRecord>>, Error> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT l.position, l.organization_id, l.revision, l.commit_time, l.actor_user_id, \
+         l.audit_event_id, l.deltas FROM organizations o LEFT JOIN change_log l \
+         ON l.organization_id = o.id AND l.revision > {} WHERE o.id = {} ORDER BY l.revision",
+        placeholder(backend, 1),
+        placeholder(backend, 2)
+    );
+    let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [after.into(), organization.as_uuid().into()],
+        ))
+        .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut records = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The organization's row alone: no change after `after`.
+        let position: Option<i64> = row.try_get("", "position")?;
+        if position.is_some() {
+            records.push(to_record(row)?);
+        }
+    }
+    Ok(Some(records))
 }
 
 /// Up to `limit` changes after position `after`, in commit order, of one organization or all.

@@ -1,12 +1,11 @@
 //! Persistence: SeaORM entities, migrations and the repository functions the services call.
 
+pub mod authz;
 pub mod changelog;
-pub mod changes;
 pub mod entity;
 pub mod feed;
 pub mod migration;
 pub mod repo;
-pub mod snapshot;
 
 use std::io::{Read as _, Write as _};
 use std::ops::Deref;

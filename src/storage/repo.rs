@@ -608,24 +608,36 @@ pub async fn authorization_facts(
     Ok((role, facts))
 }
 
-/// Reads everything Authorize needs about one organization: its members' roles, its
-/// workspaces and every grant, in three indexed queries; `None`, after the first one, when
-/// there is no such organization, so that a made-up id costs a single query.
-pub async fn load_organization_index(
-    db: &impl ConnectionTrait,
+/// An organization as one consistent read finds it, for the Authorize index: its revision,
+/// members, workspaces and grants; `None` when it does not exist. On PostgreSQL the reads share
+/// one REPEATABLE READ snapshot; on SQLite one read transaction, which sees one state in WAL
+/// mode.
+pub async fn load_organization_snapshot(
+    store: &crate::storage::Store,
     org: OrganizationId,
-) -> Result<Option<crate::storage::snapshot::OrgIndex>, Error> {
+) -> Result<Option<crate::index::Snapshot>, Error> {
+    use sea_orm::{AccessMode, IsolationLevel, TransactionTrait};
+    let db = store.reader();
     let backend = db.get_database_backend();
+    let tx = match backend {
+        DbBackend::Postgres => {
+            db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly))
+                .await?
+        }
+        _ => db.begin().await?,
+    };
     // One row per member, or a single row without one for an organization that has none, or
     // no row at all when the organization does not exist.
-    let sql = "SELECT m.user_id AS user_id, m.role AS role FROM organizations o \
-        LEFT JOIN members m ON m.organization_id = o.id WHERE o.id = ?";
-    let rows = db.query_all_raw(statement(backend, sql, vec![org.as_uuid().into()])).await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
+    let sql = "SELECT o.revision AS revision, m.user_id AS user_id, m.role AS role \
+        FROM organizations o LEFT JOIN members m ON m.organization_id = o.id WHERE o.id = ?";
+    let rows = tx.query_all_raw(statement(backend, sql, vec![org.as_uuid().into()])).await?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let revision: i64 = first.try_get("", "revision")?;
+    let revision = crate::domain::Revision(
+        u64::try_from(revision).map_err(|_| corrupt("revision", &revision.to_string()))?,
+    );
     let mut members = Vec::with_capacity(rows.len());
-    for row in rows {
+    for row in &rows {
         let user: Option<String> = row.try_get("", "user_id")?;
         let role: Option<String> = row.try_get("", "role")?;
         if let (Some(user), Some(role)) = (user, role) {
@@ -637,7 +649,7 @@ pub async fn load_organization_index(
         .column(workspace::Column::Id)
         .filter(workspace::Column::OrganizationId.eq(org.as_uuid()))
         .into_tuple()
-        .all(db)
+        .all(&tx)
         .await?;
     let grants: Vec<(uuid::Uuid, String, String)> = workspace_grant::Entity::find()
         .select_only()
@@ -646,51 +658,21 @@ pub async fn load_organization_index(
         .column(workspace_grant::Column::Access)
         .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
         .into_tuple()
-        .all(db)
+        .all(&tx)
         .await?;
+    tx.commit().await?;
     let grants = grants
         .into_iter()
         .map(|(ws, user, access)| {
             Ok((WorkspaceId::from_uuid(ws), UserId::from_stored(user), access_of(&access)?))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    Ok(Some(crate::storage::snapshot::OrgIndex::new(
+    Ok(Some(crate::index::Snapshot {
+        revision,
         members,
-        workspaces.into_iter().map(WorkspaceId::from_uuid).collect(),
+        workspaces: workspaces.into_iter().map(WorkspaceId::from_uuid).collect(),
         grants,
-    )))
-}
-
-/// Reads one member's role and grants as a patch for a loaded index, in one statement, so that
-/// both come from the same committed state.
-pub async fn load_member_index(
-    db: &impl ConnectionTrait,
-    org: OrganizationId,
-    user: &UserId,
-) -> Result<crate::storage::snapshot::Patch, Error> {
-    let backend = db.get_database_backend();
-    let org_value: Value = org.as_uuid().into();
-    let user_value: Value = user.as_str().into();
-    // One row per grant, or a single row without one; the role repeats on each.
-    let sql = "SELECT \
-        (SELECT role FROM members WHERE organization_id = ? AND user_id = ?) AS role, \
-        g.workspace_id AS workspace_id, g.access AS access \
-        FROM (SELECT 1 AS one) AS one \
-        LEFT JOIN workspace_grants g ON g.organization_id = ? AND g.user_id = ?";
-    let values = vec![org_value.clone(), user_value.clone(), org_value, user_value];
-    let rows = db.query_all_raw(statement(backend, sql, values)).await?;
-    let mut role = None;
-    let mut grants = Vec::with_capacity(rows.len());
-    for row in rows {
-        let stored: Option<String> = row.try_get("", "role")?;
-        role = stored.as_deref().map(role_of).transpose()?;
-        let workspace: Option<uuid::Uuid> = row.try_get("", "workspace_id")?;
-        let access: Option<String> = row.try_get("", "access")?;
-        if let (Some(workspace), Some(access)) = (workspace, access) {
-            grants.push((WorkspaceId::from_uuid(workspace), access_of(&access)?));
-        }
-    }
-    Ok(crate::storage::snapshot::Patch::Member { user: user.clone(), role, grants })
+    }))
 }
 
 /// Builds a raw statement written with `?` placeholders for either backend.

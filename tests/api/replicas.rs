@@ -225,11 +225,21 @@ async fn changes_through_one_replica_are_patched_into_the_others_index_without_a
     assert_eq!(misses_after, misses, "replica B reloaded the organization");
     assert_eq!(patches_after - patches, 5.0);
 
-    // A bare organization id, as older replicas send it, still drops B's index: the next check
-    // loads it again.
+    // A notification with nothing new in the log (this replica's own come back like that)
+    // leaves B's index as it is.
     let admin = sea_orm::Database::connect(&r.database_url).await.unwrap();
     admin
         .execute_unprepared(&format!("SELECT pg_notify('roster_invalidate', '{}')", r.org))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.authorize(engineer_on(&r.workspace)).await.unwrap();
+    assert_eq!(counters(&scrape(r.b_metrics).await).0, misses, "B kept its index");
+    // A change described as the previous release describes it, which writes no change log,
+    // drops B's index: the next check loads it again.
+    let described = format!("change/1\n{}\nmembers\n{}", r.org, r.engineer.id);
+    admin
+        .execute_unprepared(&format!("SELECT pg_notify('roster_invalidate', '{described}')"))
         .await
         .unwrap();
     let started = Instant::now();
