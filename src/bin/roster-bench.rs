@@ -100,6 +100,11 @@ struct Args {
     /// Folder for the SQLite file and server log (a temporary one by default).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Measure what a grant change costs instead of the read phases: this many callers change
+    /// grants (SetWorkspaceAccess) as fast as the server answers, for `--duration-secs`, and the
+    /// server CPU per change is printed.
+    #[arg(long)]
+    write_cost: Option<usize>,
     /// Serve the floor on this address instead of benchmarking (started by the benchmark
     /// itself).
     #[arg(long, hide = true)]
@@ -516,13 +521,20 @@ async fn writer(
     };
     let mut team = TeamServiceClient::new(channel);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    // Rate 0: as fast as the server answers.
+    let mut interval =
+        (rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate))));
     let mut writes = 0;
     while !stop.load(Ordering::Relaxed) {
-        interval.tick().await;
+        if let Some(interval) = &mut interval {
+            interval.tick().await;
+        }
         let o = rng.random_range(0..data.orgs.len());
         let m = rng.random_range(2..data.members.max(3));
-        let w = rng.random_range(0..data.workspaces[o].len());
+        // One of the member's seeded grants, so that every write flips a grant that exists and
+        // the data set keeps its size.
+        let slot = rng.random_range(0..data.grants_per_member.max(1));
+        let w = data.grant(o, m, slot).0;
         let access = {
             let mut written = written.lock().unwrap_or_else(|p| p.into_inner());
             let current = written.get(&(o, m, w)).copied().or_else(|| data.seeded(o, m, w));
@@ -957,6 +969,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     targets.push(Target::start(&args, shape, dir, "roster_bench").await?);
+    if let Some(callers) = args.write_cost {
+        return write_cost(&mut targets, callers, Duration::from_secs(args.duration_secs)).await;
+    }
     let mut floor = Floor::start(&args).await?;
     println!(
         "load: {} callers over {} HTTP/2 connections, {} s per phase after {} s warm-up, {} grant writes/s{}",
@@ -1056,6 +1071,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
             change(small_authorize.percentile(0.99), authorize.percentile(0.99)),
             change(small_batch.rps(), batch.rps()),
             change(small_batch.percentile(0.99), batch.percentile(0.99)),
+        );
+    }
+    Ok(())
+}
+
+/// Drives grant changes as fast as the server takes them and prints what each cost the server.
+async fn write_cost(
+    targets: &mut [Target],
+    callers: usize,
+    measure: Duration,
+) -> anyhow::Result<()> {
+    for target in targets {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cpu_before = server_cpu(target.server.id());
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..callers.max(1))
+            .map(|i| {
+                tokio::spawn(writer(
+                    target.endpoint.clone(),
+                    target.data.clone(),
+                    target.written.clone(),
+                    1_000 + i as u64,
+                    0,
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(measure).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut writes = 0;
+        for task in tasks {
+            writes += task.await.unwrap_or(0);
+        }
+        let elapsed = started.elapsed();
+        let cpu = server_cpu(target.server.id()).saturating_sub(cpu_before);
+        println!(
+            "{}: {writes} grant changes by {callers} callers in {elapsed:.1?} ({:.0}/s); server CPU per change {:.0} µs",
+            target.name(),
+            writes as f64 / elapsed.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / writes.max(1) as f64,
         );
     }
     Ok(())
