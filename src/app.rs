@@ -218,6 +218,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         max_batch_request_bytes: config.max_batch_request_bytes,
         timeout: Duration::from_millis(config.request_body_timeout_ms),
         budget,
+        open_budget: Arc::new(ByteBudget::new(crate::grpc::body::OPEN_BUDGET_BYTES)),
     };
     let stack = ServiceBuilder::new()
         // Outermost, so that refused and shed calls are counted and traced too.
@@ -229,7 +230,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .service(router);
     let settings = ListenerSettings {
         max_connections,
-        max_pending: config.max_pending_connections,
+        // Below the cap even when the file-descriptor limit lowered it, so that newcomers can
+        // always push a pending connection out.
+        max_pending: config.max_pending_connections.min(max_connections / 2).max(1),
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
         keepalive_interval: Duration::from_secs(config.http2_keepalive_interval_secs),

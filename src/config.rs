@@ -347,6 +347,11 @@ impl Config {
                 anyhow::bail!("{flag} must be positive");
             }
         }
+        if self.max_pending_connections >= self.max_connections {
+            // Otherwise silent peers could hold every slot: newcomers would be refused at
+            // accept rather than push the oldest pending connection out.
+            anyhow::bail!("--max-pending-connections must be less than --max-connections");
+        }
         if self.max_request_bytes < 1024 || self.max_batch_request_bytes < self.max_request_bytes {
             anyhow::bail!(
                 "--max-request-bytes must be at least 1024 and --max-batch-request-bytes at least as large"

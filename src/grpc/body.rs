@@ -27,9 +27,19 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use super::identify::Credentialed;
+
 /// The largest Authorize request: its longest valid fields (a 255-character user id of up to
 /// four bytes per character, two UUIDs, a permission name, a consistency token) fit well within.
 pub const MAX_CHECK_REQUEST_BYTES: usize = 4 * 1024;
+
+/// The largest message of a call that needs no credential (health, reflection): their requests
+/// are a few dozen bytes.
+pub const MAX_OPEN_REQUEST_BYTES: usize = 4 * 1024;
+
+/// Request bytes that calls needing no credential may hold at once, all together: apart from
+/// the budget of identified calls, so that they can never take it.
+pub const OPEN_BUDGET_BYTES: usize = 1024 * 1024;
 
 /// Request bytes the whole process holds while messages arrive.
 #[derive(Debug)]
@@ -50,12 +60,13 @@ impl ByteBudget {
     }
 
     fn reserve(&self, bytes: usize) -> bool {
-        let before = self.held.fetch_add(bytes, Ordering::AcqRel);
-        if before + bytes > self.max {
-            self.held.fetch_sub(bytes, Ordering::AcqRel);
-            return false;
-        }
-        true
+        // Never above the limit, not even for a moment, so that a reservation that fits is not
+        // refused because another that does not was briefly counted.
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= self.max)
+            })
+            .is_ok()
     }
 
     fn release(&self, bytes: usize) {
@@ -72,8 +83,10 @@ pub struct BodyLimits {
     pub max_batch_request_bytes: usize,
     /// Time from the headers to the end of the body.
     pub timeout: Duration,
-    /// Bytes all bodies may hold at once.
+    /// Bytes the bodies of identified calls may hold at once.
     pub budget: Arc<ByteBudget>,
+    /// Bytes the bodies of calls that need no credential may hold at once.
+    pub open_budget: Arc<ByteBudget>,
 }
 
 impl BodyLimits {
@@ -138,7 +151,11 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let mut inner = super::take_ready(&mut self.inner);
         let path = request.uri().path();
-        let (method, limit, many) = self.limits.for_path(path);
+        let (method, mut limit, many) = self.limits.for_path(path);
+        let credentialed = request.extensions().get::<Credentialed>().is_some();
+        if !credentialed {
+            limit = limit.min(MAX_OPEN_REQUEST_BYTES);
+        }
         let encoded = request.headers().get("grpc-encoding").is_some_and(|v| v != "identity");
         let limits = self.limits.clone();
         inner.call(request.map(|body| {
@@ -157,6 +174,7 @@ where
                 started: Instant::now(),
                 deadline: None,
                 limits,
+                credentialed,
                 failed: false,
             })
         }))
@@ -185,10 +203,16 @@ struct Guarded {
     /// Armed only once the body has to be waited for: most bodies come with their headers.
     deadline: Option<Pin<Box<Sleep>>>,
     limits: Arc<BodyLimits>,
+    /// Whether the call's credential checked out: which budget it draws on.
+    credentialed: bool,
     failed: bool,
 }
 
 impl Guarded {
+    fn budget(&self) -> &ByteBudget {
+        if self.credentialed { &self.limits.budget } else { &self.limits.open_budget }
+    }
+
     /// Follows the framing through one chunk of the body.
     fn inspect(&mut self, mut data: &[u8]) -> Result<(), Status> {
         while !data.is_empty() {
@@ -200,6 +224,10 @@ impl Guarded {
                     self.release();
                 }
                 continue;
+            }
+            if self.many && self.header_len == 0 {
+                // The first byte of a message of a stream: its deadline starts now.
+                self.started = Instant::now();
             }
             let taken = (5 - self.header_len).min(data.len());
             self.header[self.header_len..self.header_len + taken].copy_from_slice(&data[..taken]);
@@ -214,7 +242,7 @@ impl Guarded {
         // is what the budget counts. One that came whole is decoded at once and costs nothing.
         if self.remaining > 0 && self.reserved == 0 {
             let held = self.length + 5;
-            if !self.limits.budget.reserve(held) {
+            if !self.budget().reserve(held) {
                 return Err(Status::resource_exhausted(
                     "the server holds too many request bytes at once; retry with backoff",
                 ));
@@ -263,7 +291,7 @@ impl Guarded {
 
     fn release(&mut self) {
         if self.reserved > 0 {
-            self.limits.budget.release(self.reserved);
+            self.budget().release(self.reserved);
             self.reserved = 0;
         }
     }
@@ -323,6 +351,12 @@ impl http_body::Body for Guarded {
             },
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
             Poll::Pending => {
+                // A stream of messages (reflection) may wait between them as long as it likes;
+                // each message has the deadline, from its first byte.
+                if this.many && this.header_len == 0 && this.remaining == 0 {
+                    this.deadline = None;
+                    return Poll::Pending;
+                }
                 let at = this.started + this.limits.timeout;
                 let deadline =
                     this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
@@ -377,7 +411,9 @@ mod tests {
                 max_batch_request_bytes: limit,
                 timeout: Duration::from_secs(1),
                 budget: Arc::new(ByteBudget::new(budget)),
+                open_budget: Arc::new(ByteBudget::new(0)),
             }),
+            credentialed: true,
             failed: false,
         }
     }

@@ -25,21 +25,29 @@ use crate::service::Actor;
 enum Audience {
     /// An end user: TeamService.
     User,
-    /// An internal service: AccessService.
+    /// An internal service: AccessService, and any other service.
     Service,
-    /// Nobody: health, reflection, and paths no service has (answered UNIMPLEMENTED).
+    /// Nobody: health and reflection.
     Open,
 }
 
+/// Who must identify on `path`. Only health and reflection are open; every other service,
+/// including one added later and not listed here, needs a service credential, so a new service
+/// can never be served to anyone by mistake.
 fn audience(path: &str) -> Audience {
-    if path.starts_with("/roster.v1.AccessService/") {
-        Audience::Service
-    } else if path.starts_with("/roster.v1.TeamService/") {
+    if path.starts_with("/roster.v1.TeamService/") {
         Audience::User
-    } else {
+    } else if path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.") {
         Audience::Open
+    } else {
+        Audience::Service
     }
 }
+
+/// Marks a call whose credential checked out (a request extension), so that later layers can
+/// tell it from one that needed none.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentialed;
 
 /// Adds [`Identify`] to a server.
 #[derive(Clone)]
@@ -98,6 +106,7 @@ where
                 if let Some(peer) = peer {
                     peer.mark_identified();
                 }
+                request.extensions_mut().insert(Credentialed);
                 match identified {
                     Identified::User(actor) => {
                         request.extensions_mut().insert(actor);
@@ -170,7 +179,11 @@ mod tests {
         assert_eq!(audience("/roster.v1.AccessService/Authorize"), Audience::Service);
         assert_eq!(audience("/roster.v1.TeamService/CreateOrganization"), Audience::User);
         assert_eq!(audience("/grpc.health.v1.Health/Check"), Audience::Open);
-        assert_eq!(audience("/roster.v1.AccessServiceX/Authorize"), Audience::Open);
-        assert_eq!(audience("/roster.v1.TeamService"), Audience::Open);
+        assert_eq!(audience("/grpc.reflection.v1.ServerReflection/Info"), Audience::Open);
+        // Anything else needs a service credential, whatever it is.
+        assert_eq!(audience("/roster.v1.WatchService/Watch"), Audience::Service);
+        assert_eq!(audience("/roster.v1.AccessServiceX/Authorize"), Audience::Service);
+        assert_eq!(audience("/roster.v1.TeamService"), Audience::Service);
+        assert_eq!(audience("/grpc.healthx/Check"), Audience::Service);
     }
 }

@@ -255,6 +255,7 @@ pub async fn serve<S>(
     // Every connection holds a receiver; all are gone once every connection has closed.
     let (closing, connections) = watch::channel(false);
     let mut backoff = Duration::ZERO;
+    let mut other_errors = 0u32;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -263,6 +264,7 @@ pub async fn serve<S>(
         let (stream, remote) = match accepted {
             Ok(accepted) => {
                 backoff = Duration::ZERO;
+                other_errors = 0;
                 accepted
             }
             Err(err) if is_resource_exhaustion(&err) => {
@@ -275,9 +277,14 @@ pub async fn serve<S>(
                     _ = stop.wait_for(|stop| *stop) => break,
                 }
             }
-            // The peer gave up between connecting and the accept: nothing to do.
+            // The peer gave up between connecting and the accept: nothing to do. Should such
+            // errors come without end, a millisecond between them keeps this from spinning.
             Err(err) => {
                 tracing::debug!(error = %err, "accept failed");
+                other_errors += 1;
+                if other_errors > 100 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 continue;
             }
         };
@@ -323,11 +330,7 @@ pub async fn serve<S>(
 /// Whether an accept error means the process ran out of something, as opposed to one peer's
 /// connection failing.
 fn is_resource_exhaustion(err: &io::Error) -> bool {
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
-    const ENOBUFS: i32 = 105;
-    const ENOMEM: i32 = 12;
-    matches!(err.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
         || err.kind() == io::ErrorKind::OutOfMemory
 }
 
@@ -502,13 +505,14 @@ impl Connection {
     fn next_check(&self) -> Option<Instant> {
         let activity = &self.activity;
         let now = Instant::now();
-        if activity.open_calls.load(Ordering::Relaxed) > 0 {
-            // Busy: look again later. A pending connection's calls are bounded by the call and
-            // body deadlines, so this does not keep it forever.
-            return Some(now + self.settings.handshake_timeout.min(self.settings.idle_timeout));
-        }
+        // A connection that never presented a credential gets no more time for having calls
+        // open: health Watch streams need none and never end by themselves.
         if activity.state.load(Ordering::Relaxed) != IDENTIFIED {
             return None;
+        }
+        if activity.open_calls.load(Ordering::Relaxed) > 0 {
+            // Busy: look again later.
+            return Some(now + self.settings.idle_timeout);
         }
         let ended = activity.last_call_end.load(Ordering::Relaxed);
         let idle_ms = activity.stats.elapsed_ms().saturating_sub(ended);

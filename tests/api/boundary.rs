@@ -119,11 +119,24 @@ async fn streams_without_a_credential_take_no_slot_from_legitimate_callers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partial_bodies_without_a_credential_are_never_buffered() {
-    let app = Guarded::start(&[], None).await;
+    let metrics: std::net::SocketAddr =
+        format!("127.0.0.1:{}", crate::common::process::free_port()).parse().unwrap();
+    let app = Guarded::start(&["--metrics-listen", &metrics.to_string()], None).await;
     let pid = app.server.pid();
     let before = attack::rss_kib(pid);
     let until = Instant::now() + Duration::from_secs(4);
     let rss = attack::watch_rss(pid, until);
+    // The process-wide count of request bytes held, read all along.
+    let buffered = tokio::spawn(async move {
+        let mut highest = 0.0f64;
+        while Instant::now() < until {
+            let page = crate::common::scrape(metrics).await;
+            let held = crate::common::sample(&page, "roster_request_bytes_buffered").unwrap();
+            highest = highest.max(held);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        highest
+    });
     // 4 connections × 40 calls, each announcing a 4 MiB message and sending all of it but
     // its last byte.
     let attack = attack::partial_bodies(
@@ -138,6 +151,7 @@ async fn partial_bodies_without_a_credential_are_never_buffered() {
     attack.await.unwrap();
     let peak = rss.await.unwrap();
     println!("server RSS {before} KiB before, {peak} KiB at most during the attack");
+    assert_eq!(buffered.await.unwrap(), 0.0, "request bytes held for calls without a credential");
     assert!(peak < before + 32 * 1024, "the server buffered {} KiB", peak - before);
 }
 
@@ -231,10 +245,25 @@ async fn health_status(health: &mut tonic_health::pb::health_client::HealthClien
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_says_not_serving_while_every_connection_slot_is_taken() {
     let app =
-        Guarded::start(&["--max-connections", "40", "--max-pending-connections", "40"], None).await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
-    assert_eq!(health_status(&mut health).await, 1);
-    let silent = attack::silent_connections(app.server.addr, 60).await;
+        Guarded::start(&["--max-connections", "40", "--max-pending-connections", "10"], None).await;
+    // Connections that carried a call with a credential hold their slots: 40 of them fill the
+    // server.
+    let mut channels = Vec::new();
+    for _ in 0..40 {
+        let channel = app.channel().await;
+        app.legitimate_calls(channel.clone(), Instant::now()).await;
+        let mut access = pb::access_service_client::AccessServiceClient::new(channel.clone());
+        let mut request = Request::new(check(
+            "alice",
+            "0190c3b2-7d1e-7a3c-9f00-5b1d2c3e4f50",
+            "",
+            "organization.read",
+        ));
+        request.metadata_mut().insert("authorization", app.bearer().parse().unwrap());
+        access.authorize(request).await.expect("a slot while there are some");
+        channels.push(channel);
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channels[0].clone());
     let mut seen = Vec::new();
     for _ in 0..30 {
         seen.push(health_status(&mut health).await);
@@ -244,7 +273,7 @@ async fn readiness_says_not_serving_while_every_connection_slot_is_taken() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(seen.last(), Some(&2), "NOT_SERVING while no connection can be taken: {seen:?}");
-    drop(silent);
+    channels.truncate(1);
     let mut serving = false;
     for _ in 0..50 {
         if health_status(&mut health).await == 1 {
@@ -429,4 +458,60 @@ async fn a_connection_with_a_call_open_is_never_idle() {
         crate::common::wait_for_sample(metrics, timed_out, 1.0, Duration::from_secs(5)).await;
     assert!(closed, "closed once idle");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_that_need_no_credential_cannot_take_the_request_byte_budget() {
+    let app = Guarded::start(&[], None).await;
+    let until = Instant::now() + Duration::from_secs(4);
+    // Reflection and health need no credential: 3 × 200 of their calls, each announcing 60 kB
+    // and sending all of it but the last byte.
+    let attack = attack::partial_bodies(
+        app.server.addr,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Vec::new(),
+        3,
+        200,
+        60_000,
+        until,
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Batches large enough to arrive in several pieces, which is when a message holds budget.
+    let mut access = pb::access_service_client::AccessServiceClient::new(app.channel().await);
+    for i in 0..5 {
+        let batch = pb::BatchAuthorizeRequest {
+            checks: (0..300)
+                .map(|_| {
+                    check("alice", "0190c3b2-7d1e-7a3c-9f00-5b1d2c3e4f50", "", "organization.read")
+                })
+                .collect(),
+            consistency: None,
+        };
+        let mut request = Request::new(batch);
+        request.metadata_mut().insert("authorization", app.bearer().parse().unwrap());
+        let answered = access.batch_authorize(request).await;
+        assert!(answered.is_ok(), "batch {i}: {answered:?}");
+    }
+    attack.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_credential_is_closed_even_while_a_call_is_open() {
+    let app = Guarded::start(&["--handshake-timeout-ms", "1000"], None).await;
+    let addr = app.server.addr;
+    let mut send = attack::connect(addr).await.unwrap();
+    // A health Watch needs no credential and never ends by itself.
+    let mut ready = send.clone().ready().await.unwrap();
+    let request = grpc_request(addr, "/grpc.health.v1.Health/Watch", &[]);
+    let (response, mut body) = ready.send_request(request, false).unwrap();
+    body.send_data(frame_prefix(0, 0), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let health = grpc_request(addr, "/grpc.health.v1.Health/Check", &[]);
+    let status = raw_call(&mut send, health, frame_prefix(0, 0), true).await;
+    assert!(
+        status.is_none(),
+        "the connection still answers after 3 handshake timeouts: {status:?}"
+    );
 }
