@@ -13,7 +13,7 @@
 use std::str::FromStr as _;
 
 use icu_normalizer::{ComposingNormalizerBorrowed, DecomposingNormalizerBorrowed};
-use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory};
+use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory, Script};
 use icu_properties::{CodePointMapData, CodePointSetData};
 
 /// An email address, trimmed and normalized so that equal values are the same mailbox.
@@ -51,6 +51,10 @@ impl Email {
         };
         check_local_part(local)?;
         check_domain(domain)?;
+        check_scripts(local, "before the @")?;
+        for label in domain.split('.') {
+            check_scripts(label, "in a part of the domain")?;
+        }
         check_mailer_reads_it_back(&normalized)?;
         Ok(Self(normalized))
     }
@@ -141,6 +145,38 @@ fn ascii_look_alike(c: char) -> Option<String> {
     let compatibility = DecomposingNormalizerBorrowed::new_nfkd().normalize(alone);
     let canonical = DecomposingNormalizerBorrowed::new_nfd().normalize(alone);
     if compatibility != canonical { ascii_of(&compatibility) } else { None }
+}
+
+/// Refuses a part of an address whose letters come from several scripts, as `аdmin` with a
+/// Cyrillic `а` among Latin letters, which reads as another address. Scripts that are written
+/// together are allowed together, as Unicode's "highly restrictive" level has it: Latin with
+/// Han and the Japanese kana, with Han and Bopomofo, or with Han and Hangul.
+fn check_scripts(part: &str, where_: &str) -> Result<(), String> {
+    let scripts = CodePointMapData::<Script>::new();
+    let mut seen: Vec<Script> = Vec::new();
+    for c in part.chars() {
+        let script = scripts.get(c);
+        // Digits, punctuation and combining marks belong to no script of their own.
+        if matches!(script, Script::Common | Script::Inherited) || seen.contains(&script) {
+            continue;
+        }
+        seen.push(script);
+    }
+    let allowed = |set: &[Script]| seen.iter().all(|s| set.contains(s));
+    let together = seen.len() <= 1
+        || allowed(&[Script::Latin, Script::Han, Script::Hiragana, Script::Katakana])
+        || allowed(&[Script::Latin, Script::Han, Script::Bopomofo])
+        || allowed(&[Script::Latin, Script::Han, Script::Hangul]);
+    if together {
+        return Ok(());
+    }
+    let named = icu_properties::PropertyNamesLong::<Script>::new();
+    let names: Vec<&str> = seen.iter().map(|s| named.get(*s).unwrap_or("unknown")).collect();
+    Err(format!(
+        "mixes letters of several scripts {where_} ({}), so that it can pass for another \
+         address; type it in one script",
+        names.join(", ")
+    ))
 }
 
 fn check_local_part(local: &str) -> Result<(), String> {
@@ -239,6 +275,11 @@ mod tests {
             ("anna@xn--bcher-kva.example", "anna@xn--bcher-kva.example"),
             ("\u{2603}@example.com", "\u{2603}@example.com"),
             ("\u{438}\u{432}\u{430}\u{43D}@example.ru", "\u{438}\u{432}\u{430}\u{43D}@example.ru"),
+            // Scripts written together: Japanese mixes Han, kana and Latin.
+            (
+                "\u{5C71}\u{7530}\u{305F}\u{308D}\u{3046}taro@example.jp",
+                "\u{5C71}\u{7530}\u{305F}\u{308D}\u{3046}taro@example.jp",
+            ),
         ] {
             assert_eq!(Email::parse(input).map(|e| e.0), Ok(stored.to_owned()), "{input:?}");
         }
@@ -262,6 +303,10 @@ mod tests {
             ("ada@.com", "dotted domain"),
             ("ada lovelace@example.com", "without spaces"),
             ("Ada <ada@example.com>", "angle brackets"),
+            // A Cyrillic а among Latin letters reads as admin@example.com.
+            ("\u{430}dmin@example.com", "several scripts"),
+            ("admin@ex\u{430}mple.com", "several scripts"),
+            ("\u{3B1}lpha\u{3B2}@example.com", "several scripts"),
             ("ada@example.com, bob@example.com", "commas"),
             ("ada\u{7}@example.com", "control character U+0007"),
             ("\"ada\"@example.com", "quoted name"),

@@ -102,8 +102,9 @@ async fn drain(store: &Store, mailer: &Mailer, settings: &WorkerSettings) -> Res
     let due = repo::list_due_outbox(store.reader(), now, 20).await?;
     let mut handled = 0;
     for email in due {
-        // Long enough for one SMTP conversation; after it, another worker may retry.
-        let lease = now.plus(settings.claim_lease);
+        // Long enough for one SMTP conversation; after it, another worker may retry. Counted
+        // from this claim, not from the start of the batch, which earlier sends have used up.
+        let lease = Timestamp::now().plus(settings.claim_lease);
         let claimed = match claim(store, &email, lease).await? {
             Claim::Taken => continue,
             Claim::Settled => {

@@ -225,10 +225,12 @@ impl Identity {
                 let user_id = UserId::parse(&claims.sub).map_err(|e| {
                     Error::Unauthenticated(format!("the token's sub claim {}", e.0))
                 })?;
-                let email =
-                    claims.email.as_deref().map(Email::parse).transpose().map_err(|e| {
-                        Error::Unauthenticated(format!("the token's email claim {e}"))
-                    })?;
+                let email = match claims.email.as_deref() {
+                    None => Err("the token has no email claim".to_owned()),
+                    Some(text) => {
+                        Email::parse(text).map_err(|e| format!("the token's email claim {e}"))
+                    }
+                };
                 // A missing claim is no proof, unless the operator said their provider omits it;
                 // an explicit false never is.
                 let email_verified = claims.email_verified.unwrap_or(*allow_missing_email_verified);
@@ -298,16 +300,14 @@ fn dev_actor(metadata: &HeaderMap) -> Result<Actor, Error> {
     let user_id = UserId::parse(text)
         .map_err(|e| Error::Unauthenticated(format!("{USER_ID_HEADER} {}", e.0)))?;
     let email = match metadata.get(USER_EMAIL_HEADER) {
-        None => None,
+        None => Err(format!("no {USER_EMAIL_HEADER} metadata was sent")),
         Some(raw) => {
             // UTF-8, so that dev mode can stand for users of internationalized addresses.
             let text = std::str::from_utf8(raw.as_bytes()).map_err(|_| {
                 Error::Unauthenticated(format!("{USER_EMAIL_HEADER} must be UTF-8 text"))
             })?;
-            Some(
-                Email::parse(text)
-                    .map_err(|e| Error::Unauthenticated(format!("{USER_EMAIL_HEADER} {e}")))?,
-            )
+            Ok(Email::parse(text)
+                .map_err(|e| Error::Unauthenticated(format!("{USER_EMAIL_HEADER} {e}")))?)
         }
     };
     // Dev mode trusts its headers, the email included.

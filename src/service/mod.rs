@@ -21,8 +21,9 @@ use crate::storage::Store;
 pub struct Actor {
     /// The user's id.
     pub user_id: UserId,
-    /// The user's email, when the credentials carry one.
-    pub email: Option<Email>,
+    /// The user's email, or why the credentials give none that can be used: a call that needs
+    /// no email still works for a user whose token carries a malformed one.
+    pub email: Result<Email, String>,
     /// Whether that email is proven to be the user's: in jwt mode the token's `email_verified`
     /// claim is true (or absent, if configured to tolerate that); dev mode trusts its headers.
     pub email_verified: bool,

@@ -44,6 +44,14 @@ fn denied(message: &str) -> Error {
     Error::PermissionDenied(message.to_owned())
 }
 
+/// The actor's email, which `to` needs.
+fn caller_email(actor: &Actor, to: &str) -> Result<Email, Error> {
+    actor
+        .email
+        .clone()
+        .map_err(|why| Error::Unauthenticated(format!("your email is needed to {to}, but {why}")))
+}
+
 /// Refuses an actor whose email is not proven theirs (jwt mode: `email_verified` is not true),
 /// before anything is read: founding organizations, inviting and accepting put that email to
 /// use, so an unverified one could name anyone.
@@ -141,12 +149,7 @@ impl Services {
         actor: &Actor,
         display_name: DisplayName,
     ) -> Result<Changed<Organization>, Error> {
-        let email = actor.email.clone().ok_or_else(|| {
-            Error::Unauthenticated(
-                "the caller's email is required to create an organization (x-user-email)"
-                    .to_owned(),
-            )
-        })?;
+        let email = caller_email(actor, "create an organization")?;
         require_verified_email(actor, "create an organization")?;
         let taken = self.limits.take_organization(&actor.user_id)?;
         let now = Timestamp::now();
@@ -184,8 +187,10 @@ impl Services {
             Delta::OrganizationCreated { display_name: org.display_name.clone() },
             Delta::MemberAdded { user: actor.user_id.clone(), email, role: Role::Owner },
         ];
-        let token = self.commit(change, declared(actor, event, deltas)).await?;
+        // Kept before the commit: a commit that fails after the database took it must not
+        // give the creation back.
         taken.keep();
+        let token = self.commit(change, declared(actor, event, deltas)).await?;
         Ok(Changed { value: org, token })
     }
 
@@ -748,8 +753,9 @@ impl Services {
         )
         .await?;
         // Nothing Authorize decides on until it is accepted.
-        let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
+        // Kept before the commit: one whose outcome is unknown may still send an email.
         taken.keep();
+        let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
         self.outbox_signal.notify_one();
         tracing::info!(invitation = %invitation.id, invitee = %invitation.email.redacted(), "invitation created");
         Ok(Changed { value: invitation, token })
@@ -850,8 +856,9 @@ impl Services {
             now,
         )
         .await?;
-        let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
+        // Kept before the commit: one whose outcome is unknown may still send an email.
         taken.keep();
+        let token = self.commit(tx, declared(actor, event, Vec::new())).await?;
         self.outbox_signal.notify_one();
         Ok(Changed { value: resent, token })
     }
@@ -903,11 +910,7 @@ impl Services {
         actor: &Actor,
         presented: &str,
     ) -> Result<Changed<Member>, Error> {
-        let email = actor.email.clone().ok_or_else(|| {
-            Error::Unauthenticated(
-                "the caller's email is required to accept an invitation (x-user-email)".to_owned(),
-            )
-        })?;
+        let email = caller_email(actor, "accept an invitation")?;
         require_verified_email(actor, "accept an invitation")?;
         if !token::is_well_formed(presented) {
             return Err(Error::invalid(

@@ -15,6 +15,7 @@ db_tests!(
     a_look_alike_email_cannot_accept_someone_elses_invitation,
     a_token_without_email_verified_cannot_found_invite_or_accept,
     the_loud_flag_excuses_only_a_missing_email_verified_claim,
+    a_malformed_email_claim_blocks_only_the_calls_that_need_the_email,
 );
 
 fn invite(email: &str, org: &str) -> pb::CreateInvitationRequest {
@@ -192,4 +193,37 @@ async fn the_loud_flag_excuses_only_a_missing_email_verified_claim(backend: Back
         .unwrap_or_else(|| panic!("the flag is warned about at start:\n{logs}"));
     assert!(warning.contains("WARN"), "{warning}");
     drop_database(pg_database).await;
+}
+
+async fn a_malformed_email_claim_blocks_only_the_calls_that_need_the_email(backend: Backend) {
+    let setup = JwtSetup::new();
+    let app = setup.spawn_hs(backend).await;
+    let owner = sign_hs(&claims("owner", "owner@example.com"), SECRET);
+    let org = create_org(&app, &owner).await.unwrap();
+    app.team
+        .clone()
+        .create_invitation(bearer(&owner, invite("ivan@example.com", &org)))
+        .await
+        .unwrap();
+    let token = app.smtp.wait_for("ivan@example.com", 1).await.token().unwrap();
+
+    // The owner's provider later sends an address these rules refuse (two @).
+    let garbled = sign_hs(&claims("owner", "owner@@example.com"), SECRET);
+    let listed = app
+        .team
+        .clone()
+        .list_organizations(bearer(&garbled, pb::ListOrganizationsRequest::default()))
+        .await
+        .expect("reading needs no email")
+        .into_inner();
+    assert_eq!(listed.organizations.len(), 1);
+    let before = app.snapshot().await;
+    let status = create_org(&app, &garbled).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("email claim"), "{:?}", status.message());
+    let status = accept(&app, &garbled, &token).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("accept an invitation"), "{:?}", status.message());
+    assert_eq!(app.snapshot().await, before, "a refused call changed something");
+    app.stop().await;
 }
