@@ -37,8 +37,16 @@ pub struct Signals {
     pub free_slots: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
-/// Why the server cannot serve, if it cannot.
-async fn trouble(signals: &Signals, shed_before: u64) -> Option<&'static str> {
+/// Consecutive unanswered pings before the database counts as down: one slow answer (a
+/// checkpoint, a failover's first second) must not take every replica out of rotation at once.
+const DATABASE_MISSES_BEFORE_DOWN: u32 = 3;
+
+/// Why the server cannot serve, if it cannot. `database_misses` counts unanswered pings in a row.
+async fn trouble(
+    signals: &Signals,
+    shed_before: u64,
+    database_misses: &mut u32,
+) -> Option<&'static str> {
     let connections = signals.listener.snapshot();
     if connections.accept_failing {
         return Some("accepting connections fails for lack of resources");
@@ -50,9 +58,10 @@ async fn trouble(signals: &Signals, shed_before: u64) -> Option<&'static str> {
         return Some("every in-flight slot (--max-in-flight) is taken and calls are shed");
     }
     match tokio::time::timeout(DATABASE_WAIT, signals.store.ping()).await {
-        Ok(Ok(())) => None,
-        Ok(Err(_)) | Err(_) => Some("the database does not answer"),
+        Ok(Ok(())) => *database_misses = 0,
+        Ok(Err(_)) | Err(_) => *database_misses += 1,
     }
+    (*database_misses >= DATABASE_MISSES_BEFORE_DOWN).then_some("the database does not answer")
 }
 
 /// Sets the health of `services` until `stop` turns true.
@@ -64,6 +73,7 @@ pub async fn watch(
 ) {
     let mut serving = true;
     let mut shed_before = signals.shed.load(Ordering::Relaxed);
+    let mut database_misses = 0;
     let mut ticks = tokio::time::interval(PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,7 +81,7 @@ pub async fn watch(
             _ = ticks.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        let found = trouble(&signals, shed_before).await;
+        let found = trouble(&signals, shed_before, &mut database_misses).await;
         shed_before = signals.shed.load(Ordering::Relaxed);
         let now_serving = found.is_none();
         if now_serving == serving {

@@ -201,7 +201,9 @@ fn sqlite_file(url: &str) -> Option<PathBuf> {
 /// Takes the advisory lock that keeps a SQLite file to one Roster process, on a file beside
 /// it (`roster.db.lock` for `roster.db`). Several processes on one file would each answer
 /// Authorize from an index that the others' changes never reach, so a second one must not
-/// start. The operating system drops the lock with the process, however it ends.
+/// start. The operating system drops the lock with the process, however it ends. Not the
+/// database file itself: SQLite's own POSIX locks on it are dropped whenever any descriptor of
+/// this process on that file closes, so Roster keeps its hands off it.
 fn lock_sqlite_file(database: &Path) -> anyhow::Result<std::fs::File> {
     // The same file by whatever path it is named: the database itself once it exists, or the
     // folder it will be created in.

@@ -273,7 +273,7 @@ async fn health_becomes(
     health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
     status: ServingStatus,
 ) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         let mut all = true;
         for service in ["roster.v1.AccessService", "roster.v1.TeamService"] {
