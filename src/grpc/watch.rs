@@ -211,7 +211,7 @@ fn rfc3339(time: Timestamp) -> String {
 
 fn watch_response(update: Update) -> pb::WatchResponse {
     pb::WatchResponse {
-        changes: update.changes.into_iter().map(change).collect(),
+        changes: update.changes.into_iter().map(|c| change(Arc::unwrap_or_clone(c))).collect(),
         token: update.token.encode(),
     }
 }

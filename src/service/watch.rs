@@ -79,8 +79,9 @@ pub struct WatchFilter {
 
 impl WatchFilter {
     /// The change with only the deltas that pass; `None` when it is not to be sent. Without a
-    /// user or workspace filter every change of the organization is sent, deltas or not.
-    fn apply(&self, change: &ChangeRecord) -> Option<ChangeRecord> {
+    /// user or workspace filter every change of the organization is sent, deltas or not, and
+    /// shared with every other stream that sends it.
+    fn apply(&self, change: &Arc<ChangeRecord>) -> Option<Arc<ChangeRecord>> {
         if self.organization.is_some_and(|org| org != change.organization_id) {
             return None;
         }
@@ -92,7 +93,8 @@ impl WatchFilter {
                 && self.workspace.is_none_or(|ws| delta.touches_workspace(ws))
         };
         let deltas: Vec<Delta> = change.deltas.iter().filter(|d| passes(d)).cloned().collect();
-        (!deltas.is_empty()).then(|| ChangeRecord { deltas, ..change.clone() })
+        (!deltas.is_empty())
+            .then(|| Arc::new(ChangeRecord { deltas, actor: change.actor.clone(), ..**change }))
     }
 }
 
@@ -100,7 +102,7 @@ impl WatchFilter {
 #[derive(Debug, Clone)]
 pub struct Update {
     /// Changes after the previous update's token, in commit order, with the deltas that pass.
-    pub changes: Vec<ChangeRecord>,
+    pub changes: Vec<Arc<ChangeRecord>>,
     /// Resume after this update.
     pub token: ChangeToken,
 }
@@ -177,7 +179,7 @@ pub struct WatchStats {
 struct Batch {
     after: LogPosition,
     through: LogPosition,
-    changes: Vec<ChangeRecord>,
+    changes: Vec<Arc<ChangeRecord>>,
 }
 
 /// What the hub has read, and who is listening; under one lock so that a joining stream knows
@@ -294,6 +296,7 @@ impl Hub {
             // A gap (only retention makes one) is passed on: streams that reach it end, and
             // their consumers learn on resuming how far back the log goes.
             let after = LogPosition(changes[0].position.0.saturating_sub(1)).max(after);
+            let changes = changes.into_iter().map(Arc::new).collect();
             let batch = Arc::new(Batch { after, through, changes });
             {
                 let mut live = self.live();
@@ -701,6 +704,7 @@ impl Streamer {
                 }
             }
             let end = if complete { target } else { page.last().map_or(target, |c| c.position) };
+            let page: Vec<Arc<ChangeRecord>> = page.into_iter().map(Arc::new).collect();
             let updates = self.collect(&page, end);
             let quiet = updates.is_empty();
             for update in updates {
@@ -728,9 +732,9 @@ impl Streamer {
 
     /// Moves the cursor past `changes` (in order, each after it) and then to `end`, and returns
     /// the updates that carry what passes the filter.
-    fn collect(&mut self, changes: &[ChangeRecord], end: LogPosition) -> Vec<Update> {
+    fn collect(&mut self, changes: &[Arc<ChangeRecord>], end: LogPosition) -> Vec<Update> {
         let mut updates = Vec::new();
-        let mut pending: Vec<ChangeRecord> = Vec::new();
+        let mut pending: Vec<Arc<ChangeRecord>> = Vec::new();
         let mut deltas = 0;
         for change in changes {
             self.cursor.pass(change);
@@ -785,7 +789,7 @@ impl Streamer {
     /// Passes on a batch of the hub, which starts at or before the cursor.
     fn take_batch(&mut self, batch: &Batch) -> Step {
         let from = self.cursor.position;
-        let fresh: Vec<ChangeRecord> =
+        let fresh: Vec<Arc<ChangeRecord>> =
             batch.changes.iter().filter(|c| c.position > from).cloned().collect();
         for update in self.collect(&fresh, batch.through) {
             self.send_now(update)?;
