@@ -353,6 +353,15 @@ impl Hub {
 
     /// Starts a Watch stream.
     pub async fn watch(self: &Arc<Self>, filter: WatchFilter) -> Result<Outlet<Update>, Refused> {
+        if let (Some(token), Some(org)) = (filter.start, filter.organization)
+            && token.organization.is_some_and(|(named, _)| named != org)
+        {
+            return Err(Error::invalid(
+                "start_token",
+                "belongs to another organization than organization_id",
+            )
+            .into());
+        }
         let db = self.store.reader();
         let (head, pruned) = changelog::head(db).await?;
         let cursor = match (filter.start, filter.organization) {
@@ -370,13 +379,6 @@ impl Hub {
             (Some(token), None) => Cursor { position: token.position, organization: None },
             (Some(token), Some(org)) => {
                 let revision = match token.organization {
-                    Some((named, _)) if named != org => {
-                        return Err(Error::invalid(
-                            "start_token",
-                            "belongs to another organization than organization_id",
-                        )
-                        .into());
-                    }
                     Some((_, revision)) => revision,
                     None => {
                         changelog::revision_at(db, org, token.position).await?.unwrap_or_default()
