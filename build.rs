@@ -6,6 +6,7 @@ const PROTOS: &[&str] = &[
     "proto/roster/v1/resources.proto",
     "proto/roster/v1/team_service.proto",
     "proto/roster/v1/access_service.proto",
+    "proto/roster/v1/watch_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

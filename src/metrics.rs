@@ -141,6 +141,7 @@ impl Metrics {
             connections: sources.edge.listener.snapshot(),
             buffered_request_bytes: sources.edge.budget.held(),
             shed: sources.edge.shed.load(std::sync::atomic::Ordering::Relaxed),
+            watch: WatchSnapshot::read(&sources.watch),
         };
         let mut text = String::new();
         let encoded = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
@@ -166,6 +167,17 @@ pub struct Sources {
     pub index: Arc<AuthzIndex>,
     /// The server's edge: connections, request bytes, shed calls.
     pub edge: EdgeSources,
+    /// WatchService's streams.
+    pub watch: WatchSources,
+}
+
+/// WatchService's counters, read at scrape time.
+#[derive(Clone)]
+pub struct WatchSources {
+    /// The change log hub's counters.
+    pub stats: Arc<crate::service::watch::WatchStats>,
+    /// Streams refused at --max-watch-streams.
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The counters of the server's edge, read at scrape time.
@@ -188,6 +200,33 @@ struct Snapshot {
     connections: crate::grpc::listener::ListenerSnapshot,
     buffered_request_bytes: usize,
     shed: u64,
+    watch: WatchSnapshot,
+}
+
+/// WatchService's counters for one scrape.
+#[derive(Debug)]
+struct WatchSnapshot {
+    streams: i64,
+    refused: u64,
+    changes_sent: u64,
+    cut_off: u64,
+    tail_position: u64,
+    pruned_through: u64,
+}
+
+impl WatchSnapshot {
+    fn read(sources: &WatchSources) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &sources.stats;
+        Self {
+            streams: stats.streams.load(Relaxed),
+            refused: sources.refused.load(Relaxed),
+            changes_sent: stats.changes_sent.load(Relaxed),
+            cut_off: stats.cut_off.load(Relaxed),
+            tail_position: stats.tail_position.load(Relaxed),
+            pruned_through: stats.pruned_through.load(Relaxed),
+        }
+    }
 }
 
 /// Encodes one value read at scrape time as a metric of its own.
@@ -312,6 +351,44 @@ impl prometheus_client::collector::Collector for Snapshot {
             "calls_shed",
             "Calls refused at the in-flight limit (--max-in-flight)",
             ConstCounter::new(self.shed),
+        )?;
+        let watch = &self.watch;
+        let position = |p: u64| ConstGauge::new(i64::try_from(p).unwrap_or(i64::MAX));
+        encode_one(
+            &mut encoder,
+            "watch_streams_open",
+            "WatchService streams (Watch and Snapshot) open",
+            ConstGauge::new(watch.streams),
+        )?;
+        encode_one(
+            &mut encoder,
+            "watch_streams_refused",
+            "WatchService streams refused because --max-watch-streams were open",
+            ConstCounter::new(watch.refused),
+        )?;
+        encode_one(
+            &mut encoder,
+            "watch_changes_sent",
+            "Changes sent on Watch streams",
+            ConstCounter::new(watch.changes_sent),
+        )?;
+        encode_one(
+            &mut encoder,
+            "watch_streams_cut_off",
+            "Watch streams ended because their consumer fell more than --watch-buffer changes behind",
+            ConstCounter::new(watch.cut_off),
+        )?;
+        encode_one(
+            &mut encoder,
+            "change_log_tail_position",
+            "The last change log position this process has read for its Watch streams",
+            position(watch.tail_position),
+        )?;
+        encode_one(
+            &mut encoder,
+            "change_log_pruned_through",
+            "Change log positions up to this one were removed by retention (--change-retention)",
+            position(watch.pruned_through),
         )?;
         if let Some(outbox) = &self.outbox {
             let mut family = encoder.encode_descriptor(

@@ -1,5 +1,5 @@
 """Roster from Python: create an organization and a workspace, invite a member, accept the
-invitation, grant workspace access and ask Authorize.
+invitation, grant workspace access, ask Authorize, and follow the grant through Watch.
 
 Run against a server in dev mode (identity from x-user-id / x-user-email metadata) that writes
 invitation emails into a folder, which is where the invitee's token comes from:
@@ -25,6 +25,8 @@ from roster.v1 import access_service_pb2_grpc as access_grpc  # noqa: E402
 from roster.v1 import resources_pb2 as resources  # noqa: E402
 from roster.v1 import team_service_pb2 as team  # noqa: E402
 from roster.v1 import team_service_pb2_grpc as team_grpc  # noqa: E402
+from roster.v1 import watch_service_pb2 as watch  # noqa: E402
+from roster.v1 import watch_service_pb2_grpc as watch_grpc  # noqa: E402
 
 
 def as_user(user_id: str, email: str):
@@ -60,6 +62,7 @@ def main() -> int:
     with grpc.insecure_channel(args.target) as channel:
         teams = team_grpc.TeamServiceStub(channel)
         authz = access_grpc.AccessServiceStub(channel)
+        changes = watch_grpc.WatchServiceStub(channel)
 
         org = teams.CreateOrganization(
             team.CreateOrganizationRequest(display_name="Acme Data"), metadata=as_user(*owner)
@@ -120,6 +123,36 @@ def main() -> int:
         print(f"after a READ grant, sources.read: allowed={read.allowed} ({access.DecisionReason.Name(read.reason)})")
         print(f"after a READ grant, sources.create: allowed={write.allowed} ({access.DecisionReason.Name(write.reason)})")
 
+        # Another service follows the same change through Watch, from the acceptance's token:
+        # the next change of the organization is the grant. The stream stays open (with a
+        # checkpoint every second) until the client cancels it.
+        followed = None
+        stream = changes.Watch(
+            watch.WatchRequest(start_token=accepted.consistency_token, organization_id=org.id),
+            timeout=10,
+        )
+        for response in stream:
+            for change in response.changes:
+                for delta in change.deltas:
+                    if delta.WhichOneof("delta") == "grant_changed":
+                        followed = (change, delta.grant_changed)
+            if followed:
+                stream.cancel()
+                break
+        if followed is None:
+            raise SystemExit("the grant did not arrive through Watch")
+        change, grant = followed
+        print(
+            f"watch: revision {change.revision} by {change.actor_user_id}: {grant.user_id} "
+            f"{resources.WorkspaceAccess.Name(grant.old_access)} -> "
+            f"{resources.WorkspaceAccess.Name(grant.new_access)}"
+        )
+        followed_ok = (
+            change.consistency_token == granted.consistency_token
+            and grant.user_id == invitee[0]
+            and grant.new_access == resources.WORKSPACE_ACCESS_READ
+        )
+
         try:
             authz.Authorize(access.AuthorizeRequest(user_id=invitee[0], organization_id=org.id, permission="sources.read"))
             raise SystemExit("a workspace permission without a workspace was accepted")
@@ -128,7 +161,7 @@ def main() -> int:
             if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
                 return 1
 
-    ok = not before.allowed and read.allowed and not write.allowed
+    ok = not before.allowed and read.allowed and not write.allowed and followed_ok
     print("quickstart: OK" if ok else "quickstart: unexpected decisions")
     return 0 if ok else 1
 

@@ -1,5 +1,5 @@
 // Roster from TypeScript: create an organization and a workspace, invite a member, accept the
-// invitation, grant workspace access and ask Authorize.
+// invitation, grant workspace access, ask Authorize, and follow the grant through Watch.
 //
 // The client is generated from ../../proto by buf with protoc-gen-es (`npm run generate`) and
 // speaks gRPC over HTTP/2 through @connectrpc/connect-node. Run it against a server in dev mode
@@ -23,6 +23,7 @@ import {
 } from "./gen/roster/v1/access_service_pb.js";
 import { OrganizationRole, WorkspaceAccess } from "./gen/roster/v1/resources_pb.js";
 import { TeamService } from "./gen/roster/v1/team_service_pb.js";
+import { WatchService } from "./gen/roster/v1/watch_service_pb.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -63,6 +64,7 @@ async function invitationToken(recipient: string): Promise<string> {
 const transport = createGrpcTransport({ baseUrl: `http://${args.target}` });
 const team = createClient(TeamService, transport);
 const access = createClient(AccessService, transport);
+const watch = createClient(WatchService, transport);
 
 // Unique names, so that the example can run many times against one server.
 const run = randomUUID().slice(0, 8);
@@ -127,6 +129,65 @@ console.log(
   `after a READ grant, sources.create: allowed=${write.allowed} (${DecisionReason[write.reason]})`,
 );
 
+// Another service follows the same change through Watch, from the acceptance's token: the next
+// change of the organization is the grant. The stream stays open (with a checkpoint every
+// second) until the client aborts it.
+const stop = new AbortController();
+const timer = setTimeout(() => stop.abort(), 10_000);
+type Followed = {
+  revision: bigint;
+  actor: string;
+  token: string;
+  userId: string;
+  oldAccess: WorkspaceAccess;
+  newAccess: WorkspaceAccess;
+};
+let followed: Followed | undefined;
+try {
+  for await (const response of watch.watch(
+    { startToken: accepted.consistencyToken, organizationId: orgId },
+    { signal: stop.signal },
+  )) {
+    for (const change of response.changes) {
+      for (const delta of change.deltas) {
+        if (delta.delta.case === "grantChanged") {
+          const grant = delta.delta.value;
+          followed = {
+            revision: change.revision,
+            actor: change.actorUserId,
+            token: change.consistencyToken,
+            userId: grant.userId,
+            oldAccess: grant.oldAccess,
+            newAccess: grant.newAccess,
+          };
+        }
+      }
+    }
+    if (followed) {
+      stop.abort();
+      break;
+    }
+  }
+} catch (err) {
+  // Aborting the stream ends it with CANCELED; anything else is a failure.
+  if (!followed || ConnectError.from(err).code !== Code.Canceled) {
+    throw err;
+  }
+} finally {
+  clearTimeout(timer);
+}
+if (!followed) {
+  throw new Error("the grant did not arrive through Watch");
+}
+console.log(
+  `watch: revision ${followed.revision} by ${followed.actor}: ${followed.userId} ` +
+    `${WorkspaceAccess[followed.oldAccess]} -> ${WorkspaceAccess[followed.newAccess]}`,
+);
+const followedOk =
+  followed.token === granted.consistencyToken &&
+  followed.userId === invitee.id &&
+  followed.newAccess === WorkspaceAccess.READ;
+
 let malformedRejected = false;
 try {
   await access.authorize({ userId: invitee.id, organizationId: orgId, permission: "sources.read" });
@@ -136,6 +197,6 @@ try {
   malformedRejected = error.code === Code.InvalidArgument;
 }
 
-const ok = !before.allowed && read.allowed && !write.allowed && malformedRejected;
+const ok = !before.allowed && read.allowed && !write.allowed && malformedRejected && followedOk;
 console.log(ok ? "quickstart: OK" : "quickstart: unexpected decisions");
 process.exit(ok ? 0 : 1);

@@ -7,6 +7,10 @@
 //! (`--serve-floor`, on the same CPU and with the same HTTP/2 settings and allocator), whose
 //! Authorize decodes the request and answers at once: Authorize / floor is what Roster's own
 //! work costs on top of gRPC itself.
+//!
+//! `--watch` measures WatchService instead: how fast one stream replays a long change log, and
+//! how long a committed change takes to reach a Watch stream on another replica (two servers on
+//! one PostgreSQL database; on SQLite, which serves one process, the same one).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,6 +24,7 @@ use clap::{Parser, ValueEnum};
 use rand::{Rng as _, SeedableRng as _};
 use roster::pb::access_service_client::AccessServiceClient;
 use roster::pb::team_service_client::TeamServiceClient;
+use roster::pb::watch_service_client::WatchServiceClient;
 use roster::pb::{self, WorkspaceAccess};
 use roster::storage::entity::{member, organization, workspace, workspace_grant};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, EntityTrait, TransactionTrait};
@@ -105,6 +110,14 @@ struct Args {
     /// server CPU per change is printed.
     #[arg(long)]
     write_cost: Option<usize>,
+    /// Measure WatchService instead of Authorize: a replay of `--watch-history` changes on one
+    /// stream, then the delay from a change's reply to its event on another replica while
+    /// grant changes are made at `--write-rate` (100 per second when 0) for `--duration-secs`.
+    #[arg(long)]
+    watch: bool,
+    /// Changes written straight into the change log before the servers start, for the replay.
+    #[arg(long, default_value_t = 100_000)]
+    watch_history: u64,
     /// Serve the floor on this address instead of benchmarking (started by the benchmark
     /// itself).
     #[arg(long, hide = true)]
@@ -954,6 +967,9 @@ fn change(from: f64, to: f64) -> f64 {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.watch {
+        return run_watch(args).await;
+    }
     let temp = tempfile_dir()?;
     let dir = args.work_dir.clone().unwrap_or_else(|| temp.clone());
     let shape = Shape {
@@ -1120,4 +1136,334 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("roster-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// A fresh database for the benchmark: a SQLite file in `dir`, or the PostgreSQL database
+/// `database` (replacing any old one); migrated.
+async fn fresh_database(
+    args: &Args,
+    dir: &std::path::Path,
+    database: &str,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let url = match args.backend {
+        BackendKind::Sqlite => {
+            let path = dir.join("bench.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            format!("sqlite://{}?mode=rwc", path.display())
+        }
+        BackendKind::Postgres => {
+            let admin =
+                Database::connect(&args.postgres_url).await.context("connecting to PostgreSQL")?;
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                .await?;
+            admin.execute_unprepared(&format!("CREATE DATABASE {database}")).await?;
+            admin.close().await?;
+            let base =
+                args.postgres_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&args.postgres_url);
+            format!("{base}/{database}")
+        }
+    };
+    roster::app::open_store(&roster::config::Config {
+        database_url: url.clone(),
+        ..roster::config::Config::defaults()
+    })
+    .await?
+    .close()
+    .await;
+    Ok(url)
+}
+
+/// Writes `count` changes of one made-up organization straight into the change log, each a
+/// grant change, as if they had been committed one after another.
+async fn seed_history(url: &str, count: u64) -> anyhow::Result<()> {
+    use sea_orm::{Statement, Value};
+    let db = Database::connect(url).await.context("connecting to the benchmark database")?;
+    let backend = db.get_database_backend();
+    let org = Uuid::now_v7();
+    let workspace = Uuid::now_v7();
+    let deltas = format!(
+        r#"[{{"k":"grant_changed","user":"user-0-2","workspace":"{workspace}","old":"read","new":"write"}}]"#
+    );
+    let now = chrono::Utc::now().timestamp_micros();
+    let started = Instant::now();
+    let tx = db.begin().await?;
+    let chunk = 1000u64;
+    let mut next = 1u64;
+    while next <= count {
+        let last = count.min(next + chunk - 1);
+        let mut values: Vec<Value> = Vec::new();
+        let mut rows = Vec::new();
+        for position in next..=last {
+            let at = values.len();
+            let mark = |n: usize| match backend {
+                sea_orm::DbBackend::Postgres => format!("${}", at + n),
+                _ => "?".to_owned(),
+            };
+            rows.push(format!(
+                "({}, {}, {}, {}, {}, {})",
+                mark(1),
+                mark(2),
+                mark(3),
+                mark(4),
+                mark(5),
+                mark(6)
+            ));
+            let position = i64::try_from(position)?;
+            values.extend([
+                position.into(),
+                org.into(),
+                position.into(),
+                now.into(),
+                "bench".to_owned().into(),
+                deltas.clone().into(),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO change_log (position, organization_id, revision, commit_time, \
+             actor_user_id, deltas) VALUES {}",
+            rows.join(", ")
+        );
+        tx.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+        next = last + 1;
+    }
+    if backend == sea_orm::DbBackend::Postgres {
+        tx.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "UPDATE change_log_head SET position = $1 WHERE id = 1",
+            [i64::try_from(count)?.into()],
+        ))
+        .await?;
+    }
+    tx.commit().await?;
+    db.close().await?;
+    println!("seeded {count} changes into the change log in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// A `roster` process of the Watch benchmark.
+struct WatchServer {
+    server: Child,
+    channel: Channel,
+    metrics: String,
+}
+
+impl WatchServer {
+    async fn start(database_url: &str, dir: &std::path::Path, args: &Args) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        };
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let mut server =
+            start_server(database_url, &addr, &metrics, dir, args.cache_entries, None)?;
+        for _ in 0..100 {
+            if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?.connect().await {
+                return Ok(Self { server, channel, metrics });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = server.kill();
+        bail!("the server did not start; see {}", dir.join("server.log").display())
+    }
+
+    /// Waits until the server hears other replicas' notifications (its index is in use only
+    /// once its own heartbeat came through the feed).
+    async fn wait_for_feed(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while !index_in_use(&self.metrics).await {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the server's notification feed did not come up within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WatchServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.server.id().to_string()]).status();
+        let _ = self.server.wait();
+    }
+}
+
+fn token_position(token: &str) -> u64 {
+    roster::domain::ChangeToken::parse(token).map_or(0, |t| t.position.0)
+}
+
+/// Follows every organization's changes from now until `stop`; when each change arrived.
+async fn follow(channel: Channel, stop: Arc<AtomicBool>) -> anyhow::Result<HashMap<u64, Instant>> {
+    let mut client = WatchServiceClient::new(channel);
+    let request = pb::WatchRequest::default();
+    let mut stream = client.watch(request).await.context("opening a Watch stream")?.into_inner();
+    let mut seen = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(message) = tokio::time::timeout(Duration::from_millis(100), stream.message()).await
+        else {
+            continue;
+        };
+        let Some(response) = message.context("the Watch stream failed")? else { break };
+        let now = Instant::now();
+        for change in response.changes {
+            seen.insert(token_position(&change.consistency_token), now);
+        }
+    }
+    Ok(seen)
+}
+
+/// Changes grants through `channel` at `rate` per second for `duration`; when each change's
+/// reply came, by position, and how many calls failed.
+async fn write_changes(
+    channel: Channel,
+    data: Arc<DataSet>,
+    rate: u32,
+    duration: Duration,
+) -> (Vec<(u64, Instant)>, usize) {
+    let mut team = TeamServiceClient::new(channel);
+    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut written = Vec::new();
+    let mut failed = 0;
+    let started = Instant::now();
+    // Each call flips a grant, so that each is a change.
+    let mut held: HashMap<(usize, usize), WorkspaceAccess> = HashMap::new();
+    let mut n = 0usize;
+    while started.elapsed() < duration {
+        interval.tick().await;
+        let o = n % data.orgs.len();
+        let m = 2 + (n / data.orgs.len()) % (data.members.max(3) - 2);
+        let w = data.workspaces[o].len() - 1;
+        n += 1;
+        let current = held.get(&(o, m)).copied().or_else(|| data.seeded(o, m, w));
+        let access = match current {
+            Some(WorkspaceAccess::Read) => WorkspaceAccess::Write,
+            _ => WorkspaceAccess::Read,
+        };
+        held.insert((o, m), access);
+        let mut request = tonic::Request::new(pb::SetWorkspaceAccessRequest {
+            organization_id: data.orgs[o].to_string(),
+            workspace_id: data.workspaces[o][w].to_string(),
+            user_id: DataSet::user(o, m),
+            access: access as i32,
+        });
+        request.metadata_mut().insert("x-user-id", DataSet::user(o, 0).parse().expect("ascii"));
+        match team.set_workspace_access(request).await {
+            Ok(reply) => {
+                let replied = Instant::now();
+                written.push((token_position(&reply.into_inner().consistency_token), replied));
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    (written, failed)
+}
+
+/// Delay percentiles of `written` as seen in `seen`; prints them under `label`. Returns how
+/// many changes never arrived.
+fn report_delays(label: &str, written: &[(u64, Instant)], seen: &HashMap<u64, Instant>) -> usize {
+    let mut delays: Vec<f64> = Vec::new();
+    let mut early = 0;
+    let mut missing = 0;
+    for (position, replied) in written {
+        match seen.get(position) {
+            Some(arrived) => {
+                if arrived < replied {
+                    early += 1;
+                }
+                delays.push(arrived.saturating_duration_since(*replied).as_secs_f64() * 1000.0);
+            }
+            None => missing += 1,
+        }
+    }
+    delays.sort_by(f64::total_cmp);
+    let at = |p: f64| -> f64 {
+        if delays.is_empty() {
+            return f64::NAN;
+        }
+        delays[((delays.len() - 1) as f64 * p).round() as usize]
+    };
+    println!(
+        "{label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} changes ({} arrived before their reply); missing {missing}",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        delays.len(),
+        early,
+    );
+    missing
+}
+
+async fn run_watch(args: Args) -> anyhow::Result<()> {
+    let temp = tempfile_dir()?;
+    let dir = args.work_dir.clone().unwrap_or_else(|| temp.clone());
+    let database_url = fresh_database(&args, &dir, "roster_bench_watch").await?;
+    let data = Arc::new(seed(&database_url, Shape::SMALL).await?);
+    seed_history(&database_url, args.watch_history).await?;
+    let a = WatchServer::start(&database_url, &dir.join("a"), &args).await?;
+    // One process per SQLite file: there the stream is on the writing replica itself.
+    let b = match args.backend {
+        BackendKind::Postgres => {
+            Some(WatchServer::start(&database_url, &dir.join("b"), &args).await?)
+        }
+        BackendKind::Sqlite => None,
+    };
+    let watcher = b.as_ref().unwrap_or(&a);
+
+    // Replay: one stream from the start of the log to its end.
+    let start = roster::domain::ChangeToken {
+        organization: None,
+        position: roster::domain::LogPosition(0),
+    };
+    let mut client = WatchServiceClient::new(watcher.channel.clone());
+    let started = Instant::now();
+    let request = pb::WatchRequest { start_token: start.encode(), ..Default::default() };
+    let mut stream = client.watch(request).await.context("opening the replay")?.into_inner();
+    let mut replayed = 0u64;
+    while replayed < args.watch_history {
+        let Some(response) = stream.message().await.context("the replay failed")? else {
+            bail!("the replay ended after {replayed} changes");
+        };
+        replayed += response.changes.len() as u64;
+    }
+    let took = started.elapsed();
+    drop(stream);
+    println!(
+        "watch replay: {replayed} changes on one stream in {took:.2?}: {:.0} changes/s",
+        replayed as f64 / took.as_secs_f64()
+    );
+
+    // Delay: a writer on A, a stream on A and one on B.
+    if let Some(b) = &b {
+        b.wait_for_feed().await?;
+    }
+    a.wait_for_feed().await.ok();
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_a = tokio::spawn(follow(a.channel.clone(), stop.clone()));
+    let on_b = b.as_ref().map(|b| tokio::spawn(follow(b.channel.clone(), stop.clone())));
+    // Streams open before the first write.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rate = if args.write_rate == 0 { 100 } else { args.write_rate };
+    let duration = Duration::from_secs(args.duration_secs.max(1));
+    let (written, failed) = write_changes(a.channel.clone(), data, rate, duration).await;
+    // Stragglers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen_a = on_a.await.context("the stream on A")??;
+    println!("watch delay: {} grant changes at {rate}/s through replica A", written.len());
+    let mut missing =
+        report_delays("watch delay, reply -> event on the same replica", &written, &seen_a);
+    if let Some(on_b) = on_b {
+        let seen_b = on_b.await.context("the stream on B")??;
+        missing +=
+            report_delays("watch delay, reply -> event on another replica", &written, &seen_b);
+    }
+    // The CI smoke run looks for this line.
+    println!("watch: errors {}", failed + missing);
+    drop(a);
+    drop(b);
+    Ok(())
 }

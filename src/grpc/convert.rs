@@ -113,7 +113,8 @@ pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     }
 }
 
-fn role_pb(role: Role) -> pb::OrganizationRole {
+/// Role to the wire.
+pub fn role_pb(role: Role) -> pb::OrganizationRole {
     match role {
         Role::Owner => pb::OrganizationRole::Owner,
         Role::Admin => pb::OrganizationRole::Admin,
@@ -122,7 +123,8 @@ fn role_pb(role: Role) -> pb::OrganizationRole {
     }
 }
 
-fn access_pb(access: Option<Access>) -> pb::WorkspaceAccess {
+/// Workspace access to the wire; none is WORKSPACE_ACCESS_NONE.
+pub fn access_pb(access: Option<Access>) -> pb::WorkspaceAccess {
     match access {
         None => pb::WorkspaceAccess::None,
         Some(Access::Read) => pb::WorkspaceAccess::Read,

@@ -2,8 +2,8 @@
 //! body is read and before it takes an in-flight slot or any buffer, so a peer without a valid
 //! credential costs the server one header block per call and nothing it could hold on to.
 //!
-//! TeamService calls carry an end user ([`Actor`]); AccessService calls a service
-//! ([`ServiceCaller`]). The identity found is handed to the handler as a request extension;
+//! TeamService calls carry an end user ([`Actor`]); AccessService and WatchService calls a
+//! service ([`ServiceCaller`]). The identity found is handed to the handler as a request extension;
 //! health and reflection need none.
 
 use std::future::Future;
@@ -25,7 +25,7 @@ use crate::service::Actor;
 enum Audience {
     /// An end user: TeamService.
     User,
-    /// An internal service: AccessService, and any other service.
+    /// An internal service: AccessService, WatchService, and any other service.
     Service,
     /// Nobody: health and reflection.
     Open,
@@ -162,7 +162,8 @@ pub fn actor<T>(request: &mut Request<T>) -> Result<Actor, Status> {
         .ok_or_else(|| Status::unauthenticated("no caller identity was established for this call"))
 }
 
-/// The service the identification layer found for an AccessService call; see [`actor`].
+/// The service the identification layer found for an AccessService or WatchService call; see
+/// [`actor`].
 pub fn service<T>(request: &mut Request<T>) -> Result<ServiceCaller, Status> {
     request
         .extensions_mut()
@@ -178,10 +179,11 @@ mod tests {
     fn each_path_names_who_must_identify() {
         assert_eq!(audience("/roster.v1.AccessService/Authorize"), Audience::Service);
         assert_eq!(audience("/roster.v1.TeamService/CreateOrganization"), Audience::User);
+        assert_eq!(audience("/roster.v1.WatchService/Watch"), Audience::Service);
+        assert_eq!(audience("/roster.v1.WatchService/Snapshot"), Audience::Service);
         assert_eq!(audience("/grpc.health.v1.Health/Check"), Audience::Open);
         assert_eq!(audience("/grpc.reflection.v1.ServerReflection/Info"), Audience::Open);
         // Anything else needs a service credential, whatever it is.
-        assert_eq!(audience("/roster.v1.WatchService/Watch"), Audience::Service);
         assert_eq!(audience("/roster.v1.AccessServiceX/Authorize"), Audience::Service);
         assert_eq!(audience("/roster.v1.TeamService"), Audience::Service);
         assert_eq!(audience("/grpc.healthx/Check"), Audience::Service);

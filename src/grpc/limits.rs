@@ -3,15 +3,22 @@
 //! DEADLINE_EXCEEDED: the server's, or the client's `grpc-timeout` when that is sooner. Health
 //! and reflection are exempt, so probes keep answering under load.
 //!
+//! WatchService streams are long-lived by design: they take no in-flight slot and have no
+//! deadline, but one of their own, fewer, slots, held until the stream's last byte is sent or
+//! its client goes away; beyond that they are refused with RESOURCE_EXHAUSTED.
+//!
 //! Calls reach this layer only once their credential has been checked (see
 //! [`super::identify`]), so a slot is never taken by a caller who could not be identified.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use http_body::{Frame, SizeHint};
+use prost::bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, http};
@@ -21,18 +28,30 @@ use tower::{Layer, Service};
 #[derive(Clone)]
 pub struct LimitLayer {
     permits: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
     timeout: Duration,
     shed: Arc<AtomicU64>,
+    streams_refused: Arc<AtomicU64>,
 }
 
 impl LimitLayer {
-    /// At most `max_in_flight` calls at once, each cut off after `timeout`.
-    pub fn new(max_in_flight: usize, timeout: Duration) -> Self {
+    /// At most `max_in_flight` calls at once, each cut off after `timeout`, and besides them
+    /// at most `max_streams` WatchService streams.
+    pub fn new(max_in_flight: usize, timeout: Duration, max_streams: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
             timeout,
             shed: Arc::new(AtomicU64::new(0)),
+            streams_refused: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Streams refused at the stream limit so far, for metrics.
+    pub fn streams_refused_counter(&self) -> Arc<AtomicU64> {
+        self.streams_refused.clone()
     }
 
     /// Calls shed so far, for readiness and metrics.
@@ -53,8 +72,11 @@ impl<S> Layer<S> for LimitLayer {
         Limit {
             inner,
             permits: self.permits.clone(),
+            streams: self.streams.clone(),
+            max_streams: self.max_streams,
             timeout: self.timeout,
             shed: self.shed.clone(),
+            streams_refused: self.streams_refused.clone(),
         }
     }
 }
@@ -64,12 +86,19 @@ impl<S> Layer<S> for LimitLayer {
 pub struct Limit<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
     timeout: Duration,
     shed: Arc<AtomicU64>,
+    streams_refused: Arc<AtomicU64>,
 }
 
 fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+fn streaming(path: &str) -> bool {
+    path.starts_with("/roster.v1.WatchService/")
 }
 
 impl<S, ReqBody> Service<http::Request<ReqBody>> for Limit<S>
@@ -91,6 +120,22 @@ where
         let mut inner = super::take_ready(&mut self.inner);
         if exempt(request.uri().path()) {
             return Box::pin(inner.call(request));
+        }
+        if streaming(request.uri().path()) {
+            let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+                self.streams_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = request.uri().path(), "refusing a stream: too many open");
+                let status = Status::resource_exhausted(format!(
+                    "the server has its limit of {} WatchService streams open; retry with \
+                     backoff, or on another replica",
+                    self.max_streams
+                ));
+                return Box::pin(async move { Ok(status.into_http()) });
+            };
+            return Box::pin(async move {
+                let response = inner.call(request).await?;
+                Ok(response.map(|body| Body::new(Holding { body, _permit: permit })))
+            });
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.shed.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +160,32 @@ where
                 .into_http()),
             }
         })
+    }
+}
+
+/// A response body that holds a stream's slot until it ends or is dropped.
+struct Holding {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -11,8 +11,10 @@ use tower::util::BoxCloneSyncService;
 
 use super::access::AccessApi;
 use super::team::TeamApi;
+use super::watch::WatchApi;
 use crate::pb::access_service_server::AccessServiceServer;
 use crate::pb::team_service_server::TeamServiceServer;
+use crate::pb::watch_service_server::WatchServiceServer;
 
 /// A service off the hot path (health, reflection), behind one box.
 pub type Boxed = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
@@ -24,6 +26,8 @@ pub struct Router {
     pub access: AccessServiceServer<AccessApi>,
     /// `roster.v1.TeamService`.
     pub team: TeamServiceServer<TeamApi>,
+    /// `roster.v1.WatchService`.
+    pub watch: WatchServiceServer<WatchApi>,
     /// `grpc.health.v1.Health`.
     pub health: Boxed,
     /// `grpc.reflection.v1.ServerReflection`.
@@ -48,6 +52,7 @@ impl Service<http::Request<Body>> for Router {
         match service {
             "roster.v1.AccessService" => self.access.call(request),
             "roster.v1.TeamService" => self.team.call(request),
+            "roster.v1.WatchService" => self.watch.call(request),
             "grpc.health.v1.Health" => self.health.call(request),
             "grpc.reflection.v1.ServerReflection" => self.reflection_v1.call(request),
             "grpc.reflection.v1alpha.ServerReflection" => self.reflection_v1alpha.call(request),

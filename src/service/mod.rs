@@ -6,6 +6,7 @@ pub mod page;
 pub mod ratelimit;
 pub mod team;
 pub mod token;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -461,6 +461,130 @@ pub fn decode_deltas(text: &str) -> Result<Vec<Delta>, Error> {
         .collect()
 }
 
+// ---------------------------------------------------------------------------------------------
+// Reading the log for Watch, and retention.
+
+/// Up to `limit` changes with positions in `(after, through]`, in commit order, of one
+/// organization or all.
+pub async fn read_between(
+    db: &impl ConnectionTrait,
+    after: LogPosition,
+    through: LogPosition,
+    organization: Option<OrganizationId>,
+    limit: u64,
+) -> Result<Vec<ChangeRecord>, Error> {
+    let backend = db.get_database_backend();
+    let number = |n: u64| -> Value { i64::try_from(n).unwrap_or(i64::MAX).into() };
+    let mut values = vec![number(after.0), number(through.0)];
+    let mut sql = format!(
+        "SELECT {COLUMNS} FROM change_log WHERE position > {} AND position <= {}",
+        placeholder(backend, 1),
+        placeholder(backend, 2)
+    );
+    if let Some(org) = organization {
+        values.push(org.as_uuid().into());
+        sql.push_str(&format!(" AND organization_id = {}", placeholder(backend, values.len())));
+    }
+    values.push(number(limit));
+    sql.push_str(&format!(" ORDER BY position LIMIT {}", placeholder(backend, values.len())));
+    let rows = db.query_all_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+    rows.iter().map(to_record).collect()
+}
+
+/// The organization's revision as of position `at`: that of its last change at or before it.
+/// `None` when the log holds no such change (none was made, or retention removed them).
+pub async fn revision_at(
+    db: &impl ConnectionTrait,
+    organization: OrganizationId,
+    at: LogPosition,
+) -> Result<Option<Revision>, Error> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT revision FROM change_log WHERE organization_id = {} AND position <= {} \
+         ORDER BY position DESC LIMIT 1",
+        placeholder(backend, 1),
+        placeholder(backend, 2)
+    );
+    let at = i64::try_from(at.0).unwrap_or(i64::MAX);
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [organization.as_uuid().into(), at.into()],
+        ))
+        .await?;
+    row.map(|row| revision_of(&row, "revision")).transpose()
+}
+
+/// The oldest change the log still holds: its position and when it committed.
+pub async fn oldest(db: &impl ConnectionTrait) -> Result<Option<(LogPosition, Timestamp)>, Error> {
+    let backend = db.get_database_backend();
+    let sql = "SELECT position, commit_time FROM change_log ORDER BY position LIMIT 1";
+    let row = db.query_one_raw(Statement::from_string(backend, sql.to_owned())).await?;
+    row.map(|row| {
+        Ok((
+            position_of(&row, "position")?,
+            Timestamp::from_micros(row.try_get("", "commit_time")?),
+        ))
+    })
+    .transpose()
+}
+
+/// Removes the changes committed before `cutoff`, at most `chunk` rows per transaction, and
+/// records how far it went in `change_log_head.pruned_through`; returns that position when
+/// anything was removed. Rows go by position, up to the last one committed before the cutoff,
+/// so that the log always holds every change after `pruned_through` (a change that took its
+/// clock reading earlier but committed later goes with the older ones).
+pub async fn prune(
+    store: &Store,
+    cutoff: Timestamp,
+    chunk: u64,
+) -> Result<Option<LogPosition>, Error> {
+    let db = store.reader();
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT MAX(position) AS position FROM change_log WHERE commit_time < {}",
+        placeholder(backend, 1)
+    );
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(backend, sql, [cutoff.as_micros().into()]))
+        .await?;
+    let target: Option<i64> = match row {
+        Some(row) => row.try_get("", "position")?,
+        None => None,
+    };
+    let Some(target) = target.and_then(|t| u64::try_from(t).ok()) else { return Ok(None) };
+    let mut pruned = head(db).await?.1;
+    let mut moved = None;
+    while pruned.0 < target {
+        let through = target.min(pruned.0.saturating_add(chunk.max(1)));
+        let tx = store.begin_write().await?;
+        let through_value: Value = i64::try_from(through).unwrap_or(i64::MAX).into();
+        tx.execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!("DELETE FROM change_log WHERE position <= {}", placeholder(backend, 1)),
+            [through_value.clone()],
+        ))
+        .await?;
+        // Last, so that on PostgreSQL the head row (which every commit takes) is held briefly;
+        // another replica pruning the same rows never moves the mark back.
+        tx.execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "UPDATE change_log_head SET pruned_through = {} WHERE id = 1 AND pruned_through < {}",
+                placeholder(backend, 1),
+                placeholder(backend, 2)
+            ),
+            [through_value.clone(), through_value],
+        ))
+        .await?;
+        tx.commit().await?;
+        pruned = LogPosition(through);
+        moved = Some(pruned);
+    }
+    Ok(moved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

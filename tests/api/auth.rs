@@ -68,7 +68,7 @@ pub(crate) fn bearer<T>(token: &str, message: T) -> Request<T> {
 
 pub(crate) struct JwtSetup {
     dir: tempfile::TempDir,
-    service_token: String,
+    pub(crate) service_token: String,
 }
 
 impl JwtSetup {

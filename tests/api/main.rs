@@ -26,4 +26,5 @@ mod scenario;
 mod server;
 mod sqlite_file;
 mod tls;
+mod watch;
 mod workspaces;

@@ -4,6 +4,7 @@
 
 pub mod attack;
 pub mod otlp;
+pub mod postgres;
 pub mod process;
 pub mod smtp;
 

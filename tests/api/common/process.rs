@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use roster::pb::access_service_client::AccessServiceClient;
 use roster::pb::team_service_client::TeamServiceClient;
+use roster::pb::watch_service_client::WatchServiceClient;
 use tonic::transport::Channel;
 
 /// A free loopback port.
@@ -143,6 +144,13 @@ impl Server {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A WatchService client.
+    pub async fn watch(&self) -> WatchServiceClient<Channel> {
+        WatchServiceClient::new(
+            Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap(),
+        )
     }
 
     /// An AccessService client.
