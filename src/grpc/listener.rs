@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -150,6 +150,7 @@ impl Peer {
     /// Notes a call starting on the connection; the guard notes its end when dropped.
     pub fn call_started(&self) -> CallOnConnection {
         self.conn.open_calls.fetch_add(1, Ordering::Relaxed);
+        self.conn.carried_call.store(true, Ordering::Relaxed);
         CallOnConnection(self.conn.clone())
     }
 }
@@ -178,6 +179,8 @@ struct Activity {
     /// [`PENDING`], [`IDENTIFIED`] or [`GONE`]; only ever leaves [`PENDING`], once.
     state: AtomicU8,
     open_calls: AtomicU32,
+    /// Whether any call has started on it, and so its HTTP/2 handshake is done.
+    carried_call: AtomicBool,
     /// Milliseconds (see [`ListenerStats::elapsed_ms`]) when the last call ended.
     last_call_end: AtomicU64,
     /// Woken when the connection is identified or evicted.
@@ -299,6 +302,7 @@ pub async fn serve<S>(
         let activity = Arc::new(Activity {
             state: AtomicU8::new(PENDING),
             open_calls: AtomicU32::new(0),
+            carried_call: AtomicBool::new(false),
             // Idle since it was accepted.
             last_call_end: AtomicU64::new(stats.elapsed_ms()),
             wake: Notify::new(),
@@ -464,12 +468,23 @@ impl Connection {
                     }
                     match self.next_check() {
                         Some(at) => timer.as_mut().reset(at),
-                        // Never identified: maybe not even through its HTTP/2 handshake, which a
-                        // GOAWAY would wait for. Closed at once.
-                        None if activity.is_pending() => {
+                        // Never identified and no call yet: maybe not even through its HTTP/2
+                        // handshake, which a GOAWAY would wait for. Closed at once.
+                        None if activity.is_pending() && !activity.carried_call.load(Ordering::Relaxed) => {
                             activity.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(remote = %self.remote, "closing a connection that never identified itself");
                             break;
+                        }
+                        // Calls without a credential, such as a load balancer's health checks:
+                        // told to go away, so that its checks move to a new connection rather
+                        // than fail, and given no longer to drain than it had to identify.
+                        None if activity.is_pending() => {
+                            activity.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(remote = %self.remote, "moving a connection that never identified itself");
+                            connection.as_mut().graceful_shutdown();
+                            draining = true;
+                            let grace = self.settings.handshake_timeout.min(DRAIN_GRACE);
+                            timer.as_mut().reset(Instant::now() + grace);
                         }
                         None => {
                             activity.stats.timed_out.fetch_add(1, Ordering::Relaxed);

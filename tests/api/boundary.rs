@@ -515,3 +515,36 @@ async fn a_connection_without_a_credential_is_closed_even_while_a_call_is_open()
         "the connection still answers after 3 handshake timeouts: {status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_checker_without_a_credential_is_told_to_go_away_rather_than_cut_off() {
+    // A load balancer checks health over one long-lived connection with no credential. That
+    // connection is still held to the handshake timeout, but it gets a GOAWAY, which tells the
+    // client to move its next checks to a new connection, instead of a reset that fails the
+    // checks it has in flight.
+    let app = Guarded::start(&["--handshake-timeout-ms", "500"], None).await;
+    let addr = app.server.addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let health = grpc_request(addr, "/grpc.health.v1.Health/Check", &[]);
+    let status = raw_call(&mut send, health, frame_prefix(0, 0), true).await;
+    assert_eq!(status.map(|s| s.code), Some(Code::Ok), "the check is answered");
+    let refused = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match send.clone().ready().await {
+                Ok(ready) => send = ready,
+                Err(err) => break err,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the connection is closed after the handshake timeout");
+    assert!(
+        refused.is_go_away() && refused.reason() == Some(h2::Reason::NO_ERROR),
+        "closed without a GOAWAY: {refused:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(3), connection).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "the connection ends cleanly: {ended:?}");
+}
