@@ -36,7 +36,7 @@ use crate::pb::team_service_server::TeamServiceServer;
 use crate::pb::watch_service_server::WatchServiceServer;
 use crate::service::watch::{Hub, WatchSettings};
 use crate::service::{ServiceSettings, Services};
-use crate::storage::{Store, feed};
+use crate::storage::{Store, feed, placer};
 
 /// A running server.
 pub struct Running {
@@ -47,6 +47,7 @@ pub struct Running {
     worker: JoinHandle<()>,
     readiness: JoinHandle<()>,
     feed: Option<JoinHandle<()>>,
+    placer: Option<JoinHandle<()>>,
     watch: JoinHandle<()>,
     metrics_server: Option<JoinHandle<()>>,
     /// Where Prometheus metrics are served, if they are.
@@ -62,6 +63,9 @@ impl Running {
         self.server.await.context("server task")?;
         let _ = self.worker.await;
         let _ = self.readiness.await;
+        if let Some(placer) = self.placer {
+            let _ = placer.await;
+        }
         if let Some(feed) = self.feed {
             let _ = feed.await;
         }
@@ -163,8 +167,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ));
 
     let index = services.index();
-    let feed = (store.backend() == sea_orm::DbBackend::Postgres)
+    let postgres = store.backend() == sea_orm::DbBackend::Postgres;
+    let feed = postgres
         .then(|| feed::spawn(store.clone(), index.clone(), services.log_head(), stopped.clone()));
+    let placer = postgres.then(|| {
+        placer::spawn(store.clone(), services.unplaced(), services.log_head(), stopped.clone())
+    });
 
     let (hub, watch) = Hub::start(
         store.clone(),
@@ -280,6 +288,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         worker,
         readiness,
         feed,
+        placer,
         watch,
         metrics_server,
         metrics_addr,

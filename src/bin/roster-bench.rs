@@ -1298,12 +1298,21 @@ impl Drop for WatchServer {
     }
 }
 
-fn token_position(token: &str) -> u64 {
-    roster::domain::ChangeToken::parse(token).map_or(0, |t| t.position.0)
+/// A change, as the benchmark tells changes apart.
+type ChangeKey = (uuid::Uuid, u64);
+
+/// The change a token names: its organization and revision (replies on PostgreSQL carry no
+/// position, since a change gets its position just after it commits).
+fn token_change(token: &str) -> Option<ChangeKey> {
+    let token = roster::domain::ChangeToken::parse(token).ok()?;
+    token.organization.map(|(org, revision)| (org.as_uuid(), revision.0))
 }
 
 /// Follows every organization's changes from now until `stop`; when each change arrived.
-async fn follow(channel: Channel, stop: Arc<AtomicBool>) -> anyhow::Result<HashMap<u64, Instant>> {
+async fn follow(
+    channel: Channel,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<HashMap<ChangeKey, Instant>> {
     let mut client = WatchServiceClient::new(channel);
     let request = pb::WatchRequest::default();
     let mut stream = client.watch(request).await.context("opening a Watch stream")?.into_inner();
@@ -1316,20 +1325,22 @@ async fn follow(channel: Channel, stop: Arc<AtomicBool>) -> anyhow::Result<HashM
         let Some(response) = message.context("the Watch stream failed")? else { break };
         let now = Instant::now();
         for change in response.changes {
-            seen.insert(token_position(&change.consistency_token), now);
+            if let Some(key) = token_change(&change.consistency_token) {
+                seen.insert(key, now);
+            }
         }
     }
     Ok(seen)
 }
 
 /// Changes grants through `channel` at `rate` per second for `duration`; when each change's
-/// reply came, by position, and how many calls failed.
+/// reply came, by change, and how many calls failed.
 async fn write_changes(
     channel: Channel,
     data: Arc<DataSet>,
     rate: u32,
     duration: Duration,
-) -> (Vec<(u64, Instant)>, usize) {
+) -> (Vec<(Option<ChangeKey>, Instant)>, usize) {
     let mut team = TeamServiceClient::new(channel);
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     let mut written = Vec::new();
@@ -1360,7 +1371,7 @@ async fn write_changes(
         match team.set_workspace_access(request).await {
             Ok(reply) => {
                 let replied = Instant::now();
-                written.push((token_position(&reply.into_inner().consistency_token), replied));
+                written.push((token_change(&reply.into_inner().consistency_token), replied));
             }
             Err(_) => failed += 1,
         }
@@ -1370,12 +1381,16 @@ async fn write_changes(
 
 /// Delay percentiles of `written` as seen in `seen`; prints them under `label`. Returns how
 /// many changes never arrived.
-fn report_delays(label: &str, written: &[(u64, Instant)], seen: &HashMap<u64, Instant>) -> usize {
+fn report_delays(
+    label: &str,
+    written: &[(Option<ChangeKey>, Instant)],
+    seen: &HashMap<ChangeKey, Instant>,
+) -> usize {
     let mut delays: Vec<f64> = Vec::new();
     let mut early = 0;
     let mut missing = 0;
-    for (position, replied) in written {
-        match seen.get(position) {
+    for (change, replied) in written {
+        match change.and_then(|change| seen.get(&change)) {
             Some(arrived) => {
                 if arrived < replied {
                     early += 1;
@@ -1422,7 +1437,7 @@ async fn run_watch(args: Args) -> anyhow::Result<()> {
     // Replay: one stream from the start of the log to its end.
     let start = roster::domain::ChangeToken {
         organization: None,
-        position: roster::domain::LogPosition(0),
+        position: Some(roster::domain::LogPosition(0)),
     };
     let mut client = WatchServiceClient::new(watcher.channel.clone());
     let started = Instant::now();

@@ -134,8 +134,10 @@ pub struct ChangeRecord {
     pub organization_id: OrganizationId,
     /// The organization's revision after the change.
     pub revision: Revision,
-    /// The change's place in the log of every organization.
-    pub position: LogPosition,
+    /// The change's place in the log of every organization; `None` on PostgreSQL for a
+    /// change just committed, whose place is given right after its commit (see
+    /// [`crate::storage::changelog::place`]).
+    pub position: Option<LogPosition>,
     /// When it committed.
     pub commit_time: Timestamp,
     /// Who made it.
@@ -163,8 +165,10 @@ impl ChangeRecord {
 pub struct ChangeToken {
     /// The organization and its revision, when the token names a point of one organization.
     pub organization: Option<(OrganizationId, Revision)>,
-    /// The position in the log: everything up to it has been seen.
-    pub position: LogPosition,
+    /// The position in the log: everything up to it has been seen. `None` in the token of a
+    /// change that had no position yet when it was issued (the reply to a change on
+    /// PostgreSQL), which the organization and revision then stand for.
+    pub position: Option<LogPosition>,
 }
 
 /// Why a token was refused; the caller names the field.
@@ -180,10 +184,12 @@ pub enum TokenError {
 const TOKEN_VERSION: u8 = 2;
 /// Set in the flags byte when the token names an organization.
 const WITH_ORGANIZATION: u8 = 1;
+/// Set in the flags byte when the token holds a position.
+const WITH_POSITION: u8 = 2;
 
 impl ChangeToken {
     /// The opaque text given to clients: base64url of a version byte, flags, the organization's
-    /// UUID (zero when none), the revision and the position.
+    /// UUID (zero when none), the revision and the position (zero when none).
     pub fn encode(&self) -> String {
         let mut bytes = Vec::with_capacity(34);
         bytes.push(TOKEN_VERSION);
@@ -191,10 +197,14 @@ impl ChangeToken {
             Some((org, revision)) => (WITH_ORGANIZATION, org.as_uuid(), revision.0),
             None => (0, Uuid::nil(), 0),
         };
+        let (flags, position) = match self.position {
+            Some(position) => (flags | WITH_POSITION, position.0),
+            None => (flags, 0),
+        };
         bytes.push(flags);
         bytes.extend_from_slice(org.as_bytes());
         bytes.extend_from_slice(&revision.to_be_bytes());
-        bytes.extend_from_slice(&self.position.0.to_be_bytes());
+        bytes.extend_from_slice(&position.to_be_bytes());
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
@@ -215,7 +225,10 @@ impl ChangeToken {
         let [version, flags, rest @ ..] = bytes.as_slice() else {
             return Err(TokenError::Malformed);
         };
-        if *version != TOKEN_VERSION || rest.len() != 32 || flags & !WITH_ORGANIZATION != 0 {
+        if *version != TOKEN_VERSION
+            || rest.len() != 32
+            || flags & !(WITH_ORGANIZATION | WITH_POSITION) != 0
+        {
             return Err(TokenError::Malformed);
         }
         let org = Uuid::from_slice(&rest[..16]).map_err(|_| TokenError::Malformed)?;
@@ -234,7 +247,15 @@ impl ChangeToken {
             }
             None
         };
-        Ok(Self { organization, position: LogPosition(position) })
+        let position = if flags & WITH_POSITION != 0 {
+            Some(LogPosition(position))
+        } else if position != 0 || organization.is_none() {
+            // A token names a position, an organization's revision, or both.
+            return Err(TokenError::Malformed);
+        } else {
+            None
+        };
+        Ok(Self { organization, position })
     }
 }
 
@@ -250,15 +271,19 @@ mod tests {
     fn tokens_read_back_as_themselves_and_nothing_else_is_a_token() {
         let org = OrganizationId::generate();
         for token in [
-            ChangeToken { organization: Some((org, Revision(7))), position: LogPosition(42) },
-            ChangeToken { organization: None, position: LogPosition(0) },
-            ChangeToken { organization: None, position: LogPosition(u64::MAX) },
+            ChangeToken { organization: Some((org, Revision(7))), position: Some(LogPosition(42)) },
+            ChangeToken { organization: Some((org, Revision(7))), position: None },
+            ChangeToken { organization: None, position: Some(LogPosition(0)) },
+            ChangeToken { organization: None, position: Some(LogPosition(u64::MAX)) },
         ] {
             assert_eq!(ChangeToken::parse(&token.encode()), Ok(token));
         }
         assert_eq!(ChangeToken::parse("v1.1795816967416924"), Err(TokenError::Legacy));
-        let good = ChangeToken { organization: Some((org, Revision(1))), position: LogPosition(1) }
-            .encode();
+        let good =
+            ChangeToken { organization: Some((org, Revision(1))), position: Some(LogPosition(1)) }
+                .encode();
+        // Neither an organization nor a position: version 2, no flags, zeros.
+        let empty = URL_SAFE_NO_PAD.encode([&[2u8, 0][..], &[0; 32]].concat());
         for bad in [
             String::new(),
             "v1.".to_owned(),
@@ -268,6 +293,7 @@ mod tests {
             format!("{good}A"),
             // Another version byte.
             format!("B{}", &good[1..]),
+            empty,
         ] {
             assert_eq!(ChangeToken::parse(&bad), Err(TokenError::Malformed), "{bad:?}");
         }

@@ -142,7 +142,7 @@ fn refused(refused: Refused) -> Status {
 
 /// OUT_OF_RANGE, saying how far back the log goes and which token still works.
 fn pruned_status(pruned: &Pruned, what: &str) -> Status {
-    let oldest = ChangeToken { organization: None, position: pruned.pruned_through };
+    let oldest = ChangeToken { organization: None, position: Some(pruned.pruned_through) };
     let since = match pruned.oldest_commit {
         Some(time) => format!("changes committed since {}", rfc3339(time)),
         None => "no changes yet".to_owned(),

@@ -633,7 +633,7 @@ mod tests {
             let record = ChangeRecord {
                 organization_id: org,
                 revision,
-                position: LogPosition(revision.0),
+                position: Some(LogPosition(revision.0)),
                 commit_time: Timestamp::now(),
                 actor: users[0].clone(),
                 audit_event_id: None,

@@ -83,6 +83,8 @@ pub struct Services {
     /// The newest position this process knows the change log has reached: moved by its own
     /// commits and by other replicas' notifications, so that Watch streams wake up.
     pub(crate) log_head: Arc<tokio::sync::watch::Sender<LogPosition>>,
+    /// Wakes the placer (PostgreSQL) when a change committed without a position.
+    pub(crate) unplaced: Arc<Notify>,
 }
 
 /// A use-case's result together with the token of the state it leaves: the change it committed,
@@ -122,7 +124,19 @@ impl Services {
         let source = Arc::new(store.clone());
         let index = Arc::new(AuthzIndex::new(source, settings.authz_cache_entries, wait_for_feed));
         let (log_head, _) = tokio::sync::watch::channel(LogPosition::default());
-        Self { store, outbox_signal, limits, index, log_head: Arc::new(log_head) }
+        Self {
+            store,
+            outbox_signal,
+            limits,
+            index,
+            log_head: Arc::new(log_head),
+            unplaced: Arc::new(Notify::new()),
+        }
+    }
+
+    /// What wakes the placer of the change log (see [`crate::storage::placer`]).
+    pub fn unplaced(&self) -> Arc<Notify> {
+        self.unplaced.clone()
     }
 
     /// The newest log position this process knows of (see [`Services::log_head`]).

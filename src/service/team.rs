@@ -773,13 +773,18 @@ impl Services {
         let record = tx.commit(declared).await?;
         self.index.committed(&record).await;
         std::mem::forget(unsettled);
-        self.log_head.send_if_modified(|head| {
-            let newer = record.position > *head;
-            if newer {
-                *head = record.position;
+        match record.position {
+            Some(position) => {
+                self.log_head.send_if_modified(|head| {
+                    let newer = position > *head;
+                    if newer {
+                        *head = position;
+                    }
+                    newer
+                });
             }
-            newer
-        });
+            None => self.unplaced.notify_one(),
+        }
         Ok(record.token())
     }
 

@@ -54,6 +54,14 @@ const PRUNE_CHUNK: u64 = 10_000;
 const SNAPSHOT_READ: u64 = 5_000;
 /// Largest snapshot page.
 pub const MAX_SNAPSHOT_PAGE: usize = 1000;
+/// Calls of the placer a stream's start makes for a change that has no position yet; each
+/// places up to 10,000, so only a backlog far beyond anything a placer leaves runs out.
+const PLACE_ATTEMPTS: usize = 3;
+
+/// A change's position. Every change read from the log by position has one.
+fn at(change: &ChangeRecord) -> LogPosition {
+    change.position.unwrap_or_default()
+}
 
 /// How Watch streams behave.
 #[derive(Debug, Clone)]
@@ -291,11 +299,11 @@ impl Hub {
             )
             .await?;
             let Some(last) = changes.last() else { return Ok(()) };
-            let through = last.position;
+            let through = at(last);
             let full = changes.len() as u64 == TAIL_BATCH;
             // A gap (only retention makes one) is passed on: streams that reach it end, and
             // their consumers learn on resuming how far back the log goes.
-            let after = LogPosition(changes[0].position.0.saturating_sub(1)).max(after);
+            let after = LogPosition(at(&changes[0]).0.saturating_sub(1)).max(after);
             let changes = changes.into_iter().map(Arc::new).collect();
             let batch = Arc::new(Batch { after, through, changes });
             {
@@ -363,9 +371,15 @@ impl Hub {
             .into());
         }
         let db = self.store.reader();
+        // A token without a position stands for its organization's revision: where that
+        // change is in the log (placing it first if it has no position yet).
+        let start = match filter.start {
+            Some(token) => Some((self.position_of(token).await?, token.organization)),
+            None => None,
+        };
         let (head, pruned) = changelog::head(db).await?;
-        let cursor = match (filter.start, filter.organization) {
-            (Some(token), _) if token.position > head => {
+        let cursor = match (start, filter.organization) {
+            (Some((position, _)), _) if position > head => {
                 return Err(Error::invalid(
                     "start_token",
                     "names a point after the end of the change log: it was not issued by this \
@@ -373,24 +387,22 @@ impl Hub {
                 )
                 .into());
             }
-            (Some(token), _) if token.position < pruned => {
+            (Some((position, _)), _) if position < pruned => {
                 return Err(Refused::Pruned(self.pruned(pruned).await));
             }
-            (Some(token), None) => Cursor { position: token.position, organization: None },
-            (Some(token), Some(org)) => {
-                let revision = match token.organization {
+            (Some((position, _)), None) => Cursor { position, organization: None },
+            (Some((position, named)), Some(org)) => {
+                let revision = match named {
                     Some((_, revision)) => revision,
-                    None => {
-                        changelog::revision_at(db, org, token.position).await?.unwrap_or_default()
-                    }
+                    None => changelog::revision_at(db, org, position).await?.unwrap_or_default(),
                 };
-                Cursor { position: token.position, organization: Some((org, revision)) }
+                Cursor { position, organization: Some((org, revision)) }
             }
             (None, None) => Cursor { position: head, organization: None },
-            (None, Some(org)) => match changelog::latest(db, org).await? {
-                // Its latest change may have committed after `head` was read: then the
+            (None, Some(org)) => match self.latest_placed(org).await? {
+                // Its latest change may have been placed after `head` was read: then the
                 // stream starts after it (other organizations' changes in between are not
-                // this stream's).
+                // this stream's). Any later change of it is placed after `head`.
                 Some((revision, position)) => {
                     Cursor { position: position.max(head), organization: Some((org, revision)) }
                 }
@@ -408,6 +420,64 @@ impl Hub {
         };
         tokio::spawn(stream.run());
         Ok(outlet)
+    }
+
+    /// Where `token` points in the log. A token without a position names a change by its
+    /// organization and revision; one that has no position yet is placed first.
+    async fn position_of(&self, token: ChangeToken) -> Result<LogPosition, Refused> {
+        if let Some(position) = token.position {
+            return Ok(position);
+        }
+        let Some((org, revision)) = token.organization else {
+            return Err(Error::invalid("start_token", "names no point of the change log").into());
+        };
+        if revision.0 == 0 {
+            return Ok(LogPosition(0));
+        }
+        let db = self.store.reader();
+        for _ in 0..PLACE_ATTEMPTS {
+            match changelog::position_of_revision(db, org, revision).await? {
+                Some(Some(position)) => return Ok(position),
+                Some(None) => {
+                    changelog::place(db).await?;
+                }
+                None => {
+                    let latest = changelog::latest(db, org).await?;
+                    if latest.is_some_and(|(current, _)| current < revision) {
+                        return Err(Error::invalid(
+                            "start_token",
+                            "names a revision the organization has not reached: it was not \
+                             issued by this deployment",
+                        )
+                        .into());
+                    }
+                    // Retention removed it.
+                    let (_, pruned) = changelog::head(db).await?;
+                    return Err(Refused::Pruned(self.pruned(pruned).await));
+                }
+            }
+        }
+        Err(Error::Unavailable("the change log is placing a backlog of changes; retry".to_owned())
+            .into())
+    }
+
+    /// The organization's latest revision and its change's position, placing that change
+    /// first if it has no position yet; `None` when the organization does not exist.
+    async fn latest_placed(
+        &self,
+        org: OrganizationId,
+    ) -> Result<Option<(Revision, LogPosition)>, Error> {
+        let db = self.store.reader();
+        for _ in 0..PLACE_ATTEMPTS {
+            match changelog::latest(db, org).await? {
+                None => return Ok(None),
+                Some((revision, Some(position))) => return Ok(Some((revision, position))),
+                Some((_, None)) => {
+                    changelog::place(db).await?;
+                }
+            }
+        }
+        Err(Error::Unavailable("the change log is placing a backlog of changes; retry".to_owned()))
     }
 
     /// Starts a Snapshot stream: the organization as of one revision, read in one transaction,
@@ -440,6 +510,25 @@ impl Hub {
     }
 
     async fn read_snapshot(&self, org: OrganizationId) -> Result<SnapshotState, Error> {
+        for _ in 0..PLACE_ATTEMPTS {
+            match self.read_snapshot_once(org).await? {
+                Some(state) => return Ok(state),
+                // Its latest change has no position yet. Once it has one, it is within the
+                // view's head, so a Watch from the snapshot's token does not send it again.
+                None => {
+                    changelog::place(self.store.reader()).await?;
+                }
+            }
+        }
+        Err(Error::Unavailable("the change log is placing a backlog of changes; retry".to_owned()))
+    }
+
+    /// One attempt of [`Hub::read_snapshot`]: `None` when the organization's latest change has
+    /// no position yet.
+    async fn read_snapshot_once(
+        &self,
+        org: OrganizationId,
+    ) -> Result<Option<SnapshotState>, Error> {
         let db = self.store.reader();
         // One consistent view: REPEATABLE READ on PostgreSQL; on SQLite a read transaction sees
         // the database as of its first read until it ends.
@@ -453,9 +542,13 @@ impl Hub {
             }
             _ => db.begin().await?,
         };
-        let Some((revision, _)) = changelog::latest(&tx, org).await? else {
+        let Some((revision, position)) = changelog::latest(&tx, org).await? else {
             return Err(Error::NotFound("organization"));
         };
+        if position.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         // Every change in this view is at or before the head it shows, and every later one
         // after it: Watch from here misses nothing and repeats nothing.
         let (head, _) = changelog::head(&tx).await?;
@@ -491,13 +584,13 @@ impl Hub {
         }
         // Read only: nothing to keep.
         tx.rollback().await?;
-        Ok(SnapshotState {
+        Ok(Some(SnapshotState {
             members,
             workspaces,
             grants,
             revision,
-            token: ChangeToken { organization: Some((org, revision)), position: head },
-        })
+            token: ChangeToken { organization: Some((org, revision)), position: Some(head) },
+        }))
     }
 }
 
@@ -567,12 +660,12 @@ struct Cursor {
 
 impl Cursor {
     fn token(&self) -> ChangeToken {
-        ChangeToken { organization: self.organization, position: self.position }
+        ChangeToken { organization: self.organization, position: Some(self.position) }
     }
 
     /// Moves past one change.
     fn pass(&mut self, change: &ChangeRecord) {
-        self.position = change.position;
+        self.position = at(change);
         if let Some((org, revision)) = &mut self.organization
             && *org == change.organization_id
         {
@@ -690,8 +783,8 @@ impl Streamer {
             match self.filter.organization {
                 // Every position is there unless retention removed some.
                 None => {
-                    let dense = page.iter().zip(from.0 + 1..).all(|(c, p)| c.position.0 == p);
-                    let reached = page.last().map_or(from, |c| c.position);
+                    let dense = page.iter().zip(from.0 + 1..).all(|(c, p)| at(c).0 == p);
+                    let reached = page.last().map_or(from, at);
                     if !dense || (complete && reached != target) {
                         return Err(Some(self.gap(from).await));
                     }
@@ -705,7 +798,7 @@ impl Streamer {
                     }
                 }
             }
-            let end = if complete { target } else { page.last().map_or(target, |c| c.position) };
+            let end = if complete { target } else { page.last().map_or(target, at) };
             let page: Vec<Arc<ChangeRecord>> = page.into_iter().map(Arc::new).collect();
             let updates = self.collect(&page, end);
             let quiet = updates.is_empty();
@@ -792,7 +885,7 @@ impl Streamer {
     fn take_batch(&mut self, batch: &Batch) -> Step {
         let from = self.cursor.position;
         let fresh: Vec<Arc<ChangeRecord>> =
-            batch.changes.iter().filter(|c| c.position > from).cloned().collect();
+            batch.changes.iter().filter(|c| at(c) > from).cloned().collect();
         for update in self.collect(&fresh, batch.through) {
             self.send_now(update)?;
         }

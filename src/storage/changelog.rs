@@ -1,9 +1,11 @@
 //! The change log. A change to an organization is an [`OrgChange`]: a write transaction that
 //! holds the organization's row lock and its next revision from its first statement, and whose
 //! only way to commit is [`OrgChange::commit`] with what it did to access ([`Declared`]). The
-//! commit writes the log row (its position follows commit order: see the migration
-//! `m20261201_000003_change_log`) and, on PostgreSQL, the notification that other replicas
-//! follow (see [`super::feed`]).
+//! commit writes the log row and, on PostgreSQL, the notification that other replicas follow
+//! (see [`super::feed`]). A row's position follows commit order: on SQLite it is taken at the
+//! insert, on PostgreSQL given after the commit by [`place`] (see the migration
+//! `m20261201_000003_change_log`), so that changes to different organizations never wait for
+//! each other.
 
 use std::ops::Deref;
 
@@ -85,9 +87,9 @@ impl OrgChange {
         self.revision
     }
 
-    /// Writes the change's log row and commits. On PostgreSQL the row takes its position from
-    /// `change_log_head`, whose lock it then holds until the commit, so positions follow commit
-    /// order; the notification that wakes the other replicas travels in the same statement.
+    /// Writes the change's log row and commits. On SQLite the row takes its position; on
+    /// PostgreSQL it gets one after the commit, from [`place`], and the notification that wakes
+    /// the other replicas travels in the same statement.
     pub async fn commit(self, declared: Declared) -> Result<ChangeRecord, Error> {
         let now = Timestamp::now();
         let backend = self.tx.get_database_backend();
@@ -100,38 +102,37 @@ impl OrgChange {
             declared.audit_event_id.map(|id| id.as_uuid()).into(),
             deltas.into(),
         ];
-        let statement = match backend {
+        let position = match backend {
             DbBackend::Postgres => {
                 let mut values = values;
                 values.push(feed::CHANNEL.into());
                 values.push(self.organization.to_string().into());
-                Statement::from_sql_and_values(
+                let statement = Statement::from_sql_and_values(
                     backend,
-                    "WITH head AS (
-                         UPDATE change_log_head SET position = position + 1 WHERE id = 1
-                         RETURNING position
-                     ), logged AS (
-                         INSERT INTO change_log (position, organization_id, revision, commit_time,
+                    "WITH logged AS (
+                         INSERT INTO change_log (organization_id, revision, commit_time,
                              actor_user_id, audit_event_id, deltas)
-                         SELECT head.position, $1, $2, $3, $4, $5, $6 FROM head
-                         RETURNING position
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         RETURNING id
                      )
-                     SELECT position, pg_notify($7, $8)::text AS notified FROM logged",
+                     SELECT pg_notify($7, $8)::text AS notified FROM logged",
                     values,
-                )
+                );
+                self.tx.query_one_raw(statement).await?.ok_or_else(unwritten)?;
+                None
             }
-            _ => Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO change_log (organization_id, revision, commit_time, actor_user_id,
-                     audit_event_id, deltas)
-                 VALUES (?, ?, ?, ?, ?, ?) RETURNING position",
-                values,
-            ),
+            _ => {
+                let statement = Statement::from_sql_and_values(
+                    backend,
+                    "INSERT INTO change_log (organization_id, revision, commit_time, actor_user_id,
+                         audit_event_id, deltas)
+                     VALUES (?, ?, ?, ?, ?, ?) RETURNING position",
+                    values,
+                );
+                let row = self.tx.query_one_raw(statement).await?.ok_or_else(unwritten)?;
+                Some(position_of(&row, "position")?)
+            }
         };
-        let row = self.tx.query_one_raw(statement).await?.ok_or_else(|| {
-            Error::internal(anyhow::anyhow!("the change log row was not written"))
-        })?;
-        let position = position_of(&row, "position")?;
         self.tx.commit().await?;
         Ok(ChangeRecord {
             organization_id: self.organization,
@@ -145,39 +146,92 @@ impl OrgChange {
     }
 }
 
+fn unwritten() -> Error {
+    Error::internal(anyhow::anyhow!("the change log row was not written"))
+}
+
+/// Most rows one call of [`place`] gives positions to.
+const PLACE_BATCH: i32 = 10_000;
+
+/// Gives positions, in commit order, to the committed changes that have none yet (PostgreSQL
+/// only; on SQLite every change has one from its insert). Returns the log's new end when it
+/// placed any. Any process may call it at any time: calls wait for each other, and a call
+/// that finds nothing to place changes nothing.
+pub async fn place(db: &impl ConnectionTrait) -> Result<Option<LogPosition>, Error> {
+    let backend = db.get_database_backend();
+    if backend != DbBackend::Postgres {
+        return Ok(None);
+    }
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT roster_place_changes($1, $2) AS head",
+            [feed::CHANNEL.into(), PLACE_BATCH.into()],
+        ))
+        .await?;
+    let head: Option<i64> = match row {
+        Some(row) => row.try_get("", "head")?,
+        None => None,
+    };
+    head.map(|head| {
+        u64::try_from(head)
+            .map(LogPosition)
+            .map_err(|_| corrupt(format!("a negative log position {head}")))
+    })
+    .transpose()
+}
+
 impl OrgChange {
     /// Ends a request that changed nothing (rolling the transaction back), with the token of
     /// the state it found: the organization's latest committed change.
     pub async fn unchanged(self) -> Result<ChangeToken, Error> {
         let current = Revision(self.revision.0.saturating_sub(1));
-        let backend = self.tx.get_database_backend();
-        let sql = format!(
-            "SELECT position FROM change_log WHERE organization_id = {} AND revision = {}",
-            placeholder(backend, 1),
-            placeholder(backend, 2)
-        );
-        let row = self
-            .tx
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                sql,
-                [
-                    self.organization.as_uuid().into(),
-                    i64::try_from(current.0).unwrap_or(i64::MAX).into(),
-                ],
-            ))
-            .await?;
-        // None for an organization made before the change log and not changed since: the
-        // start of the log is the point before every logged change.
-        let position =
-            row.map(|row| position_of(&row, "position")).transpose()?.unwrap_or_default();
-        Ok(ChangeToken { organization: Some((self.organization, current)), position })
+        let position = position_of_revision(&*self.tx, self.organization, current).await?;
+        Ok(ChangeToken {
+            organization: Some((self.organization, current)),
+            // A revision before the log began (0) is the point before every logged change.
+            position: if current.0 == 0 { Some(LogPosition(0)) } else { position.flatten() },
+        })
     }
+}
+
+/// The position of the organization's change that made `revision`: `None` when the log does
+/// not hold that change, `Some(None)` while it waits for its position.
+pub async fn position_of_revision(
+    db: &impl ConnectionTrait,
+    organization: OrganizationId,
+    revision: Revision,
+) -> Result<Option<Option<LogPosition>>, Error> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT position FROM change_log WHERE organization_id = {} AND revision = {}",
+        placeholder(backend, 1),
+        placeholder(backend, 2)
+    );
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [organization.as_uuid().into(), i64::try_from(revision.0).unwrap_or(i64::MAX).into()],
+        ))
+        .await?;
+    row.map(|row| optional_position(&row, "position")).transpose()
 }
 
 fn revision_of(row: &QueryResult, column: &str) -> Result<Revision, Error> {
     let value: i64 = row.try_get("", column)?;
     u64::try_from(value).map(Revision).map_err(|_| corrupt(format!("a negative revision {value}")))
+}
+
+fn optional_position(row: &QueryResult, column: &str) -> Result<Option<LogPosition>, Error> {
+    let value: Option<i64> = row.try_get("", column)?;
+    value
+        .map(|value| {
+            u64::try_from(value)
+                .map(LogPosition)
+                .map_err(|_| corrupt(format!("a negative log position {value}")))
+        })
+        .transpose()
 }
 
 fn position_of(row: &QueryResult, column: &str) -> Result<LogPosition, Error> {
@@ -191,26 +245,18 @@ fn corrupt(what: String) -> Error {
     Error::internal(anyhow::anyhow!("the change log holds {what}"))
 }
 
-/// The organization's latest revision and the position of the change that made it; `None` when
-/// the organization does not exist. For a request that changed nothing, whose token names the
-/// state it found.
+/// The organization's latest revision and the position of the change that made it (`None`
+/// while that change waits for its position; 0 before the log began); `None` when the
+/// organization does not exist.
 pub async fn latest(
     db: &impl ConnectionTrait,
     organization: OrganizationId,
-) -> Result<Option<(Revision, LogPosition)>, Error> {
+) -> Result<Option<(Revision, Option<LogPosition>)>, Error> {
     let backend = db.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "SELECT o.revision, COALESCE(l.position, 0) AS position FROM organizations o
-             LEFT JOIN change_log l ON l.organization_id = o.id AND l.revision = o.revision
-             WHERE o.id = $1"
-        }
-        _ => {
-            "SELECT o.revision, COALESCE(l.position, 0) AS position FROM organizations o
-             LEFT JOIN change_log l ON l.organization_id = o.id AND l.revision = o.revision
-             WHERE o.id = ?"
-        }
-    };
+    let sql = format!(
+        "SELECT o.revision, CASE WHEN o.revision = 0 THEN 0 ELSE l.position END AS position          FROM organizations o          LEFT JOIN change_log l ON l.organization_id = o.id AND l.revision = o.revision          WHERE o.id = {}",
+        placeholder(backend, 1)
+    );
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
             backend,
@@ -218,7 +264,8 @@ pub async fn latest(
             [organization.as_uuid().into()],
         ))
         .await?;
-    row.map(|row| Ok((revision_of(&row, "revision")?, position_of(&row, "position")?))).transpose()
+    row.map(|row| Ok((revision_of(&row, "revision")?, optional_position(&row, "position")?)))
+        .transpose()
 }
 
 /// The organization's changes after revision `after`, in order.
@@ -274,8 +321,8 @@ pub async fn read_organization_if_exists(
     let mut records = Vec::with_capacity(rows.len());
     for row in &rows {
         // The organization's row alone: no change after `after`.
-        let position: Option<i64> = row.try_get("", "position")?;
-        if position.is_some() {
+        let revision: Option<i64> = row.try_get("", "revision")?;
+        if revision.is_some() {
             records.push(to_record(row)?);
         }
     }
@@ -316,7 +363,8 @@ pub async fn read_after(
     rows.iter().map(to_record).collect()
 }
 
-/// The last position written, and the last one retention removed (changes up to it are gone).
+/// The last position given to a change, and the last one retention removed (changes up to it
+/// are gone).
 pub async fn head(db: &impl ConnectionTrait) -> Result<(LogPosition, LogPosition), Error> {
     let backend = db.get_database_backend();
     // On SQLite positions come from AUTOINCREMENT rather than from the head row.
@@ -352,7 +400,7 @@ fn to_record(row: &QueryResult) -> Result<ChangeRecord, Error> {
     Ok(ChangeRecord {
         organization_id: OrganizationId::from_uuid(organization),
         revision: revision_of(row, "revision")?,
-        position: position_of(row, "position")?,
+        position: optional_position(row, "position")?,
         commit_time: Timestamp::from_micros(row.try_get("", "commit_time")?),
         actor: UserId::parse_owned(actor).map_err(|e| corrupt(format!("an actor that {}", e.0)))?,
         audit_event_id: audit.map(AuditEventId::from_uuid),
@@ -519,7 +567,8 @@ pub async fn revision_at(
 /// The oldest change the log still holds: its position and when it committed.
 pub async fn oldest(db: &impl ConnectionTrait) -> Result<Option<(LogPosition, Timestamp)>, Error> {
     let backend = db.get_database_backend();
-    let sql = "SELECT position, commit_time FROM change_log ORDER BY position LIMIT 1";
+    let sql = "SELECT position, commit_time FROM change_log WHERE position IS NOT NULL \
+               ORDER BY position LIMIT 1";
     let row = db.query_one_raw(Statement::from_string(backend, sql.to_owned())).await?;
     row.map(|row| {
         Ok((

@@ -37,6 +37,9 @@ pub const MAX_SILENCE: Duration = Duration::from_secs(3);
 /// drops them instead, which keeps what is served stale short.
 const WAITING: usize = 256;
 
+/// Sent by [`super::changelog::place`] when it gave changes their positions. The previous
+/// release ignores it.
+const PLACED: &str = "placed";
 /// The previous release's described change.
 const UNLOGGED_PREFIX: &str = "change/1\n";
 
@@ -52,8 +55,8 @@ struct Waiting {
     ready: Notify,
 }
 
-/// Starts listening. Every change notification also wakes whoever waits on `log_head` (Watch
-/// streams), since the change log has grown.
+/// Starts listening. A notification that changes were placed wakes whoever waits on
+/// `log_head` (Watch streams).
 pub fn spawn(
     store: Store,
     index: Arc<AuthzIndex>,
@@ -175,9 +178,11 @@ async fn coordinate(
                             index.feed_event(FeedEvent::Subscribed).await;
                             tracing::info!("invalidation feed: subscribed; index in use");
                         }
-                    } else if let Ok(org) = OrganizationId::parse(&payload) {
-                        // The log grew: Watch streams read it, and the index catches up.
+                    } else if payload == PLACED {
+                        // Changes got their positions: Watch streams read them.
                         log_head.send_modify(|_| {});
+                    } else if let Ok(org) = OrganizationId::parse(&payload) {
+                        // The organization's log grew: the index catches up.
                         let mut queue = waiting.queue.lock().await;
                         if queue.1.contains(&org) {
                             // Already waiting: one read will find both changes.

@@ -5,6 +5,7 @@ pub mod changelog;
 pub mod entity;
 pub mod feed;
 pub mod migration;
+pub mod placer;
 pub mod repo;
 
 use std::io::{Read as _, Write as _};

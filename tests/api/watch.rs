@@ -45,8 +45,36 @@ fn watcher(app: &TestApp) -> WatchServiceClient<Channel> {
     WatchServiceClient::new(app.channel())
 }
 
+/// The position a stream's token holds.
 fn position(token: &str) -> u64 {
-    ChangeToken::parse(token).expect("a change token").position.0
+    ChangeToken::parse(token).expect("a change token").position.expect("a position").0
+}
+
+/// The position of the change a reply's token names. On PostgreSQL a reply's token names its
+/// change by organization and revision, and the change gets its position just after its
+/// commit: this waits for it.
+async fn placed(db: &sea_orm::DatabaseConnection, token: &str) -> u64 {
+    let token = ChangeToken::parse(token).expect("a change token");
+    if let Some(position) = token.position {
+        return position.0;
+    }
+    let (org, revision) = token.organization.expect("a reply's token names its organization");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let found = roster::storage::changelog::position_of_revision(db, org, revision).await;
+        if let Some(Some(position)) = found.unwrap() {
+            return position.0;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the change got no position");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The change a token names: its organization and revision.
+fn change_of(token: &str) -> (String, u64) {
+    let token = ChangeToken::parse(token).expect("a change token");
+    let (org, revision) = token.organization.expect("a change's token names its organization");
+    (org.to_string(), revision.0)
 }
 
 fn request(start: &str, org: &str) -> pb::WatchRequest {
@@ -89,8 +117,10 @@ async fn changes_through(
     }
 }
 
-/// The token and position of the change log's last change, read from the database.
+/// The position of the change log's last change, read from the database once every committed
+/// change has its position (on PostgreSQL the test places them, as any process may).
 async fn head(app: &TestApp) -> u64 {
+    roster::storage::changelog::place(&app.db).await.unwrap();
     roster::storage::changelog::head(&app.db).await.unwrap().0.0
 }
 
@@ -369,9 +399,10 @@ async fn a_watch_from_a_token_sends_the_later_changes_in_order_then_follows_new_
         .await
         .unwrap()
         .into_inner();
-    let live = changes_through(&mut stream, position(&removed.consistency_token)).await;
+    let live =
+        changes_through(&mut stream, placed(&app.db, &removed.consistency_token).await).await;
     assert_eq!(live.len(), 1, "{live:#?}");
-    assert_eq!(live[0].consistency_token, removed.consistency_token);
+    assert_eq!(change_of(&live[0].consistency_token), change_of(&removed.consistency_token));
     assert_eq!(live[0].revision, 5);
     let kinds: Vec<&str> = live[0]
         .deltas
@@ -404,7 +435,8 @@ async fn a_watch_from_a_token_sends_the_later_changes_in_order_then_follows_new_
         .await
         .unwrap()
         .into_inner();
-    let resumed = changes_through(&mut again, position(&renamed.consistency_token)).await;
+    let resumed =
+        changes_through(&mut again, placed(&app.db, &renamed.consistency_token).await).await;
     assert_eq!(resumed.iter().map(|c| c.revision).collect::<Vec<_>>(), [6]);
     app.stop().await;
 }
@@ -426,8 +458,9 @@ async fn replaying_a_watch_stream_up_to_a_token_gives_what_the_lists_return_ther
             }
             let token = churn.last_token.clone();
             let listed = State::listed(&app, &churn.owner, &churn.org).await;
-            for change in changes_through(&mut stream, position(&token)).await {
-                assert!(position(&change.consistency_token) <= position(&token), "after T");
+            let at = placed(&app.db, &token).await;
+            for change in changes_through(&mut stream, at).await {
+                assert!(position(&change.consistency_token) <= at, "after T");
                 if change.organization_id == churn.org {
                     replayed.apply(&change);
                 }
@@ -470,7 +503,8 @@ async fn a_snapshot_and_a_watch_from_its_token_give_what_the_lists_return_later(
             churn.step(&app, &mut rng).await;
         }
         let listed = State::listed(&app, &churn.owner, &churn.org).await;
-        for change in changes_through(&mut stream, position(&churn.last_token)).await {
+        let at = placed(&app.db, &churn.last_token).await;
+        for change in changes_through(&mut stream, at).await {
             assert!(change.revision > last.revision, "nothing the snapshot holds comes again");
             state.apply(&change);
         }
@@ -547,7 +581,7 @@ async fn a_stream_of_every_organization_sees_each_position_once_in_order_under_c
     }
     let start = head(&app).await;
     let start_token =
-        ChangeToken { organization: None, position: roster::domain::LogPosition(start) };
+        ChangeToken { organization: None, position: Some(roster::domain::LogPosition(start)) };
     let mut client = watcher(&app);
     let mut stream = open(&mut client, request(&start_token.encode(), "")).await;
     let mut writers = tokio::task::JoinSet::new();
@@ -584,7 +618,9 @@ async fn a_stream_of_every_organization_sees_each_position_once_in_order_under_c
         (start + 1..=end).collect::<Vec<u64>>(),
         "every position once, in order"
     );
-    let streamed: BTreeSet<String> = seen.iter().map(|c| c.consistency_token.clone()).collect();
+    let streamed: BTreeSet<(String, u64)> =
+        seen.iter().map(|c| change_of(&c.consistency_token)).collect();
+    let written: BTreeSet<(String, u64)> = written.iter().map(|t| change_of(t)).collect();
     assert_eq!(streamed, written, "each change is streamed with the token its reply carried");
     for org in &orgs {
         let revisions: Vec<i64> =
@@ -611,7 +647,7 @@ async fn an_idle_stream_gets_a_checkpoint_every_second(backend: Backend) {
         tokens.push(checkpoint.token);
     }
     let token = ChangeToken::parse(&tokens[2]).unwrap();
-    assert_eq!(token.position.0, head(&app).await, "a checkpoint names the log's end");
+    assert_eq!(position(&tokens[2]), head(&app).await, "a checkpoint names the log's end");
     assert_eq!(token.organization.map(|(o, r)| (o.to_string(), r.0)), Some((org.clone(), 1)));
     // A checkpoint's token works as a consistency token for that organization.
     let check = pb::AuthorizeRequest {
@@ -640,9 +676,11 @@ async fn filters_send_only_the_deltas_that_touch_a_user_or_a_workspace_and_the_t
     let ws2 = app.create_workspace(&owner, &org, "two").await;
     app.join(&owner, &org, &bob, R::Member, &[(&ws1, A::Read)]).await;
     app.join(&owner, &org, &carol, R::Member, &[(&ws2, A::Read)]).await;
-    let start =
-        ChangeToken { organization: None, position: roster::domain::LogPosition(head(&app).await) }
-            .encode();
+    let start = ChangeToken {
+        organization: None,
+        position: Some(roster::domain::LogPosition(head(&app).await)),
+    }
+    .encode();
     let mut client = watcher(&app);
     let filtered = |user: &str, ws: &str| pb::WatchRequest {
         start_token: start.clone(),
@@ -682,13 +720,13 @@ async fn filters_send_only_the_deltas_that_touch_a_user_or_a_workspace_and_the_t
     let end = head(&app).await;
 
     let bobs = changes_through(&mut of_bob, end).await;
-    assert_eq!(tokens_of(&bobs), [bob_ws1.consistency_token]);
+    assert_eq!(tokens_of(&bobs), [change_of(&bob_ws1.consistency_token)]);
     assert_eq!(bobs[0].deltas.len(), 1);
 
     let ws2s = changes_through(&mut of_ws2, end).await;
     assert_eq!(
         tokens_of(&ws2s),
-        [carol_ws2.consistency_token.clone(), deleted.consistency_token.clone()]
+        [change_of(&carol_ws2.consistency_token), change_of(&deleted.consistency_token)]
     );
     let deletion: Vec<bool> = ws2s[1]
         .deltas
@@ -707,8 +745,9 @@ async fn filters_send_only_the_deltas_that_touch_a_user_or_a_workspace_and_the_t
     app.stop().await;
 }
 
-fn tokens_of(changes: &[pb::Change]) -> Vec<String> {
-    changes.iter().map(|c| c.consistency_token.clone()).collect()
+/// The changes a stream sent, as their tokens name them.
+fn tokens_of(changes: &[pb::Change]) -> Vec<(String, u64)> {
+    changes.iter().map(|c| change_of(&c.consistency_token)).collect()
 }
 
 async fn malformed_requests_are_invalid_arguments_naming_the_field(backend: Backend) {
@@ -730,7 +769,7 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field(backend: Back
     let before = app.snapshot().await;
     let mut client = watcher(&app);
     let future =
-        ChangeToken { organization: None, position: roster::domain::LogPosition(1_000_000) };
+        ChangeToken { organization: None, position: Some(roster::domain::LogPosition(1_000_000)) };
     for (req, field) in [
         (request("not-a-token", ""), "start_token"),
         (request("v1.1795816967416924", &org), "start_token"),
@@ -806,7 +845,8 @@ async fn a_token_older_than_the_retention_is_out_of_range_saying_how_far_back_th
     }
     // From the oldest token the stream works, and shows what comes next.
     let oldest =
-        ChangeToken { organization: None, position: roster::domain::LogPosition(end) }.encode();
+        ChangeToken { organization: None, position: Some(roster::domain::LogPosition(end)) }
+            .encode();
     let mut stream = open(&mut client, request(&oldest, &org)).await;
     let renamed = app.create_workspace(&owner, &org, "three").await;
     let next_changes = changes_through(&mut stream, end + 1).await;
@@ -852,7 +892,7 @@ async fn a_consumer_that_falls_behind_is_cut_off_with_its_last_token_and_resumes
             .await
             .unwrap()
             .into_inner();
-        written.push(position(&reply.consistency_token));
+        written.push(placed(&app.db, &reply.consistency_token).await);
     }
     let mut seen = Vec::new();
     let mut last = created.consistency_token.clone();
@@ -1010,6 +1050,7 @@ async fn read_until(
 
 /// Creates a workspace; the position of the change.
 async fn write(
+    db: &sea_orm::DatabaseConnection,
     team: &mut roster::pb::team_service_client::TeamServiceClient<Channel>,
     owner: &User,
     org: &str,
@@ -1019,7 +1060,8 @@ async fn write(
         organization_id: org.to_owned(),
         display_name: name.to_owned(),
     });
-    position(&team.create_workspace(request).await.unwrap().into_inner().consistency_token)
+    let reply = team.create_workspace(request).await.unwrap().into_inner();
+    placed(db, &reply.consistency_token).await
 }
 
 async fn a_consumer_resumes_across_a_killed_server_with_nothing_lost_or_repeated(backend: Backend) {
@@ -1028,21 +1070,24 @@ async fn a_consumer_resumes_across_a_killed_server_with_nothing_lost_or_repeated
     let sink = SmtpSink::start().await;
     let log = dir.path().join("server.log");
     let server = Server::start(&database_url, sink.port, &log).await;
+    let db = sea_orm::Database::connect(&database_url).await.unwrap();
     let owner = User::new("owner");
     let mut team = server.team().await;
     let org = create_org_with(&mut team, &owner, "Acme").await;
+    // The organization's creation is the log's first position once placed.
+    roster::storage::changelog::place(&db).await.unwrap();
     let start =
-        ChangeToken { organization: None, position: roster::domain::LogPosition(1) }.encode();
+        ChangeToken { organization: None, position: Some(roster::domain::LogPosition(1)) }.encode();
     let mut watch = server.watch().await;
     let mut stream = watch.watch(request(&start, "")).await.unwrap().into_inner();
     let mut written = Vec::new();
     for i in 0..10 {
-        written.push(write(&mut team, &owner, &org, &format!("w{i}")).await);
+        written.push(write(&db, &mut team, &owner, &org, &format!("w{i}")).await);
     }
     let (mut seen, mut last) = (Vec::new(), start.clone());
     read_until(&mut stream, &mut seen, &mut last, written[5]).await.unwrap();
     for i in 10..15 {
-        written.push(write(&mut team, &owner, &org, &format!("w{i}")).await);
+        written.push(write(&db, &mut team, &owner, &org, &format!("w{i}")).await);
     }
     // Killed with changes sent on the stream but not read.
     server.kill_hard();
@@ -1053,11 +1098,12 @@ async fn a_consumer_resumes_across_a_killed_server_with_nothing_lost_or_repeated
     let mut watch = server.watch().await;
     let mut stream = watch.watch(request(&last, "")).await.unwrap().into_inner();
     for i in 15..20 {
-        written.push(write(&mut team, &owner, &org, &format!("w{i}")).await);
+        written.push(write(&db, &mut team, &owner, &org, &format!("w{i}")).await);
     }
     read_until(&mut stream, &mut seen, &mut last, *written.last().unwrap()).await.unwrap();
     assert_eq!(seen, (2..=21).collect::<Vec<u64>>(), "every change once, in order");
     assert_eq!(seen, written);
+    db.close().await.unwrap();
     server.stop();
     drop_database(database).await;
 }
@@ -1070,6 +1116,7 @@ async fn a_change_through_one_replica_reaches_a_stream_on_another() {
     let sink = SmtpSink::start().await;
     let a = Server::start(&database_url, sink.port, &dir.path().join("a.log")).await;
     let b = Server::start(&database_url, sink.port, &dir.path().join("b.log")).await;
+    let db = sea_orm::Database::connect(&database_url).await.unwrap();
     let owner = User::new("owner");
     let mut team = a.team().await;
     let org = create_org_with(&mut team, &owner, "Acme").await;
@@ -1086,9 +1133,10 @@ async fn a_change_through_one_replica_reaches_a_stream_on_another() {
             .unwrap()
             .into_inner();
         let committed = Instant::now();
-        let changes = changes_through(&mut stream, position(&reply.consistency_token)).await;
+        let changes =
+            changes_through(&mut stream, placed(&db, &reply.consistency_token).await).await;
         delays.push(committed.elapsed());
-        assert_eq!(tokens_of(&changes), [reply.consistency_token]);
+        assert_eq!(tokens_of(&changes), [change_of(&reply.consistency_token)]);
     }
     delays.sort();
     println!(
@@ -1099,6 +1147,7 @@ async fn a_change_through_one_replica_reaches_a_stream_on_another() {
         delays[9] < Duration::from_secs(2),
         "notifications, not the fallback poll, wake B: {delays:?}"
     );
+    db.close().await.unwrap();
     a.stop();
     b.stop();
     drop_database(database).await;
@@ -1112,10 +1161,13 @@ async fn a_consumer_resumes_across_a_postgres_restart_with_nothing_lost_or_repea
     let url = postgres.url();
     // The server's database is the private server's; `app.db` names another.
     let app = spawn_app_with(Backend::Postgres, |config| config.database_url = url).await;
+    let db = sea_orm::Database::connect(&postgres.url()).await.unwrap();
     let owner = User::new("owner");
     let org = app.create_org(&owner, "Acme").await;
+    // The organization's creation is the log's first position once placed.
+    roster::storage::changelog::place(&db).await.unwrap();
     let start =
-        ChangeToken { organization: None, position: roster::domain::LogPosition(1) }.encode();
+        ChangeToken { organization: None, position: Some(roster::domain::LogPosition(1)) }.encode();
     let mut client = watcher(&app);
     let mut stream = open(&mut client, request(&start, "")).await;
     let mut written = Vec::new();
@@ -1130,7 +1182,7 @@ async fn a_consumer_resumes_across_a_postgres_restart_with_nothing_lost_or_repea
             .await
             .unwrap()
             .into_inner();
-        written.push(position(&reply.consistency_token));
+        written.push(placed(&db, &reply.consistency_token).await);
     }
     let (mut seen, mut last) = (Vec::new(), start);
     read_until(&mut stream, &mut seen, &mut last, written[2]).await.unwrap();
@@ -1151,8 +1203,14 @@ async fn a_consumer_resumes_across_a_postgres_restart_with_nothing_lost_or_repea
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let db = sea_orm::Database::connect(&postgres.url()).await.unwrap();
-    let end = roster::storage::changelog::head(&db).await.unwrap().0.0;
+    // The last change gets its position just after its reply.
+    let end = loop {
+        let end = roster::storage::changelog::head(&db).await.unwrap().0.0;
+        if end >= 11 || Instant::now() >= deadline {
+            break end;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     db.close().await.unwrap();
     assert_eq!(end, 11, "five before, five after, and the creation");
     // The stream may have survived the restart, or ended: either way the consumer goes on from
