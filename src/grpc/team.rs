@@ -108,11 +108,13 @@ impl TeamService for TeamApi {
         }
         let mut changes = OrganizationChanges::default();
         for path in &paths {
+            // Protobuf's JSON mapping spells the paths in lowerCamelCase; tools that send the
+            // mask as written in JSON (grpcurl's `-d`, for one) pass those names through.
             match path.as_str() {
-                "display_name" => {
+                "display_name" | "displayName" => {
                     changes.display_name = v.check("organization.display_name", DisplayName::parse(&body.display_name));
                 }
-                "invitation_ttl" => {
+                "invitation_ttl" | "invitationTtl" => {
                     let ttl = match body.invitation_ttl {
                         None => Err("is required when update_mask names it"),
                         Some(d) if d.seconds < 0 || d.nanos != 0 => {

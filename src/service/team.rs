@@ -605,6 +605,15 @@ impl Services {
                 return Err(Error::NotFound("workspace"));
             }
             (None, _) => return Err(Error::NotFound("member")),
+            // Owners hold WRITE on every workspace whatever their grants say; a grant to one
+            // would change nothing now and surface only if they stopped being an Owner.
+            (Some(Role::Owner), WorkspaceFacts::Present(_)) if access.is_some() => {
+                return Err(Error::FailedPrecondition(
+                    "the member is an Owner, who holds WRITE on every workspace; grants apply to \
+                     Admin, Billing and Member users"
+                        .to_owned(),
+                ));
+            }
             (Some(_), WorkspaceFacts::Present(access)) => access,
         };
         let grant = Grant { organization_id: org, workspace_id, user_id: user.clone(), access };
@@ -674,8 +683,19 @@ impl Services {
                 Some((WorkspaceId::parse(ws).map_err(|_| forged())?, user.to_owned()))
             }
         };
+        if let Some(id) = workspace_id
+            && sees_everything(me.role)
+            && repo::find_workspace(db, org, id).await?.is_none()
+        {
+            return Err(Error::NotFound("workspace"));
+        }
         let grants =
             repo::list_grants(db, org, workspace_id, user.as_ref(), after, page.size + 1).await?;
+        // Billing and Member users see only the workspaces they hold a grant on (as in
+        // GetWorkspace): without one, the workspace is not found, whether it exists or not.
+        if workspace_id.is_some() && !sees_everything(me.role) && grants.is_empty() {
+            return Err(Error::NotFound("workspace"));
+        }
         Ok(page::finish("grants", grants, page.size, |g| {
             format!("{}/{}", g.workspace_id, g.user_id)
         }))
@@ -945,9 +965,7 @@ impl Services {
         if invitation.email != email {
             return Err(denied("this invitation was sent to another email address"));
         }
-        if repo::find_member(&*tx, org, &actor.user_id).await?.is_some()
-            || repo::find_member_by_email(&*tx, org, &email).await?.is_some()
-        {
+        if repo::find_member(&*tx, org, &actor.user_id).await?.is_some() {
             return Err(Error::AlreadyExists(
                 "you are already a member of this organization".to_owned(),
             ));
@@ -955,6 +973,12 @@ impl Services {
         let now = Timestamp::now();
         if let Transition::Refuse(why) = lifecycle::accept(invitation.state_at(now)) {
             return Err(Error::FailedPrecondition(why.to_owned()));
+        }
+        if repo::find_member_by_email(&*tx, org, &email).await?.is_some() {
+            return Err(Error::AlreadyExists(
+                "another account with this email address is already a member of this organization"
+                    .to_owned(),
+            ));
         }
         // The invitation grants no more than its inviter still could (rule 1, as of now).
         let inviter = repo::find_member(&*tx, org, &invitation.inviter_user_id).await?;

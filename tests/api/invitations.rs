@@ -98,6 +98,12 @@ async fn an_invitation_is_emailed_and_accepting_it_makes_the_member_with_grants(
     // Single use.
     let again = app.accept(&bob, &token).await;
     assert_code(again, Code::AlreadyExists, None);
+    // Another account with the same address is told the invitation is used, not that it is a
+    // member.
+    let other_bob = User { id: "bob-second-account".into(), email: bob.email.clone() };
+    let status = app.accept(&other_bob, &token).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("already accepted"), "{status:?}");
     app.stop().await;
 }
 

@@ -305,6 +305,16 @@ async fn update_organization_follows_the_mask_and_validates_the_ttl(backend: Bac
         .unwrap();
     assert_eq!(ttl.invitation_ttl.unwrap().seconds, 3600);
     assert_eq!(ttl.display_name, "Acme Corp");
+    // The JSON names of the fields, as a mask written in JSON carries them, work too.
+    let camel = team
+        .update_organization(update("Acme Data", Some(7200), &["displayName", "invitationTtl"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .organization
+        .unwrap();
+    assert_eq!(camel.display_name, "Acme Data");
+    assert_eq!(camel.invitation_ttl.unwrap().seconds, 7200);
 
     let before = app.snapshot().await;
     let too_short = team.update_organization(update("", Some(3599), &["invitation_ttl"])).await;

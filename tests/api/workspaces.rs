@@ -10,6 +10,7 @@ db_tests!(
     deleting_a_workspace_deletes_its_grants,
     a_workspace_of_another_organization_is_never_reachable,
     owners_hold_write_on_workspaces_created_later,
+    a_grant_to_an_owner_is_refused_and_listing_an_unseen_workspace_is_not_found,
 );
 
 async fn visible(app: &TestApp, user: &User, org: &str) -> Vec<String> {
@@ -251,5 +252,48 @@ async fn owners_hold_write_on_workspaces_created_later(backend: Backend) {
     // The Admin who created it holds no access to its contents without a grant.
     let decision = app.authorize(&admin.id, &org, &later, "sources.read").await;
     assert_eq!(decision.reason, pb::DecisionReason::DeniedNoWorkspaceAccess as i32);
+    app.stop().await;
+}
+
+async fn a_grant_to_an_owner_is_refused_and_listing_an_unseen_workspace_is_not_found(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let other_owner = User::new("other-owner");
+    let member = User::new("member");
+    let org = app.create_org(&owner, "Acme").await;
+    let prod = app.create_workspace(&owner, &org, "prod").await;
+    let staging = app.create_workspace(&owner, &org, "staging").await;
+    app.join(&owner, &org, &other_owner, R::Owner, &[]).await;
+    app.join(&owner, &org, &member, R::Member, &[(&prod, A::Read)]).await;
+    let mut team = app.team.clone();
+    let before = app.snapshot().await;
+    // An Owner holds WRITE everywhere: a grant would say otherwise and change nothing.
+    let granted =
+        team.set_workspace_access(set_access(&owner, &org, &prod, &other_owner, A::Read)).await;
+    assert_code(granted, Code::FailedPrecondition, None);
+    assert_eq!(app.snapshot().await, before, "a refused grant writes nothing");
+    // Removing one (there is none) still answers with no grant.
+    let removed =
+        team.set_workspace_access(set_access(&owner, &org, &prod, &other_owner, A::None)).await;
+    assert_eq!(removed.unwrap().into_inner().grant.unwrap().access, A::None as i32);
+
+    let list = |user: &User, ws: &str| {
+        user.req(pb::ListWorkspaceAccessRequest {
+            organization_id: org.clone(),
+            workspace_id: ws.to_owned(),
+            ..Default::default()
+        })
+    };
+    let unknown = "0190c3b2-7d1e-7a3c-9f00-5b1d2c3e4f50";
+    assert_code(team.list_workspace_access(list(&owner, unknown)).await, Code::NotFound, None);
+    assert_code(team.list_workspace_access(list(&member, unknown)).await, Code::NotFound, None);
+    // A Member sees only what they hold a grant on, as GetWorkspace does.
+    assert_code(team.list_workspace_access(list(&member, &staging)).await, Code::NotFound, None);
+    let own = team.list_workspace_access(list(&member, &prod)).await.unwrap().into_inner();
+    assert_eq!(own.grants.len(), 1);
+    let none_yet = team.list_workspace_access(list(&owner, &staging)).await.unwrap().into_inner();
+    assert!(none_yet.grants.is_empty());
     app.stop().await;
 }
