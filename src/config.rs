@@ -34,6 +34,23 @@ pub enum Command {
         /// Name of the calling service, recorded with each of its Authorize calls.
         name: String,
     },
+    /// For development and tests only: print an end-user JWT signed with the HS256 secret of
+    /// `--jwt-secret-file`, for `--jwt-issuer` and `--jwt-audience`, as a server in jwt mode
+    /// with the same flags accepts it. Real users get their tokens from the identity provider.
+    DevToken {
+        /// The user id (the `sub` claim).
+        user_id: String,
+        /// The user's email (the `email` claim); omitted when not given.
+        #[arg(long)]
+        email: Option<String>,
+        /// Leave `email_verified` out, as an identity provider that has not verified the email
+        /// would (it is `true` otherwise).
+        #[arg(long)]
+        unverified: bool,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        valid_secs: u64,
+    },
 }
 
 /// How logs are written.
@@ -122,7 +139,8 @@ pub struct Config {
     #[arg(long, env = "ROSTER_AUTH", value_enum, default_value = "dev", global = true)]
     pub auth: AuthMode,
 
-    /// HS256 shared secret for end-user JWTs (a file of at least 32 bytes).
+    /// HS256 shared secret for end-user JWTs: the file's bytes as they are, but for one line
+    /// ending at the end; at least 32 bytes.
     #[arg(long, env = "ROSTER_JWT_SECRET_FILE", global = true)]
     pub jwt_secret_file: Option<PathBuf>,
 

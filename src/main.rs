@@ -31,6 +31,9 @@ async fn run(
             println!("token (give it to the service; it is shown only now):\n{token}\n");
             println!("line for --service-tokens-file:\n{line}");
         }
+        Command::DevToken { user_id, email, unverified, valid_secs } => {
+            println!("{}", dev_token(&config, user_id, email, unverified, valid_secs)?);
+        }
         Command::Migrate => {
             app::open_store(&config).await?.close().await;
             tracing::info!("migrations applied");
@@ -44,4 +47,30 @@ async fn run(
         }
     }
     Ok(())
+}
+
+fn dev_token(
+    config: &roster::config::Config,
+    user_id: String,
+    email: Option<String>,
+    unverified: bool,
+    valid_secs: u64,
+) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use roster::grpc::jwt;
+    let secret_file = config
+        .jwt_secret_file
+        .as_deref()
+        .context("dev-token signs with --jwt-secret-file; name the server's secret file")?;
+    let issuer = config.jwt_issuer.as_deref().context("dev-token needs --jwt-issuer")?;
+    let audience = config.jwt_audience.as_deref().context("dev-token needs --jwt-audience")?;
+    let secret = jwt::read_secret_file(secret_file)?;
+    let claims = jwt::Claims { sub: user_id, email, email_verified: (!unverified).then_some(true) };
+    jwt::sign_dev_token(
+        &secret,
+        issuer,
+        audience,
+        &claims,
+        std::time::Duration::from_secs(valid_secs),
+    )
 }

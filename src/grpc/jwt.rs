@@ -7,19 +7,90 @@ use anyhow::{Context as _, bail};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
-use serde::Deserialize;
+use serde_json::Value;
 
 /// The claims Roster reads.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct Claims {
     /// The user id.
     pub sub: String,
     /// The user's email.
-    #[serde(default)]
     pub email: Option<String>,
     /// Whether the identity provider verified the email.
-    #[serde(default)]
     pub email_verified: Option<bool>,
+}
+
+impl Claims {
+    /// Reads the claims from the token's payload, naming the claim that is not of its type
+    /// (a generic "cannot be read" leaves the identity provider's operator guessing).
+    fn from_payload(payload: &serde_json::Map<String, Value>) -> Result<Self, String> {
+        let sub = match payload.get("sub") {
+            Some(Value::String(sub)) => sub.clone(),
+            None => return Err("the token has no sub claim".to_owned()),
+            Some(_) => return Err("the token's sub claim must be a string".to_owned()),
+        };
+        let email = match payload.get("email") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(email)) => Some(email.clone()),
+            Some(_) => return Err("the token's email claim must be a string".to_owned()),
+        };
+        // Some identity providers (Amazon Cognito, for one) send the flag as a string.
+        let email_verified = match payload.get("email_verified") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(verified)) => Some(*verified),
+            Some(Value::String(text)) if text == "true" => Some(true),
+            Some(Value::String(text)) if text == "false" => Some(false),
+            Some(_) => {
+                return Err("the token's email_verified claim must be true or false".to_owned());
+            }
+        };
+        Ok(Self { sub, email, email_verified })
+    }
+}
+
+/// Reads an HS256 secret file: its bytes as they are, but for one line ending at the end
+/// (which `echo` and editors add, and an identity provider given the same text would not sign
+/// with). Nothing else is trimmed, so a secret may hold any bytes.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut secret = std::fs::read(path)
+        .with_context(|| format!("cannot read --jwt-secret-file {}", path.display()))?;
+    if secret.ends_with(b"\r\n") {
+        secret.truncate(secret.len() - 2);
+    } else if secret.ends_with(b"\n") {
+        secret.truncate(secret.len() - 1);
+    }
+    if secret.len() < 32 {
+        bail!("--jwt-secret-file must hold at least 32 bytes of secret for HS256");
+    }
+    Ok(secret)
+}
+
+/// Signs a token for a development or test server in jwt mode, with the HS256 secret of
+/// `--jwt-secret-file`: what `roster dev-token` prints. Never a production identity provider.
+pub fn sign_dev_token(
+    secret: &[u8],
+    issuer: &str,
+    audience: &str,
+    claims: &Claims,
+    lifetime: std::time::Duration,
+) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mut payload = serde_json::json!({
+        "sub": claims.sub,
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime.as_secs(),
+    });
+    if let Some(email) = &claims.email {
+        payload["email"] = Value::from(email.as_str());
+    }
+    if let Some(verified) = claims.email_verified {
+        payload["email_verified"] = Value::from(verified);
+    }
+    let header = jsonwebtoken::Header::new(Algorithm::HS256);
+    Ok(jsonwebtoken::encode(&header, &payload, &jsonwebtoken::EncodingKey::from_secret(secret))?)
 }
 
 /// One key and the only algorithm it is accepted with, so a token cannot pick a weaker one.
@@ -57,16 +128,11 @@ impl JwtVerifier {
     ) -> anyhow::Result<Self> {
         let keys = match source {
             KeySource::Secret(path) => {
-                let secret = std::fs::read(path)
-                    .with_context(|| format!("cannot read --jwt-secret-file {}", path.display()))?;
-                let secret = trim_ascii(&secret);
-                if secret.len() < 32 {
-                    bail!("--jwt-secret-file must hold at least 32 bytes of secret for HS256");
-                }
+                let secret = read_secret_file(path)?;
                 vec![Key {
                     kid: None,
                     algorithm: Algorithm::HS256,
-                    key: DecodingKey::from_secret(secret),
+                    key: DecodingKey::from_secret(&secret),
                 }]
             }
             KeySource::PublicKey(path) => {
@@ -135,8 +201,9 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway_secs;
-        decode::<Claims>(token, &key.key, &validation).map(|data| data.claims).map_err(|err| {
-            match err.kind() {
+        let payload = decode::<serde_json::Map<String, Value>>(token, &key.key, &validation)
+            .map(|data| data.claims)
+            .map_err(|err| match err.kind() {
                 ErrorKind::InvalidSignature => "the token's signature does not verify".to_owned(),
                 ErrorKind::ExpiredSignature => "the token has expired (exp)".to_owned(),
                 ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".to_owned(),
@@ -150,15 +217,9 @@ impl JwtVerifier {
                     "the token's claims cannot be read".to_owned()
                 }
                 _ => "the token cannot be verified".to_owned(),
-            }
-        })
+            })?;
+        Claims::from_payload(&payload)
     }
-}
-
-fn trim_ascii(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
-    &bytes[start..end]
 }
 
 fn pem_key(pem: &[u8]) -> anyhow::Result<Key> {

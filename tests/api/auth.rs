@@ -17,6 +17,9 @@ db_tests!(
     jwks_keys_are_chosen_by_kid,
     access_service_needs_a_service_token,
     accepting_needs_a_verified_email_when_the_token_says,
+    a_mistyped_claim_is_named_and_a_string_email_verified_is_read,
+    the_secret_file_is_its_bytes_but_for_a_final_line_ending,
+    dev_token_prints_a_token_the_server_accepts,
 );
 
 pub(crate) const ISSUER: &str = "https://login.example.com/";
@@ -301,5 +304,101 @@ async fn accepting_needs_a_verified_email_when_the_token_says(backend: Backend) 
     verified["email_verified"] = json!(true);
     let member = accept(&sign_hs(&verified, SECRET)).await.unwrap().into_inner().member.unwrap();
     assert_eq!(member.user_id, "frank");
+    app.stop().await;
+}
+
+async fn a_mistyped_claim_is_named_and_a_string_email_verified_is_read(backend: Backend) {
+    let setup = JwtSetup::new();
+    let app = setup.spawn_hs(backend).await;
+    for (claim, value) in [
+        ("sub", json!(42)),
+        ("email", json!(["alice@example.com"])),
+        ("email_verified", json!("yes")),
+        ("email_verified", json!(1)),
+    ] {
+        let mut mistyped = claims("alice", "alice@example.com");
+        mistyped[claim] = value;
+        let token = sign_hs(&mistyped, SECRET);
+        unauthenticated_saying(create_org(&app, &token).await, &format!("{claim} claim"), &token);
+    }
+    let mut no_sub = claims("alice", "alice@example.com");
+    no_sub.as_object_mut().unwrap().remove("sub");
+    let no_sub = sign_hs(&no_sub, SECRET);
+    unauthenticated_saying(create_org(&app, &no_sub).await, "no sub claim", &no_sub);
+    assert_eq!(app.count("organizations").await, 0);
+    // Some identity providers send the flag as a string.
+    let mut text = claims("alice", "alice@example.com");
+    text["email_verified"] = json!("true");
+    create_org(&app, &sign_hs(&text, SECRET)).await.unwrap();
+    text["email_verified"] = json!("false");
+    let refused = create_org(&app, &sign_hs(&text, SECRET)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    app.stop().await;
+}
+
+async fn the_secret_file_is_its_bytes_but_for_a_final_line_ending(backend: Backend) {
+    let setup = JwtSetup::new();
+    let secret = setup.dir.path().join("secret-with-newline");
+    let spaced = format!(" {SECRET} ");
+    for (contents, signed_with, accepted) in [
+        // Written by `echo`: the line ending is not part of the secret.
+        (format!("{SECRET}\n"), SECRET.to_owned(), true),
+        (format!("{SECRET}\r\n"), SECRET.to_owned(), true),
+        // Spaces are: an identity provider given the same text signs with them.
+        (spaced.clone(), spaced.clone(), true),
+        (spaced.clone(), SECRET.to_owned(), false),
+    ] {
+        std::fs::write(&secret, &contents).unwrap();
+        let path = secret.clone();
+        let app = setup.spawn(backend, |c| c.jwt_secret_file = Some(path)).await;
+        let token = sign_hs(&claims("alice", "alice@example.com"), &signed_with);
+        assert_eq!(create_org(&app, &token).await.is_ok(), accepted, "{contents:?}");
+        app.stop().await;
+    }
+}
+
+async fn dev_token_prints_a_token_the_server_accepts(backend: Backend) {
+    let setup = JwtSetup::new();
+    let app = setup.spawn_hs(backend).await;
+    let mint = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+            .arg("--jwt-secret-file")
+            .arg(setup.dir.path().join("secret"))
+            .args(["--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE, "dev-token"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let alice = mint(&["alice", "--email", "alice@example.com"]);
+    let org = create_org(&app, &alice).await.unwrap();
+    let member = app
+        .team
+        .clone()
+        .get_member(bearer(
+            &alice,
+            pb::GetMemberRequest { organization_id: org, user_id: "alice".into() },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(member.email, "alice@example.com");
+    // Without a verified email it cannot found an organization.
+    let unverified = mint(&["bob", "--email", "bob@example.com", "--unverified"]);
+    let refused = create_org(&app, &unverified).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // An hour unless told otherwise.
+    let lifetime = |token: &str| {
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        validation.set_audience(&[AUDIENCE]);
+        let key = jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes());
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).unwrap();
+        claims.claims["exp"].as_i64().unwrap() - claims.claims["iat"].as_i64().unwrap()
+    };
+    assert_eq!(lifetime(&alice), 3600);
+    assert_eq!(lifetime(&mint(&["carol", "--valid-secs", "60"])), 60);
     app.stop().await;
 }
