@@ -1,29 +1,27 @@
 #!/usr/bin/env python3
-"""Checks deploy/: renders the kustomize base and production overlay, validates every object
-against the Kubernetes OpenAPI schemas (kubernetes-validate, strict), checks what a production
-deployment of Roster must have, validates compose.yaml against the Compose specification and
-lints the Dockerfile with hadolint.
-
-kustomize itself cannot be installed from the registries CI reaches, so this renders the part
-of kustomize the manifests use (resources, namespace, labels, images, RFC 6902 patches with a
-target) and refuses any other kustomization field rather than ignore it.
+"""Checks deploy/: renders the kustomize base and overlays with kustomize itself (the one
+built into kubectl), validates every Kubernetes object against the OpenAPI schemas
+(kubernetes-validate, strict), checks what a production deployment of Roster must have, proves
+that an overlay's image change reaches every container, validates compose.yaml against the
+Compose specification and lints the Dockerfile with hadolint.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
 import tomllib
 
-import jsonpatch
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
+KUBERNETES = os.path.join(DEPLOY, "kubernetes")
 KUBERNETES_VERSIONS = ["1.32.0", "1.37.0"]
-SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "patches"}
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+# Kinds of custom resources the manifests use; the Kubernetes schemas do not describe them.
+CUSTOM_KINDS = {("cert-manager.io/v1", "Certificate")}
 
 
 def load_all(path):
@@ -32,40 +30,12 @@ def load_all(path):
 
 
 def render(directory):
-    with open(os.path.join(directory, "kustomization.yaml"), encoding="utf-8") as f:
-        kustomization = yaml.safe_load(f)
-    unknown = set(kustomization) - SUPPORTED
-    if unknown:
-        raise SystemExit(f"{directory}: kustomization fields this check cannot render: {unknown}")
-    objects = []
-    for resource in kustomization.get("resources", []):
-        path = os.path.normpath(os.path.join(directory, resource))
-        objects += render(path) if os.path.isdir(path) else load_all(path)
-    for entry in kustomization.get("labels", []):
-        for obj in objects:
-            obj.setdefault("metadata", {}).setdefault("labels", {}).update(entry["pairs"])
-    if "namespace" in kustomization:
-        for obj in objects:
-            if obj["kind"] not in CLUSTER_SCOPED:
-                obj["metadata"]["namespace"] = kustomization["namespace"]
-    for image in kustomization.get("images", []):
-        for obj in objects:
-            for container in pod_containers(obj):
-                name, _, tag = container["image"].partition(":")
-                if name == image["name"]:
-                    container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag or 'latest')}"
-    for patch in kustomization.get("patches", []):
-        target = patch["target"]
-        matches = [
-            o for o in objects
-            if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]
-        ]
-        if len(matches) != 1:
-            raise SystemExit(f"{directory}: patch {patch['path']} matches {len(matches)} objects")
-        operations = load_all(os.path.join(directory, patch["path"]))[0]
-        patched = jsonpatch.apply_patch(matches[0], operations)
-        objects[objects.index(matches[0])] = patched
-    return objects
+    if shutil.which("kubectl") is None:
+        raise SystemExit("kubectl (with its built-in kustomize) is needed to render deploy/kubernetes")
+    result = subprocess.run(["kubectl", "kustomize", directory], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"kubectl kustomize {directory} failed:\n{result.stderr}")
+    return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
 
 
 def pod_containers(obj):
@@ -74,6 +44,7 @@ def pod_containers(obj):
 
 
 def validate(objects, label):
+    objects = [o for o in objects if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS]
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump_all(objects, f, sort_keys=False)
         path = f.name
@@ -96,7 +67,7 @@ def one(objects, kind):
     return found[0]
 
 
-def check_production_shape(objects, min_replicas):
+def check_production_shape(objects, min_replicas, pinned=True):
     problems = []
 
     def expect(condition, message):
@@ -111,7 +82,10 @@ def check_production_shape(objects, min_replicas):
     expect(spec["securityContext"].get("runAsNonRoot") is True, "pods must run as non-root")
     [roster] = [c for c in spec["containers"] if c["name"] == "roster"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        expect("grpc" in roster.get(probe, {}), f"{probe} must be a native gRPC probe")
+        # Native gRPC probes, or (with TLS, which they cannot speak) the metrics port's HTTP ones.
+        http = roster.get(probe, {}).get("httpGet", {})
+        expect("grpc" in roster.get(probe, {}) or (http.get("port") == "metrics" and http.get("path") in ("/livez", "/readyz")),
+               f"{probe} must be a native gRPC probe or the metrics port's /livez or /readyz")
     for container in pod_containers(deployment):
         resources = container.get("resources", {})
         for part in ("requests", "limits"):
@@ -120,8 +94,11 @@ def check_production_shape(objects, min_replicas):
         context = container.get("securityContext", {})
         expect(context.get("readOnlyRootFilesystem") is True, f"{container['name']}: root filesystem writable")
         expect(context.get("allowPrivilegeEscalation") is False, f"{container['name']}: may escalate")
-        expect(":" in container["image"] and not container["image"].endswith(":latest"),
-               f"{container['name']}: image must be pinned")
+        if pinned:
+            expect(":" in container["image"] and not container["image"].endswith(":latest"),
+                   f"{container['name']}: image must be pinned")
+        else:
+            expect(container["image"] == "roster", f"{container['name']}: the base names the placeholder image")
     migrations = [c for c in spec.get("initContainers", []) if c.get("args") == ["migrate"]]
     expect(len(migrations) == 1, "an init container must run `roster migrate`")
 
@@ -131,14 +108,21 @@ def check_production_shape(objects, min_replicas):
     secret_keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in roster.get("env", [])
                    if "secretKeyRef" in e.get("valueFrom", {})}
     expect({"database-url", "smtp-url"} <= secret_keys, "database and SMTP URLs must come from the Secret")
-    secret_volumes = [v for v in spec.get("volumes", []) if "secret" in v]
-    mounted = {i["key"] for v in secret_volumes for i in v["secret"].get("items", [])}
-    expect({"jwks.json", "service-tokens"} <= mounted, "JWT keys and service token hashes must come from the Secret")
+    # The Secret "roster" is mounted whole, so the files the ConfigMap names must be in it.
+    secret_volumes = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+    mounts = {m["mountPath"]: secret_volumes.get(m["name"]) for m in roster.get("volumeMounts", [])}
+    expect(mounts.get("/etc/roster/secrets") == "roster", "the Secret roster must be mounted at /etc/roster/secrets")
+    expect(not any("items" in v["secret"] for v in spec.get("volumes", []) if "secret" in v),
+           "a Secret mounted with items fails pods whose Secret lacks one of them")
+    files = {k: v for k, v in configmap["data"].items() if k.endswith("_FILE")}
+    read = {os.path.basename(v) for v in files.values() if v.startswith("/etc/roster/secrets/")}
+    expect(len(read) == len(files), f"files the ConfigMap names outside the Secret: {files}")
+    expect("ROSTER_SERVICE_TOKENS_FILE" in files, "service token hashes must come from the Secret")
+    expect(any(k.startswith("ROSTER_JWT_") for k in files), "JWT keys must come from the Secret")
     for key, value in configmap["data"].items():
         expect("PASSWORD" not in key.upper() and "postgres://" not in value, f"ConfigMap holds a secret: {key}")
-    [example_secret] = load_all(os.path.join(DEPLOY, "kubernetes", "secret.example.yaml"))
-    used = secret_keys | mounted
-    expect(used <= set(example_secret["stringData"]), "secret.example.yaml lacks keys the pods read")
+    [example_secret] = load_all(os.path.join(KUBERNETES, "secret.example.yaml"))
+    expect(secret_keys | read <= set(example_secret["stringData"]), "secret.example.yaml lacks keys the pods read")
 
     def selects(selector):
         return all(pod_labels.get(k) == v for k, v in selector["matchLabels"].items())
@@ -158,18 +142,67 @@ def check_production_shape(objects, min_replicas):
         raise SystemExit("deployment problems:\n  " + "\n  ".join(problems))
 
 
+def check_tls(objects):
+    """The TLS component: a certificate in a Secret the pods mount, the server told to use it,
+    and probes that do not need gRPC over plaintext."""
+    [certificate] = [o for o in objects if o["kind"] == "Certificate"]
+    deployment = one(objects, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    [roster] = [c for c in spec["containers"] if c["name"] == "roster"]
+    volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in spec["volumes"]}
+    mounted = {m["mountPath"] for m in roster["volumeMounts"] if volumes.get(m["name"]) == certificate["spec"]["secretName"]}
+    data = one(objects, "ConfigMap")["data"]
+    problems = []
+    if mounted != {"/etc/roster/tls"}:
+        problems.append(f"the certificate's Secret is mounted at {mounted}")
+    for key, file in (("ROSTER_TLS_CERT", "tls.crt"), ("ROSTER_TLS_KEY", "tls.key")):
+        if data.get(key) != f"/etc/roster/tls/{file}":
+            problems.append(f"{key} is {data.get(key)!r}")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if "httpGet" not in roster[probe] or roster[probe]["httpGet"]["port"] != "metrics":
+            problems.append(f"{probe} must use the metrics port's HTTP endpoints")
+    names = certificate["spec"]["dnsNames"]
+    service = one(objects, "Service")["metadata"]
+    if f"{service['name']}.{service['namespace']}.svc" not in names:
+        problems.append(f"the certificate does not name the Service: {names}")
+    if problems:
+        raise SystemExit("TLS overlay problems:\n  " + "\n  ".join(problems))
+
+
+def check_image_change():
+    """The image is set in one place, the overlay: changing it there reaches every container
+    (the base's placeholder cannot shadow it)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = os.path.join(scratch, "kubernetes")
+        shutil.copytree(KUBERNETES, copy)
+        path = os.path.join(copy, "overlays", "production", "kustomization.yaml")
+        with open(path, encoding="utf-8") as f:
+            kustomization = yaml.safe_load(f)
+        kustomization["images"] = [{"name": "roster", "newName": "registry.example.com/team/roster", "newTag": "9.9.9"}]
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(kustomization, f)
+        for overlay in ("production", "production-tls"):
+            images = {c["image"] for c in pod_containers(one(render(os.path.join(copy, "overlays", overlay)), "Deployment"))}
+            if images != {"registry.example.com/team/roster:9.9.9"}:
+                raise SystemExit(f"{overlay}: an image set in the overlay did not reach every container: {images}")
+    print("kubernetes: an image set in the production overlay reaches every container of both overlays")
+
+
 def main():
-    base = render(os.path.join(DEPLOY, "kubernetes", "base"))
+    base = render(os.path.join(KUBERNETES, "base"))
     validate(base, "kubernetes/base")
-    check_production_shape(base, 2)
-    production = render(os.path.join(DEPLOY, "kubernetes", "overlays", "production"))
-    validate(production, "kubernetes/overlays/production")
-    check_production_shape(production, 3)
-    namespaces = {o["metadata"].get("namespace") for o in production if o["kind"] != "Namespace"}
-    if namespaces != {"roster"}:
-        raise SystemExit(f"production objects outside the roster namespace: {namespaces}")
-    validate(load_all(os.path.join(DEPLOY, "kubernetes", "secret.example.yaml")), "kubernetes/secret.example.yaml")
-    print("kubernetes: base and production overlay have what a production deployment needs")
+    check_production_shape(base, 2, pinned=False)
+    for overlay in ("production", "production-tls"):
+        rendered = render(os.path.join(KUBERNETES, "overlays", overlay))
+        validate(rendered, f"kubernetes/overlays/{overlay}")
+        check_production_shape(rendered, 3)
+        namespaces = {o["metadata"].get("namespace") for o in rendered if o["kind"] != "Namespace"}
+        if namespaces != {"roster"}:
+            raise SystemExit(f"{overlay} objects outside the roster namespace: {namespaces}")
+    check_tls(render(os.path.join(KUBERNETES, "overlays", "production-tls")))
+    check_image_change()
+    validate(load_all(os.path.join(KUBERNETES, "secret.example.yaml")), "kubernetes/secret.example.yaml")
+    print("kubernetes: base and overlays have what a production deployment needs")
 
     subprocess.run(
         ["check-jsonschema", "--builtin-schema", "vendor.compose-spec", os.path.join(DEPLOY, "compose.yaml")],

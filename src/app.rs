@@ -190,6 +190,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     );
     let budget = Arc::new(ByteBudget::new(config.max_buffered_request_bytes));
     let listener_stats = Arc::new(ListenerStats::default());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (metrics_addr, metrics_server) = match config.metrics_listen {
         Some(addr) => {
             let sources = metrics::Sources {
@@ -204,6 +205,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     stats: hub.stats(),
                     refused: limits.streams_refused_counter(),
                 },
+                ready: ready.clone(),
             };
             let (bound, task) =
                 metrics::serve(addr, metrics.clone(), sources, stopped.clone()).await?;
@@ -232,7 +234,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             <AccessServiceServer<AccessApi> as tonic::server::NamedService>::NAME,
             <WatchServiceServer<WatchApi> as tonic::server::NamedService>::NAME,
         ];
-        tokio::spawn(readiness::watch(health, served, signals, stopped.clone()))
+        tokio::spawn(readiness::watch(health, served, signals, ready, stopped.clone()))
     };
 
     let largest = config.max_batch_request_bytes;

@@ -169,6 +169,8 @@ pub struct Sources {
     pub edge: EdgeSources,
     /// WatchService's streams.
     pub watch: WatchSources,
+    /// Whether the server can serve, as its health service reports for Roster's services.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// WatchService's counters, read at scrape time.
@@ -464,7 +466,7 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until `stopped` turns true. Returns the bound address.
+/// Serves `GET /metrics`, `/livez` and `/readyz` on `addr` until `stopped` turns true. Returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -530,8 +532,24 @@ async fn respond(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(sources).await,
         ),
-        (_, "/metrics") => reply(405, "text/plain", "only GET is served\n".into()),
-        _ => reply(404, "text/plain", "metrics are at /metrics\n".into()),
+        // For probes that cannot speak gRPC over TLS (the kubelet's gRPC probes send
+        // plaintext): the same answers as grpc.health.v1.Health.
+        (&hyper::Method::GET, "/livez") => reply(200, "text/plain", "serving\n".into()),
+        (&hyper::Method::GET, "/readyz") => {
+            if sources.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                reply(200, "text/plain", "serving\n".into())
+            } else {
+                reply(503, "text/plain", "not serving\n".into())
+            }
+        }
+        (_, "/metrics" | "/livez" | "/readyz") => {
+            reply(405, "text/plain", "only GET is served\n".into())
+        }
+        _ => reply(
+            404,
+            "text/plain",
+            "metrics are at /metrics; probes at /livez and /readyz\n".into(),
+        ),
     }
 }
 

@@ -10,7 +10,7 @@
 //! when every in-flight slot is taken and calls are being shed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -64,13 +64,16 @@ async fn trouble(
     (*database_misses >= DATABASE_MISSES_BEFORE_DOWN).then_some("the database does not answer")
 }
 
-/// Sets the health of `services` until `stop` turns true.
+/// Sets the health of `services`, and `ready` (what the metrics listener's `/readyz` answers),
+/// until `stop` turns true; `ready` is false from then on.
 pub async fn watch(
     reporter: HealthReporter,
     services: Vec<&'static str>,
     signals: Signals,
+    ready: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    ready.store(true, Ordering::Relaxed);
     let mut serving = true;
     let mut shed_before = signals.shed.load(Ordering::Relaxed);
     let mut database_misses = 0;
@@ -79,7 +82,10 @@ pub async fn watch(
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stop.wait_for(|stop| *stop) => {
+                ready.store(false, Ordering::Relaxed);
+                return;
+            }
         }
         let found = trouble(&signals, shed_before, &mut database_misses).await;
         shed_before = signals.shed.load(Ordering::Relaxed);
@@ -88,6 +94,7 @@ pub async fn watch(
             continue;
         }
         serving = now_serving;
+        ready.store(serving, Ordering::Relaxed);
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         match found {
             Some(reason) => tracing::warn!(reason, "health: not serving"),

@@ -110,6 +110,9 @@ async fn metrics_count_calls_decisions_index_pool_and_outbox(backend: Backend) {
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
     assert!(http_get(metrics, "/").await.starts_with("HTTP/1.1 404"));
+    // HTTP probes beside the metrics, for probes that cannot speak gRPC over TLS.
+    assert!(http_get(metrics, "/readyz").await.starts_with("HTTP/1.1 200"));
+    assert!(http_get(metrics, "/livez").await.starts_with("HTTP/1.1 200"));
     app.stop().await;
 }
 

@@ -156,6 +156,11 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
         health_becomes(&mut health, ServingStatus::NotServing).await,
         "health reports NOT_SERVING while the database is unreachable"
     );
+    // So do the HTTP probes, for probes that cannot speak gRPC over TLS; the process is alive.
+    let readyz = crate::common::http_get(metrics, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    let livez = crate::common::http_get(metrics, "/livez").await;
+    assert!(livez.starts_with("HTTP/1.1 200"), "{livez}");
 
     proxy.set_up(true);
     let back_since = Instant::now();
@@ -173,6 +178,8 @@ async fn postgres_outage_is_unavailable_then_recovers_without_restart() {
         health_becomes(&mut health, ServingStatus::Serving).await,
         "health reports SERVING again once the database is back"
     );
+    let readyz = crate::common::http_get(metrics, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
     println!("recovered {:?} after the database came back", back_since.elapsed());
     app.create_workspace(&owner, &org, "after").await;
     app.stop().await;
