@@ -50,7 +50,8 @@ struct Args {
     /// Database to run on.
     #[arg(long, value_enum, default_value = "sqlite")]
     backend: BackendKind,
-    /// PostgreSQL server (a database `roster_bench` is created there, replacing any old one).
+    /// PostgreSQL server (databases `roster_bench*` are created there, replacing any old ones,
+    /// and dropped when the run ends).
     #[arg(
         long,
         env = "ROSTER_TEST_POSTGRES_URL",
@@ -713,8 +714,35 @@ fn main() -> anyhow::Result<()> {
     if args.pin {
         pin_self(0)?;
     }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+        let postgres =
+            matches!(args.backend, BackendKind::Postgres).then(|| args.postgres_url.clone());
+        let outcome = run(args).await;
+        // The servers are stopped by now (their handles were dropped); the data sets go too, so
+        // that runs leave nothing behind on a shared server.
+        if let Some(url) = postgres {
+            drop_databases(&url).await;
+        }
+        outcome
+    })
 }
+
+/// Drops the databases the benchmark creates, those that exist.
+async fn drop_databases(url: &str) {
+    let Ok(admin) = Database::connect(url).await else { return };
+    for database in BENCH_DATABASES {
+        let dropped = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .await;
+        if let Err(err) = dropped {
+            eprintln!("could not drop the database {database}: {err}");
+        }
+    }
+    let _ = admin.close().await;
+}
+
+/// Every database the benchmark creates on PostgreSQL.
+const BENCH_DATABASES: [&str; 3] = ["roster_bench", "roster_bench_small", "roster_bench_watch"];
 
 /// The floor server and the connections to it.
 struct Floor {

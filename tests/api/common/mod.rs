@@ -117,9 +117,17 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> (String,
             let admin_url = postgres_admin_url();
             let name =
                 format!("roster_t_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-            let admin = Database::connect(&admin_url)
-                .await
-                .expect("PostgreSQL is reachable at ROSTER_TEST_POSTGRES_URL");
+            let admin = Database::connect(&admin_url).await.unwrap_or_else(|err| {
+                panic!(
+                    "PostgreSQL is not reachable at {} ({err}). Start it (for \
+                         example `sudo service postgresql start`, or `docker run -d -p \
+                         5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test \
+                         postgres`), name another server with ROSTER_TEST_POSTGRES_URL, or \
+                         run without it: cargo test -- --skip postgres --skip replicas:: \
+                         --skip one_replica",
+                    roster::storage::redact_url(&admin_url)
+                )
+            });
             admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
             admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
             admin.close().await.unwrap();
