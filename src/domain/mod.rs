@@ -1,5 +1,5 @@
 //! The rules of Roster with no I/O: identifiers, values, the permission catalogue and the
-//! decision function, and the invitation state machine.
+//! decision function, the rules about roles, and the invitation state machine.
 
 pub mod authz;
 pub mod change;
@@ -8,6 +8,7 @@ pub mod ids;
 pub mod invitation;
 pub mod model;
 pub mod permission;
+pub mod rules;
 pub mod values;
 
 pub use authz::{Decision, Pass, Reason, WorkspaceFacts, decide};

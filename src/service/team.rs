@@ -7,6 +7,7 @@ use super::page::{self, PageRequest};
 use super::token;
 use super::{Actor, Changed, Services};
 use crate::domain::invitation::{self as lifecycle, InviteRefusal, Transition};
+use crate::domain::rules::{self, Refusal, RoleChange};
 use crate::domain::{
     Access, AuditEvent, AuditEventId, ChangeToken, DeliveryState, Delta, DisplayName, Email, Grant,
     Invitation, InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId,
@@ -132,10 +133,6 @@ async fn audit(
 /// What a change did, for its log row.
 fn declared(actor: &Actor, audit_event_id: AuditEventId, deltas: Vec<Delta>) -> Declared {
     Declared { actor: actor.user_id.clone(), audit_event_id: Some(audit_event_id), deltas }
-}
-
-fn sees_everything(role: Role) -> bool {
-    matches!(role, Role::Owner | Role::Admin)
 }
 
 impl Services {
@@ -325,20 +322,14 @@ impl Services {
     ) -> Result<Changed<Member>, Error> {
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersUpdateRole).await?;
         let target = repo::find_member(&*tx, org, user).await?.ok_or(Error::NotFound("member"))?;
-        if me.role != Role::Owner {
-            // Rule 1: only Owners touch Owners or make Owners.
-            if target.role == Role::Owner {
-                return Err(denied("only an Owner can change an Owner's role"));
+        let owners = repo::count_owners(&*tx, org).await?;
+        match rules::change_role(me.role, target.role, role, owners)
+            .map_err(|r| refused(r, "demote"))?
+        {
+            RoleChange::Unchanged => {
+                return Ok(Changed { value: target, token: tx.unchanged().await? });
             }
-            if role == Role::Owner {
-                return Err(denied("only an Owner can make a member Owner"));
-            }
-        }
-        if target.role == role {
-            return Ok(Changed { value: target, token: tx.unchanged().await? });
-        }
-        if target.role == Role::Owner && repo::count_owners(&*tx, org).await? <= 1 {
-            return Err(last_owner("demote"));
+            RoleChange::Apply => {}
         }
         let now = Timestamp::now();
         repo::update_member_role(&*tx, &pass, user, role).await?;
@@ -367,12 +358,8 @@ impl Services {
     ) -> Result<Changed<()>, Error> {
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersRemove).await?;
         let target = repo::find_member(&*tx, org, user).await?.ok_or(Error::NotFound("member"))?;
-        if target.role == Role::Owner && me.role != Role::Owner {
-            return Err(denied("only an Owner can remove an Owner"));
-        }
-        if target.role == Role::Owner && repo::count_owners(&*tx, org).await? <= 1 {
-            return Err(last_owner("remove"));
-        }
+        let owners = repo::count_owners(&*tx, org).await?;
+        rules::remove(me.role, target.role, owners).map_err(|r| refused(r, "remove"))?;
         let now = Timestamp::now();
         let grants = repo::delete_member(&*tx, &pass, user).await?;
         let details = json!({ "role": target.role.as_str() });
@@ -393,9 +380,8 @@ impl Services {
     ) -> Result<Changed<()>, Error> {
         // Every member may leave: organization.read is held by every role.
         let (tx, me, pass) = begin_on(self, org, actor, Permission::OrganizationRead).await?;
-        if me.role == Role::Owner && repo::count_owners(&*tx, org).await? <= 1 {
-            return Err(last_owner("leave as"));
-        }
+        let owners = repo::count_owners(&*tx, org).await?;
+        rules::leave(me.role, owners).map_err(|r| refused(r, "leave as"))?;
         let now = Timestamp::now();
         let grants = repo::delete_member(&*tx, &pass, &actor.user_id).await?;
         let details = json!({ "role": me.role.as_str() });
@@ -496,7 +482,7 @@ impl Services {
         let db = self.store.reader();
         let me = membership(db, org, actor).await?;
         let ws = repo::find_workspace(db, org, id).await?.ok_or(Error::NotFound("workspace"))?;
-        if !sees_everything(me.role)
+        if !rules::sees_every_workspace(me.role)
             && repo::find_grant(db, org, id, &actor.user_id).await?.is_none()
         {
             // Billing and Member users see only workspaces they hold a grant on.
@@ -516,7 +502,8 @@ impl Services {
         let db = self.store.reader();
         let me = membership(db, org, actor).await?;
         let after = page::uuid_cursor(page.after, WorkspaceId::parse)?;
-        let granted_to = (!sees_everything(me.role)).then_some((&actor.user_id, Access::Read));
+        let granted_to =
+            (!rules::sees_every_workspace(me.role)).then_some((&actor.user_id, Access::Read));
         let items = repo::list_workspaces(db, org, granted_to, after, page.size + 1).await?;
         Ok(page::finish("workspaces", items, page.size, |w| w.id.to_string()))
     }
@@ -660,7 +647,7 @@ impl Services {
     ) -> Result<Page<Grant>, Error> {
         let db = self.store.reader();
         let me = membership(db, org, actor).await?;
-        let user = if sees_everything(me.role) {
+        let user = if rules::sees_every_workspace(me.role) {
             user
         } else {
             match user {
@@ -684,7 +671,7 @@ impl Services {
             }
         };
         if let Some(id) = workspace_id
-            && sees_everything(me.role)
+            && rules::sees_every_workspace(me.role)
             && repo::find_workspace(db, org, id).await?.is_none()
         {
             return Err(Error::NotFound("workspace"));
@@ -693,7 +680,7 @@ impl Services {
             repo::list_grants(db, org, workspace_id, user.as_ref(), after, page.size + 1).await?;
         // Billing and Member users see only the workspaces they hold a grant on (as in
         // GetWorkspace): without one, the workspace is not found, whether it exists or not.
-        if workspace_id.is_some() && !sees_everything(me.role) && grants.is_empty() {
+        if workspace_id.is_some() && !rules::sees_every_workspace(me.role) && grants.is_empty() {
             return Err(Error::NotFound("workspace"));
         }
         Ok(page::finish("grants", grants, page.size, |g| {
@@ -1100,8 +1087,14 @@ fn removal(user: &UserId, role: Role, grants: Vec<(WorkspaceId, Access)>) -> Vec
         .collect()
 }
 
-fn last_owner(verb: &str) -> Error {
-    Error::FailedPrecondition(format!(
-        "cannot {verb} the last Owner; make another member Owner first"
-    ))
+/// The error for a refusal by the rules about roles; `verb` says what the last Owner cannot do.
+fn refused(refusal: Refusal, verb: &str) -> Error {
+    match refusal {
+        Refusal::OwnerRoleNeedsOwner => denied("only an Owner can change an Owner's role"),
+        Refusal::MakingOwnerNeedsOwner => denied("only an Owner can make a member Owner"),
+        Refusal::RemovingOwnerNeedsOwner => denied("only an Owner can remove an Owner"),
+        Refusal::LastOwner => Error::FailedPrecondition(format!(
+            "cannot {verb} the last Owner; make another member Owner first"
+        )),
+    }
 }
