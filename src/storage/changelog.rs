@@ -246,15 +246,22 @@ fn corrupt(what: String) -> Error {
 }
 
 /// The organization's latest revision and the position of the change that made it (`None`
-/// while that change waits for its position; 0 before the log began); `None` when the
-/// organization does not exist.
+/// while that change waits for its position; 0 before the log began or once retention removed
+/// it); `None` when the organization does not exist.
 pub async fn latest(
     db: &impl ConnectionTrait,
     organization: OrganizationId,
 ) -> Result<Option<(Revision, Option<LogPosition>)>, Error> {
     let backend = db.get_database_backend();
     let sql = format!(
-        "SELECT o.revision, CASE WHEN o.revision = 0 THEN 0 ELSE l.position END AS position          FROM organizations o          LEFT JOIN change_log l ON l.organization_id = o.id AND l.revision = o.revision          WHERE o.id = {}",
+        // No row for the latest revision: before the log began (revision 0), or removed by
+        // retention, and in both cases before every position the log still holds.
+        "SELECT o.revision, \
+             CASE WHEN o.revision = 0 OR l.organization_id IS NULL THEN 0 ELSE l.position END \
+             AS position \
+         FROM organizations o \
+         LEFT JOIN change_log l ON l.organization_id = o.id AND l.revision = o.revision \
+         WHERE o.id = {}",
         placeholder(backend, 1)
     );
     let row = db

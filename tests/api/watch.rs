@@ -834,6 +834,11 @@ async fn a_token_older_than_the_retention_is_out_of_range_saying_how_far_back_th
     assert_eq!(app.count("change_log").await, 0);
 
     let mut client = watcher(&app);
+    // An organization whose latest change retention removed still has a snapshot, and a
+    // stream of it from now starts.
+    let pages = collect_snapshot(&mut client, &org, 0).await;
+    assert_eq!(pages.iter().map(|p| p.workspaces.len()).sum::<usize>(), 2);
+    drop(open(&mut client, request("", &org)).await);
     for org_filter in ["", org.as_str()] {
         let status =
             client.watch(request(&created.consistency_token, org_filter)).await.unwrap_err();
