@@ -65,6 +65,9 @@ impl Running {
         let _ = self.readiness.await;
         if let Some(placer) = self.placer {
             let _ = placer.await;
+            // Calls that finished during the drain committed after the placer stopped: place
+            // them now, so that no other process must sweep them up.
+            let _ = crate::storage::changelog::place(self.store.reader()).await;
         }
         if let Some(feed) = self.feed {
             let _ = feed.await;

@@ -148,7 +148,7 @@ def main() -> int:
             f"{resources.WorkspaceAccess.Name(grant.new_access)}"
         )
         followed_ok = (
-            change.consistency_token == granted.consistency_token
+            change.organization_id == org.id
             and grant.user_id == invitee[0]
             and grant.new_access == resources.WORKSPACE_ACCESS_READ
         )

@@ -137,7 +137,7 @@ const timer = setTimeout(() => stop.abort(), 10_000);
 type Followed = {
   revision: bigint;
   actor: string;
-  token: string;
+  organizationId: string;
   userId: string;
   oldAccess: WorkspaceAccess;
   newAccess: WorkspaceAccess;
@@ -155,7 +155,7 @@ try {
           followed = {
             revision: change.revision,
             actor: change.actorUserId,
-            token: change.consistencyToken,
+            organizationId: change.organizationId,
             userId: grant.userId,
             oldAccess: grant.oldAccess,
             newAccess: grant.newAccess,
@@ -184,7 +184,7 @@ console.log(
     `${WorkspaceAccess[followed.oldAccess]} -> ${WorkspaceAccess[followed.newAccess]}`,
 );
 const followedOk =
-  followed.token === granted.consistencyToken &&
+  followed.organizationId === orgId &&
   followed.userId === invitee.id &&
   followed.newAccess === WorkspaceAccess.READ;
 

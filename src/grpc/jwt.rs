@@ -81,7 +81,7 @@ pub fn sign_dev_token(
         "aud": audience,
         "iat": now,
         "nbf": now,
-        "exp": now + lifetime.as_secs(),
+        "exp": now.saturating_add(lifetime.as_secs()),
     });
     if let Some(email) = &claims.email {
         payload["email"] = Value::from(email.as_str());

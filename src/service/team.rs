@@ -670,19 +670,20 @@ impl Services {
                 Some((WorkspaceId::parse(ws).map_err(|_| forged())?, user.to_owned()))
             }
         };
-        if let Some(id) = workspace_id
-            && rules::sees_every_workspace(me.role)
-            && repo::find_workspace(db, org, id).await?.is_none()
-        {
-            return Err(Error::NotFound("workspace"));
+        // A workspace that does not exist is not found; so is one a Billing or Member user holds
+        // no grant on, as in GetWorkspace, whether it exists or not.
+        if let Some(id) = workspace_id {
+            let visible = if rules::sees_every_workspace(me.role) {
+                repo::find_workspace(db, org, id).await?.is_some()
+            } else {
+                repo::find_grant(db, org, id, &actor.user_id).await?.is_some()
+            };
+            if !visible {
+                return Err(Error::NotFound("workspace"));
+            }
         }
         let grants =
             repo::list_grants(db, org, workspace_id, user.as_ref(), after, page.size + 1).await?;
-        // Billing and Member users see only the workspaces they hold a grant on (as in
-        // GetWorkspace): without one, the workspace is not found, whether it exists or not.
-        if workspace_id.is_some() && !rules::sees_every_workspace(me.role) && grants.is_empty() {
-            return Err(Error::NotFound("workspace"));
-        }
         Ok(page::finish("grants", grants, page.size, |g| {
             format!("{}/{}", g.workspace_id, g.user_id)
         }))
@@ -702,6 +703,12 @@ impl Services {
         require_verified_email(actor, "invite")?;
         let (tx, me, pass) = begin_on(self, org, actor, Permission::MembersInvite).await?;
         lifecycle::may_invite(Some(me.role), new.role).map_err(refuse_inviting)?;
+        if new.role == Role::Owner && !new.workspace_grants.is_empty() {
+            return Err(Error::invalid(
+                "workspace_grants",
+                "must be empty for an Owner, who holds WRITE on every workspace",
+            ));
+        }
         // Given back unless the invitation is committed.
         let taken = self.limits.take_invitation(&actor.user_id, org)?;
         for (i, (workspace_id, _)) in new.workspace_grants.iter().enumerate() {

@@ -123,6 +123,13 @@ async fn duplicate_invitations_and_invitations_of_members_are_refused(backend: B
     let existing = app.invite(&owner, &org, "Member@Example.com", R::Member, &[]).await;
     assert_code(existing, Code::AlreadyExists, None);
     assert_eq!(app.snapshot().await, before);
+    // An Owner holds WRITE everywhere: grants in an Owner invitation would say otherwise.
+    let ws = app.create_workspace(&owner, &org, "prod").await;
+    let before = app.snapshot().await;
+    let owner_grants =
+        app.invite(&owner, &org, "dana@example.com", R::Owner, &[(&ws, A::Read)]).await;
+    assert_code(owner_grants, Code::InvalidArgument, Some("workspace_grants"));
+    assert_eq!(app.snapshot().await, before);
 
     // Another organization may invite the same email.
     let other = app.create_org(&owner, "Other").await;

@@ -539,26 +539,30 @@ async fn a_snapshot_comes_in_pages_and_an_unknown_organization_is_not_found(back
     for i in 0..3 {
         workspaces.push(app.create_workspace(&owner, &org, &format!("w{i}")).await);
     }
+    let ann = User::new("ann");
+    app.join(&owner, &org, &ann, R::Member, &[]).await;
     let mut team = app.team.clone();
     for ws in &workspaces[..2] {
         team.set_workspace_access(owner.req(pb::SetWorkspaceAccessRequest {
             organization_id: org.clone(),
             workspace_id: ws.clone(),
-            user_id: owner.id.clone(),
+            user_id: ann.id.clone(),
             access: A::Read as i32,
         }))
         .await
         .unwrap();
     }
     let mut client = watcher(&app);
-    // One member, three workspaces, two grants: six items in pages of four.
+    // Two members, three workspaces, two grants: seven items in pages of four.
     let pages = collect_snapshot(&mut client, &org, 4).await;
     let sizes: Vec<(usize, usize, usize)> =
         pages.iter().map(|p| (p.members.len(), p.workspaces.len(), p.grants.len())).collect();
-    assert_eq!(sizes, [(1, 3, 0), (0, 0, 2)]);
+    assert_eq!(sizes, [(2, 2, 0), (0, 1, 2)]);
     assert!(pages[0].token.is_empty(), "only the last page carries the token");
-    assert_eq!(pages[1].revision, 6);
-    let listed: Vec<String> = pages[0].workspaces.iter().map(|w| w.id.clone()).collect();
+    // Created (1), three workspaces, Ann invited and accepted, two grants.
+    assert_eq!(pages[1].revision, 8);
+    let listed: Vec<String> =
+        pages.iter().flat_map(|p| p.workspaces.iter().map(|w| w.id.clone())).collect();
     assert_eq!(listed, workspaces, "workspaces oldest first");
     let all = collect_snapshot(&mut client, &org, 0).await;
     assert_eq!(all.len(), 1, "page_size 0 means 1000");
