@@ -259,7 +259,8 @@ impl Hub {
         let mut stop = self.stop.clone();
         let mut failing = false;
         loop {
-            match self.read_new().await {
+            let head = *woken.borrow_and_update();
+            match self.read_new(head).await {
                 Ok(()) if failing => {
                     failing = false;
                     tracing::info!("watch: reading the change log again");
@@ -287,7 +288,22 @@ impl Hub {
         self.live().sender = None;
     }
 
-    async fn read_new(&self) -> Result<(), Error> {
+    /// Reads the log after the hub's mark and broadcasts it; `head` is the end of the log as
+    /// this process knows it.
+    async fn read_new(&self, head: LogPosition) -> Result<(), Error> {
+        {
+            // Nobody watches: move the mark to the end without reading. A stream that joins
+            // later reads the log up to the mark itself (see `Streamer::follow`); checking and
+            // moving under the lock streams subscribe under keeps that exact.
+            let mut live = self.live();
+            if live.sender.as_ref().is_some_and(|sender| sender.receiver_count() == 0) {
+                if head > live.through {
+                    live.through = head;
+                    self.stats.tail_position.store(head.0, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+        }
         loop {
             let after = self.through();
             let changes = changelog::read_between(
