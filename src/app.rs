@@ -171,10 +171,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let index = services.index();
     let postgres = store.backend() == sea_orm::DbBackend::Postgres;
-    let feed = postgres
-        .then(|| feed::spawn(store.clone(), index.clone(), services.log_head(), stopped.clone()));
-    let placer = postgres.then(|| {
-        placer::spawn(store.clone(), services.unplaced(), services.log_head(), stopped.clone())
+    let feed = postgres.then(|| {
+        feed::spawn(
+            store.clone(),
+            index.clone(),
+            services.log_head(),
+            services.unplaced(),
+            stopped.clone(),
+        )
     });
 
     let (hub, watch) = Hub::start(
@@ -185,6 +189,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     )
     .await
     .context("reading the change log")?;
+    let placer = postgres.then(|| {
+        let hub = hub.clone();
+        placer::spawn(
+            store.clone(),
+            services.unplaced(),
+            move || hub.watched(),
+            services.log_head(),
+            stopped.clone(),
+        )
+    });
 
     let limits = LimitLayer::new(
         config.max_in_flight,

@@ -237,6 +237,11 @@ impl Hub {
         Ok((hub, task))
     }
 
+    /// Whether any Watch stream of this process follows the hub.
+    pub fn watched(&self) -> bool {
+        self.live().sender.as_ref().is_some_and(|sender| sender.receiver_count() > 0)
+    }
+
     /// The counters, for metrics.
     pub fn stats(&self) -> Arc<WatchStats> {
         self.stats.clone()

@@ -56,11 +56,13 @@ struct Waiting {
 }
 
 /// Starts listening. A notification that changes were placed wakes whoever waits on
-/// `log_head` (Watch streams).
+/// `log_head` (Watch streams); one that an organization changed also pokes `unplaced`, this
+/// process's placer, which places the change if this process has streams to feed.
 pub fn spawn(
     store: Store,
     index: Arc<AuthzIndex>,
     log_head: Arc<watch::Sender<LogPosition>>,
+    unplaced: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let (events, received) = mpsc::channel(1024);
@@ -88,7 +90,7 @@ pub fn spawn(
         })
     };
     tokio::spawn(async move {
-        coordinate(store, index, received, waiting, log_head, stop).await;
+        coordinate(store, index, received, waiting, log_head, unplaced, stop).await;
         reader.abort();
         applier.abort();
     })
@@ -155,6 +157,7 @@ async fn coordinate(
     mut received: mpsc::Receiver<Event>,
     waiting: Arc<Waiting>,
     log_head: Arc<watch::Sender<LogPosition>>,
+    unplaced: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let replica = uuid::Uuid::new_v4().simple().to_string();
@@ -182,6 +185,7 @@ async fn coordinate(
                         // Changes got their positions: Watch streams read them.
                         log_head.send_modify(|_| {});
                     } else if let Ok(org) = OrganizationId::parse(&payload) {
+                        unplaced.notify_one();
                         // The organization's log grew: the index catches up.
                         let mut queue = waiting.queue.lock().await;
                         if queue.1.contains(&org) {

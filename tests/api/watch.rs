@@ -51,8 +51,8 @@ fn position(token: &str) -> u64 {
 }
 
 /// The position of the change a reply's token names. On PostgreSQL a reply's token names its
-/// change by organization and revision, and the change gets its position just after its
-/// commit: this waits for it.
+/// change by organization and revision, and the change gets its position after its commit:
+/// this places it.
 async fn placed(db: &sea_orm::DatabaseConnection, token: &str) -> u64 {
     let token = ChangeToken::parse(token).expect("a change token");
     if let Some(position) = token.position {
@@ -61,6 +61,8 @@ async fn placed(db: &sea_orm::DatabaseConnection, token: &str) -> u64 {
     let (org, revision) = token.organization.expect("a reply's token names its organization");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
+        // Positions are given at once only while a stream is open; any process may place.
+        roster::storage::changelog::place(db).await.unwrap();
         let found = roster::storage::changelog::position_of_revision(db, org, revision).await;
         if let Some(Some(position)) = found.unwrap() {
             return position.0;
