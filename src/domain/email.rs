@@ -37,11 +37,11 @@ impl Email {
         }
         // Checked before normalizing: NFC itself turns KELVIN SIGN into an ASCII K.
         trimmed.chars().try_for_each(check_character)?;
-        let normalized: String = ComposingNormalizerBorrowed::new_nfc()
-            .normalize(trimmed)
-            .chars()
-            .map(|c| c.to_ascii_lowercase())
-            .collect();
+        // Lower case first, then NFC: an ASCII letter lowered may compose with a mark that
+        // follows it ("T" + U+0308 has no composed form, "t" + U+0308 does), and the stored
+        // form must be what parsing it again gives.
+        let lowered: String = trimmed.chars().map(|c| c.to_ascii_lowercase()).collect();
+        let normalized = ComposingNormalizerBorrowed::new_nfc().normalize(&lowered).into_owned();
         if normalized.len() > Self::MAX_LEN {
             return Err("must be at most 254 characters".to_owned());
         }
@@ -360,6 +360,13 @@ mod tests {
         assert_eq!(ascii_look_alike('\u{212A}').as_deref(), Some("K"));
         assert_eq!(ascii_look_alike('\u{FB01}').as_deref(), Some("fi"));
         assert_eq!(ascii_look_alike('\u{FF21}').as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn a_capital_before_a_combining_mark_is_stored_as_parsing_it_again_gives() {
+        let email = Email::parse("AT\u{308}@a.a").unwrap();
+        assert_eq!(email.as_str(), "a\u{1E97}@a.a");
+        assert_eq!(Email::parse(email.as_str()), Ok(email));
     }
 
     #[test]
