@@ -184,6 +184,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let (hub, watch) = Hub::start(
         store.clone(),
         services.log_head(),
+        services.unplaced(),
         WatchSettings { buffer: config.watch_buffer, retention: config.change_retention },
         stopped.clone(),
     )

@@ -383,7 +383,7 @@ impl prometheus_client::collector::Collector for Snapshot {
         encode_one(
             &mut encoder,
             "change_log_tail_position",
-            "The last change log position this process has read for its Watch streams",
+            "The change log position this process's Watch streams are fed up to (the log's end as this process knows it while no stream is open)",
             position(watch.tail_position),
         )?;
         encode_one(

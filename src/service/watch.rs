@@ -201,6 +201,9 @@ struct Live {
 /// The process's tail of the change log and its streams.
 pub struct Hub {
     store: Store,
+    /// Wakes the PostgreSQL placer when a stream joins: while nobody watched, changes waited
+    /// for its sweep.
+    unplaced: Arc<Notify>,
     settings: WatchSettings,
     live: Mutex<Live>,
     stop: watch::Receiver<bool>,
@@ -213,6 +216,7 @@ impl Hub {
     pub async fn start(
         store: Store,
         log_head: Arc<watch::Sender<LogPosition>>,
+        unplaced: Arc<Notify>,
         settings: WatchSettings,
         stop: watch::Receiver<bool>,
     ) -> Result<(Arc<Self>, JoinHandle<()>), Error> {
@@ -223,6 +227,7 @@ impl Hub {
         stats.pruned_through.store(pruned.0, Ordering::Relaxed);
         let hub = Arc::new(Self {
             store,
+            unplaced,
             settings,
             live: Mutex::new(Live { sender: Some(sender), through }),
             stop,
@@ -746,6 +751,7 @@ impl Streamer {
         let Some((mut batches, joined_at)) = joined else {
             return Err(Some(self.stopping()));
         };
+        self.hub.unplaced.notify_one();
         // What the hub read before this stream joined comes from the log; what follows, from
         // the hub.
         self.read_history(joined_at).await?;

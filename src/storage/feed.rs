@@ -37,9 +37,9 @@ pub const MAX_SILENCE: Duration = Duration::from_secs(3);
 /// drops them instead, which keeps what is served stale short.
 const WAITING: usize = 256;
 
-/// Sent by [`super::changelog::place`] when it gave changes their positions. The previous
-/// release ignores it.
-const PLACED: &str = "placed";
+/// Sent by [`super::changelog::place`] when it gave changes their positions, followed by the
+/// new end of the log. The previous release ignores it.
+const PLACED: &str = "placed:";
 /// The previous release's described change.
 const UNLOGGED_PREFIX: &str = "change/1\n";
 
@@ -181,9 +181,11 @@ async fn coordinate(
                             index.feed_event(FeedEvent::Subscribed).await;
                             tracing::info!("invalidation feed: subscribed; index in use");
                         }
-                    } else if payload == PLACED {
-                        // Changes got their positions: Watch streams read them.
-                        log_head.send_modify(|_| {});
+                    } else if let Some(head) = payload.strip_prefix(PLACED) {
+                        // Changes got their positions, up to `head`: Watch streams read them,
+                        // and the hub knows where the log ends without reading it.
+                        let head = head.parse().map(LogPosition).unwrap_or(LogPosition(0));
+                        log_head.send_modify(|known| *known = (*known).max(head));
                     } else if let Ok(org) = OrganizationId::parse(&payload) {
                         unplaced.notify_one();
                         // The organization's log grew: the index catches up.

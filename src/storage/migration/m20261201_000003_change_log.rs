@@ -163,8 +163,8 @@ impl MigrationTrait for Migration {
 }
 
 /// Gives positions to up to `batch` committed changes that have none, and returns the last
-/// position given (NULL when there was nothing to place); notifies `channel` when it placed
-/// any. Each statement of a PL/pgSQL function sees what committed before it began, so the rows
+/// position given (NULL when there was nothing to place); when it placed any, notifies
+/// `channel` with `placed:` and that position. Each statement of a PL/pgSQL function sees what committed before it began, so the rows
 /// read after the head's lock was granted include those placed by the call it waited for.
 const PLACE_CHANGES: &str = "
 CREATE FUNCTION roster_place_changes(channel text, batch integer) RETURNS bigint
@@ -188,7 +188,7 @@ BEGIN
         RETURN NULL;
     END IF;
     UPDATE change_log_head SET position = head + placed WHERE id = 1;
-    PERFORM pg_notify(channel, 'placed');
+    PERFORM pg_notify(channel, 'placed:' || (head + placed));
     RETURN head + placed;
 END
 $$";
