@@ -832,39 +832,7 @@ impl Target {
         dir: PathBuf,
         database: &str,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
-        let database_url = match args.backend {
-            BackendKind::Sqlite => {
-                let path = dir.join("bench.db");
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-                format!("sqlite://{}?mode=rwc", path.display())
-            }
-            BackendKind::Postgres => {
-                let admin = Database::connect(&args.postgres_url)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                    .await?;
-                admin.execute_unprepared(&format!("CREATE DATABASE {database}")).await?;
-                admin.close().await?;
-                let base = args
-                    .postgres_url
-                    .rsplit_once('/')
-                    .map(|(b, _)| b)
-                    .unwrap_or(&args.postgres_url);
-                format!("{base}/{database}")
-            }
-        };
-        roster::app::open_store(&roster::config::Config {
-            database_url: database_url.clone(),
-            ..roster::config::Config::defaults()
-        })
-        .await?
-        .close()
-        .await;
+        let database_url = fresh_database(args, &dir, database).await?;
         let data = Arc::new(seed(&database_url, shape).await?);
         let pools = Arc::new(build_pools(&data));
 

@@ -117,6 +117,13 @@ pub(crate) async fn create_org(app: &TestApp, token: &str) -> Result<String, ton
         .map(|r| r.into_inner().organization.unwrap().id)
 }
 
+/// A member, as the holder of `token` reads it.
+async fn member(app: &TestApp, token: &str, org: String, user_id: &str) -> pb::Member {
+    let request = pb::GetMemberRequest { organization_id: org, user_id: user_id.to_owned() };
+    let reply = app.team.clone().get_member(bearer(token, request)).await.expect("get member");
+    reply.into_inner().member.expect("a member")
+}
+
 fn unauthenticated_saying(result: Result<String, tonic::Status>, words: &str, token: &str) {
     let status = result.expect_err("the call is refused");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -129,19 +136,7 @@ async fn valid_user_tokens_are_accepted_and_each_failed_check_is_named(backend: 
     let app = setup.spawn_hs(backend).await;
     let good = sign_hs(&claims("auth0|alice", "alice@example.com"), SECRET);
     let org = create_org(&app, &good).await.unwrap();
-    let member = app
-        .team
-        .clone()
-        .get_member(bearer(
-            &good,
-            pb::GetMemberRequest { organization_id: org, user_id: "auth0|alice".into() },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap();
-    assert_eq!(member.email, "alice@example.com");
+    assert_eq!(member(&app, &good, org, "auth0|alice").await.email, "alice@example.com");
 
     let none = app
         .team
@@ -373,19 +368,7 @@ async fn dev_token_prints_a_token_the_server_accepts(backend: Backend) {
     };
     let alice = mint(&["alice", "--email", "alice@example.com"]);
     let org = create_org(&app, &alice).await.unwrap();
-    let member = app
-        .team
-        .clone()
-        .get_member(bearer(
-            &alice,
-            pb::GetMemberRequest { organization_id: org, user_id: "alice".into() },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap();
-    assert_eq!(member.email, "alice@example.com");
+    assert_eq!(member(&app, &alice, org, "alice").await.email, "alice@example.com");
     // Without a verified email it cannot found an organization.
     let unverified = mint(&["bob", "--email", "bob@example.com", "--unverified"]);
     let refused = create_org(&app, &unverified).await.unwrap_err();

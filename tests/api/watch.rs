@@ -72,6 +72,20 @@ async fn placed(db: &sea_orm::DatabaseConnection, token: &str) -> u64 {
     }
 }
 
+/// Creates an organization: its id and the reply's consistency token.
+async fn found(app: &TestApp, owner: &User, name: &str) -> (String, String) {
+    let created = app
+        .team
+        .clone()
+        .create_organization(
+            owner.req(pb::CreateOrganizationRequest { display_name: name.to_owned() }),
+        )
+        .await
+        .expect("create organization")
+        .into_inner();
+    (created.organization.expect("an organization").id, created.consistency_token)
+}
+
 /// The change a token names: its organization and revision.
 fn change_of(token: &str) -> (String, u64) {
     let token = ChangeToken::parse(token).expect("a change token");
@@ -230,15 +244,7 @@ struct Churn {
 impl Churn {
     async fn start(app: &TestApp) -> Churn {
         let owner = User::new("owner");
-        let mut team = app.team.clone();
-        let created = team
-            .create_organization(
-                owner.req(pb::CreateOrganizationRequest { display_name: "Churn".into() }),
-            )
-            .await
-            .unwrap()
-            .into_inner();
-        let org = created.organization.unwrap().id;
+        let (org, _) = found(app, &owner, "Churn").await;
         let ws = app.create_workspace(&owner, &org, "first").await;
         let users: Vec<User> = ["ada", "bob", "cy"].iter().map(|n| User::new(n)).collect();
         for (i, user) in users.iter().enumerate() {
@@ -358,22 +364,14 @@ async fn a_watch_from_a_token_sends_the_later_changes_in_order_then_follows_new_
 ) {
     let app = spawn_app(backend).await;
     let owner = User::new("owner");
-    let mut team = app.team.clone();
-    let created = team
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
-        )
-        .await
-        .unwrap()
-        .into_inner();
-    let org = created.organization.unwrap().id;
+    let (org, created_token) = found(&app, &owner, "Acme").await;
     let ws = app.create_workspace(&owner, &org, "prod").await;
     let engineer = User::new("engineer");
     app.join(&owner, &org, &engineer, R::Member, &[(&ws, A::Read)]).await;
 
     // From the creation's token: what followed it, already committed.
     let mut client = watcher(&app);
-    let mut stream = open(&mut client, request(&created.consistency_token, &org)).await;
+    let mut stream = open(&mut client, request(&created_token, &org)).await;
     let history = changes_through(&mut stream, head(&app).await).await;
     let revisions: Vec<i64> = history.iter().map(|c| c.revision).collect();
     assert_eq!(revisions, [2, 3, 4], "workspace, invitation, acceptance: {history:#?}");
@@ -393,7 +391,9 @@ async fn a_watch_from_a_token_sends_the_later_changes_in_order_then_follows_new_
     );
 
     // A change made now arrives on the open stream, with the token its reply carried.
-    let removed = team
+    let removed = app
+        .team
+        .clone()
         .remove_member(owner.req(pb::RemoveMemberRequest {
             organization_id: org.clone(),
             user_id: engineer.id.clone(),
@@ -815,15 +815,7 @@ async fn a_token_older_than_the_retention_is_out_of_range_saying_how_far_back_th
     let app =
         spawn_app_with(backend, |config| config.change_retention = Duration::from_secs(2)).await;
     let owner = User::new("owner");
-    let mut team = app.team.clone();
-    let created = team
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
-        )
-        .await
-        .unwrap()
-        .into_inner();
-    let org = created.organization.unwrap().id;
+    let (org, created_token) = found(&app, &owner, "Acme").await;
     app.create_workspace(&owner, &org, "one").await;
     app.create_workspace(&owner, &org, "two").await;
     let end = head(&app).await;
@@ -846,8 +838,7 @@ async fn a_token_older_than_the_retention_is_out_of_range_saying_how_far_back_th
     assert_eq!(pages.iter().map(|p| p.workspaces.len()).sum::<usize>(), 2);
     drop(open(&mut client, request("", &org)).await);
     for org_filter in ["", org.as_str()] {
-        let status =
-            client.watch(request(&created.consistency_token, org_filter)).await.unwrap_err();
+        let status = client.watch(request(&created_token, org_filter)).await.unwrap_err();
         assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
         assert!(status.message().contains("kept for 2s"), "{}", status.message());
         let oldest = error_info(&status, "oldest_token");
@@ -872,15 +863,7 @@ async fn a_consumer_that_falls_behind_is_cut_off_with_its_last_token_and_resumes
 ) {
     let app = spawn_app_with(backend, |config| config.watch_buffer = 20).await;
     let owner = User::new("owner");
-    let mut team = app.team.clone();
-    let created = team
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: "Acme".into() }),
-        )
-        .await
-        .unwrap()
-        .into_inner();
-    let org = created.organization.unwrap().id;
+    let (org, created_token) = found(&app, &owner, "Acme").await;
     // A consumer with a small HTTP/2 window that reads nothing for a while: the server's
     // buffer for it fills.
     let slow = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
@@ -890,10 +873,11 @@ async fn a_consumer_that_falls_behind_is_cut_off_with_its_last_token_and_resumes
         .await
         .unwrap();
     let mut slow_client = WatchServiceClient::new(slow);
-    let mut stream = open(&mut slow_client, request(&created.consistency_token, &org)).await;
+    let mut stream = open(&mut slow_client, request(&created_token, &org)).await;
     // Open once the first checkpoint has come: from then on the stream is live.
     assert!(next(&mut stream).await.is_ok());
     let mut written = Vec::new();
+    let mut team = app.team.clone();
     for i in 0..120 {
         let reply = team
             .create_workspace(owner.req(pb::CreateWorkspaceRequest {
@@ -906,7 +890,7 @@ async fn a_consumer_that_falls_behind_is_cut_off_with_its_last_token_and_resumes
         written.push(placed(&app.db, &reply.consistency_token).await);
     }
     let mut seen = Vec::new();
-    let mut last = created.consistency_token.clone();
+    let mut last = created_token.clone();
     let status = loop {
         match next(&mut stream).await {
             Ok(response) => {
