@@ -2,7 +2,10 @@
 //! deny with its reason out. Every data condition is a denial, never an error.
 
 use super::ids::{OrganizationId, UserId};
-use super::permission::{Permission, Scope};
+use std::marker::PhantomData;
+
+use super::permission::capability::Capability;
+use super::permission::{Holders, Permission, Scope};
 use super::values::{Access, Role};
 
 /// Why a check was allowed or denied.
@@ -51,72 +54,6 @@ pub struct Decision {
     pub workspace_access: Option<Option<Access>>,
 }
 
-/// Which roles hold an organization-scoped permission (SPEC, first table).
-pub fn role_allows(role: Role, permission: Permission) -> bool {
-    use Permission as P;
-    use Role::*;
-    match permission {
-        P::OrganizationRead | P::MembersRead => true,
-        P::OrganizationUpdate => matches!(role, Owner | Admin),
-        P::OrganizationDelete | P::OrganizationTransferOwnership => role == Owner,
-        P::MembersInvite | P::MembersRemove | P::MembersUpdateRole | P::InvitationsRead => {
-            matches!(role, Owner | Admin)
-        }
-        P::WorkspacesCreate
-        | P::WorkspacesUpdate
-        | P::WorkspacesDelete
-        | P::WorkspaceAccessManage => {
-            matches!(role, Owner | Admin)
-        }
-        P::AuditRead => matches!(role, Owner | Admin),
-        P::BillingRead | P::BillingManage => matches!(role, Owner | Billing),
-        // Workspace permissions are never held through a role alone.
-        P::WorkspaceRead
-        | P::SourcesRead
-        | P::DestinationsRead
-        | P::SchedulesRead
-        | P::DatasetsRead
-        | P::ExecutionsRead
-        | P::SourcesCreate
-        | P::SourcesUpdate
-        | P::SourcesDelete
-        | P::DestinationsCreate
-        | P::DestinationsUpdate
-        | P::DestinationsDelete
-        | P::SchedulesCreate
-        | P::SchedulesUpdate
-        | P::SchedulesDelete
-        | P::DatasetsConfigure
-        | P::SyncsTrigger => false,
-    }
-}
-
-/// The access level a workspace permission needs (SPEC, second table); `None` for
-/// organization permissions.
-pub fn required_access(permission: Permission) -> Option<Access> {
-    use Permission as P;
-    match permission {
-        P::WorkspaceRead
-        | P::SourcesRead
-        | P::DestinationsRead
-        | P::SchedulesRead
-        | P::DatasetsRead
-        | P::ExecutionsRead => Some(Access::Read),
-        P::SourcesCreate
-        | P::SourcesUpdate
-        | P::SourcesDelete
-        | P::DestinationsCreate
-        | P::DestinationsUpdate
-        | P::DestinationsDelete
-        | P::SchedulesCreate
-        | P::SchedulesUpdate
-        | P::SchedulesDelete
-        | P::DatasetsConfigure
-        | P::SyncsTrigger => Some(Access::Write),
-        _ => None,
-    }
-}
-
 /// Decides whether a user with `role` (None: not a member) may use `permission`, given what is
 /// known of the workspace the check names.
 pub fn decide(role: Option<Role>, workspace: WorkspaceFacts, permission: Permission) -> Decision {
@@ -132,69 +69,71 @@ pub fn decide(role: Option<Role>, workspace: WorkspaceFacts, permission: Permiss
             },
         };
     };
-    match (permission.scope(), required_access(permission)) {
-        (Scope::Organization, _) | (Scope::Workspace, None) => {
-            let allowed = role_allows(role, permission);
-            Decision {
+    let needed = match permission.holders() {
+        Holders::Roles(roles) => {
+            let allowed = roles.contains(&role);
+            return Decision {
                 allowed,
                 reason: if allowed { Reason::AllowedByRole } else { Reason::DeniedByRole },
                 role: Some(role),
                 workspace_access: None,
-            }
-        }
-        (Scope::Workspace, Some(needed)) => {
-            let grant = match workspace {
-                WorkspaceFacts::Present(grant) => grant,
-                WorkspaceFacts::Missing | WorkspaceFacts::NotApplicable => {
-                    return Decision {
-                        allowed: false,
-                        reason: Reason::DeniedWorkspaceNotFound,
-                        role: Some(role),
-                        workspace_access: Some(None),
-                    };
-                }
             };
-            if role == Role::Owner {
-                return Decision {
-                    allowed: true,
-                    reason: Reason::AllowedByOwner,
-                    role: Some(role),
-                    workspace_access: Some(Some(Access::Write)),
-                };
-            }
-            let (allowed, reason) = match grant {
-                None => (false, Reason::DeniedNoWorkspaceAccess),
-                Some(held) if held >= needed => (true, Reason::AllowedByWorkspaceAccess),
-                Some(_) => (false, Reason::DeniedReadOnly),
-            };
-            Decision { allowed, reason, role: Some(role), workspace_access: Some(grant) }
         }
+        Holders::Grant(needed) => needed,
+    };
+    let grant = match workspace {
+        WorkspaceFacts::Present(grant) => grant,
+        WorkspaceFacts::Missing | WorkspaceFacts::NotApplicable => {
+            return Decision {
+                allowed: false,
+                reason: Reason::DeniedWorkspaceNotFound,
+                role: Some(role),
+                workspace_access: Some(None),
+            };
+        }
+    };
+    if role == Role::Owner {
+        return Decision {
+            allowed: true,
+            reason: Reason::AllowedByOwner,
+            role: Some(role),
+            workspace_access: Some(Some(Access::Write)),
+        };
     }
+    let (allowed, reason) = match grant {
+        None => (false, Reason::DeniedNoWorkspaceAccess),
+        Some(held) if held >= needed => (true, Reason::AllowedByWorkspaceAccess),
+        Some(_) => (false, Reason::DeniedReadOnly),
+    };
+    Decision { allowed, reason, role: Some(role), workspace_access: Some(grant) }
 }
 
-/// Proof that an actor passed a permission check in an organization. Storage calls that change
-/// an organization take one and use its organization id, so a write without a check, or a write
-/// to another organization than the one checked, does not compile.
-#[derive(Debug, Clone)]
-pub struct Pass {
+/// Proof that an actor passed the check `C` in an organization (an organization permission of
+/// the catalogue, or membership). Storage calls that change an organization take the proof of
+/// the check they need and use its organization id, so a write without that check, or to
+/// another organization than the one checked, does not compile.
+#[derive(Debug)]
+pub struct Pass<C: Capability> {
     organization_id: OrganizationId,
     actor: UserId,
     role: Role,
+    capability: PhantomData<C>,
 }
 
-impl Pass {
-    /// Checks an organization-scoped permission for a member and mints the proof, or returns
-    /// the denial.
+impl<C: Capability> Pass<C> {
+    /// Checks `C` for a member (`role` is `None` for a non-member) and mints the proof, or
+    /// returns the denial.
     pub fn check(
         organization_id: OrganizationId,
         actor: UserId,
         role: Option<Role>,
-        permission: Permission,
-    ) -> Result<Pass, Decision> {
-        let decision = decide(role, WorkspaceFacts::NotApplicable, permission);
-        match (decision.allowed, decision.role) {
-            (true, Some(role)) => Ok(Pass { organization_id, actor, role }),
-            _ => Err(decision),
+    ) -> Result<Self, Reason> {
+        match role {
+            None => Err(Reason::DeniedNotAMember),
+            Some(role) if C::held_by(role) => {
+                Ok(Pass { organization_id, actor, role, capability: PhantomData })
+            }
+            Some(_) => Err(Reason::DeniedByRole),
         }
     }
 
@@ -343,13 +282,34 @@ mod tests {
 
     #[test]
     fn a_pass_is_minted_only_for_allowed_checks() {
+        use crate::domain::permission::capability::{MembersInvite, Membership, OrganizationRead};
         let org = OrganizationId::generate();
         let actor = UserId::parse("u1").unwrap();
-        let pass = Pass::check(org, actor.clone(), Some(Role::Admin), Permission::MembersInvite);
+        let pass = Pass::<MembersInvite>::check(org, actor.clone(), Some(Role::Admin));
         assert_eq!(pass.unwrap().organization_id(), org);
-        let denied = Pass::check(org, actor.clone(), Some(Role::Member), Permission::MembersInvite);
-        assert_eq!(denied.unwrap_err().reason, Reason::DeniedByRole);
-        let outsider = Pass::check(org, actor, None, Permission::OrganizationRead);
-        assert_eq!(outsider.unwrap_err().reason, Reason::DeniedNotAMember);
+        let denied = Pass::<MembersInvite>::check(org, actor.clone(), Some(Role::Member));
+        assert_eq!(denied.unwrap_err(), Reason::DeniedByRole);
+        let outsider = Pass::<OrganizationRead>::check(org, actor.clone(), None);
+        assert_eq!(outsider.unwrap_err(), Reason::DeniedNotAMember);
+        for role in Role::ALL {
+            assert!(Pass::<Membership>::check(org, actor.clone(), Some(role)).is_ok());
+        }
+    }
+
+    #[test]
+    fn each_capability_passes_exactly_for_the_roles_of_its_permission() {
+        use crate::domain::permission::capability::{self as cap, Capability};
+        fn agrees<C: Capability>() {
+            let permission = Permission::from_name(C::NAME).expect(C::NAME);
+            for role in Role::ALL {
+                let decision = decide(Some(role), WorkspaceFacts::NotApplicable, permission);
+                assert_eq!(C::held_by(role), decision.allowed, "{role:?} / {}", C::NAME);
+            }
+        }
+        agrees::<cap::OrganizationUpdate>();
+        agrees::<cap::OrganizationTransferOwnership>();
+        agrees::<cap::MembersRemove>();
+        agrees::<cap::BillingManage>();
+        agrees::<cap::AuditRead>();
     }
 }

@@ -2,9 +2,11 @@
 //! PENDING or EXPIRED invitation back to PENDING with a fresh token; who may invite to which
 //! role; and whether a queued email may still go out.
 
-use super::authz::role_allows;
+use super::email::Email;
+use super::ids::{InvitationId, UserId, WorkspaceId};
+use super::model::{Invitation, Member, Timestamp};
 use super::permission::Permission;
-use super::values::Role;
+use super::values::{Access, Role};
 
 /// An invitation's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,13 +121,77 @@ pub fn may_invite(inviter: Option<Role>, invited: Role) -> Result<(), InviteRefu
     let Some(inviter) = inviter else {
         return Err(InviteRefusal::NotAMember);
     };
-    if !role_allows(inviter, Permission::MembersInvite) {
+    if !Permission::MembersInvite.held_by_role(inviter) {
         return Err(InviteRefusal::CannotInvite);
     }
     if invited == Role::Owner && inviter != Role::Owner {
         return Err(InviteRefusal::OwnerRoleNeedsOwner);
     }
     Ok(())
+}
+
+/// Why an invitation cannot be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptRefusal {
+    /// Its state as of now is not PENDING; says why.
+    State(&'static str),
+    /// Its inviter may no longer offer its role.
+    Inviter(InviteRefusal),
+}
+
+/// An invitation the lifecycle let through: the only authority for adding a member without a
+/// [`Pass`](super::authz::Pass). Made only by [`admit`], so storage cannot add a member from an
+/// invitation that was never checked.
+#[derive(Debug)]
+pub struct Admitted {
+    invitation_id: InvitationId,
+    member: Member,
+    workspace_grants: Vec<(WorkspaceId, Access)>,
+}
+
+impl Admitted {
+    /// The invitation accepted.
+    pub fn invitation_id(&self) -> InvitationId {
+        self.invitation_id
+    }
+
+    /// The member it makes.
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// The grants the new member receives.
+    pub fn workspace_grants(&self) -> &[(WorkspaceId, Access)] {
+        &self.workspace_grants
+    }
+}
+
+/// Accepting `invitation` as `user` with `email` at `now`, when its inviter's role is now
+/// `inviter` (`None`: no longer a member): allowed only for a PENDING invitation whose inviter
+/// may still offer its role (rule 1, as of now). Whether the token and the email match is the
+/// caller's to check first.
+pub fn admit(
+    invitation: Invitation,
+    user: UserId,
+    email: Email,
+    inviter: Option<Role>,
+    now: Timestamp,
+) -> Result<Admitted, AcceptRefusal> {
+    if let Transition::Refuse(why) = accept(invitation.state_at(now)) {
+        return Err(AcceptRefusal::State(why));
+    }
+    may_invite(inviter, invitation.role).map_err(AcceptRefusal::Inviter)?;
+    Ok(Admitted {
+        invitation_id: invitation.id,
+        member: Member {
+            organization_id: invitation.organization_id,
+            user_id: user,
+            email,
+            role: invitation.role,
+            create_time: now,
+        },
+        workspace_grants: invitation.workspace_grants,
+    })
 }
 
 /// What the outbox worker does with a queued email it has claimed.
@@ -225,9 +291,64 @@ mod tests {
         for inviter in Role::ALL {
             assert_eq!(
                 may_invite(Some(inviter), Role::Member).is_ok(),
-                role_allows(inviter, Permission::MembersInvite)
+                Permission::MembersInvite.held_by_role(inviter)
             );
         }
+    }
+
+    fn invitation(state: InvitationState, role: Role, expire_micros: i64) -> Invitation {
+        use crate::domain::{DeliveryState, OrganizationId};
+        Invitation {
+            id: InvitationId::generate(),
+            organization_id: OrganizationId::generate(),
+            email: Email::parse("ada@example.com").unwrap(),
+            role,
+            stored_state: state,
+            workspace_grants: vec![(WorkspaceId::generate(), Access::Write)],
+            inviter_user_id: UserId::parse("inviter").unwrap(),
+            create_time: Timestamp::from_micros(0),
+            expire_time: Timestamp::from_micros(expire_micros),
+            send_count: 1,
+            delivery_state: DeliveryState::Sent,
+            last_delivery_error: None,
+        }
+    }
+
+    #[test]
+    fn only_a_pending_invitation_whose_inviter_still_may_offer_its_role_admits() {
+        use Role::{Admin, Member, Owner};
+        let now = Timestamp::from_micros(1_000);
+        let ada = || UserId::parse("ada").unwrap();
+        let email = || Email::parse("ada@example.com").unwrap();
+        let live = invitation(Pending, Member, 2_000);
+        let (org, grants) = (live.organization_id, live.workspace_grants.clone());
+        let accepted = admit(live, ada(), email(), Some(Admin), now).unwrap();
+        assert_eq!(accepted.member().organization_id, org);
+        assert_eq!(accepted.member().role, Member);
+        assert_eq!(accepted.member().create_time, now);
+        assert_eq!(accepted.workspace_grants(), grants.as_slice());
+        // Past its expiry, whether or not anything recorded it.
+        let expired = invitation(Pending, Member, 1_000);
+        let refusal = admit(expired, ada(), email(), Some(Owner), now).unwrap_err();
+        assert!(matches!(refusal, AcceptRefusal::State(_)));
+        for state in [Accepted, Revoked, Expired] {
+            let dead = invitation(state, Member, 2_000);
+            assert!(matches!(
+                admit(dead, ada(), email(), Some(Owner), now),
+                Err(AcceptRefusal::State(_))
+            ));
+        }
+        // Rule 1 as of acceptance: an inviter demoted from Owner no longer offers Owner.
+        let to_owner = invitation(Pending, Owner, 2_000);
+        assert_eq!(
+            admit(to_owner, ada(), email(), Some(Admin), now).unwrap_err(),
+            AcceptRefusal::Inviter(InviteRefusal::OwnerRoleNeedsOwner)
+        );
+        let gone = invitation(Pending, Member, 2_000);
+        assert_eq!(
+            admit(gone, ada(), email(), None, now).unwrap_err(),
+            AcceptRefusal::Inviter(InviteRefusal::NotAMember)
+        );
     }
 
     #[test]

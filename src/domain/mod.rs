@@ -1,6 +1,7 @@
 //! The rules of Roster with no I/O: identifiers, values, the permission catalogue and the
 //! decision function, the rules about roles, and the invitation state machine.
 
+pub mod audit;
 pub mod authz;
 pub mod change;
 pub mod email;
@@ -11,6 +12,7 @@ pub mod permission;
 pub mod rules;
 pub mod values;
 
+pub use audit::{AuditAction, AuditTarget};
 pub use authz::{Decision, Pass, Reason, WorkspaceFacts, decide};
 pub use change::{ChangeRecord, ChangeToken, Delta, LogPosition, Revision};
 pub use email::Email;
@@ -19,5 +21,5 @@ pub use invitation::InvitationState;
 pub use model::{
     AuditEvent, DeliveryState, Grant, Invitation, Member, Organization, Timestamp, Workspace,
 };
-pub use permission::{Permission, Scope};
+pub use permission::{Holders, Permission, Scope, capability};
 pub use values::{Access, DisplayName, InvitationTtl, Role};

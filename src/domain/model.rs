@@ -1,5 +1,6 @@
 //! The records Roster keeps, as the services see them.
 
+use super::audit::{AuditAction, AuditTarget};
 use super::email::Email;
 use super::ids::{AuditEventId, InvitationId, OrganizationId, UserId, WorkspaceId};
 use super::invitation::InvitationState;
@@ -170,9 +171,9 @@ pub struct AuditEvent {
     /// Who acted.
     pub actor_user_id: UserId,
     /// What was done.
-    pub action: String,
+    pub action: AuditAction,
     /// To what.
-    pub target: String,
+    pub target: AuditTarget,
     /// Details as a JSON object.
     pub details: serde_json::Value,
     /// When.

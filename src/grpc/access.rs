@@ -234,11 +234,10 @@ impl AccessService for AccessApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        let (items, next_page_token) =
-            self.services.list_accessible_workspaces(&user, org, permission, page).await?;
+        let page = self.services.list_accessible_workspaces(&user, org, permission, page).await?;
         Ok(Response::new(pb::ListAccessibleWorkspacesResponse {
-            workspaces: items.into_iter().map(convert::workspace).collect(),
-            next_page_token,
+            workspaces: page.items.into_iter().map(convert::workspace).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 }

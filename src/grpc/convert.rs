@@ -221,8 +221,8 @@ pub fn audit_event(e: AuditEvent) -> pb::AuditEvent {
         id: e.id.to_string(),
         organization_id: e.organization_id.to_string(),
         actor_user_id: e.actor_user_id.to_string(),
-        action: e.action,
-        target: e.target,
+        action: e.action.as_str().to_owned(),
+        target: e.target.to_string(),
         create_time: Some(timestamp(e.create_time)),
         details_json: e.details.to_string(),
     }

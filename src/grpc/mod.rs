@@ -5,6 +5,7 @@ pub mod auth;
 pub mod batch;
 pub mod body;
 pub mod codec;
+pub mod commands;
 pub mod convert;
 pub mod identify;
 pub mod jwt;

@@ -3,8 +3,7 @@
 use tracing::instrument;
 
 use super::Services;
-use super::page::{self, PageRequest};
-use super::team::Page;
+use super::page::{self, Page, PageRequest};
 use crate::domain::authz;
 use crate::domain::{
     Decision, OrganizationId, Permission, Role, Scope, UserId, Workspace, WorkspaceFacts,
@@ -55,7 +54,7 @@ impl Services {
         permission: Permission,
         page: PageRequest,
     ) -> Result<Page<Workspace>, Error> {
-        let Some(needed) = authz::required_access(permission) else {
+        let Some(needed) = permission.required_access() else {
             return Err(Error::invalid(
                 "permission",
                 "must be a workspace permission, such as sources.read",

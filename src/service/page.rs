@@ -53,19 +53,22 @@ pub fn token(kind: &str, last_key: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{kind}:{last_key}"))
 }
 
+/// One page of a list.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Empty on the last page.
+    pub next_page_token: String,
+}
+
 /// Cuts a result fetched with one extra row down to the page and makes the next token.
-pub fn finish<T>(
-    kind: &str,
-    mut items: Vec<T>,
-    size: u64,
-    key: impl Fn(&T) -> String,
-) -> (Vec<T>, String) {
+pub fn finish<T>(kind: &str, mut items: Vec<T>, size: u64, key: impl Fn(&T) -> String) -> Page<T> {
     if items.len() as u64 > size {
         items.truncate(size as usize);
-        let next = items.last().map(|last| token(kind, &key(last))).unwrap_or_default();
-        (items, next)
+        let next_page_token = items.last().map(|last| token(kind, &key(last))).unwrap_or_default();
+        Page { items, next_page_token }
     } else {
-        (items, String::new())
+        Page { items, next_page_token: String::new() }
     }
 }
 

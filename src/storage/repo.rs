@@ -1,6 +1,7 @@
 //! Repository functions. Verbs: `get_*` fails when missing, `find_*` returns an option, `list_*`
-//! pages, `insert_*`/`update_*`/`delete_*` write. Writes that change an organization take a
-//! [`Pass`] and use its organization id, so they cannot run unchecked or cross organizations.
+//! pages, `insert_*`/`update_*`/`delete_*` write. Writes that change an organization take the
+//! [`Pass`] of the permission they need and use its organization id, so they cannot run without
+//! that check or cross organizations; adding an invitee takes the lifecycle's [`Admitted`].
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
@@ -12,10 +13,12 @@ use super::entity::{
     audit_event, invitation, invitation_grant, member, organization, outbox, workspace,
     workspace_grant,
 };
+use crate::domain::invitation::Admitted;
 use crate::domain::{
-    Access, AuditEvent, AuditEventId, DeliveryState, DisplayName, Email, Grant, Invitation,
-    InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId, Pass, Role,
-    Timestamp, UserId, UserIdRef, Workspace, WorkspaceFacts, WorkspaceId,
+    Access, AuditAction, AuditEvent, AuditEventId, AuditTarget, DeliveryState, DisplayName, Email,
+    Grant, Invitation, InvitationId, InvitationState, InvitationTtl, Member, Organization,
+    OrganizationId, Pass, Role, Timestamp, UserId, UserIdRef, Workspace, WorkspaceFacts,
+    WorkspaceId, capability as cap,
 };
 use crate::error::Error;
 
@@ -89,7 +92,7 @@ pub async fn lock_organization(
 /// Writes an organization's name and settings.
 pub async fn update_organization(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::OrganizationUpdate>,
     display_name: &DisplayName,
     ttl: InvitationTtl,
     now: Timestamp,
@@ -105,7 +108,10 @@ pub async fn update_organization(
 }
 
 /// Deletes an organization; members, workspaces, grants and invitations go with it.
-pub async fn delete_organization(db: &impl ConnectionTrait, pass: &Pass) -> Result<(), Error> {
+pub async fn delete_organization(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::OrganizationDelete>,
+) -> Result<(), Error> {
     let org = pass.organization_id().as_uuid();
     // Children are deleted explicitly too, so the outcome does not hang on cascade settings.
     workspace_grant::Entity::delete_many()
@@ -198,14 +204,23 @@ pub async fn insert_founder(db: &impl ConnectionTrait, founder: &Member) -> Resu
     insert_member_row(db, founder).await
 }
 
-/// Inserts a member who accepted an invitation; the invitation is the authority.
-pub async fn insert_invited_member(
-    db: &impl ConnectionTrait,
-    accepted: &Invitation,
-    member: &Member,
-) -> Result<(), Error> {
-    debug_assert_eq!(accepted.organization_id, member.organization_id);
-    insert_member_row(db, member).await
+/// Makes the invitee of an accepted invitation a member with its grants, and records the
+/// invitation ACCEPTED; the lifecycle's [`Admitted`] is the authority.
+pub async fn insert_accepted(db: &impl ConnectionTrait, admitted: &Admitted) -> Result<(), Error> {
+    let member = admitted.member();
+    insert_member_row(db, member).await?;
+    for (workspace_id, access) in admitted.workspace_grants() {
+        upsert_grant_row(db, member.organization_id, *workspace_id, &member.user_id, *access)
+            .await?;
+    }
+    set_invitation_state(
+        db,
+        member.organization_id,
+        admitted.invitation_id(),
+        InvitationState::Accepted,
+        member.create_time,
+    )
+    .await
 }
 
 async fn insert_member_row(db: &impl ConnectionTrait, m: &Member) -> Result<(), Error> {
@@ -230,13 +245,32 @@ async fn insert_member_row(db: &impl ConnectionTrait, m: &Member) -> Result<(), 
 /// Changes a member's role.
 pub async fn update_member_role(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::MembersUpdateRole>,
+    user: &UserId,
+    role: Role,
+) -> Result<(), Error> {
+    set_member_role(db, pass.organization_id(), user, role).await
+}
+
+/// Makes `new_owner` an Owner and the Owner who passed the check an Admin (rule 3).
+pub async fn transfer_ownership(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::OrganizationTransferOwnership>,
+    new_owner: &UserId,
+) -> Result<(), Error> {
+    set_member_role(db, pass.organization_id(), new_owner, Role::Owner).await?;
+    set_member_role(db, pass.organization_id(), pass.actor(), Role::Admin).await
+}
+
+async fn set_member_role(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
     user: &UserId,
     role: Role,
 ) -> Result<(), Error> {
     member::Entity::update_many()
         .col_expr(member::Column::Role, Expr::value(role.as_str()))
-        .filter(member::Column::OrganizationId.eq(pass.organization_id().as_uuid()))
+        .filter(member::Column::OrganizationId.eq(org.as_uuid()))
         .filter(member::Column::UserId.eq(user.as_str()))
         .exec(db)
         .await?;
@@ -246,10 +280,27 @@ pub async fn update_member_role(
 /// Removes a member and their workspace grants (rule 4); returns the grants removed.
 pub async fn delete_member(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::MembersRemove>,
     user: &UserId,
 ) -> Result<Vec<(WorkspaceId, Access)>, Error> {
-    let org = pass.organization_id().as_uuid();
+    delete_member_rows(db, pass.organization_id(), user).await
+}
+
+/// Removes the member who passed the check, leaving, and their grants (rule 4); returns the
+/// grants removed.
+pub async fn delete_own_membership(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::Membership>,
+) -> Result<Vec<(WorkspaceId, Access)>, Error> {
+    delete_member_rows(db, pass.organization_id(), pass.actor()).await
+}
+
+async fn delete_member_rows(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    user: &UserId,
+) -> Result<Vec<(WorkspaceId, Access)>, Error> {
+    let org = org.as_uuid();
     let removed = workspace_grant::Entity::delete_many()
         .filter(workspace_grant::Column::OrganizationId.eq(org))
         .filter(workspace_grant::Column::UserId.eq(user.as_str()))
@@ -321,7 +372,7 @@ fn to_grant(m: workspace_grant::Model) -> Result<Grant, Error> {
 /// Inserts a workspace into the pass's organization.
 pub async fn insert_workspace(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::WorkspacesCreate>,
     id: WorkspaceId,
     name: &DisplayName,
     now: Timestamp,
@@ -357,7 +408,7 @@ pub async fn find_workspace(
 /// Renames a workspace.
 pub async fn update_workspace_name(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::WorkspacesUpdate>,
     id: WorkspaceId,
     name: &DisplayName,
 ) -> Result<(), Error> {
@@ -373,7 +424,7 @@ pub async fn update_workspace_name(
 /// Deletes a workspace and every grant on it (rule 4).
 pub async fn delete_workspace(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::WorkspacesDelete>,
     id: WorkspaceId,
 ) -> Result<Vec<(UserId, Access)>, Error> {
     let org = pass.organization_id().as_uuid();
@@ -452,7 +503,7 @@ pub async fn find_grant(
 /// Creates or changes a grant.
 pub async fn upsert_grant(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::WorkspaceAccessManage>,
     workspace_id: WorkspaceId,
     user: &UserId,
     access: Access,
@@ -486,22 +537,10 @@ async fn upsert_grant_row(
     Ok(())
 }
 
-/// Applies an accepted invitation's grants to the new member.
-pub async fn insert_invited_grants(
-    db: &impl ConnectionTrait,
-    accepted: &Invitation,
-    user: &UserId,
-) -> Result<(), Error> {
-    for (workspace_id, access) in &accepted.workspace_grants {
-        upsert_grant_row(db, accepted.organization_id, *workspace_id, user, *access).await?;
-    }
-    Ok(())
-}
-
 /// Removes a grant.
 pub async fn delete_grant(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::WorkspaceAccessManage>,
     workspace_id: WorkspaceId,
     user: &UserId,
 ) -> Result<(), Error> {
@@ -736,7 +775,7 @@ fn no_token(id: InvitationId) -> String {
 /// same email is refused by a unique index, so concurrent invitations of one email make one.
 pub async fn insert_invitation(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::MembersInvite>,
     inv: &Invitation,
 ) -> Result<(), Error> {
     debug_assert_eq!(inv.organization_id, pass.organization_id());
@@ -849,8 +888,37 @@ pub async fn find_pending_invitation_for(
     to_invitation(m, grants).map(Some)
 }
 
-/// Sets an invitation's stored state.
-pub async fn update_invitation_state(
+/// Records a revoked invitation.
+pub async fn update_invitation_revoked(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::MembersInvite>,
+    id: InvitationId,
+    now: Timestamp,
+) -> Result<(), Error> {
+    set_invitation_state(db, pass.organization_id(), id, InvitationState::Revoked, now).await
+}
+
+/// Records as expired an invitation stored pending whose expiry has passed at `now`; one that
+/// has not expired is left as it is.
+pub async fn update_invitation_expired(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    id: InvitationId,
+    now: Timestamp,
+) -> Result<(), Error> {
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::State, Expr::value(InvitationState::Expired.as_str()))
+        .col_expr(invitation::Column::UpdateTime, Expr::value(now.as_micros()))
+        .filter(invitation::Column::Id.eq(id.as_uuid()))
+        .filter(invitation::Column::OrganizationId.eq(org.as_uuid()))
+        .filter(invitation::Column::State.eq(InvitationState::Pending.as_str()))
+        .filter(invitation::Column::ExpireTime.lte(now.as_micros()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+async fn set_invitation_state(
     db: &impl ConnectionTrait,
     org: OrganizationId,
     id: InvitationId,
@@ -872,7 +940,7 @@ pub async fn update_invitation_state(
 /// worker mints the next when it sends.
 pub async fn update_invitation_for_resend(
     db: &impl ConnectionTrait,
-    pass: &Pass,
+    pass: &Pass<cap::MembersInvite>,
     id: InvitationId,
     inviter: &UserId,
     expire_time: Timestamp,
@@ -1156,8 +1224,8 @@ pub async fn insert_audit(db: &impl ConnectionTrait, event: &AuditEvent) -> Resu
         id: Set(event.id.as_uuid()),
         organization_id: Set(event.organization_id.as_uuid()),
         actor_user_id: Set(event.actor_user_id.as_str().to_owned()),
-        action: Set(event.action.clone()),
-        target: Set(event.target.clone()),
+        action: Set(event.action.as_str().to_owned()),
+        target: Set(event.target.to_string()),
         details: Set(event.details.to_string()),
         create_time: Set(event.create_time.as_micros()),
     })
@@ -1179,18 +1247,22 @@ pub async fn list_audit(
         query = query.filter(audit_event::Column::Id.lt(before.as_uuid()));
     }
     let rows = query.order_by_desc(audit_event::Column::Id).limit(limit).all(db).await?;
-    Ok(rows
-        .into_iter()
-        .map(|m| AuditEvent {
-            id: AuditEventId::from_uuid(m.id),
-            organization_id: OrganizationId::from_uuid(m.organization_id),
-            actor_user_id: UserId::from_stored(m.actor_user_id),
-            action: m.action,
-            target: m.target,
-            details: serde_json::from_str(&m.details).unwrap_or(serde_json::Value::Null),
-            create_time: Timestamp::from_micros(m.create_time),
+    rows.into_iter()
+        .map(|m| {
+            Ok(AuditEvent {
+                id: AuditEventId::from_uuid(m.id),
+                organization_id: OrganizationId::from_uuid(m.organization_id),
+                actor_user_id: UserId::from_stored(m.actor_user_id),
+                action: AuditAction::from_stored(&m.action)
+                    .ok_or_else(|| corrupt("audit action", &m.action))?,
+                target: AuditTarget::from_stored(&m.target)
+                    .ok_or_else(|| corrupt("audit target", &m.target))?,
+                details: serde_json::from_str(&m.details)
+                    .map_err(|_| corrupt("audit details", &m.details))?,
+                create_time: Timestamp::from_micros(m.create_time),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// How many emails wait in each unfinished state (queued, retrying) or have failed for good.

@@ -1,3 +1,4 @@
+use roster::domain::{Permission, Scope};
 use roster::pb::{self, DecisionReason as Why, OrganizationRole as R, WorkspaceAccess as A};
 use tonic::Code;
 
@@ -132,7 +133,19 @@ async fn list_permissions_is_the_whole_catalogue(backend: Backend) {
         .unwrap()
         .into_inner()
         .permissions;
-    assert_eq!(permissions.len(), 33);
+    // The whole catalogue, in its order, each with its scope.
+    let listed: Vec<_> = permissions.iter().map(|p| (p.name.as_str(), p.scope)).collect();
+    let catalogue: Vec<_> = Permission::ALL
+        .iter()
+        .map(|p| {
+            let scope = match p.scope() {
+                Scope::Organization => pb::PermissionScope::Organization,
+                Scope::Workspace => pb::PermissionScope::Workspace,
+            };
+            (p.name(), scope as i32)
+        })
+        .collect();
+    assert_eq!(listed, catalogue);
     let find = |name: &str| {
         permissions.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name}"))
     };
@@ -189,7 +202,13 @@ async fn list_granted_permissions_follows_role_and_grant(backend: Backend) {
         .unwrap()
         .into_inner()
         .permissions;
-    assert_eq!(owner_ws.len(), 17);
+    // An Owner holds every workspace permission of the catalogue.
+    let workspace_permissions: Vec<_> = Permission::ALL
+        .iter()
+        .filter(|p| p.scope() == Scope::Workspace)
+        .map(|p| p.name())
+        .collect();
+    assert_eq!(owner_ws, workspace_permissions);
     let stranger = access
         .list_granted_permissions(granted("stranger", ""))
         .await

@@ -10,6 +10,35 @@ use crate::db_tests;
 
 db_tests!(every_team_rpc_answers_each_kind_of_caller_as_the_tables_say);
 
+/// The methods TeamService declares, read from the descriptor set the server serves for
+/// reflection: a method added to the proto without a row in [`MATRIX`] fails the test below.
+fn team_service_methods() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(roster::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let service = set
+        .file
+        .iter()
+        .flat_map(|file| &file.service)
+        .find(|service| service.name() == "TeamService")
+        .expect("TeamService in the descriptor set");
+    service.method.iter().map(|method| method.name().to_owned()).collect()
+}
+
+#[test]
+fn the_matrix_has_a_row_for_every_team_service_method() {
+    let methods = team_service_methods();
+    // These name no organization; tests/api/organizations.rs and invitations.rs cover them.
+    let exempt = ["CreateOrganization", "ListOrganizations", "AcceptInvitation"];
+    for method in &methods {
+        let rows = MATRIX.iter().filter(|(rpc, _)| rpc == method).count();
+        let expected = usize::from(!exempt.contains(&method.as_str()));
+        assert_eq!(rows, expected, "{method}: rows in MATRIX");
+    }
+    for (rpc, _) in MATRIX {
+        assert!(methods.iter().any(|m| m == rpc), "{rpc} is not a TeamService method");
+    }
+}
+
 /// What one organization holds for a matrix cell.
 struct Fixture {
     org: String,

@@ -1,0 +1,119 @@
+//! What every TeamService mutation shares: it opens an [`OrgChange`] (the organization's lock
+//! and next revision first), checks the caller inside it, writes one audit event and commits
+//! with what it did to access.
+
+use serde_json::Value as Json;
+
+use super::membership;
+use crate::domain::capability::Capability;
+use crate::domain::{
+    AuditAction, AuditEvent, AuditEventId, AuditTarget, ChangeToken, Delta, Member, OrganizationId,
+    Pass, Timestamp,
+};
+use crate::error::Error;
+use crate::index::AuthzIndex;
+use crate::service::{Actor, Services};
+use crate::storage::changelog::{Declared, OrgChange};
+use crate::storage::repo;
+
+/// A change in progress, the caller's membership as of the lock, and the proof of its check.
+pub(super) struct Checked<C: Capability> {
+    pub tx: OrgChange,
+    pub me: Member,
+    pub pass: Pass<C>,
+}
+
+/// The audit event a change writes.
+pub(super) struct Audited {
+    pub action: AuditAction,
+    pub target: AuditTarget,
+    pub details: Json,
+}
+
+/// Checks `C` for a member and mints the proof storage writes need.
+pub(super) fn require<C: Capability>(member: &Member) -> Result<Pass<C>, Error> {
+    Pass::check(member.organization_id, member.user_id.clone(), Some(member.role)).map_err(|_| {
+        Error::PermissionDenied(format!("your role does not include the permission {}", C::NAME))
+    })
+}
+
+impl Services {
+    /// Opens a change to an organization: takes its lock and next revision first, so that
+    /// concurrent changes to it serialize, then checks `C` for the actor on the state as of
+    /// the lock.
+    pub(super) async fn begin<C: Capability>(
+        &self,
+        org: OrganizationId,
+        actor: &Actor,
+    ) -> Result<Checked<C>, Error> {
+        let tx =
+            OrgChange::begin(&self.store, org).await?.ok_or(Error::NotFound("organization"))?;
+        let me = membership(&*tx, org, actor).await?;
+        let pass = require::<C>(&me)?;
+        Ok(Checked { tx, me, pass })
+    }
+
+    /// Writes the change's audit event and commits it with `deltas`, what it did to access
+    /// (empty for a change Authorize does not see).
+    pub(super) async fn finish(
+        &self,
+        tx: OrgChange,
+        actor: &Actor,
+        audited: Audited,
+        deltas: Vec<Delta>,
+        now: Timestamp,
+    ) -> Result<ChangeToken, Error> {
+        let id = AuditEventId::generate();
+        let event = AuditEvent {
+            id,
+            organization_id: tx.organization(),
+            actor_user_id: actor.user_id.clone(),
+            action: audited.action,
+            target: audited.target,
+            details: audited.details,
+            create_time: now,
+        };
+        repo::insert_audit(&*tx, &event).await?;
+        let declared = Declared { actor: actor.user_id.clone(), audit_event_id: Some(id), deltas };
+        self.commit(tx, declared).await
+    }
+
+    /// Commits a change with what it did: its log row (and, on PostgreSQL, the notification
+    /// other replicas follow) travels in the transaction, and this replica's index holds the
+    /// change before the RPC returns (rule 4).
+    async fn commit(&self, tx: OrgChange, declared: Declared) -> Result<ChangeToken, Error> {
+        let org = tx.organization();
+        // A call cut off (by its deadline, or a client going away) may stop anywhere below,
+        // maybe after the commit: the organization is then dropped rather than left behind.
+        let unsettled = ForgetOnDrop { index: &self.index, org };
+        // Whether a failed commit committed is unknown: the guard forgets the organization.
+        let record = tx.commit(declared).await?;
+        self.index.committed(&record).await;
+        std::mem::forget(unsettled);
+        match record.position {
+            Some(position) => {
+                self.log_head.send_if_modified(|head| {
+                    let newer = position > *head;
+                    if newer {
+                        *head = position;
+                    }
+                    newer
+                });
+            }
+            None => self.unplaced.notify_one(),
+        }
+        Ok(record.token())
+    }
+}
+
+/// Drops an organization's index unless defused with `mem::forget`.
+struct ForgetOnDrop<'a> {
+    index: &'a AuthzIndex,
+    org: OrganizationId,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.index.forget(self.org);
+    }
+}

@@ -1,0 +1,150 @@
+//! Workspace grants: who holds READ or WRITE on which workspace.
+
+use serde_json::json;
+use tracing::instrument;
+
+use super::change::Audited;
+use super::{denied, membership};
+use crate::domain::capability as cap;
+use crate::domain::rules;
+use crate::domain::{
+    Access, AuditAction, AuditTarget, Delta, Grant, OrganizationId, Role, Timestamp, UserId,
+    WorkspaceFacts, WorkspaceId,
+};
+use crate::error::Error;
+use crate::service::page::{self, Page, PageRequest};
+use crate::service::{Actor, Changed, Services};
+use crate::storage::repo;
+
+/// A validated SetWorkspaceAccess request; `access` `None` removes the grant.
+#[derive(Debug)]
+pub struct SetWorkspaceAccess {
+    pub organization_id: OrganizationId,
+    pub workspace_id: WorkspaceId,
+    pub user_id: UserId,
+    pub access: Option<Access>,
+}
+
+/// A validated ListWorkspaceAccess request; each filter is optional.
+#[derive(Debug)]
+pub struct ListWorkspaceAccess {
+    pub organization_id: OrganizationId,
+    pub workspace_id: Option<WorkspaceId>,
+    pub user_id: Option<UserId>,
+    pub page: PageRequest,
+}
+
+impl Services {
+    /// Grants, changes or removes a member's access to a workspace.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %command.organization_id, workspace = %command.workspace_id, user = %command.user_id))]
+    pub async fn set_workspace_access(
+        &self,
+        actor: &Actor,
+        command: SetWorkspaceAccess,
+    ) -> Result<Changed<Grant>, Error> {
+        let SetWorkspaceAccess { organization_id: org, workspace_id, user_id: user, access } =
+            command;
+        let checked = self.begin::<cap::WorkspaceAccessManage>(org, actor).await?;
+        let tx = checked.tx;
+        // The workspace, the member and their current grant, in one statement.
+        let facts =
+            repo::authorization_facts(&*tx, org, (&user).into(), Some(workspace_id)).await?;
+        let previous = match facts {
+            (_, WorkspaceFacts::Missing | WorkspaceFacts::NotApplicable) => {
+                return Err(Error::NotFound("workspace"));
+            }
+            (None, _) => return Err(Error::NotFound("member")),
+            // Owners hold WRITE on every workspace whatever their grants say; a grant to one
+            // would change nothing now and surface only if they stopped being an Owner.
+            (Some(Role::Owner), WorkspaceFacts::Present(_)) if access.is_some() => {
+                return Err(Error::FailedPrecondition(
+                    "the member is an Owner, who holds WRITE on every workspace; grants apply to \
+                     Admin, Billing and Member users"
+                        .to_owned(),
+                ));
+            }
+            (Some(_), WorkspaceFacts::Present(access)) => access,
+        };
+        let grant = Grant { organization_id: org, workspace_id, user_id: user.clone(), access };
+        if previous == access {
+            return Ok(Changed { value: grant, token: tx.unchanged().await? });
+        }
+        let now = Timestamp::now();
+        let action = match access {
+            Some(access) => {
+                repo::upsert_grant(&*tx, &checked.pass, workspace_id, &user, access).await?;
+                AuditAction::WorkspaceAccessSet
+            }
+            None => {
+                repo::delete_grant(&*tx, &checked.pass, workspace_id, &user).await?;
+                AuditAction::WorkspaceAccessRemoved
+            }
+        };
+        let audited = Audited {
+            action,
+            target: AuditTarget::Member(user.clone()),
+            details: json!({
+                "workspace_id": workspace_id.to_string(),
+                "old_access": previous.map(Access::as_str),
+                "new_access": access.map(Access::as_str),
+            }),
+        };
+        let deltas =
+            vec![Delta::GrantChanged { user, workspace: workspace_id, old: previous, new: access }];
+        let token = self.finish(tx, actor, audited, deltas, now).await?;
+        Ok(Changed { value: grant, token })
+    }
+
+    /// Lists grants; Billing and Member users see only their own.
+    #[instrument(skip_all, fields(actor = %actor.user_id, organization = %command.organization_id))]
+    pub async fn list_workspace_access(
+        &self,
+        actor: &Actor,
+        command: ListWorkspaceAccess,
+    ) -> Result<Page<Grant>, Error> {
+        let ListWorkspaceAccess { organization_id: org, workspace_id, user_id: user, page } =
+            command;
+        let db = self.store.reader();
+        let me = membership(db, org, actor).await?;
+        let user = if rules::sees_every_workspace(me.role) {
+            user
+        } else {
+            match user {
+                Some(other) if other != actor.user_id => {
+                    return Err(denied("you can list only your own workspace access"));
+                }
+                _ => Some(actor.user_id.clone()),
+            }
+        };
+        let after = match page.after {
+            None => None,
+            Some(text) => {
+                let forged = || {
+                    Error::invalid(
+                        "page_token",
+                        "is not a token returned by this list; start again without it",
+                    )
+                };
+                let (ws, user) = text.split_once('/').ok_or_else(forged)?;
+                Some((WorkspaceId::parse(ws).map_err(|_| forged())?, user.to_owned()))
+            }
+        };
+        // A workspace that does not exist is not found; so is one a Billing or Member user holds
+        // no grant on, as in GetWorkspace, whether it exists or not.
+        if let Some(id) = workspace_id {
+            let visible = if rules::sees_every_workspace(me.role) {
+                repo::find_workspace(db, org, id).await?.is_some()
+            } else {
+                repo::find_grant(db, org, id, &actor.user_id).await?.is_some()
+            };
+            if !visible {
+                return Err(Error::NotFound("workspace"));
+            }
+        }
+        let grants =
+            repo::list_grants(db, org, workspace_id, user.as_ref(), after, page.size + 1).await?;
+        Ok(page::finish("grants", grants, page.size, |g| {
+            format!("{}/{}", g.workspace_id, g.user_id)
+        }))
+    }
+}

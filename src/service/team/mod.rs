@@ -1,0 +1,57 @@
+//! TeamService use-cases, acting for an end user, one module per aggregate. Each takes the
+//! command its RPC was converted into; `change` holds what every mutation shares: the
+//! organization's lock, the caller's check, the audit event and the commit.
+
+mod change;
+pub mod grants;
+pub mod invitations;
+pub mod members;
+pub mod organizations;
+pub mod workspaces;
+
+use super::Actor;
+use crate::domain::{Email, Member, OrganizationId};
+use crate::error::Error;
+use crate::storage::repo;
+
+pub use grants::{ListWorkspaceAccess, SetWorkspaceAccess};
+pub use invitations::{AcceptInvitation, CreateInvitation, InvitationRef, ListInvitations};
+pub use members::{ListMembers, MemberRef, TransferOwnership, UpdateMemberRole};
+pub use organizations::{CreateOrganization, ListAuditEvents, UpdateOrganization};
+pub use workspaces::{CreateWorkspace, ListWorkspaces, UpdateWorkspace, WorkspaceRef};
+
+fn denied(message: &str) -> Error {
+    Error::PermissionDenied(message.to_owned())
+}
+
+/// The actor's email, which `to` needs.
+fn caller_email(actor: &Actor, to: &str) -> Result<Email, Error> {
+    actor
+        .email
+        .clone()
+        .map_err(|why| Error::Unauthenticated(format!("your email is needed to {to}, but {why}")))
+}
+
+/// Refuses an actor whose email is not proven theirs (jwt mode: `email_verified` is not true),
+/// before anything is read: founding organizations, inviting and accepting put that email to
+/// use, so an unverified one could name anyone.
+fn require_verified_email(actor: &Actor, to: &str) -> Result<(), Error> {
+    if actor.email_verified {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "your email address is not verified, which is needed to {to}: verify your email with \
+         your identity provider, then sign in again"
+    )))
+}
+
+/// The caller's membership, or NOT_FOUND as if the organization did not exist.
+async fn membership(
+    db: &impl sea_orm::ConnectionTrait,
+    org: OrganizationId,
+    actor: &Actor,
+) -> Result<Member, Error> {
+    // Every organization-scoped call passes here: name the organization in the call's span.
+    tracing::Span::current().record("organization_id", tracing::field::display(org));
+    repo::find_member(db, org, &actor.user_id).await?.ok_or(Error::NotFound("organization"))
+}
