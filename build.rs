@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "proto/roster/v1/errors.proto",
     "proto/roster/v1/resources.proto",
     "proto/roster/v1/team_service.proto",
     "proto/roster/v1/access_service.proto",

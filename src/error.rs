@@ -18,30 +18,101 @@ pub enum Error {
     /// The request is malformed; each bad field is named.
     #[error("invalid request: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),
-    /// No credentials, or credentials that do not verify.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The actor is known and may see the resource, but may not do this.
-    #[error("{0}")]
-    PermissionDenied(String),
     /// The named resource does not exist, or the actor may not know that it does.
     #[error("{0} not found")]
     NotFound(&'static str),
-    /// The resource to create exists already.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The resource is not in a state that allows the request.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// A limit was reached; retrying later may succeed.
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// The database or another dependency is unreachable; retrying later may succeed.
-    #[error("{0}")]
-    Unavailable(String),
+    /// A refusal a client can act on. The reason decides the status code and travels to the
+    /// client as `google.rpc.ErrorInfo`; the message is for people.
+    #[error("{message}")]
+    Refused {
+        reason: Reason,
+        message: String,
+        /// Facts for the client, sent as the ErrorInfo's metadata (for example the permission
+        /// that was missing).
+        metadata: Vec<(&'static str, String)>,
+    },
     /// A bug or an unexpected failure; the cause is logged, never sent to clients.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+macro_rules! reasons {
+    ($($code:ident { $($variant:ident => $name:literal,)* })*) => {
+        /// The machine-readable reason of a refusal: `ErrorReason` in the proto, whose comments
+        /// say what each means. Grouped by the status code each is sent with.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($($variant,)*)*
+        }
+
+        /// The status code a reason is sent with, named as in gRPC.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Kind {
+            $($code,)*
+        }
+
+        impl Reason {
+            /// Every reason.
+            pub const ALL: &'static [Reason] = &[$($(Reason::$variant,)*)*];
+
+            /// The ErrorInfo reason, for example `LAST_OWNER`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($(Reason::$variant => $name,)*)*
+                }
+            }
+
+            /// The status code it is sent with.
+            pub fn kind(self) -> Kind {
+                match self {
+                    $($(Reason::$variant => Kind::$code,)*)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    Unauthenticated {
+        CredentialsMissing => "CREDENTIALS_MISSING",
+        CredentialsInvalid => "CREDENTIALS_INVALID",
+        EmailUnusable => "EMAIL_UNUSABLE",
+    }
+    PermissionDenied {
+        WrongCredentialKind => "WRONG_CREDENTIAL_KIND",
+        PermissionMissing => "PERMISSION_MISSING",
+        OwnerRequired => "OWNER_REQUIRED",
+        EmailNotVerified => "EMAIL_NOT_VERIFIED",
+        InvitationForAnotherEmail => "INVITATION_FOR_ANOTHER_EMAIL",
+        OwnAccessOnly => "OWN_ACCESS_ONLY",
+    }
+    AlreadyExists {
+        AlreadyMember => "ALREADY_MEMBER",
+        EmailAlreadyMember => "EMAIL_ALREADY_MEMBER",
+        InvitationPending => "INVITATION_PENDING",
+    }
+    FailedPrecondition {
+        LastOwner => "LAST_OWNER",
+        InvitationAccepted => "INVITATION_ACCEPTED",
+        InvitationRevoked => "INVITATION_REVOKED",
+        InvitationExpired => "INVITATION_EXPIRED",
+        InviterMayNoLongerInvite => "INVITER_MAY_NO_LONGER_INVITE",
+        InviteeAlreadyMember => "INVITEE_ALREADY_MEMBER",
+        NewerInvitationPending => "NEWER_INVITATION_PENDING",
+        OwnerHoldsEveryWorkspace => "OWNER_HOLDS_EVERY_WORKSPACE",
+    }
+    ResourceExhausted {
+        RateLimited => "RATE_LIMITED",
+        Overloaded => "OVERLOADED",
+        StreamsExhausted => "STREAMS_EXHAUSTED",
+        MessageTooLarge => "MESSAGE_TOO_LARGE",
+        RequestBytesExhausted => "REQUEST_BYTES_EXHAUSTED",
+    }
+    Unavailable {
+        DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+        ConcurrentChange => "CONCURRENT_CHANGE",
+        ChangeLogBehind => "CHANGE_LOG_BEHIND",
+    }
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
@@ -61,9 +132,31 @@ impl Error {
         }])
     }
 
+    /// A refusal for `reason`, explained by `message`.
+    pub fn refused(reason: Reason, message: impl Into<String>) -> Self {
+        Error::Refused { reason, message: message.into(), metadata: Vec::new() }
+    }
+
+    /// PERMISSION_MISSING: the caller's role does not hold `permission`.
+    pub fn permission_missing(permission: &'static str) -> Self {
+        Error::Refused {
+            reason: Reason::PermissionMissing,
+            message: format!("your role does not include the permission {permission}"),
+            metadata: vec![("permission", permission.to_owned())],
+        }
+    }
+
     /// An unexpected failure with its cause.
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
         Error::Internal(cause.into())
+    }
+
+    /// The refusal's reason, if it is one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Error::Refused { reason, .. } => Some(*reason),
+            Error::InvalidArgument(_) | Error::NotFound(_) | Error::Internal(_) => None,
+        }
     }
 }
 
@@ -123,18 +216,19 @@ impl Violations {
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
         match &err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                Error::Unavailable("the database is unavailable; retry later".to_owned())
-            }
-            _ if is_connection_failure(&err) => {
-                Error::Unavailable("the database is unavailable; retry later".to_owned())
-            }
-            _ if is_transient_conflict(&err) => {
-                Error::Unavailable("a concurrent change conflicted with this one; retry".to_owned())
-            }
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => unavailable(),
+            _ if is_connection_failure(&err) => unavailable(),
+            _ if is_transient_conflict(&err) => Error::refused(
+                Reason::ConcurrentChange,
+                "a concurrent change conflicted with this one; retry",
+            ),
             _ => Error::Internal(anyhow::Error::new(err).context("database")),
         }
     }
+}
+
+fn unavailable() -> Error {
+    Error::refused(Reason::DatabaseUnavailable, "the database is unavailable; retry later")
 }
 
 /// Whether PostgreSQL aborted the statement to resolve a deadlock or a serialization conflict,

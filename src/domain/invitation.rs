@@ -57,6 +57,17 @@ impl InvitationState {
     }
 }
 
+/// How an invitation that can no longer be used ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Someone accepted it.
+    Accepted,
+    /// A member revoked it.
+    Revoked,
+    /// Its expiry passed first.
+    Expired,
+}
+
 /// What a lifecycle request may do from a given effective state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -64,18 +75,21 @@ pub enum Transition {
     Apply,
     /// Succeed without changing anything (revoking a revoked invitation).
     NoOp,
-    /// Refuse with a reason for the caller.
-    Refuse(&'static str),
+    /// Refuse: how the invitation ended, and what to tell the caller.
+    Refuse(Ended, &'static str),
 }
 
 /// Resend: PENDING or EXPIRED get a fresh token; ACCEPTED and REVOKED are final.
 pub fn resend(state: InvitationState) -> Transition {
     match state {
         InvitationState::Pending | InvitationState::Expired => Transition::Apply,
-        InvitationState::Accepted => Transition::Refuse("the invitation was already accepted"),
-        InvitationState::Revoked => {
-            Transition::Refuse("the invitation was revoked; create a new invitation instead")
+        InvitationState::Accepted => {
+            Transition::Refuse(Ended::Accepted, "the invitation was already accepted")
         }
+        InvitationState::Revoked => Transition::Refuse(
+            Ended::Revoked,
+            "the invitation was revoked; create a new invitation instead",
+        ),
     }
 }
 
@@ -84,9 +98,10 @@ pub fn revoke(state: InvitationState) -> Transition {
     match state {
         InvitationState::Pending | InvitationState::Expired => Transition::Apply,
         InvitationState::Revoked => Transition::NoOp,
-        InvitationState::Accepted => {
-            Transition::Refuse("the invitation was already accepted; remove the member instead")
-        }
+        InvitationState::Accepted => Transition::Refuse(
+            Ended::Accepted,
+            "the invitation was already accepted; remove the member instead",
+        ),
     }
 }
 
@@ -94,11 +109,16 @@ pub fn revoke(state: InvitationState) -> Transition {
 pub fn accept(state: InvitationState) -> Transition {
     match state {
         InvitationState::Pending => Transition::Apply,
-        InvitationState::Expired => {
-            Transition::Refuse("the invitation has expired; ask for it to be resent")
+        InvitationState::Expired => Transition::Refuse(
+            Ended::Expired,
+            "the invitation has expired; ask for it to be resent",
+        ),
+        InvitationState::Revoked => {
+            Transition::Refuse(Ended::Revoked, "the invitation was revoked")
         }
-        InvitationState::Revoked => Transition::Refuse("the invitation was revoked"),
-        InvitationState::Accepted => Transition::Refuse("the invitation was already accepted"),
+        InvitationState::Accepted => {
+            Transition::Refuse(Ended::Accepted, "the invitation was already accepted")
+        }
     }
 }
 
@@ -133,8 +153,8 @@ pub fn may_invite(inviter: Option<Role>, invited: Role) -> Result<(), InviteRefu
 /// Why an invitation cannot be accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcceptRefusal {
-    /// Its state as of now is not PENDING; says why.
-    State(&'static str),
+    /// Its state as of now is not PENDING: how it ended, and what to tell the caller.
+    State(Ended, &'static str),
     /// Its inviter may no longer offer its role.
     Inviter(InviteRefusal),
 }
@@ -177,8 +197,8 @@ pub fn admit(
     inviter: Option<Role>,
     now: Timestamp,
 ) -> Result<Admitted, AcceptRefusal> {
-    if let Transition::Refuse(why) = accept(invitation.state_at(now)) {
-        return Err(AcceptRefusal::State(why));
+    if let Transition::Refuse(ended, why) = accept(invitation.state_at(now)) {
+        return Err(AcceptRefusal::State(ended, why));
     }
     may_invite(inviter, invitation.role).map_err(AcceptRefusal::Inviter)?;
     Ok(Admitted {
@@ -251,15 +271,15 @@ mod tests {
     fn lifecycle_table() {
         assert_eq!(resend(Pending), Transition::Apply);
         assert_eq!(resend(Expired), Transition::Apply);
-        assert!(matches!(resend(Accepted), Transition::Refuse(_)));
-        assert!(matches!(resend(Revoked), Transition::Refuse(_)));
+        assert!(matches!(resend(Accepted), Transition::Refuse(..)));
+        assert!(matches!(resend(Revoked), Transition::Refuse(..)));
         assert_eq!(revoke(Pending), Transition::Apply);
         assert_eq!(revoke(Expired), Transition::Apply);
         assert_eq!(revoke(Revoked), Transition::NoOp);
-        assert!(matches!(revoke(Accepted), Transition::Refuse(_)));
+        assert!(matches!(revoke(Accepted), Transition::Refuse(..)));
         assert_eq!(accept(Pending), Transition::Apply);
         for state in [Expired, Revoked, Accepted] {
-            assert!(matches!(accept(state), Transition::Refuse(_)));
+            assert!(matches!(accept(state), Transition::Refuse(..)));
         }
     }
 
@@ -330,12 +350,12 @@ mod tests {
         // Past its expiry, whether or not anything recorded it.
         let expired = invitation(Pending, Member, 1_000);
         let refusal = admit(expired, ada(), email(), Some(Owner), now).unwrap_err();
-        assert!(matches!(refusal, AcceptRefusal::State(_)));
+        assert!(matches!(refusal, AcceptRefusal::State(Ended::Expired, _)));
         for state in [Accepted, Revoked, Expired] {
             let dead = invitation(state, Member, 2_000);
             assert!(matches!(
                 admit(dead, ada(), email(), Some(Owner), now),
-                Err(AcceptRefusal::State(_))
+                Err(AcceptRefusal::State(..))
             ));
         }
         // Rule 1 as of acceptance: an inviter demoted from Owner no longer offers Owner.

@@ -23,7 +23,7 @@ use tonic::codegen::http::HeaderMap;
 use super::jwt::{JwtVerifier, KeySource};
 use crate::config::{AuthMode, Config};
 use crate::domain::{Email, UserId};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::service::Actor;
 
 /// Metadata key naming the end user in dev mode.
@@ -217,14 +217,14 @@ impl Identity {
             UserAuth::Jwt(verifier, allow_missing_email_verified) => {
                 let token = bearer(metadata)?;
                 if self.services.identify(token).is_some() {
-                    return Err(Error::PermissionDenied(
-                        "a service token cannot act as an end user; send the user's JWT".to_owned(),
+                    return Err(Error::refused(
+                        Reason::WrongCredentialKind,
+                        "a service token cannot act as an end user; send the user's JWT",
                     ));
                 }
-                let claims = verifier.verify(token).map_err(Error::Unauthenticated)?;
-                let user_id = UserId::parse(&claims.sub).map_err(|e| {
-                    Error::Unauthenticated(format!("the token's sub claim {}", e.0))
-                })?;
+                let claims = verifier.verify(token).map_err(invalid_credentials)?;
+                let user_id = UserId::parse(&claims.sub)
+                    .map_err(|e| invalid_credentials(format!("the token's sub claim {}", e.0)))?;
                 let email = match claims.email.as_deref() {
                     None => Err("the token has no email claim".to_owned()),
                     Some(text) => {
@@ -258,56 +258,61 @@ impl Identity {
             return Ok(name.clone());
         }
         if verifier.verify(token).is_ok() {
-            return Err(Error::PermissionDenied(
-                "end-user tokens cannot call AccessService; use a service token".to_owned(),
+            return Err(Error::refused(
+                Reason::WrongCredentialKind,
+                "end-user tokens cannot call AccessService; use a service token",
             ));
         }
-        Err(Error::Unauthenticated("the bearer token is not a known service token".to_owned()))
+        Err(invalid_credentials("the bearer token is not a known service token"))
     }
+}
+
+fn invalid_credentials(message: impl Into<String>) -> Error {
+    Error::refused(Reason::CredentialsInvalid, message)
 }
 
 fn bearer(metadata: &HeaderMap) -> Result<&str, Error> {
     let Some(value) = metadata.get("authorization") else {
-        return Err(Error::Unauthenticated(
-            "no credentials: send authorization: Bearer <token>".to_owned(),
+        return Err(Error::refused(
+            Reason::CredentialsMissing,
+            "no credentials: send authorization: Bearer <token>",
         ));
     };
-    let text = value.to_str().map_err(|_| {
-        Error::Unauthenticated("the authorization metadata is not printable ASCII".to_owned())
-    })?;
+    let text = value
+        .to_str()
+        .map_err(|_| invalid_credentials("the authorization metadata is not printable ASCII"))?;
     match text.split_once(' ') {
         Some((scheme, token))
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
         {
             Ok(token.trim())
         }
-        _ => Err(Error::Unauthenticated(
-            "the authorization metadata must be `Bearer <token>`".to_owned(),
-        )),
+        _ => Err(invalid_credentials("the authorization metadata must be `Bearer <token>`")),
     }
 }
 
 /// Reads the actor from dev-mode metadata.
 fn dev_actor(metadata: &HeaderMap) -> Result<Actor, Error> {
     let Some(raw) = metadata.get(USER_ID_HEADER) else {
-        return Err(Error::Unauthenticated(format!(
-            "no caller identity: send the {USER_ID_HEADER} metadata"
-        )));
+        return Err(Error::refused(
+            Reason::CredentialsMissing,
+            format!("no caller identity: send the {USER_ID_HEADER} metadata"),
+        ));
     };
     let text = raw
         .to_str()
-        .map_err(|_| Error::Unauthenticated(format!("{USER_ID_HEADER} must be printable ASCII")))?;
+        .map_err(|_| invalid_credentials(format!("{USER_ID_HEADER} must be printable ASCII")))?;
     let user_id = UserId::parse(text)
-        .map_err(|e| Error::Unauthenticated(format!("{USER_ID_HEADER} {}", e.0)))?;
+        .map_err(|e| invalid_credentials(format!("{USER_ID_HEADER} {}", e.0)))?;
     let email = match metadata.get(USER_EMAIL_HEADER) {
         None => Err(format!("no {USER_EMAIL_HEADER} metadata was sent")),
         Some(raw) => {
             // UTF-8, so that dev mode can stand for users of internationalized addresses.
             let text = std::str::from_utf8(raw.as_bytes()).map_err(|_| {
-                Error::Unauthenticated(format!("{USER_EMAIL_HEADER} must be UTF-8 text"))
+                invalid_credentials(format!("{USER_EMAIL_HEADER} must be UTF-8 text"))
             })?;
             Ok(Email::parse(text)
-                .map_err(|e| Error::Unauthenticated(format!("{USER_EMAIL_HEADER} {e}")))?)
+                .map_err(|e| invalid_credentials(format!("{USER_EMAIL_HEADER} {e}")))?)
         }
     };
     // Dev mode trusts its headers, the email included.

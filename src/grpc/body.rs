@@ -13,6 +13,7 @@
 //! Only identified calls get here (see [`super::identify`]); a refused call's body is never
 //! read at all.
 
+use crate::error::Reason;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -243,7 +244,8 @@ impl Guarded {
         if self.remaining > 0 && self.reserved == 0 {
             let held = self.length + 5;
             if !self.budget().reserve(held) {
-                return Err(Status::resource_exhausted(
+                return Err(super::status::refused(
+                    Reason::RequestBytesExhausted,
                     "the server holds too many request bytes at once; retry with backoff",
                 ));
             }
@@ -277,11 +279,14 @@ impl Guarded {
             u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]])
                 as usize;
         if len > self.limit {
-            return Err(Status::resource_exhausted(format!(
-                "the request message is {len} bytes; {} accepts at most {}",
-                short(self.method),
-                self.limit
-            )));
+            return Err(super::status::refused(
+                Reason::MessageTooLarge,
+                format!(
+                    "the request message is {len} bytes; {} accepts at most {}",
+                    short(self.method),
+                    self.limit
+                ),
+            ));
         }
         self.messages += 1;
         self.length = len;

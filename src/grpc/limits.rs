@@ -10,6 +10,7 @@
 //! Calls reach this layer only once their credential has been checked (see
 //! [`super::identify`]), so a slot is never taken by a caller who could not be identified.
 
+use crate::error::Reason;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,11 +126,14 @@ where
             let Ok(permit) = self.streams.clone().try_acquire_owned() else {
                 self.streams_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(path = request.uri().path(), "refusing a stream: too many open");
-                let status = Status::resource_exhausted(format!(
-                    "the server has its limit of {} WatchService streams open; retry with \
+                let status = super::status::refused(
+                    Reason::StreamsExhausted,
+                    format!(
+                        "the server has its limit of {} WatchService streams open; retry with \
                      backoff, or on another replica",
-                    self.max_streams
-                ));
+                        self.max_streams
+                    ),
+                );
                 return Box::pin(async move { Ok(status.into_http()) });
             };
             return Box::pin(async move {
@@ -140,7 +144,8 @@ where
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.shed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(path = request.uri().path(), "shedding a call: too many in flight");
-            let status = Status::resource_exhausted(
+            let status = super::status::refused(
+                Reason::Overloaded,
                 "the server is at its limit of calls in flight; retry with backoff",
             );
             return Box::pin(async move { Ok(status.into_http()) });

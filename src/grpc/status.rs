@@ -1,9 +1,36 @@
 //! The one mapping from [`Error`] to a gRPC status.
 
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::error::Error;
+use crate::error::{Error, Kind, Reason};
+
+/// The `domain` of every ErrorInfo Roster sends.
+pub const ERROR_DOMAIN: &str = "roster";
+
+/// The status code a reason is sent with.
+pub fn code(kind: Kind) -> Code {
+    match kind {
+        Kind::Unauthenticated => Code::Unauthenticated,
+        Kind::PermissionDenied => Code::PermissionDenied,
+        Kind::AlreadyExists => Code::AlreadyExists,
+        Kind::FailedPrecondition => Code::FailedPrecondition,
+        Kind::ResourceExhausted => Code::ResourceExhausted,
+        Kind::Unavailable => Code::Unavailable,
+    }
+}
+
+/// A status for a refusal, with its reason as ErrorInfo; for the layers that answer before a
+/// handler runs.
+pub fn refused(reason: Reason, message: impl Into<String>) -> Status {
+    Status::from(Error::refused(reason, message))
+}
+
+fn error_info(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
+    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+}
 
 /// Field violations sent with one error. Every client reads the details from the trailers,
 /// and gRPC's C-core clients refuse trailers beyond 8–16 KiB as RESOURCE_EXHAUSTED (a code that
@@ -28,7 +55,8 @@ impl From<Error> for Status {
                         ),
                     });
                 }
-                let details = ErrorDetails::with_bad_request(
+                let mut details = error_info("INVALID_ARGUMENT", HashMap::new());
+                details.set_bad_request(
                     violations
                         .into_iter()
                         .map(|v| FieldViolation::new(v.field, v.description))
@@ -36,17 +64,26 @@ impl From<Error> for Status {
                 );
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            Error::Unauthenticated(message) => Status::unauthenticated(message),
-            Error::PermissionDenied(message) => Status::permission_denied(message),
-            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
-            Error::AlreadyExists(message) => Status::already_exists(message),
-            Error::FailedPrecondition(message) => Status::failed_precondition(message),
-            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
-            Error::Unavailable(message) => Status::unavailable(message),
+            Error::NotFound(what) => {
+                // The same answer whether the resource is absent or hidden from the caller.
+                let metadata = HashMap::from([("resource".to_owned(), what.to_owned())]);
+                let details = error_info("NOT_FOUND", metadata);
+                Status::with_error_details(Code::NotFound, format!("{what} not found"), details)
+            }
+            Error::Refused { reason, message, metadata } => {
+                let metadata = metadata.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                let details = error_info(reason.as_str(), metadata);
+                Status::with_error_details(code(reason.kind()), message, details)
+            }
             Error::Internal(cause) => {
                 // Logged once here with its chain; the client gets no internals.
                 tracing::error!(error = ?cause, "internal error");
-                Status::internal("internal error; it has been logged")
+                let details = error_info("INTERNAL", HashMap::new());
+                Status::with_error_details(
+                    Code::Internal,
+                    "internal error; it has been logged",
+                    details,
+                )
             }
         }
     }
@@ -91,5 +128,41 @@ mod tests {
         // What goes on the wire: the message and the encoded details, well under 8 KiB.
         let size = status.message().len() + status.details().len();
         assert!(size < 4096, "{size} bytes");
+    }
+
+    #[test]
+    fn each_reason_is_documented_in_the_proto_with_the_code_it_is_sent_with() {
+        // Each value of ErrorReason with the status code its comment begins with.
+        let proto = include_str!("../../proto/roster/v1/errors.proto");
+        let mut documented = HashMap::new();
+        let mut comment = String::new();
+        for line in proto.lines().map(str::trim) {
+            if let Some(text) = line.strip_prefix("// ") {
+                if comment.is_empty() {
+                    comment = text.to_owned();
+                }
+            } else if let Some((name, _)) = line
+                .split_once(" = ")
+                .filter(|(name, _)| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            {
+                let code = comment.split(':').next().unwrap_or_default().to_owned();
+                documented.insert(name.to_owned(), code);
+                comment.clear();
+            } else {
+                comment.clear();
+            }
+        }
+        for reason in Reason::ALL {
+            let name = reason.as_str();
+            assert!(crate::pb::ErrorReason::from_str_name(name).is_some(), "{name} in the enum");
+            let code = format!("{:?}", code(reason.kind()));
+            let expected = documented.get(name).map(|c| c.replace('_', "").to_lowercase());
+            assert_eq!(expected, Some(code.to_lowercase()), "{name}'s comment names its code");
+        }
+        for sent in ["INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL"] {
+            assert!(crate::pb::ErrorReason::from_str_name(sent).is_some(), "{sent}");
+        }
+        // Nothing documented that is never sent.
+        assert_eq!(documented.len(), Reason::ALL.len() + 4, "{documented:?}");
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::domain::{OrganizationId, UserId};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 
 /// Buckets beyond which full ones are forgotten, to bound memory.
 const PRUNE_ABOVE: usize = 10_000;
@@ -128,7 +128,7 @@ impl Drop for Taken<'_> {
 fn exhausted(who: &str, wait: Duration) -> Error {
     // Rounded up, so that retrying after the stated wait succeeds.
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    Error::ResourceExhausted(format!("{who}; retry in {} s", secs.max(1)))
+    Error::refused(Reason::RateLimited, format!("{who}; retry in {} s", secs.max(1)))
 }
 
 impl Limits {
@@ -221,7 +221,9 @@ mod tests {
         let (org, other) = (OrganizationId::generate(), OrganizationId::generate());
         limits.take_invitation(&alice, org).unwrap().keep();
         limits.take_invitation(&alice, other).unwrap().keep();
-        let Err(Error::ResourceExhausted(message)) = limits.take_invitation(&alice, org) else {
+        let Err(Error::Refused { reason: Reason::RateLimited, message, .. }) =
+            limits.take_invitation(&alice, org)
+        else {
             panic!("alice's budget is spent in every organization");
         };
         assert!(message.starts_with("you have sent") && message.contains("retry in"), "{message}");
@@ -234,7 +236,9 @@ mod tests {
         // The organization has sent 3 of 5; the replica 4 of 5.
         let carol = UserId::parse("carol").unwrap();
         limits.take_invitation(&carol, other).unwrap().keep();
-        let Err(Error::ResourceExhausted(message)) = limits.take_invitation(&carol, other) else {
+        let Err(Error::Refused { reason: Reason::RateLimited, message, .. }) =
+            limits.take_invitation(&carol, other)
+        else {
             panic!("the replica's budget is spent");
         };
         assert!(message.starts_with("this server"), "{message}");
@@ -246,7 +250,9 @@ mod tests {
         let (alice, org) = (UserId::parse("alice").unwrap(), OrganizationId::generate());
         limits.take_invitation(&alice, org).unwrap().keep();
         for _ in 0..5 {
-            let Err(Error::ResourceExhausted(message)) = limits.take_invitation(&alice, org) else {
+            let Err(Error::Refused { reason: Reason::RateLimited, message, .. }) =
+                limits.take_invitation(&alice, org)
+            else {
                 panic!("the organization's budget is spent");
             };
             assert!(message.starts_with("this organization"), "{message}");

@@ -29,7 +29,7 @@ use crate::domain::{
     ChangeRecord, ChangeToken, Delta, Grant, LogPosition, Member, OrganizationId, Revision,
     Timestamp, UserId, Workspace, WorkspaceId,
 };
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::storage::{Store, changelog, repo};
 
 /// How often an idle stream gets a checkpoint: a little under the promised second, so that
@@ -483,8 +483,11 @@ impl Hub {
                 }
             }
         }
-        Err(Error::Unavailable("the change log is placing a backlog of changes; retry".to_owned())
-            .into())
+        Err(Error::refused(
+            Reason::ChangeLogBehind,
+            "the change log is placing a backlog of changes; retry",
+        )
+        .into())
     }
 
     /// The organization's latest revision and its change's position, placing that change
@@ -503,7 +506,10 @@ impl Hub {
                 }
             }
         }
-        Err(Error::Unavailable("the change log is placing a backlog of changes; retry".to_owned()))
+        Err(Error::refused(
+            Reason::ChangeLogBehind,
+            "the change log is placing a backlog of changes; retry",
+        ))
     }
 
     /// Starts a Snapshot stream: the organization as of one revision, read in one transaction,
@@ -546,7 +552,10 @@ impl Hub {
                 }
             }
         }
-        Err(Error::Unavailable("the change log is placing a backlog of changes; retry".to_owned()))
+        Err(Error::refused(
+            Reason::ChangeLogBehind,
+            "the change log is placing a backlog of changes; retry",
+        ))
     }
 
     /// One attempt of [`Hub::read_snapshot`]: `None` when the organization's latest change has

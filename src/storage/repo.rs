@@ -6,7 +6,7 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, SqlErr, Statement, Value,
+    QueryOrder, QuerySelect, QueryTrait, Statement, Value,
 };
 
 use super::entity::{
@@ -20,7 +20,58 @@ use crate::domain::{
     OrganizationId, Pass, Role, Timestamp, UserId, UserIdRef, Workspace, WorkspaceFacts,
     WorkspaceId, capability as cap,
 };
-use crate::error::Error;
+use crate::error::{Error, Reason};
+
+/// The unique constraints a write may meet and answer for: any other violation is a bug and
+/// stays an internal error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unique {
+    /// One membership per user and organization (the members primary key).
+    Membership,
+    /// One pending invitation per email and organization.
+    OnePendingInvitation,
+}
+
+impl Unique {
+    /// The constraint's name on PostgreSQL.
+    fn name(self) -> &'static str {
+        match self {
+            Unique::Membership => "members_pkey",
+            Unique::OnePendingInvitation => "invitations_one_pending_per_email",
+        }
+    }
+
+    /// How SQLite names it: it reports the columns, not the index.
+    fn sqlite_columns(self) -> &'static str {
+        match self {
+            Unique::Membership => "members.organization_id, members.user_id",
+            Unique::OnePendingInvitation => "invitations.organization_id, invitations.email",
+        }
+    }
+}
+
+/// Whether `err` is a violation of the unique constraint `which`.
+fn violates(err: &sea_orm::DbErr, which: Unique) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx))) =
+        err
+    else {
+        return false;
+    };
+    let sea_orm::sqlx::Error::Database(db) = sqlx.as_ref() else {
+        return false;
+    };
+    if db.kind() != sea_orm::sqlx::error::ErrorKind::UniqueViolation {
+        return false;
+    }
+    match db.constraint() {
+        Some(name) => name == which.name(),
+        None => db
+            .message()
+            .strip_prefix("UNIQUE constraint failed: ")
+            .is_some_and(|columns| columns == which.sqlite_columns()),
+    }
+}
 
 fn corrupt(what: &str, value: &str) -> Error {
     Error::internal(anyhow::anyhow!("stored {what} {value:?} is not valid"))
@@ -235,9 +286,10 @@ async fn insert_member_row(db: &impl ConnectionTrait, m: &Member) -> Result<(), 
     .await;
     match result {
         Ok(_) => Ok(()),
-        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Err(
-            Error::AlreadyExists("the user is already a member of this organization".to_owned()),
-        ),
+        Err(err) if violates(&err, Unique::Membership) => Err(Error::refused(
+            Reason::AlreadyMember,
+            "the user is already a member of this organization",
+        )),
         Err(err) => Err(err.into()),
     }
 }
@@ -798,7 +850,7 @@ pub async fn insert_invitation(
     .await;
     match result {
         Ok(_) => {}
-        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+        Err(err) if violates(&err, Unique::OnePendingInvitation) => {
             return Err(pending_exists());
         }
         Err(err) => return Err(err.into()),
@@ -818,8 +870,9 @@ pub async fn insert_invitation(
 
 /// The ALREADY_EXISTS answer for a second pending invitation.
 pub fn pending_exists() -> Error {
-    Error::AlreadyExists(
-        "a pending invitation for this email already exists; resend it instead".to_owned(),
+    Error::refused(
+        Reason::InvitationPending,
+        "a pending invitation for this email already exists; resend it instead",
     )
 }
 
@@ -962,11 +1015,10 @@ pub async fn update_invitation_for_resend(
     match result {
         Ok(_) => Ok(()),
         // An expired invitation coming back to pending meets a newer pending one for the email.
-        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            Err(Error::FailedPrecondition(
-                "another pending invitation exists for this email; resend that one".to_owned(),
-            ))
-        }
+        Err(err) if violates(&err, Unique::OnePendingInvitation) => Err(Error::refused(
+            Reason::NewerInvitationPending,
+            "another pending invitation exists for this email; resend that one",
+        )),
         Err(err) => Err(err.into()),
     }
 }

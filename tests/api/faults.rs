@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use roster::pb::team_service_client::TeamServiceClient;
 use roster::pb::{self, DeliveryState, InvitationState, OrganizationRole as R};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 use crate::common::process::{Server, free_port};
 use crate::common::{
-    Backend, SmtpSink, User, create_org_with, drop_database, fresh_database, spawn_app_with,
+    Backend, SmtpSink, User, create_org_with, drop_database, fresh_database, list_invitations,
+    spawn_app_with,
 };
 use crate::db_tests;
 
@@ -19,22 +19,6 @@ db_tests!(
     logs_hold_no_token_and_no_invitee_address,
     each_authorize_call_names_its_calling_service_in_the_log,
 );
-
-async fn invitations(
-    team: &mut TeamServiceClient<Channel>,
-    owner: &User,
-    org: &str,
-) -> Vec<pb::Invitation> {
-    team.list_invitations(owner.req(pb::ListInvitationsRequest {
-        organization_id: org.to_owned(),
-        page_size: 1000,
-        ..Default::default()
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .invitations
-}
 
 async fn an_smtp_outage_loses_no_email(backend: Backend) {
     let port = free_port();
@@ -53,7 +37,7 @@ async fn an_smtp_outage_loses_no_email(backend: Backend) {
     let mut team = app.team.clone();
     let mut retrying = false;
     for _ in 0..200 {
-        let listed = invitations(&mut team, &owner, &org).await;
+        let listed = list_invitations(&mut team, &owner, &org, InvitationState::Unspecified).await;
         if listed.iter().all(|i| {
             i.delivery_state == DeliveryState::Retrying as i32 && !i.last_delivery_error.is_empty()
         }) {
@@ -76,7 +60,7 @@ async fn an_smtp_outage_loses_no_email(backend: Backend) {
     }
     let mut sent = false;
     for _ in 0..200 {
-        let listed = invitations(&mut team, &owner, &org).await;
+        let listed = list_invitations(&mut team, &owner, &org, InvitationState::Unspecified).await;
         if listed.iter().all(|i| {
             i.delivery_state == DeliveryState::Sent as i32 && i.last_delivery_error.is_empty()
         }) {
@@ -135,7 +119,7 @@ async fn a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it(bac
 
     let server = Server::start(&database_url, sink.port, &log).await;
     let mut team = server.team().await;
-    let stored = invitations(&mut team, &owner, &org).await;
+    let stored = list_invitations(&mut team, &owner, &org, InvitationState::Unspecified).await;
     for email in &acknowledged {
         assert!(
             stored.iter().any(|i| &i.email == email && i.state == InvitationState::Pending as i32),
@@ -146,7 +130,7 @@ async fn a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it(bac
     // At least once: an email sent but not recorded before the kill goes out again after the
     // lease, with a new token, and the latest token is the one that works.
     for _ in 0..400 {
-        let listed = invitations(&mut team, &owner, &org).await;
+        let listed = list_invitations(&mut team, &owner, &org, InvitationState::Unspecified).await;
         let settled = acknowledged.iter().all(|email| {
             listed
                 .iter()

@@ -16,24 +16,10 @@ db_tests!(
     an_invitation_is_void_once_its_inviter_may_no_longer_grant_its_role,
 );
 
-async fn list(app: &TestApp, actor: &User, org: &str, state: S) -> Vec<pb::Invitation> {
-    app.team
-        .clone()
-        .list_invitations(actor.req(pb::ListInvitationsRequest {
-            organization_id: org.to_owned(),
-            state: state as i32,
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .invitations
-}
-
 /// Waits until every invitation of `org` shows its email as sent.
 async fn wait_until_sent(app: &TestApp, owner: &User, org: &str) {
     for _ in 0..100 {
-        let listed = list(app, owner, org, S::Unspecified).await;
+        let listed = app.invitations(owner, org, S::Unspecified).await;
         if listed.iter().all(|i| i.delivery_state == pb::DeliveryState::Sent as i32) {
             return;
         }
@@ -91,7 +77,7 @@ async fn an_invitation_is_emailed_and_accepting_it_makes_the_member_with_grants(
     assert_eq!(member.user_id, "bob");
     assert!(app.allowed(&bob.id, &org, &prod, "schedules.delete").await);
     assert!(app.allowed(&bob.id, &org, "", "members.invite").await);
-    let accepted = list(&app, &owner, &org, S::Accepted).await;
+    let accepted = app.invitations(&owner, &org, S::Accepted).await;
     assert_eq!(accepted.len(), 1);
     assert_eq!(accepted[0].id, invitation.id);
 
@@ -197,7 +183,7 @@ async fn revoke_is_final_and_idempotent(backend: Backend) {
 
     // An accepted invitation cannot be revoked.
     app.join(&owner, &org, &frank, R::Member, &[]).await;
-    let accepted = list(&app, &owner, &org, S::Accepted).await;
+    let accepted = app.invitations(&owner, &org, S::Accepted).await;
     let revoke_accepted = team.revoke_invitation(revoke(&owner, &org, &accepted[0].id)).await;
     assert_code(revoke_accepted, Code::FailedPrecondition, None);
     app.stop().await;
@@ -247,8 +233,8 @@ async fn a_past_expiry_reads_as_expired_everywhere(backend: Backend) {
     // Age the invitation by moving its expiry into the past, as time would.
     app.execute("UPDATE invitations SET expire_time = expire_time - 691200000000").await;
 
-    assert_eq!(list(&app, &owner, &org, S::Expired).await.len(), 1);
-    assert!(list(&app, &owner, &org, S::Pending).await.is_empty());
+    assert_eq!(app.invitations(&owner, &org, S::Expired).await.len(), 1);
+    assert!(app.invitations(&owner, &org, S::Pending).await.is_empty());
     let accept = app.accept(&heidi, &token).await;
     let status = accept.as_ref().unwrap_err().clone();
     assert_code(accept, Code::FailedPrecondition, None);
@@ -267,7 +253,8 @@ async fn a_past_expiry_reads_as_expired_everywhere(backend: Backend) {
     app.execute("UPDATE invitations SET expire_time = 0 WHERE email = 'ivan@example.com'").await;
     let again = app.invite(&owner, &org, &ivan.email, R::Billing, &[]).await.unwrap();
     assert_eq!(again.state, S::Pending as i32);
-    let states: Vec<i32> = list(&app, &owner, &org, S::Unspecified)
+    let states: Vec<i32> = app
+        .invitations(&owner, &org, S::Unspecified)
         .await
         .into_iter()
         .filter(|i| i.email == ivan.email)
@@ -286,7 +273,7 @@ async fn no_token_is_kept_in_the_database_or_returned(backend: Backend) {
     let email = app.smtp.wait_for(&judy.email, 1).await;
     let token = email.token().unwrap();
     assert!(!format!("{created:?}").contains(&token));
-    let listed = list(&app, &owner, &org, S::Unspecified).await;
+    let listed = app.invitations(&owner, &org, S::Unspecified).await;
     assert!(!format!("{listed:?}").contains(&token));
     app.accept(&judy, &token).await.unwrap();
     wait_until_sent(&app, &owner, &org).await;
@@ -318,12 +305,12 @@ async fn invitations_are_listed_by_state(backend: Backend) {
     }
     app.team.clone().revoke_invitation(revoke(&owner, &org, &ids[1])).await.unwrap();
     let pending: Vec<String> =
-        list(&app, &owner, &org, S::Pending).await.into_iter().map(|i| i.id).collect();
+        app.invitations(&owner, &org, S::Pending).await.into_iter().map(|i| i.id).collect();
     assert_eq!(pending, vec![ids[0].clone(), ids[2].clone()]);
     let revoked: Vec<String> =
-        list(&app, &owner, &org, S::Revoked).await.into_iter().map(|i| i.id).collect();
+        app.invitations(&owner, &org, S::Revoked).await.into_iter().map(|i| i.id).collect();
     assert_eq!(revoked, vec![ids[1].clone()]);
-    assert_eq!(list(&app, &owner, &org, S::Unspecified).await.len(), 3);
+    assert_eq!(app.invitations(&owner, &org, S::Unspecified).await.len(), 3);
     let bad_state = app
         .team
         .clone()

@@ -7,6 +7,7 @@ mod access;
 mod auth;
 mod boundary;
 mod changelog;
+mod errors;
 mod faults;
 mod hostile;
 mod identity;

@@ -18,20 +18,6 @@ db_tests!(
     an_upgraded_database_keeps_no_email_body_and_mails_a_fresh_token,
 );
 
-async fn invitations(app: &TestApp, owner: &User, org: &str) -> Vec<pb::Invitation> {
-    app.team
-        .clone()
-        .list_invitations(owner.req(pb::ListInvitationsRequest {
-            organization_id: org.to_owned(),
-            page_size: 1000,
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .invitations
-}
-
 /// Waits (up to 20 s) until the invitation of `email` shows `state`.
 async fn wait_for_delivery_state(
     app: &TestApp,
@@ -41,7 +27,7 @@ async fn wait_for_delivery_state(
     state: DeliveryState,
 ) -> pb::Invitation {
     for _ in 0..400 {
-        let listed = invitations(app, owner, org).await;
+        let listed = app.invitations(owner, org, pb::InvitationState::Unspecified).await;
         if let Some(found) =
             listed.into_iter().find(|i| i.email == email && i.delivery_state == state as i32)
         {
@@ -165,7 +151,7 @@ async fn revoked_and_expired_invitations_are_never_mailed(backend: Backend) {
         );
         assert_eq!(state, "canceled", "{email}");
     }
-    let listed = invitations(&app, &owner, &org).await;
+    let listed = app.invitations(&owner, &org, pb::InvitationState::Unspecified).await;
     for (email, why) in [(revoked, "revoked"), (expired, "expired")] {
         let invitation = listed.iter().find(|i| i.email == email).unwrap();
         assert_eq!(invitation.delivery_state, DeliveryState::Canceled as i32, "{email}");
@@ -199,7 +185,7 @@ async fn an_accepted_invitation_is_not_mailed_again(backend: Backend) {
     let state = settled_outbox_state(&app, &kim.email).await;
     assert_eq!(app.emails_to(&kim.email).await, 1, "the member was mailed again");
     assert_eq!(state, "canceled");
-    let listed = invitations(&app, &owner, &org).await;
+    let listed = app.invitations(&owner, &org, pb::InvitationState::Unspecified).await;
     assert_eq!(listed[0].delivery_state, DeliveryState::Canceled as i32);
     app.stop().await;
 }

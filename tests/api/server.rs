@@ -15,6 +15,28 @@ db_tests!(
     without_smtp_invitation_emails_are_written_as_files,
 );
 
+/// A test that fails ends without `stop`; its database must not outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_app_dropped_without_stopping_drops_its_postgres_database() {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let app = spawn_app(Backend::Postgres).await;
+    let name = app.database_name().expect("a PostgreSQL database").to_owned();
+    let owner = User::new("owner");
+    app.create_org(&owner, "Acme").await;
+    let admin = Database::connect(&crate::common::postgres_admin_url()).await.unwrap();
+    let exists = async |name: &str| {
+        let sql = Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            [name.into()],
+        );
+        admin.query_one_raw(sql).await.unwrap().is_some()
+    };
+    assert!(exists(&name).await, "the database is there while the test runs");
+    drop(app);
+    assert!(!exists(&name).await, "{name} outlived its test");
+}
+
 /// PostgreSQL only: replicas share a database there, while a SQLite file belongs to one process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_on_postgresql_migrate_one_at_a_time() {

@@ -32,9 +32,8 @@ pub(super) struct Audited {
 
 /// Checks `C` for a member and mints the proof storage writes need.
 pub(super) fn require<C: Capability>(member: &Member) -> Result<Pass<C>, Error> {
-    Pass::check(member.organization_id, member.user_id.clone(), Some(member.role)).map_err(|_| {
-        Error::PermissionDenied(format!("your role does not include the permission {}", C::NAME))
-    })
+    Pass::check(member.organization_id, member.user_id.clone(), Some(member.role))
+        .map_err(|_| Error::permission_missing(C::NAME))
 }
 
 impl Services {

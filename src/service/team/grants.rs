@@ -4,14 +4,14 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::change::Audited;
-use super::{denied, membership};
+use super::membership;
 use crate::domain::capability as cap;
 use crate::domain::rules;
 use crate::domain::{
     Access, AuditAction, AuditTarget, Delta, Grant, OrganizationId, Role, Timestamp, UserId,
     WorkspaceFacts, WorkspaceId,
 };
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::service::page::{self, Page, PageRequest};
 use crate::service::{Actor, Changed, Services};
 use crate::storage::repo;
@@ -57,10 +57,10 @@ impl Services {
             // Owners hold WRITE on every workspace whatever their grants say; a grant to one
             // would change nothing now and surface only if they stopped being an Owner.
             (Some(Role::Owner), WorkspaceFacts::Present(_)) if access.is_some() => {
-                return Err(Error::FailedPrecondition(
+                return Err(Error::refused(
+                    Reason::OwnerHoldsEveryWorkspace,
                     "the member is an Owner, who holds WRITE on every workspace; grants apply to \
-                     Admin, Billing and Member users"
-                        .to_owned(),
+                     Admin, Billing and Member users",
                 ));
             }
             (Some(_), WorkspaceFacts::Present(access)) => access,
@@ -111,7 +111,10 @@ impl Services {
         } else {
             match user {
                 Some(other) if other != actor.user_id => {
-                    return Err(denied("you can list only your own workspace access"));
+                    return Err(Error::refused(
+                        Reason::OwnAccessOnly,
+                        "you can list only your own workspace access",
+                    ));
                 }
                 _ => Some(actor.user_id.clone()),
             }

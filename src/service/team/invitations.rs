@@ -5,14 +5,16 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::change::{Audited, require};
-use super::{caller_email, denied, membership, require_verified_email};
+use super::{caller_email, membership, owner_only, require_verified_email};
 use crate::domain::capability as cap;
-use crate::domain::invitation::{self as lifecycle, AcceptRefusal, InviteRefusal, Transition};
+use crate::domain::invitation::{
+    self as lifecycle, AcceptRefusal, Ended, InviteRefusal, Transition,
+};
 use crate::domain::{
     Access, AuditAction, AuditTarget, DeliveryState, Delta, Email, Invitation, InvitationId,
-    InvitationState, Member, OrganizationId, Role, Timestamp, WorkspaceId,
+    InvitationState, Member, OrganizationId, Permission, Role, Timestamp, WorkspaceId,
 };
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::service::page::{self, Page, PageRequest};
 use crate::service::token;
 use crate::service::{Actor, Changed, Services};
@@ -81,8 +83,9 @@ impl Services {
             }
         }
         if repo::find_member_by_email(&*tx, org, &command.email).await?.is_some() {
-            return Err(Error::AlreadyExists(
-                "this email belongs to a member of the organization already".to_owned(),
+            return Err(Error::refused(
+                Reason::EmailAlreadyMember,
+                "this email belongs to a member of the organization already",
             ));
         }
         let now = Timestamp::now();
@@ -164,19 +167,20 @@ impl Services {
         lifecycle::may_invite(Some(checked.me.role), invitation.role).map_err(|refusal| {
             match refusal {
                 InviteRefusal::OwnerRoleNeedsOwner => {
-                    denied("only an Owner can resend an invitation to become Owner")
+                    owner_only("only an Owner can resend an invitation to become Owner")
                 }
                 other => refuse_inviting(other),
             }
         })?;
         let now = Timestamp::now();
-        if let Transition::Refuse(why) = lifecycle::resend(invitation.state_at(now)) {
-            return Err(Error::FailedPrecondition(why.to_owned()));
+        if let Transition::Refuse(ended, why) = lifecycle::resend(invitation.state_at(now)) {
+            return Err(Error::refused(ended_reason(ended), why));
         }
         let taken = self.limits.take_invitation(&actor.user_id, org)?;
         if repo::find_member_by_email(&*tx, org, &invitation.email).await?.is_some() {
-            return Err(Error::FailedPrecondition(
-                "this email belongs to a member of the organization already".to_owned(),
+            return Err(Error::refused(
+                Reason::InviteeAlreadyMember,
+                "this email belongs to a member of the organization already",
             ));
         }
         let organization =
@@ -228,7 +232,7 @@ impl Services {
             repo::find_invitation(&*tx, org, id).await?.ok_or(Error::NotFound("invitation"))?;
         let now = Timestamp::now();
         match lifecycle::revoke(invitation.state_at(now)) {
-            Transition::Refuse(why) => Err(Error::FailedPrecondition(why.to_owned())),
+            Transition::Refuse(ended, why) => Err(Error::refused(ended_reason(ended), why)),
             Transition::NoOp => Ok(Changed { value: invitation, token: tx.unchanged().await? }),
             Transition::Apply => {
                 repo::update_invitation_revoked(&*tx, &checked.pass, id, now).await?;
@@ -286,23 +290,27 @@ impl Services {
             return Err(Error::NotFound("invitation"));
         }
         if invitation.email != email {
-            return Err(denied("this invitation was sent to another email address"));
+            return Err(Error::refused(
+                Reason::InvitationForAnotherEmail,
+                "this invitation was sent to another email address",
+            ));
         }
         if repo::find_member(&*tx, org, &actor.user_id).await?.is_some() {
-            return Err(Error::AlreadyExists(
-                "you are already a member of this organization".to_owned(),
+            return Err(Error::refused(
+                Reason::AlreadyMember,
+                "you are already a member of this organization",
             ));
         }
         let now = Timestamp::now();
         // `admit` decides; asked first here so that a dead invitation says so before anything
         // about the accounts involved.
-        if let Transition::Refuse(why) = lifecycle::accept(invitation.state_at(now)) {
-            return Err(Error::FailedPrecondition(why.to_owned()));
+        if let Transition::Refuse(ended, why) = lifecycle::accept(invitation.state_at(now)) {
+            return Err(Error::refused(ended_reason(ended), why));
         }
         if repo::find_member_by_email(&*tx, org, &email).await?.is_some() {
-            return Err(Error::AlreadyExists(
-                "another account with this email address is already a member of this organization"
-                    .to_owned(),
+            return Err(Error::refused(
+                Reason::EmailAlreadyMember,
+                "another account with this email address is already a member of this organization",
             ));
         }
         let inviter = repo::find_member(&*tx, org, &invitation.inviter_user_id).await?;
@@ -315,9 +323,9 @@ impl Services {
             now,
         )
         .map_err(|refusal| match refusal {
-            AcceptRefusal::State(why) => Error::FailedPrecondition(why.to_owned()),
+            AcceptRefusal::State(ended, why) => Error::refused(ended_reason(ended), why),
             AcceptRefusal::Inviter(refusal) => {
-                Error::FailedPrecondition(void_invitation(refusal).to_owned())
+                Error::refused(Reason::InviterMayNoLongerInvite, void_invitation(refusal))
             }
         })?;
         repo::insert_accepted(&*tx, &accepted).await?;
@@ -355,11 +363,20 @@ impl Services {
 /// PERMISSION_DENIED for an inviter who may not offer the role (rule 1).
 fn refuse_inviting(refusal: InviteRefusal) -> Error {
     match refusal {
-        InviteRefusal::OwnerRoleNeedsOwner => denied("only an Owner can invite an Owner"),
+        InviteRefusal::OwnerRoleNeedsOwner => owner_only("only an Owner can invite an Owner"),
         // Unreachable past `begin`, which checked membership and members.invite.
         InviteRefusal::NotAMember | InviteRefusal::CannotInvite => {
-            denied("your role does not include the permission members.invite")
+            Error::permission_missing(Permission::MembersInvite.name())
         }
+    }
+}
+
+/// The reason sent for an invitation that ended.
+fn ended_reason(ended: Ended) -> Reason {
+    match ended {
+        Ended::Accepted => Reason::InvitationAccepted,
+        Ended::Revoked => Reason::InvitationRevoked,
+        Ended::Expired => Reason::InvitationExpired,
     }
 }
 

@@ -4,14 +4,14 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::change::{Audited, require};
-use super::{denied, membership};
+use super::{membership, owner_only};
 use crate::domain::capability as cap;
 use crate::domain::rules::{self, Refusal, RoleChange};
 use crate::domain::{
     Access, AuditAction, AuditTarget, Delta, Member, OrganizationId, Role, Timestamp, UserId,
     WorkspaceId,
 };
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::service::page::{self, Page, PageRequest};
 use crate::service::{Actor, Changed, Services};
 use crate::storage::repo;
@@ -204,11 +204,12 @@ fn removal(user: &UserId, role: Role, grants: Vec<(WorkspaceId, Access)>) -> Vec
 /// The error for a refusal by the rules about roles; `verb` says what the last Owner cannot do.
 fn refused(refusal: Refusal, verb: &str) -> Error {
     match refusal {
-        Refusal::OwnerRoleNeedsOwner => denied("only an Owner can change an Owner's role"),
-        Refusal::MakingOwnerNeedsOwner => denied("only an Owner can make a member Owner"),
-        Refusal::RemovingOwnerNeedsOwner => denied("only an Owner can remove an Owner"),
-        Refusal::LastOwner => Error::FailedPrecondition(format!(
-            "cannot {verb} the last Owner; make another member Owner first"
-        )),
+        Refusal::OwnerRoleNeedsOwner => owner_only("only an Owner can change an Owner's role"),
+        Refusal::MakingOwnerNeedsOwner => owner_only("only an Owner can make a member Owner"),
+        Refusal::RemovingOwnerNeedsOwner => owner_only("only an Owner can remove an Owner"),
+        Refusal::LastOwner => Error::refused(
+            Reason::LastOwner,
+            format!("cannot {verb} the last Owner; make another member Owner first"),
+        ),
     }
 }

@@ -11,7 +11,7 @@ pub mod workspaces;
 
 use super::Actor;
 use crate::domain::{Email, Member, OrganizationId};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::storage::repo;
 
 pub use grants::{ListWorkspaceAccess, SetWorkspaceAccess};
@@ -20,16 +20,16 @@ pub use members::{ListMembers, MemberRef, TransferOwnership, UpdateMemberRole};
 pub use organizations::{CreateOrganization, ListAuditEvents, UpdateOrganization};
 pub use workspaces::{CreateWorkspace, ListWorkspaces, UpdateWorkspace, WorkspaceRef};
 
-fn denied(message: &str) -> Error {
-    Error::PermissionDenied(message.to_owned())
+/// Rule 1: only an Owner may do this.
+fn owner_only(message: &str) -> Error {
+    Error::refused(Reason::OwnerRequired, message)
 }
 
 /// The actor's email, which `to` needs.
 fn caller_email(actor: &Actor, to: &str) -> Result<Email, Error> {
-    actor
-        .email
-        .clone()
-        .map_err(|why| Error::Unauthenticated(format!("your email is needed to {to}, but {why}")))
+    actor.email.clone().map_err(|why| {
+        Error::refused(Reason::EmailUnusable, format!("your email is needed to {to}, but {why}"))
+    })
 }
 
 /// Refuses an actor whose email is not proven theirs (jwt mode: `email_verified` is not true),
@@ -39,10 +39,13 @@ fn require_verified_email(actor: &Actor, to: &str) -> Result<(), Error> {
     if actor.email_verified {
         return Ok(());
     }
-    Err(Error::PermissionDenied(format!(
-        "your email address is not verified, which is needed to {to}: verify your email with \
-         your identity provider, then sign in again"
-    )))
+    Err(Error::refused(
+        Reason::EmailNotVerified,
+        format!(
+            "your email address is not verified, which is needed to {to}: verify your email \
+             with your identity provider, then sign in again"
+        ),
+    ))
 }
 
 /// The caller's membership, or NOT_FOUND as if the organization did not exist.

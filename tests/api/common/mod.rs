@@ -228,6 +228,21 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
+/// Sends the in-process servers' logs to the test's captured output, which libtest shows when
+/// the test fails: warnings and errors by default, or what `TEST_LOG` names (a level such as
+/// `debug`, or a filter such as `roster::grpc=trace`).
+fn init_test_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".to_owned());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 /// Starts a server on `backend`, letting the test adjust the configuration.
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
@@ -243,6 +258,7 @@ pub async fn spawn_app_on(
     pg_database: Option<String>,
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
+    init_test_log();
     let smtp = SmtpSink::start().await;
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -275,12 +291,18 @@ pub async fn spawn_app_on(
 }
 
 impl TestApp {
+    /// The PostgreSQL database the server runs on, if it runs on one.
+    pub fn database_name(&self) -> Option<&str> {
+        self.pg_database.as_deref()
+    }
+
     /// A channel to the server, for clients of other services.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
 
-    /// Stops the server and drops its PostgreSQL database.
+    /// Stops the server and drops its PostgreSQL database (a test that fails before calling
+    /// this drops it all the same, see the `Drop` below).
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await.unwrap();
@@ -336,6 +358,16 @@ impl TestApp {
             )
             .await
             .map(|r| r.into_inner().invitation.unwrap())
+    }
+
+    /// Every invitation of `org` in `state` (UNSPECIFIED: all), as `actor` lists them.
+    pub async fn invitations(
+        &self,
+        actor: &User,
+        org: &str,
+        state: pb::InvitationState,
+    ) -> Vec<pb::Invitation> {
+        list_invitations(&mut self.team.clone(), actor, org, state).await
     }
 
     /// Accepts with a token as `user`.
@@ -458,6 +490,23 @@ impl TestApp {
     }
 }
 
+impl Drop for TestApp {
+    /// A test that panicked never reached `stop`: its PostgreSQL database is dropped here, on a
+    /// thread of its own since the test's runtime may be unwinding. FORCE ends the connections
+    /// of the server that is still running.
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_database.take() {
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                if let Ok(runtime) = runtime {
+                    runtime.block_on(drop_database(Some(name)));
+                }
+            });
+            let _ = dropped.join();
+        }
+    }
+}
+
 /// Creates an organization through any TeamService client; returns its id.
 pub async fn create_org_with(
     team: &mut roster::pb::team_service_client::TeamServiceClient<tonic::transport::Channel>,
@@ -508,6 +557,47 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, fi
             "BadRequest names {field}: {bad_request:?}"
         );
     }
+}
+
+/// Every invitation of `org` in `state` (UNSPECIFIED: all), as `actor` lists them.
+pub async fn list_invitations(
+    team: &mut TeamServiceClient<Channel>,
+    actor: &User,
+    org: &str,
+    state: pb::InvitationState,
+) -> Vec<pb::Invitation> {
+    team.list_invitations(actor.req(pb::ListInvitationsRequest {
+        organization_id: org.to_owned(),
+        state: state as i32,
+        page_size: 1000,
+        ..Default::default()
+    }))
+    .await
+    .expect("list invitations")
+    .into_inner()
+    .invitations
+}
+
+/// The ErrorInfo of a failed call: its reason and metadata; asserts the domain and that the
+/// reason is one the proto's ErrorReason documents.
+pub fn error_info(status: &Status) -> (String, std::collections::HashMap<String, String>) {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "roster");
+    assert!(
+        pb::ErrorReason::from_str_name(&info.reason).is_some(),
+        "{} is not an ErrorReason of the proto",
+        info.reason
+    );
+    (info.reason.clone(), info.metadata.clone())
+}
+
+/// Asserts a failure's code and ErrorInfo reason.
+pub fn assert_reason<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, reason: &str) {
+    let status = result.expect_err(&format!("expected {code:?} {reason}"));
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(error_info(&status).0, reason, "{status:?}");
 }
 
 /// Every text value stored in every table of `db`, as (table, column, value).

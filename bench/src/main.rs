@@ -26,8 +26,7 @@ use roster::pb::access_service_client::AccessServiceClient;
 use roster::pb::team_service_client::TeamServiceClient;
 use roster::pb::watch_service_client::WatchServiceClient;
 use roster::pb::{self, WorkspaceAccess};
-use roster::storage::entity::{member, organization, workspace, workspace_grant};
-use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, EntityTrait, TransactionTrait};
+use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -173,6 +172,33 @@ impl DataSet {
     }
 }
 
+/// Inserts `rows` into `into` ("table (columns)") a few hundred rows per statement.
+async fn insert_rows(
+    db: &impl ConnectionTrait,
+    into: &str,
+    rows: Vec<Vec<sea_orm::Value>>,
+) -> anyhow::Result<()> {
+    let backend = db.get_database_backend();
+    for chunk in rows.chunks(500) {
+        let mut values = Vec::new();
+        let mut tuples = Vec::new();
+        for row in chunk {
+            let mut marks = Vec::new();
+            for value in row {
+                values.push(value.clone());
+                marks.push(match backend {
+                    sea_orm::DbBackend::Postgres => format!("${}", values.len()),
+                    _ => "?".to_owned(),
+                });
+            }
+            tuples.push(format!("({})", marks.join(", ")));
+        }
+        let sql = format!("INSERT INTO {into} VALUES {}", tuples.join(", "));
+        db.execute_raw(sea_orm::Statement::from_sql_and_values(backend, sql, values)).await?;
+    }
+    Ok(())
+}
+
 async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
     let db = Database::connect(url).await.context("connecting to the benchmark database")?;
     let orgs: Vec<Uuid> = (0..shape.organizations).map(|_| Uuid::now_v7()).collect();
@@ -187,42 +213,43 @@ async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
     };
     let started = Instant::now();
     let tx = db.begin().await?;
+    // Plain SQL against the schema the server migrated: the benchmark uses no internals.
     for (o, org) in data.orgs.iter().enumerate() {
-        organization::Entity::insert(organization::ActiveModel {
-            id: Set(*org),
-            display_name: Set(format!("Org {o}")),
-            invitation_ttl_secs: Set(7 * 86400),
-            create_time: Set(0),
-            update_time: Set(0),
-            // Seeded rows, as if made before the change log.
-            revision: Set(0),
-        })
-        .exec_without_returning(&tx)
+        // Seeded rows, as if made before the change log (revision 0).
+        let organization =
+            vec![(*org).into(), format!("Org {o}").into(), (7 * 86400i64).into(), 0i64.into()];
+        insert_rows(
+            &tx,
+            "organizations (id, display_name, invitation_ttl_secs, create_time, update_time, \
+             revision)",
+            vec![[organization, vec![0i64.into(), 0i64.into()]].concat()],
+        )
         .await?;
-        for chunk in (0..shape.members).collect::<Vec<_>>().chunks(500) {
-            let rows = chunk.iter().map(|m| member::ActiveModel {
-                organization_id: Set(*org),
-                user_id: Set(DataSet::user(o, *m)),
-                email: Set(format!("{}@bench.example", DataSet::user(o, *m))),
-                role: Set(match m {
-                    0 => "owner",
-                    1 => "admin",
-                    _ => "member",
-                }
-                .to_owned()),
-                create_time: Set(0),
-            });
-            member::Entity::insert_many(rows).exec_without_returning(&tx).await?;
-        }
-        for chunk in data.workspaces[o].chunks(500) {
-            let rows = chunk.iter().map(|ws| workspace::ActiveModel {
-                id: Set(*ws),
-                organization_id: Set(*org),
-                display_name: Set("ws".to_owned()),
-                create_time: Set(0),
-            });
-            workspace::Entity::insert_many(rows).exec_without_returning(&tx).await?;
-        }
+        let members = (0..shape.members).map(|m| {
+            let role = match m {
+                0 => "owner",
+                1 => "admin",
+                _ => "member",
+            };
+            let user = DataSet::user(o, m);
+            let email = format!("{user}@bench.example");
+            vec![(*org).into(), user.into(), email.into(), role.into(), 0i64.into()]
+        });
+        insert_rows(
+            &tx,
+            "members (organization_id, user_id, email, role, create_time)",
+            members.collect(),
+        )
+        .await?;
+        let workspaces = data.workspaces[o]
+            .iter()
+            .map(|ws| vec![(*ws).into(), (*org).into(), "ws".into(), 0i64.into()]);
+        insert_rows(
+            &tx,
+            "workspaces (id, organization_id, display_name, create_time)",
+            workspaces.collect(),
+        )
+        .await?;
         let mut grants = Vec::new();
         for m in 0..shape.members {
             let mut seen = std::collections::HashSet::new();
@@ -231,21 +258,21 @@ async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
                 if !seen.insert(index) {
                     continue;
                 }
-                grants.push(workspace_grant::ActiveModel {
-                    organization_id: Set(*org),
-                    workspace_id: Set(data.workspaces[o][index]),
-                    user_id: Set(DataSet::user(o, m)),
-                    access: Set(
-                        if access == WorkspaceAccess::Write { "write" } else { "read" }.to_owned()
-                    ),
-                });
+                let access = if access == WorkspaceAccess::Write { "write" } else { "read" };
+                grants.push(vec![
+                    (*org).into(),
+                    data.workspaces[o][index].into(),
+                    DataSet::user(o, m).into(),
+                    access.into(),
+                ]);
             }
         }
-        for chunk in grants.chunks(1000) {
-            workspace_grant::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&tx)
-                .await?;
-        }
+        insert_rows(
+            &tx,
+            "workspace_grants (organization_id, workspace_id, user_id, access)",
+            grants,
+        )
+        .await?;
     }
     tx.commit().await?;
     data.grants = {
