@@ -14,7 +14,41 @@ db_tests!(
     no_token_is_kept_in_the_database_or_returned,
     invitations_are_listed_by_state,
     an_invitation_is_void_once_its_inviter_may_no_longer_grant_its_role,
+    a_listed_page_gives_each_invitation_its_own_grants,
 );
+
+async fn a_listed_page_gives_each_invitation_its_own_grants(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let prod = app.create_workspace(&owner, &org, "prod").await;
+    let staging = app.create_workspace(&owner, &org, "staging").await;
+    let offers: [(&str, Vec<(&str, A)>); 4] = [
+        ("a@example.com", vec![(&prod, A::Write)]),
+        ("b@example.com", vec![]),
+        ("c@example.com", vec![(&prod, A::Read), (&staging, A::Write)]),
+        ("d@example.com", vec![(&staging, A::Read)]),
+    ];
+    for (email, grants) in &offers {
+        app.invite(&owner, &org, email, R::Member, grants).await.unwrap();
+    }
+    let listed = app.invitations(&owner, &org, S::Unspecified).await;
+    assert_eq!(listed.len(), offers.len());
+    for (email, grants) in &offers {
+        let invitation = listed.iter().find(|i| i.email == *email).unwrap();
+        let mut got: Vec<(String, i32)> = invitation
+            .workspace_grants
+            .iter()
+            .map(|g| (g.workspace_id.clone(), g.access))
+            .collect();
+        let mut expected: Vec<(String, i32)> =
+            grants.iter().map(|(ws, access)| ((*ws).to_owned(), *access as i32)).collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected, "{email}");
+    }
+    app.stop().await;
+}
 
 /// Waits until every invitation of `org` shows its email as sent.
 async fn wait_until_sent(app: &TestApp, owner: &User, org: &str) {

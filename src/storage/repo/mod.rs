@@ -1,0 +1,102 @@
+//! Repository functions, one module per aggregate. Verbs: `get_*` fails when missing, `find_*` returns an option, `list_*`
+//! pages, `insert_*`/`update_*`/`delete_*` write. Writes that change an organization take the
+//! [`Pass`] of the permission they need and use its organization id, so they cannot run without
+//! that check or cross organizations; adding an invitee takes the lifecycle's [`Admitted`].
+
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Statement, Value,
+};
+
+use super::entity::{
+    audit_event, invitation, invitation_grant, member, organization, outbox, workspace,
+    workspace_grant,
+};
+use crate::domain::invitation::Admitted;
+use crate::domain::{
+    Access, AuditAction, AuditEvent, AuditEventId, AuditTarget, DeliveryState, DisplayName, Email,
+    Grant, Invitation, InvitationId, InvitationState, InvitationTtl, Member, Organization,
+    OrganizationId, Pass, Role, Timestamp, UserId, UserIdRef, Workspace, WorkspaceFacts,
+    WorkspaceId, capability as cap,
+};
+use crate::error::{Error, Reason};
+
+/// The unique constraints a write may meet and answer for: any other violation is a bug and
+/// stays an internal error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unique {
+    /// One membership per user and organization (the members primary key).
+    Membership,
+    /// One pending invitation per email and organization.
+    OnePendingInvitation,
+}
+
+impl Unique {
+    /// The constraint's name on PostgreSQL.
+    fn name(self) -> &'static str {
+        match self {
+            Unique::Membership => "members_pkey",
+            Unique::OnePendingInvitation => "invitations_one_pending_per_email",
+        }
+    }
+
+    /// How SQLite names it: it reports the columns, not the index.
+    fn sqlite_columns(self) -> &'static str {
+        match self {
+            Unique::Membership => "members.organization_id, members.user_id",
+            Unique::OnePendingInvitation => "invitations.organization_id, invitations.email",
+        }
+    }
+}
+
+/// Whether `err` is a violation of the unique constraint `which`.
+fn violates(err: &sea_orm::DbErr, which: Unique) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx))) =
+        err
+    else {
+        return false;
+    };
+    let sea_orm::sqlx::Error::Database(db) = sqlx.as_ref() else {
+        return false;
+    };
+    if db.kind() != sea_orm::sqlx::error::ErrorKind::UniqueViolation {
+        return false;
+    }
+    match db.constraint() {
+        Some(name) => name == which.name(),
+        None => db
+            .message()
+            .strip_prefix("UNIQUE constraint failed: ")
+            .is_some_and(|columns| columns == which.sqlite_columns()),
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> Error {
+    Error::internal(anyhow::anyhow!("stored {what} {value:?} is not valid"))
+}
+
+fn role_of(text: &str) -> Result<Role, Error> {
+    Role::from_stored(text).ok_or_else(|| corrupt("role", text))
+}
+
+fn access_of(text: &str) -> Result<Access, Error> {
+    Access::from_stored(text).ok_or_else(|| corrupt("access", text))
+}
+
+mod audit;
+mod emails;
+mod facts;
+mod invitations;
+mod members;
+mod organizations;
+mod workspaces;
+
+pub use audit::*;
+pub use emails::*;
+pub use facts::*;
+pub use invitations::*;
+pub use members::*;
+pub use organizations::*;
+pub use workspaces::*;

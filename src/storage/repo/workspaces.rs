@@ -1,0 +1,243 @@
+//! Workspaces and workspace grants.
+
+use super::*;
+
+pub(super) fn to_workspace(m: workspace::Model) -> Workspace {
+    Workspace {
+        id: WorkspaceId::from_uuid(m.id),
+        organization_id: OrganizationId::from_uuid(m.organization_id),
+        display_name: DisplayName::from_stored(m.display_name),
+        create_time: Timestamp::from_micros(m.create_time),
+    }
+}
+
+pub(super) fn to_grant(m: workspace_grant::Model) -> Result<Grant, Error> {
+    Ok(Grant {
+        organization_id: OrganizationId::from_uuid(m.organization_id),
+        workspace_id: WorkspaceId::from_uuid(m.workspace_id),
+        access: Some(access_of(&m.access)?),
+        user_id: UserId::from_stored(m.user_id),
+    })
+}
+
+/// Inserts a workspace into the pass's organization.
+pub async fn insert_workspace(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::WorkspacesCreate>,
+    id: WorkspaceId,
+    name: &DisplayName,
+    now: Timestamp,
+) -> Result<Workspace, Error> {
+    let model = workspace::ActiveModel {
+        id: Set(id.as_uuid()),
+        organization_id: Set(pass.organization_id().as_uuid()),
+        display_name: Set(name.as_str().to_owned()),
+        create_time: Set(now.as_micros()),
+    };
+    workspace::Entity::insert(model).exec_without_returning(db).await?;
+    Ok(Workspace {
+        id,
+        organization_id: pass.organization_id(),
+        display_name: name.clone(),
+        create_time: now,
+    })
+}
+
+/// Finds a workspace of an organization; a workspace of another organization is not found.
+pub async fn find_workspace(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    id: WorkspaceId,
+) -> Result<Option<Workspace>, Error> {
+    Ok(workspace::Entity::find_by_id(id.as_uuid())
+        .filter(workspace::Column::OrganizationId.eq(org.as_uuid()))
+        .one(db)
+        .await?
+        .map(to_workspace))
+}
+
+/// Renames a workspace.
+pub async fn update_workspace_name(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::WorkspacesUpdate>,
+    id: WorkspaceId,
+    name: &DisplayName,
+) -> Result<(), Error> {
+    workspace::Entity::update_many()
+        .col_expr(workspace::Column::DisplayName, Expr::value(name.as_str()))
+        .filter(workspace::Column::Id.eq(id.as_uuid()))
+        .filter(workspace::Column::OrganizationId.eq(pass.organization_id().as_uuid()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Deletes a workspace and every grant on it (rule 4).
+pub async fn delete_workspace(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::WorkspacesDelete>,
+    id: WorkspaceId,
+) -> Result<Vec<(UserId, Access)>, Error> {
+    let org = pass.organization_id().as_uuid();
+    let removed = workspace_grant::Entity::delete_many()
+        .filter(workspace_grant::Column::OrganizationId.eq(org))
+        .filter(workspace_grant::Column::WorkspaceId.eq(id.as_uuid()))
+        .exec_with_returning(db)
+        .await?;
+    invitation_grant::Entity::delete_many()
+        .filter(invitation_grant::Column::OrganizationId.eq(org))
+        .filter(invitation_grant::Column::WorkspaceId.eq(id.as_uuid()))
+        .exec(db)
+        .await?;
+    workspace::Entity::delete_many()
+        .filter(workspace::Column::OrganizationId.eq(org))
+        .filter(workspace::Column::Id.eq(id.as_uuid()))
+        .exec(db)
+        .await?;
+    removed
+        .into_iter()
+        .map(|g| Ok((UserId::from_stored(g.user_id), access_of(&g.access)?)))
+        .collect()
+}
+
+/// Lists an organization's workspaces in creation order after a cursor; with `granted_to`, only
+/// those the user holds a grant on (optionally at least `min_access`).
+pub async fn list_workspaces(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    granted_to: Option<(&UserId, Access)>,
+    after: Option<WorkspaceId>,
+    limit: u64,
+) -> Result<Vec<Workspace>, Error> {
+    let mut query =
+        workspace::Entity::find().filter(workspace::Column::OrganizationId.eq(org.as_uuid()));
+    if let Some(after) = after {
+        query = query.filter(workspace::Column::Id.gt(after.as_uuid()));
+    }
+    if let Some((user, min_access)) = granted_to {
+        let levels: Vec<&str> =
+            Access::ALL.iter().filter(|a| **a >= min_access).map(|a| a.as_str()).collect();
+        let granted = workspace_grant::Entity::find()
+            .select_only()
+            .column(workspace_grant::Column::WorkspaceId)
+            .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+            .filter(workspace_grant::Column::UserId.eq(user.as_str()))
+            .filter(workspace_grant::Column::Access.is_in(levels))
+            .into_query();
+        query = query.filter(workspace::Column::Id.in_subquery(granted));
+    }
+    Ok(query
+        .order_by_asc(workspace::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(to_workspace)
+        .collect())
+}
+
+/// Finds a member's grant on a workspace.
+pub async fn find_grant(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    workspace_id: WorkspaceId,
+    user: &UserId,
+) -> Result<Option<Access>, Error> {
+    let found =
+        workspace_grant::Entity::find_by_id((workspace_id.as_uuid(), user.as_str().to_owned()))
+            .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+            .one(db)
+            .await?;
+    found.map(|m| access_of(&m.access)).transpose()
+}
+
+/// Creates or changes a grant.
+pub async fn upsert_grant(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::WorkspaceAccessManage>,
+    workspace_id: WorkspaceId,
+    user: &UserId,
+    access: Access,
+) -> Result<(), Error> {
+    upsert_grant_row(db, pass.organization_id(), workspace_id, user, access).await
+}
+
+pub(super) async fn upsert_grant_row(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    workspace_id: WorkspaceId,
+    user: &UserId,
+    access: Access,
+) -> Result<(), Error> {
+    workspace_grant::Entity::insert(workspace_grant::ActiveModel {
+        organization_id: Set(org.as_uuid()),
+        workspace_id: Set(workspace_id.as_uuid()),
+        user_id: Set(user.as_str().to_owned()),
+        access: Set(access.as_str().to_owned()),
+    })
+    .on_conflict(
+        OnConflict::columns([
+            workspace_grant::Column::WorkspaceId,
+            workspace_grant::Column::UserId,
+        ])
+        .update_column(workspace_grant::Column::Access)
+        .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// Removes a grant.
+pub async fn delete_grant(
+    db: &impl ConnectionTrait,
+    pass: &Pass<cap::WorkspaceAccessManage>,
+    workspace_id: WorkspaceId,
+    user: &UserId,
+) -> Result<(), Error> {
+    workspace_grant::Entity::delete_many()
+        .filter(workspace_grant::Column::OrganizationId.eq(pass.organization_id().as_uuid()))
+        .filter(workspace_grant::Column::WorkspaceId.eq(workspace_id.as_uuid()))
+        .filter(workspace_grant::Column::UserId.eq(user.as_str()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Lists grants by workspace then user, after a cursor, optionally filtered.
+pub async fn list_grants(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    workspace_id: Option<WorkspaceId>,
+    user: Option<&UserId>,
+    after: Option<(WorkspaceId, String)>,
+    limit: u64,
+) -> Result<Vec<Grant>, Error> {
+    use sea_orm::Condition;
+    let mut query = workspace_grant::Entity::find()
+        .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()));
+    if let Some(id) = workspace_id {
+        query = query.filter(workspace_grant::Column::WorkspaceId.eq(id.as_uuid()));
+    }
+    if let Some(user) = user {
+        query = query.filter(workspace_grant::Column::UserId.eq(user.as_str()));
+    }
+    if let Some((after_ws, after_user)) = after {
+        query = query.filter(
+            Condition::any().add(workspace_grant::Column::WorkspaceId.gt(after_ws.as_uuid())).add(
+                Condition::all()
+                    .add(workspace_grant::Column::WorkspaceId.eq(after_ws.as_uuid()))
+                    .add(workspace_grant::Column::UserId.gt(after_user)),
+            ),
+        );
+    }
+    query
+        .order_by_asc(workspace_grant::Column::WorkspaceId)
+        .order_by_asc(workspace_grant::Column::UserId)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(to_grant)
+        .collect()
+}
