@@ -45,7 +45,6 @@ pub enum WorkspaceFacts {
 pub struct Decision {
     /// Whether the user may do it.
     pub allowed: bool,
-    /// Why.
     pub reason: Reason,
     /// The user's role, if a member.
     pub role: Option<Role>,

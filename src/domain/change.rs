@@ -31,21 +31,11 @@ pub struct LogPosition(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delta {
     /// The organization was created (its founder is added by a [`Delta::MemberAdded`]).
-    OrganizationCreated {
-        /// Its name.
-        display_name: DisplayName,
-    },
+    OrganizationCreated { display_name: DisplayName },
     /// The organization was deleted with everything in it.
     OrganizationDeleted,
     /// A user became a member.
-    MemberAdded {
-        /// The member.
-        user: UserId,
-        /// Their email.
-        email: Email,
-        /// Their role.
-        role: Role,
-    },
+    MemberAdded { user: UserId, email: Email, role: Role },
     /// A member left or was removed; their grants' removals are deltas of their own.
     MemberRemoved {
         /// The former member.
@@ -54,37 +44,13 @@ pub enum Delta {
         role: Role,
     },
     /// A member's role changed.
-    RoleChanged {
-        /// The member.
-        user: UserId,
-        /// Before.
-        old: Role,
-        /// After.
-        new: Role,
-    },
+    RoleChanged { user: UserId, old: Role, new: Role },
     /// A grant was added (`old` none), changed, or removed (`new` none).
-    GrantChanged {
-        /// The member.
-        user: UserId,
-        /// The workspace.
-        workspace: WorkspaceId,
-        /// Before.
-        old: Option<Access>,
-        /// After.
-        new: Option<Access>,
-    },
+    GrantChanged { user: UserId, workspace: WorkspaceId, old: Option<Access>, new: Option<Access> },
     /// A workspace was created.
-    WorkspaceCreated {
-        /// The workspace.
-        workspace: WorkspaceId,
-        /// Its name.
-        display_name: DisplayName,
-    },
+    WorkspaceCreated { workspace: WorkspaceId, display_name: DisplayName },
     /// A workspace was deleted; its grants' removals are deltas of their own.
-    WorkspaceDeleted {
-        /// The workspace.
-        workspace: WorkspaceId,
-    },
+    WorkspaceDeleted { workspace: WorkspaceId },
     /// Ownership moved (the two role changes are deltas of their own).
     OwnershipTransferred {
         /// The Owner who handed it over.
@@ -130,7 +96,6 @@ impl Delta {
 /// One committed change, as the change log holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeRecord {
-    /// The organization.
     pub organization_id: OrganizationId,
     /// The organization's revision after the change.
     pub revision: Revision,
@@ -138,9 +103,7 @@ pub struct ChangeRecord {
     /// change just committed, whose place is given right after its commit (see
     /// [`crate::storage::changelog::place`]).
     pub position: Option<LogPosition>,
-    /// When it committed.
     pub commit_time: Timestamp,
-    /// Who made it.
     pub actor: UserId,
     /// The audit event it wrote, if any.
     pub audit_event_id: Option<AuditEventId>,

@@ -36,13 +36,10 @@ impl Timestamp {
 /// An organization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Organization {
-    /// Its id.
     pub id: OrganizationId,
-    /// Its name.
     pub display_name: DisplayName,
     /// Validity of its invitations.
     pub invitation_ttl: InvitationTtl,
-    /// Creation time.
     pub create_time: Timestamp,
     /// Last change of name or settings.
     pub update_time: Timestamp,
@@ -51,39 +48,28 @@ pub struct Organization {
 /// A membership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    /// The organization.
     pub organization_id: OrganizationId,
-    /// The user.
     pub user_id: UserId,
     /// The user's email when they joined.
     pub email: Email,
-    /// The role.
     pub role: Role,
-    /// When they joined.
     pub create_time: Timestamp,
 }
 
 /// A workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
-    /// Its id.
     pub id: WorkspaceId,
-    /// Its organization.
     pub organization_id: OrganizationId,
-    /// Its name.
     pub display_name: DisplayName,
-    /// Creation time.
     pub create_time: Timestamp,
 }
 
 /// A member's access to a workspace; `access` None reports a removed grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// The organization.
     pub organization_id: OrganizationId,
-    /// The workspace.
     pub workspace_id: WorkspaceId,
-    /// The member.
     pub user_id: UserId,
     /// The access held, if any.
     pub access: Option<Access>,
@@ -128,9 +114,7 @@ impl DeliveryState {
 /// An invitation, with its state as stored (see [`Invitation::state_at`] for what readers see).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invitation {
-    /// Its id.
     pub id: InvitationId,
-    /// The organization.
     pub organization_id: OrganizationId,
     /// The invitee's normalized email.
     pub email: Email,
@@ -142,7 +126,6 @@ pub struct Invitation {
     pub workspace_grants: Vec<(WorkspaceId, Access)>,
     /// Who sent the latest email: the member who created the invitation or last resent it.
     pub inviter_user_id: UserId,
-    /// Creation time.
     pub create_time: Timestamp,
     /// When the current token expires.
     pub expire_time: Timestamp,
@@ -164,18 +147,12 @@ impl Invitation {
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
-    /// Its id.
     pub id: AuditEventId,
-    /// The organization.
     pub organization_id: OrganizationId,
-    /// Who acted.
     pub actor_user_id: UserId,
-    /// What was done.
     pub action: AuditAction,
-    /// To what.
     pub target: AuditTarget,
     /// Details as a JSON object.
     pub details: serde_json::Value,
-    /// When.
     pub create_time: Timestamp,
 }

@@ -4,7 +4,6 @@ use crate::domain::{Role, Timestamp};
 
 /// What an invitation email says.
 pub struct InvitationEmail<'a> {
-    /// The organization's name.
     pub organization: &'a str,
     /// Who invited (their email when known, else their user id).
     pub inviter: &'a str,
@@ -20,11 +19,8 @@ pub struct InvitationEmail<'a> {
 
 /// A rendered email.
 pub struct Rendered {
-    /// Subject line.
     pub subject: String,
-    /// Plain-text part.
     pub text: String,
-    /// HTML part.
     pub html: String,
 }
 

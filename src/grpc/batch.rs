@@ -42,13 +42,9 @@ enum Entry {
 /// The fields of one check, borrowed from the request that holds it.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckFields<'a> {
-    /// `user_id`.
     pub user_id: &'a str,
-    /// `organization_id`.
     pub organization_id: &'a str,
-    /// `workspace_id`.
     pub workspace_id: &'a str,
-    /// `permission`.
     pub permission: &'a str,
     /// `consistency`; inside a batch it is validated, and the batch's own applies.
     pub consistency: Option<&'a pb::Consistency>,

@@ -12,9 +12,7 @@ use serde_json::Value;
 /// The claims Roster reads.
 #[derive(Debug)]
 pub struct Claims {
-    /// The user id.
     pub sub: String,
-    /// The user's email.
     pub email: Option<String>,
     /// Whether the identity provider verified the email.
     pub email_verified: Option<bool>,

@@ -85,7 +85,6 @@ pub struct ListenerStats {
 /// A copy of the listener's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerSnapshot {
-    /// Connections open now.
     pub open: usize,
     /// Of those, connections that have not carried an identified call.
     pub pending: usize,

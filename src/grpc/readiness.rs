@@ -27,9 +27,7 @@ const DATABASE_WAIT: Duration = Duration::from_secs(2);
 
 /// What readiness is read from.
 pub struct Signals {
-    /// The database.
     pub store: Store,
-    /// The listener's counters.
     pub listener: Arc<ListenerStats>,
     /// Calls shed at the in-flight limit so far.
     pub shed: Arc<AtomicU64>,

@@ -24,7 +24,6 @@ const MAX_ABSENT_IDS: usize = 65_536;
 /// A loaded organization.
 #[derive(Debug)]
 pub(super) struct Held {
-    /// Its index.
     pub index: Arc<OrgIndex>,
     /// The revision the index is at: every change up to it is in, none after it.
     pub revision: Revision,

@@ -61,15 +61,11 @@ pub enum Freshness {
 /// One validated check: the permission's scope and the presence of a workspace agree.
 #[derive(Debug, Clone)]
 pub struct Check<'a> {
-    /// Who.
     pub user_id: UserIdRef<'a>,
-    /// Where.
     pub organization_id: OrganizationId,
     /// Which workspace, for a workspace permission.
     pub workspace_id: Option<WorkspaceId>,
-    /// What.
     pub permission: Permission,
-    /// How fresh.
     pub freshness: Freshness,
 }
 
@@ -94,9 +90,7 @@ pub struct Snapshot {
     pub revision: Revision,
     /// Members and their roles.
     pub members: Vec<(UserId, Role)>,
-    /// Workspaces.
     pub workspaces: Vec<WorkspaceId>,
-    /// Grants.
     pub grants: Vec<(WorkspaceId, UserId, crate::domain::Access)>,
 }
 

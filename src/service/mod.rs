@@ -20,7 +20,6 @@ use crate::storage::Store;
 /// The end user on whose behalf a TeamService call runs.
 #[derive(Debug, Clone)]
 pub struct Actor {
-    /// The user's id.
     pub user_id: UserId,
     /// The user's email, or why the credentials give none that can be used: a call that needs
     /// no email still works for a user whose token carries a malformed one.
@@ -91,7 +90,6 @@ pub struct Services {
 /// or, when it changed nothing, the latest change it found.
 #[derive(Debug, Clone)]
 pub struct Changed<T> {
-    /// The result.
     pub value: T,
     /// Names the state; `consistency_token` in the reply.
     pub token: ChangeToken,

@@ -84,7 +84,6 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 pub struct Limits {
     /// Invitations per inviting user, whatever the organization.
     pub invitations_per_user: RateLimiter<UserId>,
-    /// Invitations per organization.
     pub invitations_per_organization: RateLimiter<OrganizationId>,
     /// Invitations of this whole process.
     pub invitations_per_replica: RateLimiter<()>,

@@ -162,7 +162,6 @@ pub enum Ended {
     Failed {
         /// The token of the last response queued.
         last: ChangeToken,
-        /// Why.
         error: Error,
     },
 }
@@ -170,9 +169,7 @@ pub enum Ended {
 /// Counters of Watch and Snapshot, for metrics.
 #[derive(Debug, Default)]
 pub struct WatchStats {
-    /// Streams open now.
     pub streams: AtomicI64,
-    /// Changes sent.
     pub changes_sent: AtomicU64,
     /// Streams cut off because their consumer fell behind.
     pub cut_off: AtomicU64,
@@ -948,7 +945,6 @@ impl Streamer {
 struct Backlog {
     /// Changes (or snapshot items) queued.
     weight: AtomicUsize,
-    /// Responses queued.
     responses: AtomicUsize,
     /// Signalled whenever the consumer takes a response.
     taken: Notify,

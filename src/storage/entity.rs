@@ -1,17 +1,20 @@
-//! SeaORM entities, one module per table. Relations are expressed as queries in the repository
-//! rather than on the models, because every query here is scoped by organization explicitly.
+//! SeaORM entities, one module per table, with the domain's ids and values as column types (see
+//! `columns`). Relations are expressed as queries in the repository rather than on the models,
+//! because every query here is scoped by organization explicitly.
 
 /// `organizations`
 pub mod organization {
     use sea_orm::entity::prelude::*;
+
+    use crate::domain::{DisplayName, OrganizationId};
 
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "organizations")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub display_name: String,
+        pub id: OrganizationId,
+        pub display_name: DisplayName,
         pub invitation_ttl_secs: i64,
         pub create_time: i64,
         pub update_time: i64,
@@ -26,16 +29,18 @@ pub mod organization {
 pub mod member {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{Email, OrganizationId, Role, UserId};
+
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "members")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub organization_id: Uuid,
+        pub organization_id: OrganizationId,
         #[sea_orm(primary_key, auto_increment = false)]
-        pub user_id: String,
-        pub email: String,
-        pub role: String,
+        pub user_id: UserId,
+        pub email: Email,
+        pub role: Role,
         pub create_time: i64,
     }
 
@@ -46,14 +51,16 @@ pub mod member {
 pub mod workspace {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{DisplayName, OrganizationId, WorkspaceId};
+
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "workspaces")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub organization_id: Uuid,
-        pub display_name: String,
+        pub id: WorkspaceId,
+        pub organization_id: OrganizationId,
+        pub display_name: DisplayName,
         pub create_time: i64,
     }
 
@@ -64,16 +71,18 @@ pub mod workspace {
 pub mod workspace_grant {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{Access, OrganizationId, UserId, WorkspaceId};
+
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "workspace_grants")]
     pub struct Model {
-        pub organization_id: Uuid,
+        pub organization_id: OrganizationId,
         #[sea_orm(primary_key, auto_increment = false)]
-        pub workspace_id: Uuid,
+        pub workspace_id: WorkspaceId,
         #[sea_orm(primary_key, auto_increment = false)]
-        pub user_id: String,
-        pub access: String,
+        pub user_id: UserId,
+        pub access: Access,
     }
 
     impl ActiveModelBehavior for ActiveModel {}
@@ -83,22 +92,26 @@ pub mod workspace_grant {
 pub mod invitation {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{
+        DeliveryState, Email, InvitationId, InvitationState, OrganizationId, Role, UserId,
+    };
+
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "invitations")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub organization_id: Uuid,
-        pub email: String,
-        pub role: String,
-        pub state: String,
+        pub id: InvitationId,
+        pub organization_id: OrganizationId,
+        pub email: Email,
+        pub role: Role,
+        pub state: InvitationState,
         pub token_hash: String,
-        pub inviter_user_id: String,
+        pub inviter_user_id: UserId,
         pub create_time: i64,
         pub expire_time: i64,
         pub send_count: i32,
-        pub delivery_state: String,
+        pub delivery_state: DeliveryState,
         pub last_delivery_error: Option<String>,
         pub update_time: i64,
     }
@@ -110,16 +123,18 @@ pub mod invitation {
 pub mod invitation_grant {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{Access, InvitationId, OrganizationId, WorkspaceId};
+
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "invitation_grants")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub invitation_id: Uuid,
-        pub organization_id: Uuid,
+        pub invitation_id: InvitationId,
+        pub organization_id: OrganizationId,
         #[sea_orm(primary_key, auto_increment = false)]
-        pub workspace_id: Uuid,
-        pub access: String,
+        pub workspace_id: WorkspaceId,
+        pub access: Access,
     }
 
     impl ActiveModelBehavior for ActiveModel {}
@@ -130,15 +145,17 @@ pub mod invitation_grant {
 pub mod outbox {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{DeliveryState, Email, InvitationId};
+
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "outbox")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
-        pub invitation_id: Uuid,
+        pub invitation_id: InvitationId,
         pub send_number: i32,
-        pub recipient: String,
+        pub recipient: Email,
         /// Unused, always empty: kept with the bodies until a later release drops them.
         pub subject: String,
         /// Always NULL since the bodies held tokens; only a process of the previous release,
@@ -146,7 +163,7 @@ pub mod outbox {
         pub body_text: Option<String>,
         /// As `body_text`.
         pub body_html: Option<String>,
-        pub state: String,
+        pub state: DeliveryState,
         pub attempts: i32,
         pub next_attempt_time: i64,
         pub last_error: Option<String>,
@@ -160,15 +177,17 @@ pub mod outbox {
 pub mod audit_event {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{AuditAction, AuditEventId, OrganizationId, UserId};
+
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "audit_events")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub organization_id: Uuid,
-        pub actor_user_id: String,
-        pub action: String,
+        pub id: AuditEventId,
+        pub organization_id: OrganizationId,
+        pub actor_user_id: UserId,
+        pub action: AuditAction,
         pub target: String,
         pub details: String,
         pub create_time: i64,

@@ -2,6 +2,7 @@
 
 pub mod authz;
 pub mod changelog;
+mod columns;
 pub mod entity;
 pub mod feed;
 pub mod migration;

@@ -140,11 +140,12 @@ async fn eviction_keeps_the_organizations_in_use_loaded(backend: Backend) {
 /// Writes an organization and its Owner straight into the database, as if it had been created
 /// with `id` (ids are made by the server, so only a test can choose one).
 async fn forge_organization(app: &TestApp, id: &str, owner: &User) {
+    use roster::domain::{DisplayName, Email, OrganizationId, Role, UserId};
     use roster::storage::entity::{member, organization};
-    let uuid = uuid::Uuid::parse_str(id).unwrap();
+    let id = OrganizationId::parse(id).unwrap();
     organization::Entity::insert(organization::ActiveModel {
-        id: Set(uuid),
-        display_name: Set("Forged".to_owned()),
+        id: Set(id),
+        display_name: Set(DisplayName::parse("Forged").unwrap()),
         invitation_ttl_secs: Set(3_600),
         create_time: Set(0),
         update_time: Set(0),
@@ -154,10 +155,10 @@ async fn forge_organization(app: &TestApp, id: &str, owner: &User) {
     .await
     .unwrap();
     member::Entity::insert(member::ActiveModel {
-        organization_id: Set(uuid),
-        user_id: Set(owner.id.clone()),
-        email: Set(owner.email.clone()),
-        role: Set("owner".to_owned()),
+        organization_id: Set(id),
+        user_id: Set(UserId::parse(&owner.id).unwrap()),
+        email: Set(Email::parse(&owner.email).unwrap()),
+        role: Set(Role::Owner),
         create_time: Set(0),
     })
     .exec_without_returning(&app.db)

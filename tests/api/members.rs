@@ -11,7 +11,32 @@ db_tests!(
     removing_a_member_removes_their_grants_and_access_at_once,
     members_are_listed_in_pages,
     role_changes_are_audited_and_no_op_changes_are_not,
+    a_stored_row_that_does_not_read_back_fails_the_list_rather_than_vanishing_from_it,
 );
+
+async fn a_stored_row_that_does_not_read_back_fails_the_list_rather_than_vanishing_from_it(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let member = User::new("member");
+    let org = app.create_org(&owner, "Acme").await;
+    app.join(&owner, &org, &member, R::Member, &[]).await;
+    // A role no release ever wrote, as a bad manual edit or a newer release's would be.
+    app.execute("UPDATE members SET role = 'emperor' WHERE user_id = 'member'").await;
+    let listed = app
+        .team
+        .clone()
+        .list_members(
+            owner
+                .req(pb::ListMembersRequest { organization_id: org.clone(), ..Default::default() }),
+        )
+        .await;
+    let status = listed.expect_err("a list without the member would be a wrong answer");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(!status.message().contains("emperor"), "no stored values in the answer");
+    app.stop().await;
+}
 
 async fn role_of(app: &TestApp, actor: &User, org: &str, user: &str) -> i32 {
     app.team

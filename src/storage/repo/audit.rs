@@ -5,10 +5,10 @@ use super::*;
 /// Writes an audit event; called inside the transaction of the change it records (rule 5).
 pub async fn insert_audit(db: &impl ConnectionTrait, event: &AuditEvent) -> Result<(), Error> {
     audit_event::Entity::insert(audit_event::ActiveModel {
-        id: Set(event.id.as_uuid()),
-        organization_id: Set(event.organization_id.as_uuid()),
-        actor_user_id: Set(event.actor_user_id.as_str().to_owned()),
-        action: Set(event.action.as_str().to_owned()),
+        id: Set(event.id),
+        organization_id: Set(event.organization_id),
+        actor_user_id: Set(event.actor_user_id.clone()),
+        action: Set(event.action),
         target: Set(event.target.to_string()),
         details: Set(event.details.to_string()),
         create_time: Set(event.create_time.as_micros()),
@@ -34,11 +34,10 @@ pub async fn list_audit(
     rows.into_iter()
         .map(|m| {
             Ok(AuditEvent {
-                id: AuditEventId::from_uuid(m.id),
-                organization_id: OrganizationId::from_uuid(m.organization_id),
-                actor_user_id: UserId::from_stored(m.actor_user_id),
-                action: AuditAction::from_stored(&m.action)
-                    .ok_or_else(|| corrupt("audit action", &m.action))?,
+                id: m.id,
+                organization_id: m.organization_id,
+                actor_user_id: m.actor_user_id,
+                action: m.action,
                 target: AuditTarget::from_stored(&m.target)
                     .ok_or_else(|| corrupt("audit target", &m.target))?,
                 details: serde_json::from_str(&m.details)

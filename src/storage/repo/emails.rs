@@ -23,13 +23,13 @@ pub async fn insert_outbox(
         .await?;
     outbox::Entity::insert(outbox::ActiveModel {
         id: Set(uuid::Uuid::now_v7()),
-        invitation_id: Set(invitation.id.as_uuid()),
+        invitation_id: Set(invitation.id),
         send_number: Set(invitation.send_count),
-        recipient: Set(invitation.email.as_str().to_owned()),
+        recipient: Set(invitation.email.clone()),
         subject: Set(String::new()),
         body_text: Set(None),
         body_html: Set(None),
-        state: Set(DeliveryState::Queued.as_str().to_owned()),
+        state: Set(DeliveryState::Queued),
         attempts: Set(0),
         next_attempt_time: Set(now.as_micros()),
         last_error: Set(None),
@@ -57,7 +57,7 @@ pub async fn list_due_outbox(
         .into_iter()
         .map(|m| OutboxEmail {
             id: m.id,
-            invitation_id: InvitationId::from_uuid(m.invitation_id),
+            invitation_id: m.invitation_id,
             send_number: m.send_number,
             attempts: m.attempts,
             next_attempt_time: m.next_attempt_time,
@@ -71,8 +71,7 @@ pub async fn find_invitation_of_outbox(
     db: &impl ConnectionTrait,
     email: &OutboxEmail,
 ) -> Result<Option<Invitation>, Error> {
-    let Some(m) = invitation::Entity::find_by_id(email.invitation_id.as_uuid()).one(db).await?
-    else {
+    let Some(m) = invitation::Entity::find_by_id(email.invitation_id).one(db).await? else {
         return Ok(None);
     };
     let grants = grants_of(db, m.id).await?;

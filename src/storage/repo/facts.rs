@@ -19,11 +19,10 @@ pub async fn authorization_facts(
         let sql =
             "SELECT (SELECT role FROM members WHERE organization_id = ? AND user_id = ?) AS role";
         let row = db.query_one_raw(statement(backend, sql, vec![org_value, user_value])).await?;
-        let role: Option<String> = match row {
+        let role: Option<Role> = match row {
             Some(row) => row.try_get("", "role")?,
             None => None,
         };
-        let role = role.as_deref().map(role_of).transpose()?;
         return Ok((role, WorkspaceFacts::NotApplicable));
     };
     let ws_value: Value = workspace_id.as_uuid().into();
@@ -44,14 +43,13 @@ pub async fn authorization_facts(
     let Some(row) = db.query_one_raw(statement(backend, sql, values)).await? else {
         return Ok((None, WorkspaceFacts::Missing));
     };
-    let role: Option<String> = row.try_get("", "role")?;
+    let role: Option<Role> = row.try_get("", "role")?;
     let workspace_count: i64 = row.try_get("", "workspace_count")?;
-    let access: Option<String> = row.try_get("", "access")?;
-    let role = role.as_deref().map(role_of).transpose()?;
+    let access: Option<Access> = row.try_get("", "access")?;
     let facts = if workspace_count == 0 {
         WorkspaceFacts::Missing
     } else {
-        WorkspaceFacts::Present(access.as_deref().map(access_of).transpose()?)
+        WorkspaceFacts::Present(access)
     };
     Ok((role, facts))
 }
@@ -87,19 +85,20 @@ pub async fn load_organization_snapshot(
     let mut members = Vec::with_capacity(rows.len());
     for row in &rows {
         let user: Option<String> = row.try_get("", "user_id")?;
-        let role: Option<String> = row.try_get("", "role")?;
+        let role: Option<Role> = row.try_get("", "role")?;
         if let (Some(user), Some(role)) = (user, role) {
-            members.push((UserId::from_stored(user), role_of(&role)?));
+            // Read as text: ids were validated when written, and a snapshot may hold millions.
+            members.push((UserId::from_stored(user), role));
         }
     }
-    let workspaces: Vec<uuid::Uuid> = workspace::Entity::find()
+    let workspaces: Vec<WorkspaceId> = workspace::Entity::find()
         .select_only()
         .column(workspace::Column::Id)
         .filter(workspace::Column::OrganizationId.eq(org.as_uuid()))
         .into_tuple()
         .all(&tx)
         .await?;
-    let grants: Vec<(uuid::Uuid, String, String)> = workspace_grant::Entity::find()
+    let grants: Vec<(WorkspaceId, String, Access)> = workspace_grant::Entity::find()
         .select_only()
         .column(workspace_grant::Column::WorkspaceId)
         .column(workspace_grant::Column::UserId)
@@ -111,16 +110,9 @@ pub async fn load_organization_snapshot(
     tx.commit().await?;
     let grants = grants
         .into_iter()
-        .map(|(ws, user, access)| {
-            Ok((WorkspaceId::from_uuid(ws), UserId::from_stored(user), access_of(&access)?))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    Ok(Some(crate::index::Snapshot {
-        revision,
-        members,
-        workspaces: workspaces.into_iter().map(WorkspaceId::from_uuid).collect(),
-        grants,
-    }))
+        .map(|(ws, user, access)| (ws, UserId::from_stored(user), access))
+        .collect();
+    Ok(Some(crate::index::Snapshot { revision, members, workspaces, grants }))
 }
 
 /// Builds a raw statement written with `?` placeholders for either backend.

@@ -9,19 +9,17 @@ pub(super) fn to_invitation(
     grants: Vec<invitation_grant::Model>,
 ) -> Result<Invitation, Error> {
     Ok(Invitation {
-        id: InvitationId::from_uuid(m.id),
-        organization_id: OrganizationId::from_uuid(m.organization_id),
-        role: role_of(&m.role)?,
-        stored_state: InvitationState::from_stored(&m.state)
-            .ok_or_else(|| corrupt("state", &m.state))?,
+        id: m.id,
+        organization_id: m.organization_id,
+        role: m.role,
+        stored_state: m.state,
         workspace_grants: grants
             .into_iter()
-            .map(|g| Ok((WorkspaceId::from_uuid(g.workspace_id), access_of(&g.access)?)))
+            .map(|g| Ok((g.workspace_id, g.access)))
             .collect::<Result<_, Error>>()?,
-        delivery_state: DeliveryState::from_stored(&m.delivery_state)
-            .ok_or_else(|| corrupt("delivery state", &m.delivery_state))?,
-        email: Email::from_stored(m.email),
-        inviter_user_id: UserId::from_stored(m.inviter_user_id),
+        delivery_state: m.delivery_state,
+        email: m.email,
+        inviter_user_id: m.inviter_user_id,
         create_time: Timestamp::from_micros(m.create_time),
         expire_time: Timestamp::from_micros(m.expire_time),
         send_count: m.send_count,
@@ -45,17 +43,17 @@ pub async fn insert_invitation(
 ) -> Result<(), Error> {
     debug_assert_eq!(inv.organization_id, pass.organization_id());
     let result = invitation::Entity::insert(invitation::ActiveModel {
-        id: Set(inv.id.as_uuid()),
-        organization_id: Set(pass.organization_id().as_uuid()),
-        email: Set(inv.email.as_str().to_owned()),
-        role: Set(inv.role.as_str().to_owned()),
-        state: Set(inv.stored_state.as_str().to_owned()),
+        id: Set(inv.id),
+        organization_id: Set(pass.organization_id()),
+        email: Set(inv.email.clone()),
+        role: Set(inv.role),
+        state: Set(inv.stored_state),
         token_hash: Set(no_token(inv.id)),
-        inviter_user_id: Set(inv.inviter_user_id.as_str().to_owned()),
+        inviter_user_id: Set(inv.inviter_user_id.clone()),
         create_time: Set(inv.create_time.as_micros()),
         expire_time: Set(inv.expire_time.as_micros()),
         send_count: Set(inv.send_count),
-        delivery_state: Set(inv.delivery_state.as_str().to_owned()),
+        delivery_state: Set(inv.delivery_state),
         last_delivery_error: Set(None),
         update_time: Set(inv.create_time.as_micros()),
     })
@@ -70,10 +68,10 @@ pub async fn insert_invitation(
     }
     for (workspace_id, access) in &inv.workspace_grants {
         invitation_grant::Entity::insert(invitation_grant::ActiveModel {
-            invitation_id: Set(inv.id.as_uuid()),
-            organization_id: Set(pass.organization_id().as_uuid()),
-            workspace_id: Set(workspace_id.as_uuid()),
-            access: Set(access.as_str().to_owned()),
+            invitation_id: Set(inv.id),
+            organization_id: Set(pass.organization_id()),
+            workspace_id: Set(*workspace_id),
+            access: Set(*access),
         })
         .exec_without_returning(db)
         .await?;
@@ -91,7 +89,7 @@ pub fn pending_exists() -> Error {
 
 pub(super) async fn grants_of(
     db: &impl ConnectionTrait,
-    id: uuid::Uuid,
+    id: InvitationId,
 ) -> Result<Vec<invitation_grant::Model>, Error> {
     Ok(invitation_grant::Entity::find()
         .filter(invitation_grant::Column::InvitationId.eq(id))
@@ -106,7 +104,7 @@ pub async fn find_invitation(
     org: OrganizationId,
     id: InvitationId,
 ) -> Result<Option<Invitation>, Error> {
-    let Some(m) = invitation::Entity::find_by_id(id.as_uuid())
+    let Some(m) = invitation::Entity::find_by_id(id)
         .filter(invitation::Column::OrganizationId.eq(org.as_uuid()))
         .one(db)
         .await?
@@ -273,7 +271,7 @@ pub async fn list_invitations(
         return Ok(Vec::new());
     }
     // The page's grants in one query, however many invitations it holds.
-    let mut grants: HashMap<uuid::Uuid, Vec<invitation_grant::Model>> = HashMap::new();
+    let mut grants: HashMap<InvitationId, Vec<invitation_grant::Model>> = HashMap::new();
     for grant in invitation_grant::Entity::find()
         .filter(invitation_grant::Column::InvitationId.is_in(rows.iter().map(|m| m.id)))
         .order_by_asc(invitation_grant::Column::InvitationId)
@@ -295,7 +293,6 @@ pub async fn list_invitations(
 /// the email when it sends it.
 #[derive(Debug, Clone)]
 pub struct OutboxEmail {
-    /// Row id.
     pub id: uuid::Uuid,
     /// The invitation it belongs to.
     pub invitation_id: InvitationId,

@@ -4,10 +4,10 @@ use super::*;
 
 pub(super) fn to_member(m: member::Model) -> Result<Member, Error> {
     Ok(Member {
-        organization_id: OrganizationId::from_uuid(m.organization_id),
-        role: role_of(&m.role)?,
-        user_id: UserId::from_stored(m.user_id),
-        email: Email::from_stored(m.email),
+        organization_id: m.organization_id,
+        role: m.role,
+        user_id: m.user_id,
+        email: m.email,
         create_time: Timestamp::from_micros(m.create_time),
     })
 }
@@ -18,11 +18,7 @@ pub async fn find_member(
     org: OrganizationId,
     user: &UserId,
 ) -> Result<Option<Member>, Error> {
-    member::Entity::find_by_id((org.as_uuid(), user.as_str().to_owned()))
-        .one(db)
-        .await?
-        .map(to_member)
-        .transpose()
+    member::Entity::find_by_id((org, user.clone())).one(db).await?.map(to_member).transpose()
 }
 
 /// Finds a member by email (normalized), for "already a member" checks.
@@ -66,10 +62,10 @@ pub async fn insert_accepted(db: &impl ConnectionTrait, admitted: &Admitted) -> 
 
 pub(super) async fn insert_member_row(db: &impl ConnectionTrait, m: &Member) -> Result<(), Error> {
     let result = member::Entity::insert(member::ActiveModel {
-        organization_id: Set(m.organization_id.as_uuid()),
-        user_id: Set(m.user_id.as_str().to_owned()),
-        email: Set(m.email.as_str().to_owned()),
-        role: Set(m.role.as_str().to_owned()),
+        organization_id: Set(m.organization_id),
+        user_id: Set(m.user_id.clone()),
+        email: Set(m.email.clone()),
+        role: Set(m.role),
         create_time: Set(m.create_time.as_micros()),
     })
     .exec_without_returning(db)
@@ -153,10 +149,7 @@ pub(super) async fn delete_member_rows(
         .filter(member::Column::UserId.eq(user.as_str()))
         .exec(db)
         .await?;
-    removed
-        .into_iter()
-        .map(|g| Ok((WorkspaceId::from_uuid(g.workspace_id), access_of(&g.access)?)))
-        .collect()
+    removed.into_iter().map(|g| Ok((g.workspace_id, g.access))).collect()
 }
 
 /// Counts the Owners of an organization.

@@ -15,10 +15,10 @@ use super::entity::{
 };
 use crate::domain::invitation::Admitted;
 use crate::domain::{
-    Access, AuditAction, AuditEvent, AuditEventId, AuditTarget, DeliveryState, DisplayName, Email,
-    Grant, Invitation, InvitationId, InvitationState, InvitationTtl, Member, Organization,
-    OrganizationId, Pass, Role, Timestamp, UserId, UserIdRef, Workspace, WorkspaceFacts,
-    WorkspaceId, capability as cap,
+    Access, AuditEvent, AuditEventId, AuditTarget, DeliveryState, DisplayName, Email, Grant,
+    Invitation, InvitationId, InvitationState, InvitationTtl, Member, Organization, OrganizationId,
+    Pass, Role, Timestamp, UserId, UserIdRef, Workspace, WorkspaceFacts, WorkspaceId,
+    capability as cap,
 };
 use crate::error::{Error, Reason};
 
@@ -75,14 +75,6 @@ fn violates(err: &sea_orm::DbErr, which: Unique) -> bool {
 
 fn corrupt(what: &str, value: &str) -> Error {
     Error::internal(anyhow::anyhow!("stored {what} {value:?} is not valid"))
-}
-
-fn role_of(text: &str) -> Result<Role, Error> {
-    Role::from_stored(text).ok_or_else(|| corrupt("role", text))
-}
-
-fn access_of(text: &str) -> Result<Access, Error> {
-    Access::from_stored(text).ok_or_else(|| corrupt("access", text))
 }
 
 mod audit;

@@ -4,8 +4,8 @@ use super::*;
 
 pub(super) fn to_organization(m: organization::Model) -> Organization {
     Organization {
-        id: OrganizationId::from_uuid(m.id),
-        display_name: DisplayName::from_stored(m.display_name),
+        id: m.id,
+        display_name: m.display_name,
         invitation_ttl: InvitationTtl::from_stored_secs(m.invitation_ttl_secs),
         create_time: Timestamp::from_micros(m.create_time),
         update_time: Timestamp::from_micros(m.update_time),
@@ -18,8 +18,8 @@ pub async fn insert_organization(
     org: &Organization,
 ) -> Result<(), Error> {
     organization::Entity::insert(organization::ActiveModel {
-        id: Set(org.id.as_uuid()),
-        display_name: Set(org.display_name.as_str().to_owned()),
+        id: Set(org.id),
+        display_name: Set(org.display_name.clone()),
         invitation_ttl_secs: Set(org.invitation_ttl.as_secs()),
         create_time: Set(org.create_time.as_micros()),
         update_time: Set(org.update_time.as_micros()),
@@ -36,7 +36,7 @@ pub async fn find_organization(
     db: &impl ConnectionTrait,
     id: OrganizationId,
 ) -> Result<Option<Organization>, Error> {
-    Ok(organization::Entity::find_by_id(id.as_uuid()).one(db).await?.map(to_organization))
+    Ok(organization::Entity::find_by_id(id).one(db).await?.map(to_organization))
 }
 
 /// Takes the organization's row lock for the rest of the transaction, so that concurrent
@@ -92,7 +92,7 @@ pub async fn delete_organization(
         .exec(db)
         .await?;
     member::Entity::delete_many().filter(member::Column::OrganizationId.eq(org)).exec(db).await?;
-    organization::Entity::delete_by_id(org).exec(db).await?;
+    organization::Entity::delete_by_id(pass.organization_id()).exec(db).await?;
     Ok(())
 }
 

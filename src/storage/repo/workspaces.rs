@@ -4,19 +4,19 @@ use super::*;
 
 pub(super) fn to_workspace(m: workspace::Model) -> Workspace {
     Workspace {
-        id: WorkspaceId::from_uuid(m.id),
-        organization_id: OrganizationId::from_uuid(m.organization_id),
-        display_name: DisplayName::from_stored(m.display_name),
+        id: m.id,
+        organization_id: m.organization_id,
+        display_name: m.display_name,
         create_time: Timestamp::from_micros(m.create_time),
     }
 }
 
 pub(super) fn to_grant(m: workspace_grant::Model) -> Result<Grant, Error> {
     Ok(Grant {
-        organization_id: OrganizationId::from_uuid(m.organization_id),
-        workspace_id: WorkspaceId::from_uuid(m.workspace_id),
-        access: Some(access_of(&m.access)?),
-        user_id: UserId::from_stored(m.user_id),
+        organization_id: m.organization_id,
+        workspace_id: m.workspace_id,
+        access: Some(m.access),
+        user_id: m.user_id,
     })
 }
 
@@ -29,9 +29,9 @@ pub async fn insert_workspace(
     now: Timestamp,
 ) -> Result<Workspace, Error> {
     let model = workspace::ActiveModel {
-        id: Set(id.as_uuid()),
-        organization_id: Set(pass.organization_id().as_uuid()),
-        display_name: Set(name.as_str().to_owned()),
+        id: Set(id),
+        organization_id: Set(pass.organization_id()),
+        display_name: Set(name.clone()),
         create_time: Set(now.as_micros()),
     };
     workspace::Entity::insert(model).exec_without_returning(db).await?;
@@ -49,7 +49,7 @@ pub async fn find_workspace(
     org: OrganizationId,
     id: WorkspaceId,
 ) -> Result<Option<Workspace>, Error> {
-    Ok(workspace::Entity::find_by_id(id.as_uuid())
+    Ok(workspace::Entity::find_by_id(id)
         .filter(workspace::Column::OrganizationId.eq(org.as_uuid()))
         .one(db)
         .await?
@@ -94,10 +94,7 @@ pub async fn delete_workspace(
         .filter(workspace::Column::Id.eq(id.as_uuid()))
         .exec(db)
         .await?;
-    removed
-        .into_iter()
-        .map(|g| Ok((UserId::from_stored(g.user_id), access_of(&g.access)?)))
-        .collect()
+    removed.into_iter().map(|g| Ok((g.user_id, g.access))).collect()
 }
 
 /// Lists an organization's workspaces in creation order after a cursor; with `granted_to`, only
@@ -143,12 +140,11 @@ pub async fn find_grant(
     workspace_id: WorkspaceId,
     user: &UserId,
 ) -> Result<Option<Access>, Error> {
-    let found =
-        workspace_grant::Entity::find_by_id((workspace_id.as_uuid(), user.as_str().to_owned()))
-            .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
-            .one(db)
-            .await?;
-    found.map(|m| access_of(&m.access)).transpose()
+    let found = workspace_grant::Entity::find_by_id((workspace_id, user.clone()))
+        .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+        .one(db)
+        .await?;
+    Ok(found.map(|m| m.access))
 }
 
 /// Creates or changes a grant.
@@ -170,10 +166,10 @@ pub(super) async fn upsert_grant_row(
     access: Access,
 ) -> Result<(), Error> {
     workspace_grant::Entity::insert(workspace_grant::ActiveModel {
-        organization_id: Set(org.as_uuid()),
-        workspace_id: Set(workspace_id.as_uuid()),
-        user_id: Set(user.as_str().to_owned()),
-        access: Set(access.as_str().to_owned()),
+        organization_id: Set(org),
+        workspace_id: Set(workspace_id),
+        user_id: Set(user.clone()),
+        access: Set(access),
     })
     .on_conflict(
         OnConflict::columns([
