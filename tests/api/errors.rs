@@ -4,7 +4,7 @@
 use roster::pb::{self, OrganizationRole as R, WorkspaceAccess as A};
 use tonic::{Code, Request};
 
-use crate::common::{Backend, User, assert_reason, error_info, spawn_app};
+use crate::common::{Backend, User, assert_reason, error_info, set_access, spawn_app};
 use crate::db_tests;
 
 db_tests!(
@@ -43,14 +43,7 @@ async fn refusals_carry_their_reason_and_facts(backend: Backend) {
         }))
         .await;
     assert_reason(remove, Code::PermissionDenied, "OWNER_REQUIRED");
-    let grant = team
-        .set_workspace_access(admin.req(pb::SetWorkspaceAccessRequest {
-            organization_id: org.clone(),
-            workspace_id: ws.clone(),
-            user_id: owner.id.clone(),
-            access: A::Read as i32,
-        }))
-        .await;
+    let grant = team.set_workspace_access(set_access(&admin, &org, &ws, &owner, A::Read)).await;
     assert_reason(grant, Code::FailedPrecondition, "OWNER_HOLDS_EVERY_WORKSPACE");
     app.invite(&owner, &org, "dup@example.com", R::Member, &[]).await.unwrap();
     let again = app.invite(&owner, &org, "dup@example.com", R::Member, &[]).await;

@@ -17,7 +17,7 @@ use tonic_types::StatusExt as _;
 use crate::common::process::Server;
 use crate::common::{
     Backend, SmtpSink, TestApp, User, assert_code, create_org_with, drop_database, fresh_database,
-    spawn_app, spawn_app_with,
+    set_access, spawn_app, spawn_app_with,
 };
 use crate::db_tests;
 
@@ -545,14 +545,7 @@ async fn a_snapshot_comes_in_pages_and_an_unknown_organization_is_not_found(back
     app.join(&owner, &org, &ann, R::Member, &[]).await;
     let mut team = app.team.clone();
     for ws in &workspaces[..2] {
-        team.set_workspace_access(owner.req(pb::SetWorkspaceAccessRequest {
-            organization_id: org.clone(),
-            workspace_id: ws.clone(),
-            user_id: ann.id.clone(),
-            access: A::Read as i32,
-        }))
-        .await
-        .unwrap();
+        team.set_workspace_access(set_access(&owner, &org, ws, &ann, A::Read)).await.unwrap();
     }
     let mut client = watcher(&app);
     // Two members, three workspaces, two grants: seven items in pages of four.

@@ -1,7 +1,7 @@
 use roster::pb::{self, OrganizationRole as R, WorkspaceAccess as A};
 use tonic::Code;
 
-use crate::common::{Backend, TestApp, User, assert_code, spawn_app};
+use crate::common::{Backend, TestApp, User, assert_code, set_access, spawn_app};
 use crate::db_tests;
 
 db_tests!(
@@ -27,21 +27,6 @@ async fn visible(app: &TestApp, user: &User, org: &str) -> Vec<String> {
         .into_iter()
         .map(|w| w.id)
         .collect()
-}
-
-fn set_access(
-    actor: &User,
-    org: &str,
-    ws: &str,
-    user: &User,
-    access: A,
-) -> tonic::Request<pb::SetWorkspaceAccessRequest> {
-    actor.req(pb::SetWorkspaceAccessRequest {
-        organization_id: org.to_owned(),
-        workspace_id: ws.to_owned(),
-        user_id: user.id.clone(),
-        access: access as i32,
-    })
 }
 
 async fn billing_and_member_users_see_only_workspaces_they_hold_a_grant_on(backend: Backend) {

@@ -559,6 +559,22 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, fi
     }
 }
 
+/// A SetWorkspaceAccess request by `actor` for `user` (NONE removes the grant).
+pub fn set_access(
+    actor: &User,
+    org: &str,
+    ws: &str,
+    user: &User,
+    access: WorkspaceAccess,
+) -> tonic::Request<pb::SetWorkspaceAccessRequest> {
+    actor.req(pb::SetWorkspaceAccessRequest {
+        organization_id: org.to_owned(),
+        workspace_id: ws.to_owned(),
+        user_id: user.id.clone(),
+        access: access as i32,
+    })
+}
+
 /// Every invitation of `org` in `state` (UNSPECIFIED: all), as `actor` lists them.
 pub async fn list_invitations(
     team: &mut TeamServiceClient<Channel>,
