@@ -25,7 +25,9 @@ pub enum Error {
     /// client as `google.rpc.ErrorInfo`; the message is for people.
     #[error("{message}")]
     Refused {
-        reason: Reason,
+        /// What a client branches on.
+        reason: ErrorReason,
+        /// What a person reads.
         message: String,
         /// Facts for the client, sent as the ErrorInfo's metadata (for example the permission
         /// that was missing).
@@ -39,9 +41,10 @@ pub enum Error {
 macro_rules! reasons {
     ($($code:ident { $($variant:ident => $name:literal,)* })*) => {
         /// The machine-readable reason of a refusal: `ErrorReason` in the proto, whose comments
-        /// say what each means. Grouped by the status code each is sent with.
+        /// say what each means (the variants are those names in CamelCase). Grouped by the
+        /// status code each is sent with.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Reason {
+        pub enum ErrorReason {
             $($($variant,)*)*
         }
 
@@ -51,21 +54,21 @@ macro_rules! reasons {
             $($code,)*
         }
 
-        impl Reason {
+        impl ErrorReason {
             /// Every reason.
-            pub const ALL: &'static [Reason] = &[$($(Reason::$variant,)*)*];
+            pub const ALL: &'static [ErrorReason] = &[$($(ErrorReason::$variant,)*)*];
 
             /// The ErrorInfo reason, for example `LAST_OWNER`.
             pub fn as_str(self) -> &'static str {
                 match self {
-                    $($(Reason::$variant => $name,)*)*
+                    $($(ErrorReason::$variant => $name,)*)*
                 }
             }
 
             /// The status code it is sent with.
             pub fn kind(self) -> Kind {
                 match self {
-                    $($(Reason::$variant => Kind::$code,)*)*
+                    $($(ErrorReason::$variant => Kind::$code,)*)*
                 }
             }
         }
@@ -73,6 +76,19 @@ macro_rules! reasons {
 }
 
 reasons! {
+    InvalidArgument {
+        MalformedMessage => "MALFORMED_MESSAGE",
+    }
+    DeadlineExceeded {
+        CallTimedOut => "CALL_TIMED_OUT",
+        MessageTimedOut => "MESSAGE_TIMED_OUT",
+    }
+    Unimplemented {
+        UnknownMethod => "UNKNOWN_METHOD",
+    }
+    OutOfRange {
+        ChangeLogPruned => "CHANGE_LOG_PRUNED",
+    }
     Unauthenticated {
         CredentialsMissing => "CREDENTIALS_MISSING",
         CredentialsInvalid => "CREDENTIALS_INVALID",
@@ -107,11 +123,13 @@ reasons! {
         StreamsExhausted => "STREAMS_EXHAUSTED",
         MessageTooLarge => "MESSAGE_TOO_LARGE",
         RequestBytesExhausted => "REQUEST_BYTES_EXHAUSTED",
+        WatchConsumerTooSlow => "WATCH_CONSUMER_TOO_SLOW",
     }
     Unavailable {
         DatabaseUnavailable => "DATABASE_UNAVAILABLE",
         ConcurrentChange => "CONCURRENT_CHANGE",
         ChangeLogBehind => "CHANGE_LOG_BEHIND",
+        ServerStopping => "SERVER_STOPPING",
     }
 }
 
@@ -133,14 +151,22 @@ impl Error {
     }
 
     /// A refusal for `reason`, explained by `message`.
-    pub fn refused(reason: Reason, message: impl Into<String>) -> Self {
+    pub fn refused(reason: ErrorReason, message: impl Into<String>) -> Self {
         Error::Refused { reason, message: message.into(), metadata: Vec::new() }
+    }
+
+    /// Adds a fact to a refusal's ErrorInfo metadata; other errors carry none.
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        if let Error::Refused { metadata, .. } = &mut self {
+            metadata.push((key, value.into()));
+        }
+        self
     }
 
     /// PERMISSION_MISSING: the caller's role does not hold `permission`.
     pub fn permission_missing(permission: &'static str) -> Self {
         Error::Refused {
-            reason: Reason::PermissionMissing,
+            reason: ErrorReason::PermissionMissing,
             message: format!("your role does not include the permission {permission}"),
             metadata: vec![("permission", permission.to_owned())],
         }
@@ -152,7 +178,7 @@ impl Error {
     }
 
     /// The refusal's reason, if it is one.
-    pub fn reason(&self) -> Option<Reason> {
+    pub fn reason(&self) -> Option<ErrorReason> {
         match self {
             Error::Refused { reason, .. } => Some(*reason),
             Error::InvalidArgument(_) | Error::NotFound(_) | Error::Internal(_) => None,
@@ -219,7 +245,7 @@ impl From<DbErr> for Error {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => unavailable(),
             _ if is_connection_failure(&err) => unavailable(),
             _ if is_transient_conflict(&err) => Error::refused(
-                Reason::ConcurrentChange,
+                ErrorReason::ConcurrentChange,
                 "a concurrent change conflicted with this one; retry",
             ),
             _ => Error::Internal(anyhow::Error::new(err).context("database")),
@@ -228,7 +254,7 @@ impl From<DbErr> for Error {
 }
 
 fn unavailable() -> Error {
-    Error::refused(Reason::DatabaseUnavailable, "the database is unavailable; retry later")
+    Error::refused(ErrorReason::DatabaseUnavailable, "the database is unavailable; retry later")
 }
 
 /// Whether PostgreSQL aborted the statement to resolve a deadlock or a serialization conflict,

@@ -102,6 +102,11 @@ macro_rules! catalogue {
                 }
             )*
 
+            /// Every catalogue capability's name and check, for the tests against SPEC's table.
+            #[cfg(test)]
+            pub(crate) const CHECKS: &[(&str, fn(crate::domain::Role) -> bool)] =
+                &[$(($org_name, <$org as Capability>::held_by),)*];
+
             /// Being a member, whatever the role: what leaving an organization needs.
             #[derive(Debug)]
             pub enum Membership {}
@@ -117,7 +122,7 @@ macro_rules! catalogue {
 }
 
 impl Permission {
-    /// Organization or workspace.
+    /// Whether a check of it names a workspace, from who holds it.
     pub fn scope(self) -> Scope {
         match self.holders() {
             Holders::Roles(_) => Scope::Organization,

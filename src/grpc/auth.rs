@@ -23,7 +23,7 @@ use tonic::codegen::http::HeaderMap;
 use super::jwt::{JwtVerifier, KeySource};
 use crate::config::{AuthMode, Config};
 use crate::domain::{Email, UserId};
-use crate::error::{Error, Reason};
+use crate::error::{Error, ErrorReason};
 use crate::service::Actor;
 
 /// Metadata key naming the end user in dev mode.
@@ -218,7 +218,7 @@ impl Identity {
                 let token = bearer(metadata)?;
                 if self.services.identify(token).is_some() {
                     return Err(Error::refused(
-                        Reason::WrongCredentialKind,
+                        ErrorReason::WrongCredentialKind,
                         "a service token cannot act as an end user; send the user's JWT",
                     ));
                 }
@@ -259,7 +259,7 @@ impl Identity {
         }
         if verifier.verify(token).is_ok() {
             return Err(Error::refused(
-                Reason::WrongCredentialKind,
+                ErrorReason::WrongCredentialKind,
                 "end-user tokens cannot call AccessService; use a service token",
             ));
         }
@@ -268,13 +268,13 @@ impl Identity {
 }
 
 fn invalid_credentials(message: impl Into<String>) -> Error {
-    Error::refused(Reason::CredentialsInvalid, message)
+    Error::refused(ErrorReason::CredentialsInvalid, message)
 }
 
 fn bearer(metadata: &HeaderMap) -> Result<&str, Error> {
     let Some(value) = metadata.get("authorization") else {
         return Err(Error::refused(
-            Reason::CredentialsMissing,
+            ErrorReason::CredentialsMissing,
             "no credentials: send authorization: Bearer <token>",
         ));
     };
@@ -295,7 +295,7 @@ fn bearer(metadata: &HeaderMap) -> Result<&str, Error> {
 fn dev_actor(metadata: &HeaderMap) -> Result<Actor, Error> {
     let Some(raw) = metadata.get(USER_ID_HEADER) else {
         return Err(Error::refused(
-            Reason::CredentialsMissing,
+            ErrorReason::CredentialsMissing,
             format!("no caller identity: send the {USER_ID_HEADER} metadata"),
         ));
     };

@@ -13,7 +13,6 @@
 //! Only identified calls get here (see [`super::identify`]); a refused call's body is never
 //! read at all.
 
-use crate::error::Reason;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +28,7 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 
 use super::identify::Credentialed;
+use crate::error::ErrorReason;
 
 /// The largest Authorize request: its longest valid fields (a 255-character user id of up to
 /// four bytes per character, two UUIDs, a permission name, a consistency token) fit well within.
@@ -245,7 +245,7 @@ impl Guarded {
             let held = self.length + 5;
             if !self.budget().reserve(held) {
                 return Err(super::status::refused(
-                    Reason::RequestBytesExhausted,
+                    ErrorReason::RequestBytesExhausted,
                     "the server holds too many request bytes at once; retry with backoff",
                 ));
             }
@@ -256,23 +256,25 @@ impl Guarded {
 
     fn start_message(&mut self) -> Result<(), Status> {
         if self.messages > 0 && !self.many {
-            return Err(Status::invalid_argument(format!(
-                "{} takes one request message; the call sent more",
-                short(self.method)
-            )));
+            return Err(super::status::refused(
+                ErrorReason::MalformedMessage,
+                format!("{} takes one request message; the call sent more", short(self.method)),
+            ));
         }
         match self.header[0] {
             0 => {}
             1 if self.encoded => {}
             1 => {
-                return Err(Status::invalid_argument(
+                return Err(super::status::refused(
+                    ErrorReason::MalformedMessage,
                     "the request message is marked compressed, but the call names no grpc-encoding",
                 ));
             }
             flag => {
-                return Err(Status::invalid_argument(format!(
-                    "the request message's compressed flag is {flag}; it must be 0 or 1"
-                )));
+                return Err(super::status::refused(
+                    ErrorReason::MalformedMessage,
+                    format!("the request message's compressed flag is {flag}; it must be 0 or 1"),
+                ));
             }
         }
         let len =
@@ -280,7 +282,7 @@ impl Guarded {
                 as usize;
         if len > self.limit {
             return Err(super::status::refused(
-                Reason::MessageTooLarge,
+                ErrorReason::MessageTooLarge,
                 format!(
                     "the request message is {len} bytes; {} accepts at most {}",
                     short(self.method),
@@ -310,15 +312,16 @@ impl Guarded {
     /// What a body that ended says about the call, if it was malformed.
     fn at_end(&self) -> Option<Status> {
         if self.header_len > 0 || self.remaining > 0 {
-            return Some(Status::invalid_argument(
+            return Some(super::status::refused(
+                ErrorReason::MalformedMessage,
                 "the request ended inside a message: it is truncated",
             ));
         }
         if self.messages == 0 && !self.many {
-            return Some(Status::invalid_argument(format!(
-                "{} takes a request message; the call sent none",
-                short(self.method)
-            )));
+            return Some(super::status::refused(
+                ErrorReason::MalformedMessage,
+                format!("{} takes a request message; the call sent none", short(self.method)),
+            ));
         }
         None
     }
@@ -367,10 +370,13 @@ impl http_body::Body for Guarded {
                     this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
                 match deadline.as_mut().poll(cx) {
                     Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) => this.fail(Status::deadline_exceeded(format!(
-                        "the request message did not arrive within {} ms of its headers",
-                        this.limits.timeout.as_millis()
-                    ))),
+                    Poll::Ready(()) => this.fail(super::status::refused(
+                        ErrorReason::MessageTimedOut,
+                        format!(
+                            "the request message did not arrive within {} ms of its headers",
+                            this.limits.timeout.as_millis()
+                        ),
+                    )),
                 }
             }
         }

@@ -51,10 +51,13 @@ impl<U: Message + Default> Decoder for RosterDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0.decode(buf).map_err(|status| match status.code() {
-            Code::Internal => Status::invalid_argument(format!(
-                "the message is not a valid protobuf encoding of the expected type: {}",
-                status.message()
-            )),
+            Code::Internal => super::status::refused(
+                crate::error::ErrorReason::MalformedMessage,
+                format!(
+                    "the message is not a valid protobuf encoding of the expected type: {}",
+                    status.message()
+                ),
+            ),
             _ => status,
         })
     }

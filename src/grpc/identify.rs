@@ -156,19 +156,23 @@ where
 /// The end user the identification layer found for a TeamService call. Without one (a server
 /// wired without that layer) the call is refused rather than run for nobody.
 pub fn actor<T>(request: &mut Request<T>) -> Result<Actor, Status> {
-    request
-        .extensions_mut()
-        .remove::<Actor>()
-        .ok_or_else(|| Status::unauthenticated("no caller identity was established for this call"))
+    request.extensions_mut().remove::<Actor>().ok_or_else(|| {
+        super::status::refused(
+            crate::error::ErrorReason::CredentialsMissing,
+            "no caller identity was established for this call",
+        )
+    })
 }
 
 /// The service the identification layer found for an AccessService or WatchService call; see
 /// [`actor`].
 pub fn service<T>(request: &mut Request<T>) -> Result<ServiceCaller, Status> {
-    request
-        .extensions_mut()
-        .remove::<ServiceCaller>()
-        .ok_or_else(|| Status::unauthenticated("no caller identity was established for this call"))
+    request.extensions_mut().remove::<ServiceCaller>().ok_or_else(|| {
+        super::status::refused(
+            crate::error::ErrorReason::CredentialsMissing,
+            "no caller identity was established for this call",
+        )
+    })
 }
 
 #[cfg(test)]

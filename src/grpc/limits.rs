@@ -10,7 +10,6 @@
 //! Calls reach this layer only once their credential has been checked (see
 //! [`super::identify`]), so a slot is never taken by a caller who could not be identified.
 
-use crate::error::Reason;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +23,8 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, http};
 use tower::{Layer, Service};
+
+use crate::error::ErrorReason;
 
 /// Adds [`Limit`] to a server.
 #[derive(Clone)]
@@ -127,10 +128,10 @@ where
                 self.streams_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(path = request.uri().path(), "refusing a stream: too many open");
                 let status = super::status::refused(
-                    Reason::StreamsExhausted,
+                    ErrorReason::StreamsExhausted,
                     format!(
                         "the server has its limit of {} WatchService streams open; retry with \
-                     backoff, or on another replica",
+                         backoff, or on another replica",
                         self.max_streams
                     ),
                 );
@@ -145,7 +146,7 @@ where
             self.shed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(path = request.uri().path(), "shedding a call: too many in flight");
             let status = super::status::refused(
-                Reason::Overloaded,
+                ErrorReason::Overloaded,
                 "the server is at its limit of calls in flight; retry with backoff",
             );
             return Box::pin(async move { Ok(status.into_http()) });
@@ -158,10 +159,13 @@ where
             let _permit = permit;
             match tokio::time::timeout(timeout, inner.call(request)).await {
                 Ok(result) => result,
-                Err(_) => Ok(Status::deadline_exceeded(format!(
-                    "the call did not finish within the server's limit of {} ms",
-                    timeout.as_millis()
-                ))
+                Err(_) => Ok(super::status::refused(
+                    ErrorReason::CallTimedOut,
+                    format!(
+                        "the call did not finish within the server's limit of {} ms",
+                        timeout.as_millis()
+                    ),
+                )
                 .into_http()),
             }
         })

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, http};
 use tower::{Layer, Service};
@@ -111,7 +110,8 @@ where
                 let response = if known {
                     inner.call(request).await?
                 } else {
-                    Status::unimplemented(
+                    super::status::refused(
+                        crate::error::ErrorReason::UnknownMethod,
                         "no such method on this server; server reflection lists the services",
                     )
                     .into_http()

@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, http};
 use tower::Service;
@@ -57,7 +56,8 @@ impl Service<http::Request<Body>> for Router {
             "grpc.reflection.v1.ServerReflection" => self.reflection_v1.call(request),
             "grpc.reflection.v1alpha.ServerReflection" => self.reflection_v1alpha.call(request),
             _ => Box::pin(async {
-                Ok(Status::unimplemented(
+                Ok(super::status::refused(
+                    crate::error::ErrorReason::UnknownMethod,
                     "no such service on this server; server reflection lists the services",
                 )
                 .into_http())

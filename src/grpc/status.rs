@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::error::{Error, Kind, Reason};
+use crate::error::{Error, ErrorReason, Kind};
 
 /// The `domain` of every ErrorInfo Roster sends.
 pub const ERROR_DOMAIN: &str = "roster";
@@ -13,6 +13,10 @@ pub const ERROR_DOMAIN: &str = "roster";
 /// The status code a reason is sent with.
 pub fn code(kind: Kind) -> Code {
     match kind {
+        Kind::InvalidArgument => Code::InvalidArgument,
+        Kind::DeadlineExceeded => Code::DeadlineExceeded,
+        Kind::Unimplemented => Code::Unimplemented,
+        Kind::OutOfRange => Code::OutOfRange,
         Kind::Unauthenticated => Code::Unauthenticated,
         Kind::PermissionDenied => Code::PermissionDenied,
         Kind::AlreadyExists => Code::AlreadyExists,
@@ -24,7 +28,7 @@ pub fn code(kind: Kind) -> Code {
 
 /// A status for a refusal, with its reason as ErrorInfo; for the layers that answer before a
 /// handler runs.
-pub fn refused(reason: Reason, message: impl Into<String>) -> Status {
+pub fn refused(reason: ErrorReason, message: impl Into<String>) -> Status {
     Status::from(Error::refused(reason, message))
 }
 
@@ -152,7 +156,7 @@ mod tests {
                 comment.clear();
             }
         }
-        for reason in Reason::ALL {
+        for reason in ErrorReason::ALL {
             let name = reason.as_str();
             assert!(crate::pb::ErrorReason::from_str_name(name).is_some(), "{name} in the enum");
             let code = format!("{:?}", code(reason.kind()));
@@ -163,6 +167,6 @@ mod tests {
             assert!(crate::pb::ErrorReason::from_str_name(sent).is_some(), "{sent}");
         }
         // Nothing documented that is never sent.
-        assert_eq!(documented.len(), Reason::ALL.len() + 4, "{documented:?}");
+        assert_eq!(documented.len(), ErrorReason::ALL.len() + 4, "{documented:?}");
     }
 }

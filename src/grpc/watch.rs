@@ -1,26 +1,22 @@
 //! WatchService handlers: validate, start the stream, convert what it yields. Callers are
 //! services, identified before a handler runs (see [`identify`]).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_stream::{Stream, StreamExt as _};
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
+use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::identify;
 use crate::domain::change::TokenError;
 use crate::domain::{ChangeRecord, ChangeToken, Delta, Timestamp};
-use crate::error::Violations;
+use crate::error::{Error, ErrorReason, Violations};
 use crate::pb::{self, access_delta::Delta as PbDelta, watch_service_server::WatchService};
 use crate::service::watch::{
     Ended, Hub, MAX_SNAPSHOT_PAGE, Pruned, Refused, SnapshotPage, Update, WatchFilter,
 };
 
-/// The `domain` of the google.rpc.ErrorInfo details this service sends.
-pub const ERROR_DOMAIN: &str = "roster";
 /// ErrorInfo metadata key: the token to resume from.
 pub const LAST_TOKEN: &str = "last_token";
 /// ErrorInfo metadata key: the oldest token the change log still serves.
@@ -155,27 +151,22 @@ fn pruned_status(pruned: &Pruned, what: &str) -> Status {
         pruned.pruned_through.0,
         oldest.encode()
     );
-    let metadata = HashMap::from([
-        (OLDEST_TOKEN.to_owned(), oldest.encode()),
-        ("retention_seconds".to_owned(), pruned.retention.as_secs().to_string()),
-    ]);
-    let details = ErrorDetails::with_error_info("CHANGE_LOG_PRUNED", ERROR_DOMAIN, metadata);
-    Status::with_error_details(Code::OutOfRange, message, details)
+    let refused = Error::refused(ErrorReason::ChangeLogPruned, message)
+        .with(OLDEST_TOKEN, oldest.encode())
+        .with("retention_seconds", pruned.retention.as_secs().to_string());
+    Status::from(refused)
 }
 
 /// A stream's end, with the token to resume from in the message and in an ErrorInfo.
 fn ended_status(ended: Ended) -> Status {
-    let with_token = |code: Code, reason: &str, message: String, last: ChangeToken| {
+    let with_token = |reason: ErrorReason, message: String, last: ChangeToken| {
         let token = last.encode();
         let message = format!("{message}; resume with start_token {token}");
-        let metadata = HashMap::from([(LAST_TOKEN.to_owned(), token)]);
-        let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
-        Status::with_error_details(code, message, details)
+        Status::from(Error::refused(reason, message).with(LAST_TOKEN, token))
     };
     match ended {
         Ended::FellBehind { last, buffer } => with_token(
-            Code::ResourceExhausted,
-            "WATCH_CONSUMER_TOO_SLOW",
+            ErrorReason::WatchConsumerTooSlow,
             format!(
                 "the stream's consumer fell behind: more than {buffer} changes were waiting for \
                  it to read them"
@@ -188,17 +179,20 @@ fn ended_status(ended: Ended) -> Status {
              retention)",
         ),
         Ended::Stopping { last: Some(last) } => with_token(
-            Code::Unavailable,
-            "SERVER_STOPPING",
+            ErrorReason::ServerStopping,
             "the server is shutting down; another replica serves the same stream".to_owned(),
             last,
         ),
-        Ended::Stopping { last: None } => {
-            Status::unavailable("the server is shutting down; take the snapshot again")
-        }
+        Ended::Stopping { last: None } => super::status::refused(
+            ErrorReason::ServerStopping,
+            "the server is shutting down; take the snapshot again",
+        ),
+        // The failure's own reason, with the token to resume from.
         Ended::Failed { last, error } => {
-            let status = Status::from(error);
-            with_token(status.code(), "WATCH_READ_FAILED", status.message().to_owned(), last)
+            let token = last.encode();
+            let status = Status::from(error.with(LAST_TOKEN, token.clone()));
+            let message = format!("{}; resume with start_token {token}", status.message());
+            Status::with_details(status.code(), message, status.details().to_vec().into())
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::domain::{OrganizationId, UserId};
-use crate::error::{Error, Reason};
+use crate::error::{Error, ErrorReason};
 
 /// Buckets beyond which full ones are forgotten, to bound memory.
 const PRUNE_ABOVE: usize = 10_000;
@@ -127,7 +127,7 @@ impl Drop for Taken<'_> {
 fn exhausted(who: &str, wait: Duration) -> Error {
     // Rounded up, so that retrying after the stated wait succeeds.
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    Error::refused(Reason::RateLimited, format!("{who}; retry in {} s", secs.max(1)))
+    Error::refused(ErrorReason::RateLimited, format!("{who}; retry in {} s", secs.max(1)))
 }
 
 impl Limits {
@@ -220,7 +220,7 @@ mod tests {
         let (org, other) = (OrganizationId::generate(), OrganizationId::generate());
         limits.take_invitation(&alice, org).unwrap().keep();
         limits.take_invitation(&alice, other).unwrap().keep();
-        let Err(Error::Refused { reason: Reason::RateLimited, message, .. }) =
+        let Err(Error::Refused { reason: ErrorReason::RateLimited, message, .. }) =
             limits.take_invitation(&alice, org)
         else {
             panic!("alice's budget is spent in every organization");
@@ -235,7 +235,7 @@ mod tests {
         // The organization has sent 3 of 5; the replica 4 of 5.
         let carol = UserId::parse("carol").unwrap();
         limits.take_invitation(&carol, other).unwrap().keep();
-        let Err(Error::Refused { reason: Reason::RateLimited, message, .. }) =
+        let Err(Error::Refused { reason: ErrorReason::RateLimited, message, .. }) =
             limits.take_invitation(&carol, other)
         else {
             panic!("the replica's budget is spent");
@@ -249,7 +249,7 @@ mod tests {
         let (alice, org) = (UserId::parse("alice").unwrap(), OrganizationId::generate());
         limits.take_invitation(&alice, org).unwrap().keep();
         for _ in 0..5 {
-            let Err(Error::Refused { reason: Reason::RateLimited, message, .. }) =
+            let Err(Error::Refused { reason: ErrorReason::RateLimited, message, .. }) =
                 limits.take_invitation(&alice, org)
             else {
                 panic!("the organization's budget is spent");

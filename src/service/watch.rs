@@ -29,7 +29,7 @@ use crate::domain::{
     ChangeRecord, ChangeToken, Delta, Grant, LogPosition, Member, OrganizationId, Revision,
     Timestamp, UserId, Workspace, WorkspaceId,
 };
-use crate::error::{Error, Reason};
+use crate::error::{Error, ErrorReason};
 use crate::storage::{Store, changelog, repo};
 
 /// How often an idle stream gets a checkpoint: a little under the promised second, so that
@@ -481,7 +481,7 @@ impl Hub {
             }
         }
         Err(Error::refused(
-            Reason::ChangeLogBehind,
+            ErrorReason::ChangeLogBehind,
             "the change log is placing a backlog of changes; retry",
         )
         .into())
@@ -504,7 +504,7 @@ impl Hub {
             }
         }
         Err(Error::refused(
-            Reason::ChangeLogBehind,
+            ErrorReason::ChangeLogBehind,
             "the change log is placing a backlog of changes; retry",
         ))
     }
@@ -550,7 +550,7 @@ impl Hub {
             }
         }
         Err(Error::refused(
-            Reason::ChangeLogBehind,
+            ErrorReason::ChangeLogBehind,
             "the change log is placing a backlog of changes; retry",
         ))
     }

@@ -21,7 +21,10 @@ async fn refusals_carry_their_reason_and_facts(backend: Backend) {
     let ws = app.create_workspace(&owner, &org, "prod").await;
     app.join(&owner, &org, &admin, R::Admin, &[]).await;
     app.join(&owner, &org, &member, R::Member, &[]).await;
+    app.invite(&owner, &org, "dup@example.com", R::Member, &[]).await.unwrap();
     let mut team = app.team.clone();
+    // Every call below is refused, and none changes anything.
+    let before = app.snapshot().await;
 
     // The missing permission is named in the metadata, for a page to explain the refusal.
     let status = app.invite(&member, &org, "x@example.com", R::Member, &[]).await.unwrap_err();
@@ -45,7 +48,6 @@ async fn refusals_carry_their_reason_and_facts(backend: Backend) {
     assert_reason(remove, Code::PermissionDenied, "OWNER_REQUIRED");
     let grant = team.set_workspace_access(set_access(&admin, &org, &ws, &owner, A::Read)).await;
     assert_reason(grant, Code::FailedPrecondition, "OWNER_HOLDS_EVERY_WORKSPACE");
-    app.invite(&owner, &org, "dup@example.com", R::Member, &[]).await.unwrap();
     let again = app.invite(&owner, &org, "dup@example.com", R::Member, &[]).await;
     assert_reason(again, Code::AlreadyExists, "INVITATION_PENDING");
     let member_email = app.invite(&owner, &org, &member.email, R::Member, &[]).await;
@@ -80,6 +82,7 @@ async fn refusals_carry_their_reason_and_facts(backend: Backend) {
         .get_organization(Request::new(pb::GetOrganizationRequest { organization_id: org.clone() }))
         .await;
     assert_reason(anonymous, Code::Unauthenticated, "CREDENTIALS_MISSING");
+    assert_eq!(app.snapshot().await, before, "a refused call changed something");
     app.stop().await;
 }
 
@@ -105,5 +108,18 @@ async fn an_expired_invitation_meeting_a_newer_one_is_refused_by_the_constraint_
         .await;
     assert_reason(resend, Code::FailedPrecondition, "NEWER_INVITATION_PENDING");
     assert_eq!(app.snapshot().await, before, "the refused resend changed something");
+
+    // The members' primary key, which the organization's lock keeps use-cases from meeting:
+    // written twice straight through the repository, it is told apart by its name too.
+    use roster::domain::{Email, Member, OrganizationId, Role, Timestamp, UserId};
+    let again = Member {
+        organization_id: OrganizationId::parse(&org).unwrap(),
+        user_id: UserId::parse(&owner.id).unwrap(),
+        email: Email::parse("other@example.com").unwrap(),
+        role: Role::Member,
+        create_time: Timestamp::now(),
+    };
+    let error = roster::storage::repo::insert_founder(&app.db, &again).await.unwrap_err();
+    assert_eq!(error.reason(), Some(roster::error::ErrorReason::AlreadyMember), "{error:?}");
     app.stop().await;
 }

@@ -11,7 +11,7 @@ use crate::domain::{
     Access, AuditAction, AuditTarget, Delta, Grant, OrganizationId, Role, Timestamp, UserId,
     WorkspaceFacts, WorkspaceId,
 };
-use crate::error::{Error, Reason};
+use crate::error::{Error, ErrorReason};
 use crate::service::page::{self, Page, PageRequest};
 use crate::service::{Actor, Changed, Services};
 use crate::storage::repo;
@@ -58,7 +58,7 @@ impl Services {
             // would change nothing now and surface only if they stopped being an Owner.
             (Some(Role::Owner), WorkspaceFacts::Present(_)) if access.is_some() => {
                 return Err(Error::refused(
-                    Reason::OwnerHoldsEveryWorkspace,
+                    ErrorReason::OwnerHoldsEveryWorkspace,
                     "the member is an Owner, who holds WRITE on every workspace; grants apply to \
                      Admin, Billing and Member users",
                 ));
@@ -112,7 +112,7 @@ impl Services {
             match user {
                 Some(other) if other != actor.user_id => {
                     return Err(Error::refused(
-                        Reason::OwnAccessOnly,
+                        ErrorReason::OwnAccessOnly,
                         "you can list only your own workspace access",
                     ));
                 }

@@ -14,14 +14,14 @@ use crate::domain::{
     Access, AuditAction, AuditTarget, DeliveryState, Delta, Email, Invitation, InvitationId,
     InvitationState, Member, OrganizationId, Permission, Role, Timestamp, WorkspaceId,
 };
-use crate::error::{Error, Reason};
+use crate::error::{Error, ErrorReason};
 use crate::service::page::{self, Page, PageRequest};
 use crate::service::token;
 use crate::service::{Actor, Changed, Services};
 use crate::storage::changelog::OrgChange;
 use crate::storage::repo;
 
-/// A validated CreateInvitation request.
+/// What CreateInvitation asks, every field checked.
 #[derive(Debug)]
 pub struct CreateInvitation {
     pub organization_id: OrganizationId,
@@ -84,7 +84,7 @@ impl Services {
         }
         if repo::find_member_by_email(&*tx, org, &command.email).await?.is_some() {
             return Err(Error::refused(
-                Reason::EmailAlreadyMember,
+                ErrorReason::EmailAlreadyMember,
                 "this email belongs to a member of the organization already",
             ));
         }
@@ -179,7 +179,7 @@ impl Services {
         let taken = self.limits.take_invitation(&actor.user_id, org)?;
         if repo::find_member_by_email(&*tx, org, &invitation.email).await?.is_some() {
             return Err(Error::refused(
-                Reason::InviteeAlreadyMember,
+                ErrorReason::InviteeAlreadyMember,
                 "this email belongs to a member of the organization already",
             ));
         }
@@ -291,13 +291,13 @@ impl Services {
         }
         if invitation.email != email {
             return Err(Error::refused(
-                Reason::InvitationForAnotherEmail,
+                ErrorReason::InvitationForAnotherEmail,
                 "this invitation was sent to another email address",
             ));
         }
         if repo::find_member(&*tx, org, &actor.user_id).await?.is_some() {
             return Err(Error::refused(
-                Reason::AlreadyMember,
+                ErrorReason::AlreadyMember,
                 "you are already a member of this organization",
             ));
         }
@@ -309,7 +309,7 @@ impl Services {
         }
         if repo::find_member_by_email(&*tx, org, &email).await?.is_some() {
             return Err(Error::refused(
-                Reason::EmailAlreadyMember,
+                ErrorReason::EmailAlreadyMember,
                 "another account with this email address is already a member of this organization",
             ));
         }
@@ -325,7 +325,7 @@ impl Services {
         .map_err(|refusal| match refusal {
             AcceptRefusal::State(ended, why) => Error::refused(ended_reason(ended), why),
             AcceptRefusal::Inviter(refusal) => {
-                Error::refused(Reason::InviterMayNoLongerInvite, void_invitation(refusal))
+                Error::refused(ErrorReason::InviterMayNoLongerInvite, void_invitation(refusal))
             }
         })?;
         repo::insert_accepted(&*tx, &accepted).await?;
@@ -372,11 +372,11 @@ fn refuse_inviting(refusal: InviteRefusal) -> Error {
 }
 
 /// The reason sent for an invitation that ended.
-fn ended_reason(ended: Ended) -> Reason {
+fn ended_reason(ended: Ended) -> ErrorReason {
     match ended {
-        Ended::Accepted => Reason::InvitationAccepted,
-        Ended::Revoked => Reason::InvitationRevoked,
-        Ended::Expired => Reason::InvitationExpired,
+        Ended::Accepted => ErrorReason::InvitationAccepted,
+        Ended::Revoked => ErrorReason::InvitationRevoked,
+        Ended::Expired => ErrorReason::InvitationExpired,
     }
 }
 

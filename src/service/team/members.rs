@@ -11,12 +11,12 @@ use crate::domain::{
     Access, AuditAction, AuditTarget, Delta, Member, OrganizationId, Role, Timestamp, UserId,
     WorkspaceId,
 };
-use crate::error::{Error, Reason};
+use crate::error::{Error, ErrorReason};
 use crate::service::page::{self, Page, PageRequest};
 use crate::service::{Actor, Changed, Services};
 use crate::storage::repo;
 
-/// A validated ListMembers request.
+/// What ListMembers asks, every field checked.
 #[derive(Debug)]
 pub struct ListMembers {
     pub organization_id: OrganizationId,
@@ -30,7 +30,7 @@ pub struct MemberRef {
     pub user_id: UserId,
 }
 
-/// A validated UpdateMemberRole request.
+/// What UpdateMemberRole asks, every field checked.
 #[derive(Debug)]
 pub struct UpdateMemberRole {
     pub organization_id: OrganizationId,
@@ -38,7 +38,7 @@ pub struct UpdateMemberRole {
     pub role: Role,
 }
 
-/// A validated TransferOwnership request.
+/// What TransferOwnership asks, every field checked.
 #[derive(Debug)]
 pub struct TransferOwnership {
     pub organization_id: OrganizationId,
@@ -169,7 +169,7 @@ impl Services {
         let target =
             repo::find_member(&*tx, org, &new_owner).await?.ok_or(Error::NotFound("member"))?;
         let now = Timestamp::now();
-        repo::transfer_ownership(&*tx, &checked.pass, &new_owner).await?;
+        repo::update_ownership(&*tx, &checked.pass, &new_owner).await?;
         let audited = Audited {
             action: AuditAction::OwnershipTransferred,
             target: AuditTarget::Member(new_owner.clone()),
@@ -208,7 +208,7 @@ fn refused(refusal: Refusal, verb: &str) -> Error {
         Refusal::MakingOwnerNeedsOwner => owner_only("only an Owner can make a member Owner"),
         Refusal::RemovingOwnerNeedsOwner => owner_only("only an Owner can remove an Owner"),
         Refusal::LastOwner => Error::refused(
-            Reason::LastOwner,
+            ErrorReason::LastOwner,
             format!("cannot {verb} the last Owner; make another member Owner first"),
         ),
     }

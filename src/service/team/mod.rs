@@ -11,7 +11,7 @@ pub mod workspaces;
 
 use super::Actor;
 use crate::domain::{Email, Member, OrganizationId};
-use crate::error::{Error, Reason};
+use crate::error::{Error, ErrorReason};
 use crate::storage::repo;
 
 pub use grants::{ListWorkspaceAccess, SetWorkspaceAccess};
@@ -22,13 +22,16 @@ pub use workspaces::{CreateWorkspace, ListWorkspaces, UpdateWorkspace, Workspace
 
 /// Rule 1: only an Owner may do this.
 fn owner_only(message: &str) -> Error {
-    Error::refused(Reason::OwnerRequired, message)
+    Error::refused(ErrorReason::OwnerRequired, message)
 }
 
 /// The actor's email, which `to` needs.
 fn caller_email(actor: &Actor, to: &str) -> Result<Email, Error> {
     actor.email.clone().map_err(|why| {
-        Error::refused(Reason::EmailUnusable, format!("your email is needed to {to}, but {why}"))
+        Error::refused(
+            ErrorReason::EmailUnusable,
+            format!("your email is needed to {to}, but {why}"),
+        )
     })
 }
 
@@ -40,7 +43,7 @@ fn require_verified_email(actor: &Actor, to: &str) -> Result<(), Error> {
         return Ok(());
     }
     Err(Error::refused(
-        Reason::EmailNotVerified,
+        ErrorReason::EmailNotVerified,
         format!(
             "your email address is not verified, which is needed to {to}: verify your email \
              with your identity provider, then sign in again"

@@ -16,7 +16,7 @@ use crate::service::{Actor, Changed, Services};
 use crate::storage::changelog::OrgChange;
 use crate::storage::repo;
 
-/// A validated CreateOrganization request.
+/// What CreateOrganization asks, every field checked.
 #[derive(Debug)]
 pub struct CreateOrganization {
     pub display_name: DisplayName,
@@ -30,7 +30,7 @@ pub struct UpdateOrganization {
     pub invitation_ttl: Option<InvitationTtl>,
 }
 
-/// A validated ListAuditEvents request.
+/// What ListAuditEvents asks, every field checked.
 #[derive(Debug)]
 pub struct ListAuditEvents {
     pub organization_id: OrganizationId,

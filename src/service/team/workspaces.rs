@@ -17,7 +17,7 @@ use crate::service::team::change::Audited;
 use crate::service::{Actor, Changed, Services};
 use crate::storage::repo;
 
-/// A validated CreateWorkspace request.
+/// What CreateWorkspace asks, every field checked.
 #[derive(Debug)]
 pub struct CreateWorkspace {
     pub organization_id: OrganizationId,
@@ -31,14 +31,14 @@ pub struct WorkspaceRef {
     pub workspace_id: WorkspaceId,
 }
 
-/// A validated ListWorkspaces request.
+/// What ListWorkspaces asks, every field checked.
 #[derive(Debug)]
 pub struct ListWorkspaces {
     pub organization_id: OrganizationId,
     pub page: PageRequest,
 }
 
-/// A validated UpdateWorkspace request.
+/// What UpdateWorkspace asks, every field checked.
 #[derive(Debug)]
 pub struct UpdateWorkspace {
     pub organization_id: OrganizationId,

@@ -75,7 +75,7 @@ pub async fn find_invitation_of_outbox(
         return Ok(None);
     };
     let grants = grants_of(db, m.id).await?;
-    to_invitation(m, grants).map(Some)
+    Ok(Some(to_invitation(m, grants)))
 }
 
 /// Claims a due email for `lease` so that one worker among several replicas sends it. Returns

@@ -7,16 +7,13 @@ use super::*;
 pub(super) fn to_invitation(
     m: invitation::Model,
     grants: Vec<invitation_grant::Model>,
-) -> Result<Invitation, Error> {
-    Ok(Invitation {
+) -> Invitation {
+    Invitation {
         id: m.id,
         organization_id: m.organization_id,
         role: m.role,
         stored_state: m.state,
-        workspace_grants: grants
-            .into_iter()
-            .map(|g| Ok((g.workspace_id, g.access)))
-            .collect::<Result<_, Error>>()?,
+        workspace_grants: grants.into_iter().map(|g| (g.workspace_id, g.access)).collect(),
         delivery_state: m.delivery_state,
         email: m.email,
         inviter_user_id: m.inviter_user_id,
@@ -24,7 +21,7 @@ pub(super) fn to_invitation(
         expire_time: Timestamp::from_micros(m.expire_time),
         send_count: m.send_count,
         last_delivery_error: m.last_delivery_error,
-    })
+    }
 }
 
 /// What `token_hash` holds while an invitation has no token: the worker mints one when it sends
@@ -82,7 +79,7 @@ pub async fn insert_invitation(
 /// The ALREADY_EXISTS answer for a second pending invitation.
 pub fn pending_exists() -> Error {
     Error::refused(
-        Reason::InvitationPending,
+        ErrorReason::InvitationPending,
         "a pending invitation for this email already exists; resend it instead",
     )
 }
@@ -112,7 +109,7 @@ pub async fn find_invitation(
         return Ok(None);
     };
     let grants = grants_of(db, m.id).await?;
-    to_invitation(m, grants).map(Some)
+    Ok(Some(to_invitation(m, grants)))
 }
 
 /// Finds an invitation by the hash of its current token, and the stored hash for the caller's
@@ -130,7 +127,7 @@ pub async fn find_invitation_by_token_hash(
     };
     let stored_hash = m.token_hash.clone();
     let grants = grants_of(db, m.id).await?;
-    Ok(Some((to_invitation(m, grants)?, stored_hash)))
+    Ok(Some((to_invitation(m, grants), stored_hash)))
 }
 
 /// Finds the stored-pending invitation for an email, expired or not.
@@ -149,7 +146,7 @@ pub async fn find_pending_invitation_for(
         return Ok(None);
     };
     let grants = grants_of(db, m.id).await?;
-    to_invitation(m, grants).map(Some)
+    Ok(Some(to_invitation(m, grants)))
 }
 
 /// Records a revoked invitation.
@@ -227,7 +224,7 @@ pub async fn update_invitation_for_resend(
         Ok(_) => Ok(()),
         // An expired invitation coming back to pending meets a newer pending one for the email.
         Err(err) if violates(&err, Unique::OnePendingInvitation) => Err(Error::refused(
-            Reason::NewerInvitationPending,
+            ErrorReason::NewerInvitationPending,
             "another pending invitation exists for this email; resend that one",
         )),
         Err(err) => Err(err.into()),
@@ -281,12 +278,13 @@ pub async fn list_invitations(
     {
         grants.entry(grant.invitation_id).or_default().push(grant);
     }
-    rows.into_iter()
+    Ok(rows
+        .into_iter()
         .map(|m| {
             let own = grants.remove(&m.id).unwrap_or_default();
             to_invitation(m, own)
         })
-        .collect()
+        .collect())
 }
 
 /// A queued send of an invitation email. It holds no body and no token: the worker renders

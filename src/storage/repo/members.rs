@@ -2,14 +2,14 @@
 
 use super::*;
 
-pub(super) fn to_member(m: member::Model) -> Result<Member, Error> {
-    Ok(Member {
+pub(super) fn to_member(m: member::Model) -> Member {
+    Member {
         organization_id: m.organization_id,
         role: m.role,
         user_id: m.user_id,
         email: m.email,
         create_time: Timestamp::from_micros(m.create_time),
-    })
+    }
 }
 
 /// Finds a membership.
@@ -18,7 +18,7 @@ pub async fn find_member(
     org: OrganizationId,
     user: &UserId,
 ) -> Result<Option<Member>, Error> {
-    member::Entity::find_by_id((org, user.clone())).one(db).await?.map(to_member).transpose()
+    Ok(member::Entity::find_by_id((org, user.clone())).one(db).await?.map(to_member))
 }
 
 /// Finds a member by email (normalized), for "already a member" checks.
@@ -27,13 +27,12 @@ pub async fn find_member_by_email(
     org: OrganizationId,
     email: &Email,
 ) -> Result<Option<Member>, Error> {
-    member::Entity::find()
+    Ok(member::Entity::find()
         .filter(member::Column::OrganizationId.eq(org.as_uuid()))
         .filter(member::Column::Email.eq(email.as_str()))
         .one(db)
         .await?
-        .map(to_member)
-        .transpose()
+        .map(to_member))
 }
 
 /// Inserts the founding Owner of a new organization (no pass exists before the first member).
@@ -73,7 +72,7 @@ pub(super) async fn insert_member_row(db: &impl ConnectionTrait, m: &Member) -> 
     match result {
         Ok(_) => Ok(()),
         Err(err) if violates(&err, Unique::Membership) => Err(Error::refused(
-            Reason::AlreadyMember,
+            ErrorReason::AlreadyMember,
             "the user is already a member of this organization",
         )),
         Err(err) => Err(err.into()),
@@ -91,7 +90,7 @@ pub async fn update_member_role(
 }
 
 /// Makes `new_owner` an Owner and the Owner who passed the check an Admin (rule 3).
-pub async fn transfer_ownership(
+pub async fn update_ownership(
     db: &impl ConnectionTrait,
     pass: &Pass<cap::OrganizationTransferOwnership>,
     new_owner: &UserId,
@@ -173,12 +172,12 @@ pub async fn list_members(
     if let Some(after) = after {
         query = query.filter(member::Column::UserId.gt(after));
     }
-    query
+    Ok(query
         .order_by_asc(member::Column::UserId)
         .limit(limit)
         .all(db)
         .await?
         .into_iter()
         .map(to_member)
-        .collect()
+        .collect())
 }

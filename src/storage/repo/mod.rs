@@ -1,12 +1,14 @@
-//! Repository functions, one module per aggregate. Verbs: `get_*` fails when missing, `find_*` returns an option, `list_*`
-//! pages, `insert_*`/`update_*`/`delete_*` write. Writes that change an organization take the
-//! [`Pass`] of the permission they need and use its organization id, so they cannot run without
-//! that check or cross organizations; adding an invitee takes the lifecycle's [`Admitted`].
+//! Repository functions, one module per aggregate. Verbs: `get_*` fails when missing, `find_*`
+//! returns an option, `list_*` pages, `insert_*`/`update_*`/`delete_*` write. Writes a member's
+//! request makes take the [`Pass`] of the permission they need and use its organization id, so
+//! they cannot run without that check or cross organizations; adding an invitee takes the
+//! lifecycle's [`Admitted`]. Writes that time or the email worker make (an invitation found
+//! expired, an email canceled or sent) take the organization id: no member acts in them.
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Statement, Value,
+    QueryOrder, QuerySelect, QueryTrait, SqlErr, Statement, Value,
 };
 
 use super::entity::{
@@ -20,7 +22,7 @@ use crate::domain::{
     Pass, Role, Timestamp, UserId, UserIdRef, Workspace, WorkspaceFacts, WorkspaceId,
     capability as cap,
 };
-use crate::error::{Error, Reason};
+use crate::error::{Error, ErrorReason};
 
 /// The unique constraints a write may meet and answer for: any other violation is a bug and
 /// stays an internal error.
@@ -50,27 +52,14 @@ impl Unique {
     }
 }
 
-/// Whether `err` is a violation of the unique constraint `which`.
+/// Whether `err` is a violation of the unique constraint `which`: PostgreSQL's message names
+/// the constraint, SQLite's the columns.
 fn violates(err: &sea_orm::DbErr, which: Unique) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
-    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx))) =
-        err
-    else {
+    let Some(SqlErr::UniqueConstraintViolation(message)) = err.sql_err() else {
         return false;
     };
-    let sea_orm::sqlx::Error::Database(db) = sqlx.as_ref() else {
-        return false;
-    };
-    if db.kind() != sea_orm::sqlx::error::ErrorKind::UniqueViolation {
-        return false;
-    }
-    match db.constraint() {
-        Some(name) => name == which.name(),
-        None => db
-            .message()
-            .strip_prefix("UNIQUE constraint failed: ")
-            .is_some_and(|columns| columns == which.sqlite_columns()),
-    }
+    message.contains(&format!("\"{}\"", which.name()))
+        || message.ends_with(&format!("UNIQUE constraint failed: {}", which.sqlite_columns()))
 }
 
 fn corrupt(what: &str, value: &str) -> Error {

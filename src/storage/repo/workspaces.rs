@@ -11,13 +11,13 @@ pub(super) fn to_workspace(m: workspace::Model) -> Workspace {
     }
 }
 
-pub(super) fn to_grant(m: workspace_grant::Model) -> Result<Grant, Error> {
-    Ok(Grant {
+pub(super) fn to_grant(m: workspace_grant::Model) -> Grant {
+    Grant {
         organization_id: m.organization_id,
         workspace_id: m.workspace_id,
         access: Some(m.access),
         user_id: m.user_id,
-    })
+    }
 }
 
 /// Inserts a workspace into the pass's organization.
@@ -227,7 +227,7 @@ pub async fn list_grants(
             ),
         );
     }
-    query
+    Ok(query
         .order_by_asc(workspace_grant::Column::WorkspaceId)
         .order_by_asc(workspace_grant::Column::UserId)
         .limit(limit)
@@ -235,5 +235,5 @@ pub async fn list_grants(
         .await?
         .into_iter()
         .map(to_grant)
-        .collect()
+        .collect())
 }
