@@ -1,9 +1,9 @@
 //! The decision function. Pure and total: role, workspace facts and permission in, an allow or
 //! deny with its reason out. Every data condition is a denial, never an error.
 
-use super::ids::{OrganizationId, UserId};
 use std::marker::PhantomData;
 
+use super::ids::{OrganizationId, UserId};
 use super::permission::capability::Capability;
 use super::permission::{Holders, Permission, Scope};
 use super::values::{Access, Role};
@@ -27,6 +27,8 @@ pub enum Reason {
     DeniedReadOnly,
     /// No such workspace in the organization.
     DeniedWorkspaceNotFound,
+    /// The user's grant would allow the check, but it has ended.
+    DeniedGrantExpired,
 }
 
 /// What is known about the workspace named by a check.
@@ -38,6 +40,9 @@ pub enum WorkspaceFacts {
     Missing,
     /// The workspace exists; the user's explicit grant on it, if any.
     Present(Option<Access>),
+    /// The workspace exists, and the user's grant on it (of this access) has ended: it grants
+    /// nothing, whether or not anything has recorded the end yet.
+    Ended(Access),
 }
 
 /// The outcome of a check.
@@ -80,8 +85,9 @@ pub fn decide(role: Option<Role>, workspace: WorkspaceFacts, permission: Permiss
         }
         Holders::Grant(needed) => needed,
     };
-    let grant = match workspace {
-        WorkspaceFacts::Present(grant) => grant,
+    let (grant, ended) = match workspace {
+        WorkspaceFacts::Present(grant) => (grant, None),
+        WorkspaceFacts::Ended(was) => (None, Some(was)),
         WorkspaceFacts::Missing | WorkspaceFacts::NotApplicable => {
             return Decision {
                 allowed: false,
@@ -99,10 +105,13 @@ pub fn decide(role: Option<Role>, workspace: WorkspaceFacts, permission: Permiss
             workspace_access: Some(Some(Access::Write)),
         };
     }
-    let (allowed, reason) = match grant {
-        None => (false, Reason::DeniedNoWorkspaceAccess),
-        Some(held) if held >= needed => (true, Reason::AllowedByWorkspaceAccess),
-        Some(_) => (false, Reason::DeniedReadOnly),
+    let (allowed, reason) = match (grant, ended) {
+        (Some(held), _) if held >= needed => (true, Reason::AllowedByWorkspaceAccess),
+        (Some(_), _) => (false, Reason::DeniedReadOnly),
+        // Said only when the ended grant would have allowed it: the caller learns why access
+        // it had is gone, not what it never held.
+        (None, Some(was)) if was >= needed => (false, Reason::DeniedGrantExpired),
+        (None, _) => (false, Reason::DeniedNoWorkspaceAccess),
     };
     Decision { allowed, reason, role: Some(role), workspace_access: Some(grant) }
 }
@@ -265,6 +274,41 @@ mod tests {
                 assert_eq!(outsider.reason, Reason::DeniedNotAMember);
             }
         }
+    }
+
+    #[test]
+    fn an_ended_grant_grants_nothing_and_says_so_when_it_would_have_allowed() {
+        for (name, holders) in WORKSPACE_TABLE {
+            let permission = Permission::from_name(name).unwrap();
+            for role in Role::ALL {
+                for was in Access::ALL {
+                    let decision = decide(Some(role), WorkspaceFacts::Ended(was), permission);
+                    if role == Role::Owner {
+                        // An Owner's WRITE is the role's, never a grant's: nothing ends it.
+                        assert!(decision.allowed, "owner / {was:?} / {name}");
+                        continue;
+                    }
+                    assert!(!decision.allowed, "{role:?} / ended {was:?} / {name}");
+                    let would_have = holders.contains(&was.as_str());
+                    let reason = if would_have {
+                        Reason::DeniedGrantExpired
+                    } else {
+                        Reason::DeniedNoWorkspaceAccess
+                    };
+                    assert_eq!(decision.reason, reason, "{role:?} / ended {was:?} / {name}");
+                    assert_eq!(decision.workspace_access, Some(None), "an ended grant holds none");
+                }
+            }
+            let outsider = decide(None, WorkspaceFacts::Ended(Access::Write), permission);
+            assert_eq!(outsider.reason, Reason::DeniedNotAMember);
+        }
+        // Organization permissions never read a grant.
+        let billing = decide(
+            Some(Role::Billing),
+            WorkspaceFacts::Ended(Access::Write),
+            Permission::BillingRead,
+        );
+        assert_eq!(billing.reason, Reason::AllowedByRole);
     }
 
     #[test]

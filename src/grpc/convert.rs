@@ -239,6 +239,7 @@ pub fn decision(d: Decision) -> pb::AuthorizeResponse {
         Reason::DeniedNoWorkspaceAccess => pb::DecisionReason::DeniedNoWorkspaceAccess,
         Reason::DeniedReadOnly => pb::DecisionReason::DeniedReadOnly,
         Reason::DeniedWorkspaceNotFound => pb::DecisionReason::DeniedWorkspaceNotFound,
+        Reason::DeniedGrantExpired => pb::DecisionReason::DeniedGrantExpired,
     };
     pb::AuthorizeResponse {
         allowed: d.allowed,

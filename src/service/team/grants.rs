@@ -56,7 +56,9 @@ impl Services {
             (None, _) => return Err(Error::NotFound("member")),
             // Owners hold WRITE on every workspace whatever their grants say; a grant to one
             // would change nothing now and surface only if they stopped being an Owner.
-            (Some(Role::Owner), WorkspaceFacts::Present(_)) if access.is_some() => {
+            (Some(Role::Owner), WorkspaceFacts::Present(_) | WorkspaceFacts::Ended(_))
+                if access.is_some() =>
+            {
                 return Err(Error::refused(
                     ErrorReason::OwnerHoldsEveryWorkspace,
                     "the member is an Owner, who holds WRITE on every workspace; grants apply to \
@@ -64,6 +66,8 @@ impl Services {
                 ));
             }
             (Some(_), WorkspaceFacts::Present(access)) => access,
+            // An ended grant holds nothing: setting one replaces it.
+            (Some(_), WorkspaceFacts::Ended(_)) => None,
         };
         let grant = Grant { organization_id: org, workspace_id, user_id: user.clone(), access };
         if previous == access {
