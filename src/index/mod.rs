@@ -92,6 +92,8 @@ pub struct Snapshot {
     pub members: Vec<(UserId, Role)>,
     pub workspaces: Vec<WorkspaceId>,
     pub grants: Vec<(WorkspaceId, UserId, crate::domain::Access)>,
+    /// The grants above that end: (workspace, user, end in microseconds since the epoch).
+    pub ends: Vec<(WorkspaceId, UserId, i64)>,
 }
 
 /// Where the index reads what it does not hold: the database.
@@ -296,7 +298,10 @@ impl AuthzIndex {
             return Ok(Some(self.cache.empty()));
         };
         let mut at = Applied::Index(
-            Arc::new(OrgIndex::new(snapshot.members, snapshot.workspaces, snapshot.grants)),
+            Arc::new(
+                OrgIndex::new(snapshot.members, snapshot.workspaces, snapshot.grants)
+                    .with_ends(snapshot.ends),
+            ),
             snapshot.revision,
         );
         for _ in 0..MAX_CATCH_UPS {
@@ -483,6 +488,7 @@ mod tests {
                 members: self.roles.iter().map(|(u, r)| (u.clone(), *r)).collect(),
                 workspaces: self.workspaces.clone(),
                 grants: self.grants.iter().map(|((u, w), a)| (*w, u.clone(), *a)).collect(),
+                ends: Vec::new(),
             }
         }
 

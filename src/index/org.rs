@@ -1,12 +1,14 @@
 //! One organization's index: its members' roles, its workspaces and every grant, laid out for
 //! the lookup a check makes, and the deltas of a committed change applied to a copy of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-use crate::domain::{Access, Delta, Role, UserId, UserIdRef, WorkspaceFacts, WorkspaceId};
+use crate::domain::{
+    Access, Delta, Role, Timestamp, UserId, UserIdRef, WorkspaceFacts, WorkspaceId,
+};
 
 /// The facts of one check.
 pub type Facts = (Option<Role>, WorkspaceFacts);
@@ -32,6 +34,9 @@ pub struct OrgIndex {
     /// stray grant could never be read as another's.
     next_ordinal: u32,
     entries: usize,
+    /// The grants that end, by user: (workspace ordinal, end in microseconds). Empty for an
+    /// organization without one, so that a check there reads no clock.
+    ends: HashMap<Box<[u8]>, Vec<(u32, i64)>, Fast>,
 }
 
 impl std::fmt::Debug for OrgIndex {
@@ -153,7 +158,29 @@ impl OrgIndex {
         // One more for the organization itself, so that even an empty one counts against the
         // limit. Grants left out above are not counted, as a patch would not count them.
         let entries = 1 + member_rows + workspaces.len() + held;
-        Self { hasher, users, workspaces, grants: packed.into_boxed_slice(), next_ordinal, entries }
+        let grants = packed.into_boxed_slice();
+        let ends = HashMap::default();
+        Self { hasher, users, workspaces, grants, next_ordinal, entries, ends }
+    }
+
+    /// This index with the ends of the grants that end: (workspace, user, end in microseconds).
+    /// An end of a grant the index does not hold is left out.
+    pub fn with_ends(mut self, ends: Vec<(WorkspaceId, UserId, i64)>) -> Self {
+        for (workspace, user, end) in ends {
+            let Some(ordinal) = self.workspaces.get(&workspace).copied() else { continue };
+            let held = self.find((&user).into()).and_then(|entry| self.grant(entry, ordinal));
+            if held.is_some() {
+                let key: Box<[u8]> = user.as_str().as_bytes().into();
+                self.ends.entry(key).or_default().push((ordinal, end));
+            }
+        }
+        self
+    }
+
+    /// When `user`'s grant on the workspace of `ordinal` ends, if it does.
+    fn end_of(&self, user: &UserEntry, ordinal: u32) -> Option<i64> {
+        let ends = self.ends.get(user.id.as_bytes())?;
+        ends.iter().find(|(o, _)| *o == ordinal).map(|(_, end)| *end)
     }
 
     /// A copy of this index with a committed change's deltas applied, in order: what a reload
@@ -169,6 +196,7 @@ impl OrgIndex {
         // What each touched user ends up with: their role, and their grants as ordinal ->
         // access, starting from what the index holds.
         let mut touched: Touched = HashMap::default();
+        let mut reset: HashSet<(Box<[u8]>, u32)> = HashSet::new();
         for delta in deltas {
             match delta {
                 Delta::WorkspaceCreated { workspace, .. } => {
@@ -195,6 +223,10 @@ impl OrgIndex {
                     self.touch(&mut touched, user, &deleted).0 = None
                 }
                 Delta::GrantChanged { user, workspace, new, .. } => {
+                    if let Some(ordinal) = workspaces.get(workspace) {
+                        // Set again or removed: whatever end it had is gone with it.
+                        reset.insert((user.as_str().as_bytes().into(), *ordinal));
+                    }
                     match (workspaces.get(workspace).copied(), new) {
                         (Some(ordinal), Some(access)) => {
                             self.touch(&mut touched, user, &deleted).1.insert(ordinal, *access);
@@ -256,14 +288,32 @@ impl OrgIndex {
         let members = users.iter().filter(|e| e.role.is_some()).count();
         let held: usize = users.iter().map(|e| e.grants_len as usize).sum();
         let entries = 1 + members + workspaces.len() + held;
-        Some(Self {
+        let mut patched = Self {
             hasher: self.hasher.clone(),
             users,
             workspaces,
             grants: packed.into_boxed_slice(),
             next_ordinal,
             entries,
-        })
+            ends: HashMap::default(),
+        };
+        // The ends of grants the change left alone, as a reload would read them.
+        for (user, ends) in &self.ends {
+            let Some(entry) = patched.find_bytes(user) else { continue };
+            let kept: Vec<(u32, i64)> = ends
+                .iter()
+                .copied()
+                .filter(|(ordinal, _)| {
+                    !deleted.contains(ordinal)
+                        && !reset.contains(&(user.clone(), *ordinal))
+                        && patched.grant(entry, *ordinal).is_some()
+                })
+                .collect();
+            if !kept.is_empty() {
+                patched.ends.insert(user.clone(), kept);
+            }
+        }
+        Some(patched)
     }
 
     /// The entry of `user` in `touched`, started from what this index holds for them, without
@@ -318,7 +368,10 @@ impl OrgIndex {
     }
 
     fn find(&self, user: UserIdRef<'_>) -> Option<&UserEntry> {
-        let id = user.as_str().as_bytes();
+        self.find_bytes(user.as_str().as_bytes())
+    }
+
+    fn find_bytes(&self, id: &[u8]) -> Option<&UserEntry> {
         self.users.find(self.hasher.hash_one(id), |e| e.id.as_bytes() == id)
     }
 
@@ -351,10 +404,20 @@ impl Located<'_> {
         match self.ordinal {
             Err(()) => (role, WorkspaceFacts::Missing),
             Ok(None) => (role, WorkspaceFacts::NotApplicable),
-            Ok(Some(ordinal)) => (
-                role,
-                WorkspaceFacts::Present(self.user.and_then(|u| self.index.grant(u, ordinal))),
-            ),
+            Ok(Some(ordinal)) => {
+                let Some(user) = self.user else { return (role, WorkspaceFacts::Present(None)) };
+                let grant = self.index.grant(user, ordinal);
+                // Decided by this process's clock at the instant of the check: an ended grant
+                // grants nothing from its end on, whether or not the end is recorded yet.
+                if let Some(access) = grant
+                    && !self.index.ends.is_empty()
+                    && let Some(end) = self.index.end_of(user, ordinal)
+                    && end <= Timestamp::now().as_micros()
+                {
+                    return (role, WorkspaceFacts::Ended(access));
+                }
+                (role, WorkspaceFacts::Present(grant))
+            }
         }
     }
 }
@@ -381,6 +444,81 @@ mod tests {
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_grant_is_ended_from_its_end_on_and_present_before_it() {
+        let ws = WorkspaceId::generate();
+        let members = vec![
+            (user("ended"), Role::Member),
+            (user("later"), Role::Member),
+            (user("permanent"), Role::Member),
+        ];
+        let grants = vec![
+            (ws, user("ended"), Access::Write),
+            (ws, user("later"), Access::Read),
+            (ws, user("permanent"), Access::Write),
+        ];
+        let now = Timestamp::now().as_micros();
+        let index = OrgIndex::new(members, vec![ws], grants).with_ends(vec![
+            (ws, user("ended"), now),
+            (ws, user("later"), now + 3_600_000_000),
+            // No such grant: left out.
+            (ws, user("nobody"), 0),
+        ]);
+        let member = Some(Role::Member);
+        assert_eq!(
+            index.facts(&user("ended"), Some(ws)),
+            (member, WorkspaceFacts::Ended(Access::Write))
+        );
+        assert_eq!(
+            index.facts(&user("later"), Some(ws)),
+            (member, WorkspaceFacts::Present(Some(Access::Read)))
+        );
+        assert_eq!(
+            index.facts(&user("permanent"), Some(ws)),
+            (member, WorkspaceFacts::Present(Some(Access::Write)))
+        );
+        assert_eq!(index.facts(&user("nobody"), Some(ws)), (None, WorkspaceFacts::Present(None)));
+        // Organization checks read no grant.
+        assert_eq!(index.facts(&user("ended"), None), (member, WorkspaceFacts::NotApplicable));
+    }
+
+    #[test]
+    fn a_patch_keeps_the_ends_it_leaves_alone_and_drops_those_of_grants_it_changes() {
+        let (ws, other) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let names = ["set", "untouched", "kept", "gone", "deleted"];
+        let members = names.iter().map(|n| (user(n), Role::Member)).collect();
+        let mut grants: Vec<_> = names[..4].iter().map(|n| (ws, user(n), Access::Write)).collect();
+        grants.push((other, user("deleted"), Access::Write));
+        let ends = grants.iter().map(|(w, u, _)| (*w, u.clone(), 0)).collect();
+        let index = OrgIndex::new(members, vec![ws, other], grants).with_ends(ends);
+        let patched = index
+            .patched(&[
+                // Set again: permanent now.
+                Delta::GrantChanged {
+                    user: user("set"),
+                    workspace: ws,
+                    old: Some(Access::Write),
+                    new: Some(Access::Read),
+                },
+                Delta::MemberRemoved { user: user("gone"), role: Role::Member },
+                Delta::GrantChanged {
+                    user: user("gone"),
+                    workspace: ws,
+                    old: Some(Access::Write),
+                    new: None,
+                },
+                Delta::WorkspaceDeleted { workspace: other },
+            ])
+            .unwrap();
+        let facts = |name: &str, w: WorkspaceId| patched.facts(&user(name), Some(w)).1;
+        assert_eq!(facts("set", ws), WorkspaceFacts::Present(Some(Access::Read)));
+        assert_eq!(facts("kept", ws), WorkspaceFacts::Ended(Access::Write));
+        assert_eq!(facts("untouched", ws), WorkspaceFacts::Ended(Access::Write));
+        assert_eq!(facts("gone", ws), WorkspaceFacts::Present(None));
+        assert_eq!(facts("deleted", other), WorkspaceFacts::Missing);
+        assert_eq!(patched.ends.len(), 2, "only the ends of grants left alone remain");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod organization {
         pub update_time: i64,
         /// The revision of the organization's latest change (see `storage::changelog`).
         pub revision: i64,
+        /// The longest a grant may last, in seconds; `None`: no bound.
+        pub max_grant_secs: Option<i64>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}
@@ -83,6 +85,10 @@ pub mod workspace_grant {
         #[sea_orm(primary_key, auto_increment = false)]
         pub user_id: UserId,
         pub access: Access,
+        /// When the grant ends (microseconds since the epoch); `None`: it is permanent.
+        pub expire_time: Option<i64>,
+        /// Why a grant that ends was given.
+        pub reason: Option<String>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}
@@ -135,6 +141,10 @@ pub mod invitation_grant {
         #[sea_orm(primary_key, auto_increment = false)]
         pub workspace_id: WorkspaceId,
         pub access: Access,
+        /// When the grant ends once applied; `None`: it is permanent.
+        pub expire_time: Option<i64>,
+        /// Why a grant that ends is offered.
+        pub reason: Option<String>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}

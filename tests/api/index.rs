@@ -150,6 +150,7 @@ async fn forge_organization(app: &TestApp, id: &str, owner: &User) {
         create_time: Set(0),
         update_time: Set(0),
         revision: Set(0),
+        max_grant_secs: Set(None),
     })
     .exec_without_returning(&app.db)
     .await

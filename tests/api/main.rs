@@ -9,6 +9,7 @@ mod boundary;
 mod changelog;
 mod errors;
 mod faults;
+mod grant_ends;
 mod hostile;
 mod identity;
 mod index;

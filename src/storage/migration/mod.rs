@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m20261127_000001_initial_schema;
 mod m20261201_000002_erase_outbox_bodies;
 mod m20261201_000003_change_log;
+mod m20261202_000004_grant_ends;
 
 /// Runs Roster's migrations.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_initial_schema::Migration),
             Box::new(m20261201_000002_erase_outbox_bodies::Migration),
             Box::new(m20261201_000003_change_log::Migration),
+            Box::new(m20261202_000004_grant_ends::Migration),
         ]
     }
 }

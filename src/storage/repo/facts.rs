@@ -30,12 +30,17 @@ pub async fn authorization_facts(
         (SELECT role FROM members WHERE organization_id = ? AND user_id = ?) AS role, \
         (SELECT COUNT(*) FROM workspaces WHERE organization_id = ? AND id = ?) AS workspace_count, \
         (SELECT access FROM workspace_grants \
-            WHERE workspace_id = ? AND user_id = ? AND organization_id = ?) AS access";
+            WHERE workspace_id = ? AND user_id = ? AND organization_id = ?) AS access, \
+        (SELECT expire_time FROM workspace_grants \
+            WHERE workspace_id = ? AND user_id = ? AND organization_id = ?) AS expire_time";
     let values = vec![
         org_value.clone(),
         user_value.clone(),
         org_value.clone(),
         ws_value.clone(),
+        ws_value.clone(),
+        user_value.clone(),
+        org_value.clone(),
         ws_value,
         user_value,
         org_value,
@@ -46,10 +51,14 @@ pub async fn authorization_facts(
     let role: Option<Role> = row.try_get("", "role")?;
     let workspace_count: i64 = row.try_get("", "workspace_count")?;
     let access: Option<Access> = row.try_get("", "access")?;
-    let facts = if workspace_count == 0 {
-        WorkspaceFacts::Missing
-    } else {
-        WorkspaceFacts::Present(access)
+    let expire_time: Option<i64> = row.try_get("", "expire_time")?;
+    // The end is this replica's clock's to judge, at the instant of the check, as the index
+    // judges it.
+    let now = Timestamp::now().as_micros();
+    let facts = match (workspace_count, access, expire_time) {
+        (0, _, _) => WorkspaceFacts::Missing,
+        (_, Some(access), Some(end)) if end <= now => WorkspaceFacts::Ended(access),
+        (_, access, _) => WorkspaceFacts::Present(access),
     };
     Ok((role, facts))
 }
@@ -98,21 +107,29 @@ pub async fn load_organization_snapshot(
         .into_tuple()
         .all(&tx)
         .await?;
-    let grants: Vec<(WorkspaceId, String, Access)> = workspace_grant::Entity::find()
+    let grants: Vec<(WorkspaceId, String, Access, Option<i64>)> = workspace_grant::Entity::find()
         .select_only()
         .column(workspace_grant::Column::WorkspaceId)
         .column(workspace_grant::Column::UserId)
         .column(workspace_grant::Column::Access)
+        .column(workspace_grant::Column::ExpireTime)
         .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
         .into_tuple()
         .all(&tx)
         .await?;
     tx.commit().await?;
+    let mut ends = Vec::new();
     let grants = grants
         .into_iter()
-        .map(|(ws, user, access)| (ws, UserId::from_stored(user), access))
+        .map(|(ws, user, access, end)| {
+            let user = UserId::from_stored(user);
+            if let Some(end) = end {
+                ends.push((ws, user.clone(), end));
+            }
+            (ws, user, access)
+        })
         .collect();
-    Ok(Some(crate::index::Snapshot { revision, members, workspaces, grants }))
+    Ok(Some(crate::index::Snapshot { revision, members, workspaces, grants, ends }))
 }
 
 /// Builds a raw statement written with `?` placeholders for either backend.

@@ -69,6 +69,8 @@ pub async fn insert_invitation(
             organization_id: Set(pass.organization_id()),
             workspace_id: Set(*workspace_id),
             access: Set(*access),
+            expire_time: Set(None),
+            reason: Set(None),
         })
         .exec_without_returning(db)
         .await?;

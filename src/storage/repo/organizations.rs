@@ -25,6 +25,7 @@ pub async fn insert_organization(
         update_time: Set(org.update_time.as_micros()),
         // Its creation is its first change.
         revision: Set(1),
+        max_grant_secs: Set(None),
     })
     .exec_without_returning(db)
     .await?;

@@ -120,6 +120,7 @@ pub async fn list_workspaces(
             .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
             .filter(workspace_grant::Column::UserId.eq(user.as_str()))
             .filter(workspace_grant::Column::Access.is_in(levels))
+            .filter(in_force(Timestamp::now()))
             .into_query();
         query = query.filter(workspace::Column::Id.in_subquery(granted));
     }
@@ -133,7 +134,16 @@ pub async fn list_workspaces(
         .collect())
 }
 
-/// Finds a member's grant on a workspace.
+/// Grants that have not ended at `now`: an ended grant grants nothing from its end on, whether
+/// or not anything has recorded the end, so every read that answers with access filters by
+/// the same instant as a decision would.
+pub(super) fn in_force(now: Timestamp) -> sea_orm::Condition {
+    sea_orm::Condition::any()
+        .add(workspace_grant::Column::ExpireTime.is_null())
+        .add(workspace_grant::Column::ExpireTime.gt(now.as_micros()))
+}
+
+/// Finds a member's grant on a workspace, if it is in force now.
 pub async fn find_grant(
     db: &impl ConnectionTrait,
     org: OrganizationId,
@@ -142,6 +152,7 @@ pub async fn find_grant(
 ) -> Result<Option<Access>, Error> {
     let found = workspace_grant::Entity::find_by_id((workspace_id, user.clone()))
         .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+        .filter(in_force(Timestamp::now()))
         .one(db)
         .await?;
     Ok(found.map(|m| m.access))
@@ -170,13 +181,20 @@ pub(super) async fn upsert_grant_row(
         workspace_id: Set(workspace_id),
         user_id: Set(user.clone()),
         access: Set(access),
+        expire_time: Set(None),
+        reason: Set(None),
     })
+    // Setting a grant replaces it whole: one that was to end becomes permanent.
     .on_conflict(
         OnConflict::columns([
             workspace_grant::Column::WorkspaceId,
             workspace_grant::Column::UserId,
         ])
-        .update_column(workspace_grant::Column::Access)
+        .update_columns([
+            workspace_grant::Column::Access,
+            workspace_grant::Column::ExpireTime,
+            workspace_grant::Column::Reason,
+        ])
         .to_owned(),
     )
     .exec_without_returning(db)
@@ -211,7 +229,8 @@ pub async fn list_grants(
 ) -> Result<Vec<Grant>, Error> {
     use sea_orm::Condition;
     let mut query = workspace_grant::Entity::find()
-        .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()));
+        .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+        .filter(in_force(Timestamp::now()));
     if let Some(id) = workspace_id {
         query = query.filter(workspace_grant::Column::WorkspaceId.eq(id.as_uuid()));
     }
