@@ -591,6 +591,7 @@ async fn writer(
             workspace_id: data.workspaces[o][w].to_string(),
             user_id: DataSet::user(o, m),
             access: access as i32,
+            ..Default::default()
         });
         request.metadata_mut().insert("x-user-id", DataSet::user(o, 0).parse().expect("ascii"));
         if team.set_workspace_access(request).await.is_ok() {
@@ -1389,6 +1390,7 @@ async fn write_changes(
             workspace_id: data.workspaces[o][w].to_string(),
             user_id: DataSet::user(o, m),
             access: access as i32,
+            ..Default::default()
         });
         request.metadata_mut().insert("x-user-id", DataSet::user(o, 0).parse().expect("ascii"));
         match team.set_workspace_access(request).await {

@@ -46,7 +46,14 @@ pub enum Delta {
     /// A member's role changed.
     RoleChanged { user: UserId, old: Role, new: Role },
     /// A grant was added (`old` none), changed, or removed (`new` none).
-    GrantChanged { user: UserId, workspace: WorkspaceId, old: Option<Access>, new: Option<Access> },
+    GrantChanged {
+        user: UserId,
+        workspace: WorkspaceId,
+        old: Option<Access>,
+        new: Option<Access>,
+        /// When the grant after the change ends; `None`: it is permanent (or there is none).
+        expire_time: Option<Timestamp>,
+    },
     /// A workspace was created.
     WorkspaceCreated { workspace: WorkspaceId, display_name: DisplayName },
     /// A workspace was deleted; its grants' removals are deltas of their own.
@@ -271,6 +278,7 @@ mod tests {
             workspace: ws,
             old: None,
             new: Some(Access::Read),
+            expire_time: None,
         };
         assert!(grant.touches_user(&ada) && !grant.touches_user(&bob));
         assert!(grant.touches_workspace(ws) && !grant.touches_workspace(other));

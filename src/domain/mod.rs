@@ -22,4 +22,4 @@ pub use model::{
     AuditEvent, DeliveryState, Grant, Invitation, Member, Organization, Timestamp, Workspace,
 };
 pub use permission::{Holders, Permission, Scope, capability};
-pub use values::{Access, DisplayName, InvitationTtl, Role};
+pub use values::{Access, DisplayName, GrantReason, InvitationTtl, MaxGrantDuration, Role};

@@ -4,7 +4,7 @@ use super::audit::{AuditAction, AuditTarget};
 use super::email::Email;
 use super::ids::{AuditEventId, InvitationId, OrganizationId, UserId, WorkspaceId};
 use super::invitation::InvitationState;
-use super::values::{Access, DisplayName, InvitationTtl, Role};
+use super::values::{Access, DisplayName, GrantReason, InvitationTtl, MaxGrantDuration, Role};
 
 /// A point in time, in microseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,6 +40,8 @@ pub struct Organization {
     pub display_name: DisplayName,
     /// Validity of its invitations.
     pub invitation_ttl: InvitationTtl,
+    /// The longest a grant may last from when it is set; `None`: no bound.
+    pub max_grant_duration: Option<MaxGrantDuration>,
     pub create_time: Timestamp,
     /// Last change of name or settings.
     pub update_time: Timestamp,
@@ -73,6 +75,10 @@ pub struct Grant {
     pub user_id: UserId,
     /// The access held, if any.
     pub access: Option<Access>,
+    /// When the grant ends; `None`: it is permanent.
+    pub expire_time: Option<Timestamp>,
+    /// Why a grant that ends was given.
+    pub reason: Option<GrantReason>,
 }
 
 /// How far an invitation's latest email has got.

@@ -135,9 +135,94 @@ impl InvitationTtl {
     }
 }
 
+/// Why a grant that ends was given: 1 to 500 characters after trimming, for the audit log and
+/// the people who read the grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantReason(String);
+
+impl GrantReason {
+    /// Longest accepted reason, in characters.
+    pub const MAX_CHARS: usize = 500;
+
+    /// Trims and validates a reason.
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err("must not be blank");
+        }
+        if trimmed.chars().count() > Self::MAX_CHARS {
+            return Err("must be at most 500 characters");
+        }
+        if trimmed.chars().any(|c| c.is_control() && c != '\n') {
+            return Err("must not contain control characters other than line breaks");
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    /// Wraps a stored reason.
+    pub fn from_stored(text: String) -> Self {
+        Self(text)
+    }
+
+    /// The reason as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The longest a grant of an organization may last from when it is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxGrantDuration(Duration);
+
+impl MaxGrantDuration {
+    /// Shortest allowed bound.
+    pub const MIN: Duration = Duration::from_secs(60);
+    /// Longest allowed bound.
+    pub const MAX: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+    /// Validates a bound between one minute and 366 days, in whole seconds.
+    pub fn parse(duration: Duration) -> Result<Self, &'static str> {
+        if duration.subsec_nanos() != 0 {
+            return Err("must be a whole number of seconds");
+        }
+        if duration < Self::MIN || duration > Self::MAX {
+            return Err("must be between 1 minute and 366 days");
+        }
+        Ok(Self(duration))
+    }
+
+    /// Wraps a stored number of seconds.
+    pub fn from_stored_secs(secs: i64) -> Self {
+        Self(Duration::from_secs(secs.max(0) as u64))
+    }
+
+    /// The bound.
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+
+    /// The bound in seconds, for storage.
+    pub fn as_secs(self) -> i64 {
+        self.0.as_secs() as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_reasons_and_bounds_are_validated() {
+        assert_eq!(GrantReason::parse("  incident 4711 ").unwrap().as_str(), "incident 4711");
+        assert!(GrantReason::parse(" ").is_err());
+        assert!(GrantReason::parse(&"é".repeat(500)).is_ok());
+        assert!(GrantReason::parse(&"é".repeat(501)).is_err());
+        assert!(GrantReason::parse("a\u{7}b").is_err());
+        assert!(MaxGrantDuration::parse(Duration::from_secs(59)).is_err());
+        assert!(MaxGrantDuration::parse(Duration::from_secs(3600)).is_ok());
+        assert!(MaxGrantDuration::parse(Duration::from_millis(3_600_500)).is_err());
+        assert!(MaxGrantDuration::parse(MaxGrantDuration::MAX + Duration::from_secs(1)).is_err());
+    }
 
     #[test]
     fn display_names_are_trimmed_and_bounded() {

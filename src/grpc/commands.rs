@@ -2,7 +2,9 @@
 //! field and reports all bad ones at once, naming each (INVALID_ARGUMENT with a BadRequest).
 
 use super::convert;
-use crate::domain::{DisplayName, Email, InvitationTtl, OrganizationId};
+use crate::domain::{
+    DisplayName, Email, GrantReason, InvitationTtl, MaxGrantDuration, OrganizationId, Timestamp,
+};
 use crate::error::{Error, Violations};
 use crate::pb;
 use crate::service::page::{self, PageRequest};
@@ -17,6 +19,30 @@ use crate::service::team::{
 const MAX_TOKEN_CHARS: usize = 512;
 /// Most workspace grants one invitation may carry.
 const MAX_INVITATION_GRANTS: usize = 1000;
+
+/// Reads a grant's `expire_time` and `reason` (fields under `prefix`, such as
+/// `workspace_grants[0].`): a reason is required with an end; whether the end lies in the future
+/// and within the organization's bound is the use-case's to check, against its own clock.
+fn grant_end(
+    v: &mut Violations,
+    prefix: &str,
+    expire_time: Option<prost_types::Timestamp>,
+    reason: &str,
+) -> (Option<Option<Timestamp>>, Option<Option<GrantReason>>) {
+    let end = match expire_time {
+        None => Some(None),
+        Some(t) => v.check(&format!("{prefix}expire_time"), convert::timestamp_in(t)).map(Some),
+    };
+    let reason = if reason.is_empty() {
+        Some(None)
+    } else {
+        v.check(&format!("{prefix}reason"), GrantReason::parse(reason)).map(Some)
+    };
+    if let (Some(Some(_)), Some(None)) = (end, &reason) {
+        v.add(format!("{prefix}reason"), "is required with expire_time: say why the grant ends");
+    }
+    (end, reason)
+}
 
 /// Requests that name only an organization.
 macro_rules! organization_only {
@@ -69,6 +95,7 @@ impl TryFrom<pb::UpdateOrganizationRequest> for UpdateOrganization {
                 let set = [
                     (!body.display_name.is_empty()).then_some("display_name"),
                     body.invitation_ttl.is_some().then_some("invitation_ttl"),
+                    body.max_grant_duration.is_some().then_some("max_grant_duration"),
                 ];
                 set.into_iter().flatten().map(str::to_owned).collect()
             }
@@ -76,10 +103,11 @@ impl TryFrom<pb::UpdateOrganizationRequest> for UpdateOrganization {
         if paths.is_empty() {
             v.add(
                 "update_mask",
-                "names no field to change: use display_name and/or invitation_ttl",
+                "names no field to change: use display_name, invitation_ttl and/or \
+                 max_grant_duration",
             );
         }
-        let (mut display_name, mut invitation_ttl) = (None, None);
+        let (mut display_name, mut invitation_ttl, mut max_grant_duration) = (None, None, None);
         for path in &paths {
             // Protobuf's JSON mapping spells the paths in lowerCamelCase; tools that send the
             // mask as written in JSON (grpcurl's `-d`, for one) pass those names through.
@@ -92,19 +120,31 @@ impl TryFrom<pb::UpdateOrganizationRequest> for UpdateOrganization {
                     let ttl = invitation_ttl_of(body.invitation_ttl);
                     invitation_ttl = v.check("organization.invitation_ttl", ttl);
                 }
+                // Unset in the body with the path in the mask: no bound.
+                "max_grant_duration" | "maxGrantDuration" => {
+                    let bound = body.max_grant_duration.map(max_grant_duration_of).transpose();
+                    max_grant_duration = v.check("organization.max_grant_duration", bound);
+                }
                 other => v.add(
                     "update_mask",
                     format!(
-                        "names {other:?}, which cannot be changed: use display_name and/or \
-                         invitation_ttl"
+                        "names {other:?}, which cannot be changed: use display_name, \
+                         invitation_ttl and/or max_grant_duration"
                     ),
                 ),
             }
         }
         let Some(organization_id) = organization_id else { return Err(v.into_error()) };
         v.finish()?;
-        Ok(Self { organization_id, display_name, invitation_ttl })
+        Ok(Self { organization_id, display_name, invitation_ttl, max_grant_duration })
     }
+}
+
+fn max_grant_duration_of(bound: prost_types::Duration) -> Result<MaxGrantDuration, &'static str> {
+    if bound.seconds < 0 || bound.nanos != 0 {
+        return Err("must be a whole, positive number of seconds between 1 minute and 366 days");
+    }
+    MaxGrantDuration::parse(std::time::Duration::from_secs(bound.seconds as u64))
 }
 
 fn invitation_ttl_of(ttl: Option<prost_types::Duration>) -> Result<InvitationTtl, &'static str> {
@@ -251,12 +291,23 @@ impl TryFrom<pb::SetWorkspaceAccessRequest> for SetWorkspaceAccess {
         let ws = convert::workspace_id(&mut v, "workspace_id", &req.workspace_id);
         let user = convert::user_id(&mut v, "user_id", &req.user_id);
         let access = convert::access(&mut v, "access", req.access, true);
-        let (Some(organization_id), Some(workspace_id), Some(user_id), Some(access)) =
-            (org, ws, user, access)
+        let (expire_time, reason) = grant_end(&mut v, "", req.expire_time, &req.reason);
+        if let (Some(None), Some(Some(_))) = (access, expire_time) {
+            v.add("expire_time", "must be unset with WORKSPACE_ACCESS_NONE: a removal has no end");
+        }
+        let (
+            Some(organization_id),
+            Some(workspace_id),
+            Some(user_id),
+            Some(access),
+            Some(expire_time),
+            Some(reason),
+        ) = (org, ws, user, access, expire_time, reason)
         else {
             return Err(v.into_error());
         };
-        Ok(Self { organization_id, workspace_id, user_id, access })
+        v.finish()?;
+        Ok(Self { organization_id, workspace_id, user_id, access, expire_time, reason })
     }
 }
 

@@ -104,6 +104,16 @@ pub fn state_filter(
     v.check(field, state)
 }
 
+/// A timestamp from the wire: whole microseconds are kept (the nanoseconds below are dropped),
+/// between 1970 and 9999.
+pub fn timestamp_in(t: prost_types::Timestamp) -> Result<Timestamp, &'static str> {
+    const LATEST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if t.seconds < 0 || t.seconds > LATEST || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err("must be a valid time between 1970 and 9999");
+    }
+    Ok(Timestamp::from_micros(t.seconds * 1_000_000 + i64::from(t.nanos / 1000)))
+}
+
 /// A timestamp on the wire.
 pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     let micros = t.as_micros();
@@ -143,6 +153,9 @@ pub fn organization(o: Organization) -> pb::Organization {
         }),
         create_time: Some(timestamp(o.create_time)),
         update_time: Some(timestamp(o.update_time)),
+        max_grant_duration: o
+            .max_grant_duration
+            .map(|bound| prost_types::Duration { seconds: bound.as_secs(), nanos: 0 }),
     }
 }
 
@@ -174,6 +187,8 @@ pub fn grant(g: Grant) -> pb::WorkspaceGrant {
         workspace_id: g.workspace_id.to_string(),
         user_id: g.user_id.to_string(),
         access: access_pb(g.access) as i32,
+        expire_time: g.expire_time.map(timestamp),
+        reason: g.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
     }
 }
 

@@ -252,12 +252,13 @@ fn delta(delta: Delta) -> PbDelta {
                 new_role: role(new),
             })
         }
-        Delta::GrantChanged { user, workspace, old, new } => {
+        Delta::GrantChanged { user, workspace, old, new, expire_time } => {
             PbDelta::GrantChanged(pb::GrantChanged {
                 user_id: user.to_string(),
                 workspace_id: workspace.to_string(),
                 old_access: access(old),
                 new_access: access(new),
+                new_expire_time: expire_time.map(convert::timestamp),
             })
         }
         Delta::WorkspaceCreated { workspace, display_name } => {

@@ -586,7 +586,13 @@ mod tests {
                             Some(access) => rows.grants.insert((user.clone(), ws), access),
                             None => rows.grants.remove(&(user.clone(), ws)),
                         };
-                        deltas.push(Delta::GrantChanged { user, workspace: ws, old, new });
+                        deltas.push(Delta::GrantChanged {
+                            user,
+                            workspace: ws,
+                            old,
+                            new,
+                            expire_time: None,
+                        });
                     }
                     7 => {
                         if let Some(role) = rows.roles.remove(&user) {
@@ -600,6 +606,7 @@ mod tests {
                                     workspace: key.1,
                                     old,
                                     new: None,
+                                    expire_time: None,
                                 });
                             }
                         }
@@ -622,6 +629,7 @@ mod tests {
                                 workspace: ws,
                                 old,
                                 new: None,
+                                expire_time: None,
                             });
                         }
                     }

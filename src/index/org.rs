@@ -197,6 +197,7 @@ impl OrgIndex {
         // access, starting from what the index holds.
         let mut touched: Touched = HashMap::default();
         let mut reset: HashSet<(Box<[u8]>, u32)> = HashSet::new();
+        let mut fresh: HashMap<(Box<[u8]>, u32), i64> = HashMap::new();
         for delta in deltas {
             match delta {
                 Delta::WorkspaceCreated { workspace, .. } => {
@@ -222,10 +223,16 @@ impl OrgIndex {
                 Delta::MemberRemoved { user, .. } => {
                     self.touch(&mut touched, user, &deleted).0 = None
                 }
-                Delta::GrantChanged { user, workspace, new, .. } => {
+                Delta::GrantChanged { user, workspace, new, expire_time, .. } => {
                     if let Some(ordinal) = workspaces.get(workspace) {
-                        // Set again or removed: whatever end it had is gone with it.
-                        reset.insert((user.as_str().as_bytes().into(), *ordinal));
+                        // Set again or removed: whatever end it had is gone with it, and the
+                        // grant set now ends when it says.
+                        let key: (Box<[u8]>, u32) = (user.as_str().as_bytes().into(), *ordinal);
+                        match (new, expire_time) {
+                            (Some(_), Some(end)) => fresh.insert(key.clone(), end.as_micros()),
+                            _ => fresh.remove(&key),
+                        };
+                        reset.insert(key);
                     }
                     match (workspaces.get(workspace).copied(), new) {
                         (Some(ordinal), Some(access)) => {
@@ -311,6 +318,12 @@ impl OrgIndex {
                 .collect();
             if !kept.is_empty() {
                 patched.ends.insert(user.clone(), kept);
+            }
+        }
+        for ((user, ordinal), end) in fresh {
+            let held = patched.find_bytes(&user).and_then(|entry| patched.grant(entry, ordinal));
+            if !deleted.contains(&ordinal) && held.is_some() {
+                patched.ends.entry(user).or_default().push((ordinal, end));
             }
         }
         Some(patched)
@@ -501,6 +514,7 @@ mod tests {
                     workspace: ws,
                     old: Some(Access::Write),
                     new: Some(Access::Read),
+                    expire_time: None,
                 },
                 Delta::MemberRemoved { user: user("gone"), role: Role::Member },
                 Delta::GrantChanged {
@@ -508,6 +522,7 @@ mod tests {
                     workspace: ws,
                     old: Some(Access::Write),
                     new: None,
+                    expire_time: None,
                 },
                 Delta::WorkspaceDeleted { workspace: other },
             ])
@@ -663,7 +678,13 @@ mod tests {
                 Some(access) => self.grants.insert((user.clone(), ws), access),
                 None => self.grants.remove(&(user.clone(), ws)),
             };
-            vec![Delta::GrantChanged { user: user.clone(), workspace: ws, old, new: access }]
+            vec![Delta::GrantChanged {
+                user: user.clone(),
+                workspace: ws,
+                old,
+                new: access,
+                expire_time: None,
+            }]
         }
 
         fn remove(&mut self, user: &UserId) -> Vec<Delta> {
@@ -672,7 +693,13 @@ mod tests {
             let gone: Vec<_> = self.grants.keys().filter(|(u, _)| u == user).cloned().collect();
             for key in gone {
                 let old = self.grants.remove(&key);
-                deltas.push(Delta::GrantChanged { user: key.0, workspace: key.1, old, new: None });
+                deltas.push(Delta::GrantChanged {
+                    user: key.0,
+                    workspace: key.1,
+                    old,
+                    new: None,
+                    expire_time: None,
+                });
             }
             deltas
         }
@@ -695,7 +722,13 @@ mod tests {
             let gone: Vec<_> = self.grants.keys().filter(|(_, g)| *g == ws).cloned().collect();
             for key in gone {
                 let old = self.grants.remove(&key);
-                deltas.push(Delta::GrantChanged { user: key.0, workspace: ws, old, new: None });
+                deltas.push(Delta::GrantChanged {
+                    user: key.0,
+                    workspace: ws,
+                    old,
+                    new: None,
+                    expire_time: None,
+                });
             }
             deltas
         }
@@ -786,6 +819,7 @@ mod tests {
             workspace: elsewhere,
             old: None,
             new: Some(Access::Write),
+            expire_time: None,
         };
         assert!(index.patched(&[grant]).is_none(), "a reload is needed");
     }

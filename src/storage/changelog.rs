@@ -442,10 +442,18 @@ pub fn encode_deltas(deltas: &[Delta]) -> String {
                 "k": "role_changed", "user": user.as_str(), "old": old.as_str(),
                 "new": new.as_str(),
             }),
-            Delta::GrantChanged { user, workspace, old, new } => json!({
-                "k": "grant_changed", "user": user.as_str(), "workspace": workspace.to_string(),
-                "old": access(*old), "new": access(*new),
-            }),
+            Delta::GrantChanged { user, workspace, old, new, expire_time } => {
+                let mut item = json!({
+                    "k": "grant_changed", "user": user.as_str(), "workspace": workspace.to_string(),
+                    "old": access(*old), "new": access(*new),
+                });
+                // Only a grant that ends says so, so that rows of permanent grants stay as
+                // they were written before grants could end.
+                if let Some(end) = expire_time {
+                    item["end"] = json!(end.as_micros());
+                }
+                item
+            }
             Delta::WorkspaceCreated { workspace, display_name } => json!({
                 "k": "workspace_created", "workspace": workspace.to_string(),
                 "name": display_name.as_str(),
@@ -499,6 +507,12 @@ pub fn decode_deltas(text: &str) -> Result<Vec<Delta>, Error> {
                     workspace: workspace("workspace")?,
                     old: level("old")?,
                     new: level("new")?,
+                    expire_time: match item.get("end") {
+                        None => None,
+                        Some(end) => {
+                            Some(Timestamp::from_micros(end.as_i64().ok_or_else(|| bad("end"))?))
+                        }
+                    },
                 },
                 "workspace_created" => Delta::WorkspaceCreated {
                     workspace: workspace("workspace")?,
@@ -662,12 +676,21 @@ mod tests {
                 workspace: ws,
                 old: None,
                 new: Some(Access::Read),
+                expire_time: None,
             },
             Delta::GrantChanged {
                 user: user("bob"),
                 workspace: ws,
                 old: Some(Access::Read),
                 new: None,
+                expire_time: None,
+            },
+            Delta::GrantChanged {
+                user: user("carol"),
+                workspace: ws,
+                old: None,
+                new: Some(Access::Write),
+                expire_time: Some(Timestamp::from_micros(1_800_000_000_123_456)),
             },
             Delta::WorkspaceCreated {
                 workspace: ws,

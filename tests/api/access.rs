@@ -343,6 +343,7 @@ async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(bac
             workspace_id: ws.to_owned(),
             user_id: engineer.id.clone(),
             access: access as i32,
+            ..Default::default()
         })
     };
     team.set_workspace_access(grant(&staging, A::Write)).await.unwrap();

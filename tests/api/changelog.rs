@@ -39,6 +39,7 @@ async fn each_change_is_logged_with_its_revision_and_what_it_did_to_access(backe
             workspace_id: ws.clone(),
             user_id: engineer.id.clone(),
             access: access as i32,
+            ..Default::default()
         })
     };
     let written = team.set_workspace_access(set(A::Write)).await.unwrap().into_inner();
@@ -115,6 +116,7 @@ async fn each_change_is_logged_with_its_revision_and_what_it_did_to_access(backe
                 workspace: roster::domain::WorkspaceId::parse(&ws).unwrap(),
                 old: Some(roster::domain::Access::Write),
                 new: None,
+                expire_time: None,
             },
         ]
     );

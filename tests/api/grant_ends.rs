@@ -10,7 +10,232 @@ use tonic::Code;
 use crate::common::{Backend, TestApp, User, check, set_access, spawn_app};
 use crate::db_tests;
 
-db_tests!(an_ended_grant_grants_nothing_on_any_path_from_its_end_on);
+db_tests!(
+    an_ended_grant_grants_nothing_on_any_path_from_its_end_on,
+    a_grant_set_with_an_end_grants_until_then_and_setting_it_again_replaces_it,
+    a_grant_end_in_the_past_without_a_reason_or_on_a_removal_is_refused,
+    the_organization_bounds_how_long_a_grant_may_last,
+);
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn set_until(
+    owner: &User,
+    org: &str,
+    ws: &str,
+    user: &User,
+    access: A,
+    end: Option<i64>,
+    reason: &str,
+) -> tonic::Request<pb::SetWorkspaceAccessRequest> {
+    owner.req(pb::SetWorkspaceAccessRequest {
+        organization_id: org.to_owned(),
+        workspace_id: ws.to_owned(),
+        user_id: user.id.clone(),
+        access: access as i32,
+        expire_time: end.map(timestamp),
+        reason: reason.to_owned(),
+    })
+}
+
+async fn a_grant_set_with_an_end_grants_until_then_and_setting_it_again_replaces_it(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let engineer = User::new("engineer");
+    let org = app.create_org(&owner, "Acme").await;
+    let prod = app.create_workspace(&owner, &org, "prod").await;
+    app.join(&owner, &org, &engineer, R::Member, &[]).await;
+    // Loaded before the grant, so that the grant reaches the index as a change.
+    assert!(!app.allowed(&engineer.id, &org, &prod, "sources.create").await);
+    let mut team = app.team.clone();
+
+    let end = micros_from_now(Duration::from_millis(1500));
+    let set = team
+        .set_workspace_access(set_until(
+            &owner,
+            &org,
+            &prod,
+            &engineer,
+            A::Write,
+            Some(end),
+            "incident 4711",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let grant = set.grant.unwrap();
+    assert_eq!(grant.expire_time, Some(timestamp(end)));
+    assert_eq!(grant.reason, "incident 4711");
+    assert!(app.allowed(&engineer.id, &org, &prod, "sources.create").await);
+    // The same grant again changes nothing.
+    let again = team
+        .set_workspace_access(set_until(
+            &owner,
+            &org,
+            &prod,
+            &engineer,
+            A::Write,
+            Some(end),
+            "incident 4711",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.consistency_token, set.consistency_token);
+    // Listed with its end and reason while it is in force.
+    let listed = team
+        .list_workspace_access(owner.req(pb::ListWorkspaceAccessRequest {
+            organization_id: org.clone(),
+            workspace_id: prod.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].expire_time, listed[0].reason.as_str()),
+        (Some(timestamp(end)), "incident 4711")
+    );
+
+    while micros_from_now(Duration::ZERO) <= end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let decision = app.authorize(&engineer.id, &org, &prod, "sources.create").await;
+    assert_eq!((decision.allowed, decision.reason), (false, Why::DeniedGrantExpired as i32));
+
+    // Extended: granted again until later; then made permanent.
+    let later = micros_from_now(Duration::from_secs(3600));
+    team.set_workspace_access(set_until(
+        &owner,
+        &org,
+        &prod,
+        &engineer,
+        A::Read,
+        Some(later),
+        "audit",
+    ))
+    .await
+    .unwrap();
+    let read = app.authorize(&engineer.id, &org, &prod, "sources.read").await;
+    assert_eq!((read.allowed, read.reason), (true, Why::AllowedByWorkspaceAccess as i32));
+    let permanent = team
+        .set_workspace_access(set_until(&owner, &org, &prod, &engineer, A::Read, None, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!((permanent.expire_time, permanent.reason.as_str()), (None, ""));
+    assert_eq!(app.count("workspace_grants WHERE expire_time IS NOT NULL").await, 0);
+    app.stop().await;
+}
+
+async fn a_grant_end_in_the_past_without_a_reason_or_on_a_removal_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let engineer = User::new("engineer");
+    let org = app.create_org(&owner, "Acme").await;
+    let prod = app.create_workspace(&owner, &org, "prod").await;
+    app.join(&owner, &org, &engineer, R::Member, &[]).await;
+    let mut team = app.team.clone();
+    let soon = micros_from_now(Duration::from_secs(600));
+    let past = micros_from_now(Duration::ZERO) - 1_000_000;
+    let long = "x".repeat(501);
+    let before = app.snapshot().await;
+    let cases: [(Option<i64>, &str, A, &str); 4] = [
+        (Some(past), "late", A::Write, "expire_time"),
+        (Some(soon), "", A::Write, "reason"),
+        (Some(soon), &long, A::Write, "reason"),
+        (Some(soon), "removal", A::None, "expire_time"),
+    ];
+    for (end, reason, access, field) in cases {
+        let refused = team
+            .set_workspace_access(set_until(&owner, &org, &prod, &engineer, access, end, reason))
+            .await;
+        crate::common::assert_code(refused, Code::InvalidArgument, Some(field));
+    }
+    assert_eq!(app.snapshot().await, before, "a refused grant changed something");
+    app.stop().await;
+}
+
+async fn the_organization_bounds_how_long_a_grant_may_last(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let engineer = User::new("engineer");
+    let org = app.create_org(&owner, "Acme").await;
+    let prod = app.create_workspace(&owner, &org, "prod").await;
+    app.join(&owner, &org, &engineer, R::Member, &[]).await;
+    let mut team = app.team.clone();
+    let bound = |seconds: Option<i64>| {
+        owner.req(pb::UpdateOrganizationRequest {
+            organization: Some(pb::Organization {
+                id: org.clone(),
+                max_grant_duration: seconds
+                    .map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["maxGrantDuration".into()] }),
+        })
+    };
+    let updated = team.update_organization(bound(Some(3600))).await.unwrap().into_inner();
+    assert_eq!(updated.organization.unwrap().max_grant_duration.map(|d| d.seconds), Some(3600));
+    let before = app.snapshot().await;
+    let permanent = team
+        .set_workspace_access(set_until(&owner, &org, &prod, &engineer, A::Write, None, ""))
+        .await;
+    crate::common::assert_code(permanent, Code::InvalidArgument, Some("expire_time"));
+    let too_long = micros_from_now(Duration::from_secs(7200));
+    let refused = team
+        .set_workspace_access(set_until(
+            &owner,
+            &org,
+            &prod,
+            &engineer,
+            A::Write,
+            Some(too_long),
+            "migration",
+        ))
+        .await;
+    crate::common::assert_code(refused, Code::InvalidArgument, Some("expire_time"));
+    assert_eq!(app.snapshot().await, before);
+    let within = micros_from_now(Duration::from_secs(1800));
+    team.set_workspace_access(set_until(
+        &owner,
+        &org,
+        &prod,
+        &engineer,
+        A::Write,
+        Some(within),
+        "migration",
+    ))
+    .await
+    .unwrap();
+    // Removing needs no end; a bound out of range is refused; unset with the path: no bound.
+    team.set_workspace_access(set_until(&owner, &org, &prod, &engineer, A::None, None, ""))
+        .await
+        .unwrap();
+    let wrong = team.update_organization(bound(Some(30))).await;
+    crate::common::assert_code(
+        wrong,
+        Code::InvalidArgument,
+        Some("organization.max_grant_duration"),
+    );
+    let cleared = team.update_organization(bound(None)).await.unwrap().into_inner();
+    assert_eq!(cleared.organization.unwrap().max_grant_duration, None);
+    team.set_workspace_access(set_until(&owner, &org, &prod, &engineer, A::Read, None, ""))
+        .await
+        .unwrap();
+    app.stop().await;
+}
 
 fn micros_from_now(offset: Duration) -> i64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();

@@ -306,6 +306,7 @@ async fn after_many_patches_the_index_counts_what_a_reload_counts(backend: Backe
                     workspace_id: ws,
                     user_id: member.id.clone(),
                     access: access as i32,
+                    ..Default::default()
                 };
                 team.set_workspace_access(owner.req(request)).await.unwrap();
             }

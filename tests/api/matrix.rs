@@ -82,6 +82,7 @@ async fn fixture(app: &TestApp, name: &str) -> Fixture {
             workspace_id: workspace.clone(),
             user_id: MEMBER.into(),
             access: A::Read as i32,
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -238,6 +239,7 @@ async fn call(
                     workspace_id: ws,
                     user_id: TARGET.into(),
                     access: A::Write as i32,
+                    ..Default::default()
                 },
             ))
             .await,

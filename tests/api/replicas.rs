@@ -162,6 +162,59 @@ async fn a_removal_through_one_replica_is_seen_by_the_other() {
     r.finish().await;
 }
 
+/// A grant that ends, set through replica A, ends on replica B at the same instant: B decides
+/// by its own clock from the end the change carried, with nothing recording the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_set_to_end_through_one_replica_ends_on_the_other_from_its_index() {
+    let r = replicas().await;
+    let mut b = r.b.access().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let end = now + Duration::from_millis(2500);
+    let set =
+        r.a.team()
+            .await
+            .set_workspace_access(r.owner.req(pb::SetWorkspaceAccessRequest {
+                organization_id: r.org.clone(),
+                workspace_id: r.workspace.clone(),
+                user_id: r.engineer.id.clone(),
+                access: A::Write as i32,
+                expire_time: Some(prost_types::Timestamp {
+                    seconds: end.as_secs() as i64,
+                    nanos: end.subsec_nanos() as i32,
+                }),
+                reason: "incident 4711".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+    // B holds the change (its token says so) and still allows before the end.
+    let fresh = b
+        .authorize(check(
+            &r.engineer,
+            &r.org,
+            &r.workspace,
+            Req::AtLeastAsFresh,
+            &set.consistency_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fresh.allowed, "{fresh:?}");
+    while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() <= end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = b
+        .authorize(check(&r.engineer, &r.org, &r.workspace, Req::MinimizeLatency, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (after.allowed, after.reason),
+        (false, pb::DecisionReason::DeniedGrantExpired as i32)
+    );
+    r.finish().await;
+}
+
 /// Asks replica B until it answers `expected` (within the feed's bound); returns how long that
 /// took.
 async fn until_b_answers(
@@ -200,6 +253,7 @@ async fn changes_through_one_replica_are_patched_into_the_others_index_without_a
             workspace_id: ws.to_owned(),
             user_id: r.engineer.id.clone(),
             access: access as i32,
+            ..Default::default()
         })
     };
 

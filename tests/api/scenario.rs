@@ -85,6 +85,7 @@ async fn production_environment_control(backend: Backend) {
             workspace_id: production.clone(),
             user_id: junior.id.clone(),
             access: A::Write as i32,
+            ..Default::default()
         }))
         .await
         .unwrap();

@@ -348,6 +348,7 @@ impl Churn {
                     workspace_id: ws,
                     user_id: user.id.clone(),
                     access: access as i32,
+                    ..Default::default()
                 }))
                 .await
                 .map(|r| r.into_inner().consistency_token)
@@ -698,6 +699,7 @@ async fn filters_send_only_the_deltas_that_touch_a_user_or_a_workspace_and_the_t
             workspace_id: ws.to_owned(),
             user_id: user.id.clone(),
             access: access as i32,
+            ..Default::default()
         })
     };
     let bob_ws1 = team.set_workspace_access(set(&bob, &ws1, A::Write)).await.unwrap().into_inner();

@@ -8,8 +8,8 @@ use super::membership;
 use crate::domain::capability as cap;
 use crate::domain::rules;
 use crate::domain::{
-    Access, AuditAction, AuditTarget, Delta, Grant, OrganizationId, Role, Timestamp, UserId,
-    WorkspaceFacts, WorkspaceId,
+    Access, AuditAction, AuditTarget, Delta, Grant, GrantReason, OrganizationId, Role, Timestamp,
+    UserId, WorkspaceFacts, WorkspaceId,
 };
 use crate::error::{Error, ErrorReason};
 use crate::service::page::{self, Page, PageRequest};
@@ -23,6 +23,10 @@ pub struct SetWorkspaceAccess {
     pub workspace_id: WorkspaceId,
     pub user_id: UserId,
     pub access: Option<Access>,
+    /// When the grant ends; `None`: permanent. Always `None` with no access.
+    pub expire_time: Option<Timestamp>,
+    /// Why; present whenever `expire_time` is.
+    pub reason: Option<GrantReason>,
 }
 
 /// A validated ListWorkspaceAccess request; each filter is optional.
@@ -42,10 +46,23 @@ impl Services {
         actor: &Actor,
         command: SetWorkspaceAccess,
     ) -> Result<Changed<Grant>, Error> {
-        let SetWorkspaceAccess { organization_id: org, workspace_id, user_id: user, access } =
-            command;
+        let SetWorkspaceAccess {
+            organization_id: org,
+            workspace_id,
+            user_id: user,
+            access,
+            expire_time,
+            reason,
+        } = command;
         let checked = self.begin::<cap::WorkspaceAccessManage>(org, actor).await?;
         let tx = checked.tx;
+        // One instant for the bounds below and for what the grant held before.
+        let now = Timestamp::now();
+        if let Some(end) = expire_time
+            && end <= now
+        {
+            return Err(Error::invalid("expire_time", "must lie in the future"));
+        }
         // The workspace, the member and their current grant, in one statement.
         let facts =
             repo::authorization_facts(&*tx, org, (&user).into(), Some(workspace_id)).await?;
@@ -69,14 +86,53 @@ impl Services {
             // An ended grant holds nothing: setting one replaces it.
             (Some(_), WorkspaceFacts::Ended(_)) => None,
         };
-        let grant = Grant { organization_id: org, workspace_id, user_id: user.clone(), access };
-        if previous == access {
+        if access.is_some() {
+            let organization =
+                repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
+            if let Some(bound) = organization.max_grant_duration {
+                let latest = now.plus(bound.duration());
+                match expire_time {
+                    None => {
+                        return Err(Error::invalid(
+                            "expire_time",
+                            format!(
+                                "is required: the organization's max_grant_duration ({} s) \
+                                 bounds every grant",
+                                bound.as_secs()
+                            ),
+                        ));
+                    }
+                    Some(end) if end > latest => {
+                        return Err(Error::invalid(
+                            "expire_time",
+                            format!(
+                                "must be at most the organization's max_grant_duration ({} s) \
+                                 from now",
+                                bound.as_secs()
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let grant = Grant {
+            organization_id: org,
+            workspace_id,
+            user_id: user.clone(),
+            access,
+            expire_time,
+            reason: reason.clone(),
+        };
+        let stored = repo::find_stored_grant(&*tx, org, workspace_id, &user).await?;
+        let same_end =
+            stored.as_ref().is_some_and(|s| s.expire_time == expire_time && s.reason == reason);
+        if previous == access && (access.is_none() || same_end) {
             return Ok(Changed { value: grant, token: tx.unchanged().await? });
         }
-        let now = Timestamp::now();
         let action = match access {
-            Some(access) => {
-                repo::upsert_grant(&*tx, &checked.pass, workspace_id, &user, access).await?;
+            Some(held) => {
+                repo::upsert_grant(&*tx, &checked.pass, &grant, held).await?;
                 AuditAction::WorkspaceAccessSet
             }
             None => {
@@ -91,10 +147,17 @@ impl Services {
                 "workspace_id": workspace_id.to_string(),
                 "old_access": previous.map(Access::as_str),
                 "new_access": access.map(Access::as_str),
+                "expire_time": expire_time.map(Timestamp::as_micros),
+                "reason": reason.as_ref().map(GrantReason::as_str),
             }),
         };
-        let deltas =
-            vec![Delta::GrantChanged { user, workspace: workspace_id, old: previous, new: access }];
+        let deltas = vec![Delta::GrantChanged {
+            user,
+            workspace: workspace_id,
+            old: previous,
+            new: access,
+            expire_time,
+        }];
         let token = self.finish(tx, actor, audited, deltas, now).await?;
         Ok(Changed { value: grant, token })
     }

@@ -352,6 +352,7 @@ impl Services {
                     workspace: *workspace,
                     old: None,
                     new: Some(*access),
+                    expire_time: None,
                 }
             }))
             .collect();

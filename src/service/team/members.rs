@@ -197,6 +197,7 @@ fn removal(user: &UserId, role: Role, grants: Vec<(WorkspaceId, Access)>) -> Vec
             workspace,
             old: Some(access),
             new: None,
+            expire_time: None,
         }))
         .collect()
 }

@@ -7,8 +7,8 @@ use super::change::{Audited, require};
 use super::{caller_email, membership, require_verified_email};
 use crate::domain::capability as cap;
 use crate::domain::{
-    AuditAction, AuditEvent, AuditEventId, AuditTarget, Delta, DisplayName, InvitationTtl, Member,
-    Organization, OrganizationId, Role, Timestamp,
+    AuditAction, AuditEvent, AuditEventId, AuditTarget, Delta, DisplayName, InvitationTtl,
+    MaxGrantDuration, Member, Organization, OrganizationId, Role, Timestamp,
 };
 use crate::error::Error;
 use crate::service::page::{self, Page, PageRequest};
@@ -22,12 +22,14 @@ pub struct CreateOrganization {
     pub display_name: DisplayName,
 }
 
-/// A validated UpdateOrganization request; `None` leaves a field as it is.
+/// What UpdateOrganization asks, every field checked; `None` leaves a field as it is.
 #[derive(Debug)]
 pub struct UpdateOrganization {
     pub organization_id: OrganizationId,
     pub display_name: Option<DisplayName>,
     pub invitation_ttl: Option<InvitationTtl>,
+    /// `Some(None)` removes the bound.
+    pub max_grant_duration: Option<Option<MaxGrantDuration>>,
 }
 
 /// What ListAuditEvents asks, every field checked.
@@ -53,6 +55,7 @@ impl Services {
             id: OrganizationId::generate(),
             display_name: command.display_name,
             invitation_ttl: InvitationTtl::DEFAULT,
+            max_grant_duration: None,
             create_time: now,
             update_time: now,
         };
@@ -121,23 +124,30 @@ impl Services {
         let current =
             repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
         let now = Timestamp::now();
-        let display_name = command.display_name.unwrap_or_else(|| current.display_name.clone());
-        let ttl = command.invitation_ttl.unwrap_or(current.invitation_ttl);
-        if display_name == current.display_name && ttl == current.invitation_ttl {
+        let value = Organization {
+            display_name: command.display_name.unwrap_or_else(|| current.display_name.clone()),
+            invitation_ttl: command.invitation_ttl.unwrap_or(current.invitation_ttl),
+            max_grant_duration: command.max_grant_duration.unwrap_or(current.max_grant_duration),
+            update_time: now,
+            ..current.clone()
+        };
+        let same = Organization { update_time: current.update_time, ..value.clone() } == current;
+        if same {
             return Ok(Changed { value: current, token: tx.unchanged().await? });
         }
-        repo::update_organization(&*tx, &checked.pass, &display_name, ttl, now).await?;
+        repo::update_organization(&*tx, &checked.pass, &value, now).await?;
         let audited = Audited {
             action: AuditAction::OrganizationUpdated,
             target: AuditTarget::Organization(org),
             details: json!({
-                "display_name": display_name.as_str(),
-                "invitation_ttl_secs": ttl.as_secs(),
+                "display_name": value.display_name.as_str(),
+                "invitation_ttl_secs": value.invitation_ttl.as_secs(),
+                "max_grant_duration_secs": value.max_grant_duration.map(MaxGrantDuration::as_secs),
             }),
         };
-        // A name or a setting: nothing Authorize decides on.
+        // A name or a setting: nothing Authorize decides on (a bound applies to grants set
+        // from now on).
         let token = self.finish(tx, actor, audited, Vec::new(), now).await?;
-        let value = Organization { display_name, invitation_ttl: ttl, update_time: now, ..current };
         Ok(Changed { value, token })
     }
 

@@ -161,6 +161,7 @@ impl Services {
                 workspace: id,
                 old: Some(access),
                 new: None,
+                expire_time: None,
             }))
             .collect();
         let token = self.finish(tx, actor, audited, deltas, now).await?;

@@ -46,7 +46,7 @@ pub async fn insert_accepted(db: &impl ConnectionTrait, admitted: &Admitted) -> 
     let member = admitted.member();
     insert_member_row(db, member).await?;
     for (workspace_id, access) in admitted.workspace_grants() {
-        upsert_grant_row(db, member.organization_id, *workspace_id, &member.user_id, *access)
+        upsert_grant_row(db, member.organization_id, *workspace_id, &member.user_id, *access, None)
             .await?;
     }
     set_invitation_state(

@@ -7,6 +7,7 @@ pub(super) fn to_organization(m: organization::Model) -> Organization {
         id: m.id,
         display_name: m.display_name,
         invitation_ttl: InvitationTtl::from_stored_secs(m.invitation_ttl_secs),
+        max_grant_duration: m.max_grant_secs.map(MaxGrantDuration::from_stored_secs),
         create_time: Timestamp::from_micros(m.create_time),
         update_time: Timestamp::from_micros(m.update_time),
     }
@@ -25,7 +26,7 @@ pub async fn insert_organization(
         update_time: Set(org.update_time.as_micros()),
         // Its creation is its first change.
         revision: Set(1),
-        max_grant_secs: Set(None),
+        max_grant_secs: Set(org.max_grant_duration.map(MaxGrantDuration::as_secs)),
     })
     .exec_without_returning(db)
     .await?;
@@ -59,13 +60,17 @@ pub async fn lock_organization(
 pub async fn update_organization(
     db: &impl ConnectionTrait,
     pass: &Pass<cap::OrganizationUpdate>,
-    display_name: &DisplayName,
-    ttl: InvitationTtl,
+    changed: &Organization,
     now: Timestamp,
 ) -> Result<(), Error> {
+    let max_grant_secs = changed.max_grant_duration.map(MaxGrantDuration::as_secs);
     organization::Entity::update_many()
-        .col_expr(organization::Column::DisplayName, Expr::value(display_name.as_str()))
-        .col_expr(organization::Column::InvitationTtlSecs, Expr::value(ttl.as_secs()))
+        .col_expr(organization::Column::DisplayName, Expr::value(changed.display_name.as_str()))
+        .col_expr(
+            organization::Column::InvitationTtlSecs,
+            Expr::value(changed.invitation_ttl.as_secs()),
+        )
+        .col_expr(organization::Column::MaxGrantSecs, Expr::value(max_grant_secs))
         .col_expr(organization::Column::UpdateTime, Expr::value(now.as_micros()))
         .filter(organization::Column::Id.eq(pass.organization_id().as_uuid()))
         .exec(db)

@@ -17,6 +17,8 @@ pub(super) fn to_grant(m: workspace_grant::Model) -> Grant {
         workspace_id: m.workspace_id,
         access: Some(m.access),
         user_id: m.user_id,
+        expire_time: m.expire_time.map(Timestamp::from_micros),
+        reason: m.reason.map(GrantReason::from_stored),
     }
 }
 
@@ -143,6 +145,20 @@ pub(super) fn in_force(now: Timestamp) -> sea_orm::Condition {
         .add(workspace_grant::Column::ExpireTime.gt(now.as_micros()))
 }
 
+/// Finds a member's grant row on a workspace as stored, in force or ended.
+pub async fn find_stored_grant(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    workspace_id: WorkspaceId,
+    user: &UserId,
+) -> Result<Option<Grant>, Error> {
+    let found = workspace_grant::Entity::find_by_id((workspace_id, user.clone()))
+        .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+        .one(db)
+        .await?;
+    Ok(found.map(to_grant))
+}
+
 /// Finds a member's grant on a workspace, if it is in force now.
 pub async fn find_grant(
     db: &impl ConnectionTrait,
@@ -162,27 +178,35 @@ pub async fn find_grant(
 pub async fn upsert_grant(
     db: &impl ConnectionTrait,
     pass: &Pass<cap::WorkspaceAccessManage>,
-    workspace_id: WorkspaceId,
-    user: &UserId,
+    grant: &Grant,
     access: Access,
 ) -> Result<(), Error> {
-    upsert_grant_row(db, pass.organization_id(), workspace_id, user, access).await
+    debug_assert_eq!(grant.access, Some(access));
+    let end = grant.expire_time.map(|end| (end, grant.reason.clone()));
+    upsert_grant_row(db, pass.organization_id(), grant.workspace_id, &grant.user_id, access, end)
+        .await
 }
 
+/// Writes a grant whole: an end (and its reason) or none, replacing whatever the row held.
 pub(super) async fn upsert_grant_row(
     db: &impl ConnectionTrait,
     org: OrganizationId,
     workspace_id: WorkspaceId,
     user: &UserId,
     access: Access,
+    end: Option<(Timestamp, Option<GrantReason>)>,
 ) -> Result<(), Error> {
+    let (expire_time, reason) = match end {
+        Some((end, reason)) => (Some(end.as_micros()), reason.map(|r| r.as_str().to_owned())),
+        None => (None, None),
+    };
     workspace_grant::Entity::insert(workspace_grant::ActiveModel {
         organization_id: Set(org),
         workspace_id: Set(workspace_id),
         user_id: Set(user.clone()),
         access: Set(access),
-        expire_time: Set(None),
-        reason: Set(None),
+        expire_time: Set(expire_time),
+        reason: Set(reason),
     })
     // Setting a grant replaces it whole: one that was to end becomes permanent.
     .on_conflict(

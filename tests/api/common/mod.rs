@@ -572,6 +572,7 @@ pub fn set_access(
         workspace_id: ws.to_owned(),
         user_id: user.id.clone(),
         access: access as i32,
+        ..Default::default()
     })
 }
 
