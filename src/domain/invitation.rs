@@ -3,10 +3,10 @@
 //! role; and whether a queued email may still go out.
 
 use super::email::Email;
-use super::ids::{InvitationId, UserId, WorkspaceId};
-use super::model::{Invitation, Member, Timestamp};
+use super::ids::{InvitationId, UserId};
+use super::model::{Invitation, InvitedGrant, Member, Timestamp};
 use super::permission::Permission;
-use super::values::{Access, Role};
+use super::values::Role;
 
 /// An invitation's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,7 +166,7 @@ pub enum AcceptRefusal {
 pub struct Admitted {
     invitation_id: InvitationId,
     member: Member,
-    workspace_grants: Vec<(WorkspaceId, Access)>,
+    workspace_grants: Vec<InvitedGrant>,
 }
 
 impl Admitted {
@@ -181,7 +181,7 @@ impl Admitted {
     }
 
     /// The grants the new member receives.
-    pub fn workspace_grants(&self) -> &[(WorkspaceId, Access)] {
+    pub fn workspace_grants(&self) -> &[InvitedGrant] {
         &self.workspace_grants
     }
 }
@@ -210,7 +210,12 @@ pub fn admit(
             role: invitation.role,
             create_time: now,
         },
-        workspace_grants: invitation.workspace_grants,
+        // A grant whose end has passed by now grants nothing: it is not applied.
+        workspace_grants: invitation
+            .workspace_grants
+            .into_iter()
+            .filter(|grant| grant.expire_time.is_none_or(|end| end > now))
+            .collect(),
     })
 }
 
@@ -324,7 +329,28 @@ mod tests {
             email: Email::parse("ada@example.com").unwrap(),
             role,
             stored_state: state,
-            workspace_grants: vec![(WorkspaceId::generate(), Access::Write)],
+            workspace_grants: vec![
+                InvitedGrant {
+                    workspace_id: crate::domain::WorkspaceId::generate(),
+                    access: crate::domain::Access::Write,
+                    expire_time: None,
+                    reason: None,
+                },
+                // Ends at 1,500: after the instant the tests accept at, 1,000.
+                InvitedGrant {
+                    workspace_id: crate::domain::WorkspaceId::generate(),
+                    access: crate::domain::Access::Read,
+                    expire_time: Some(Timestamp::from_micros(1_500)),
+                    reason: crate::domain::GrantReason::parse("audit").ok(),
+                },
+                // Ended before the acceptance: not applied.
+                InvitedGrant {
+                    workspace_id: crate::domain::WorkspaceId::generate(),
+                    access: crate::domain::Access::Write,
+                    expire_time: Some(Timestamp::from_micros(900)),
+                    reason: crate::domain::GrantReason::parse("incident").ok(),
+                },
+            ],
             inviter_user_id: UserId::parse("inviter").unwrap(),
             create_time: Timestamp::from_micros(0),
             expire_time: Timestamp::from_micros(expire_micros),
@@ -341,7 +367,7 @@ mod tests {
         let ada = || UserId::parse("ada").unwrap();
         let email = || Email::parse("ada@example.com").unwrap();
         let live = invitation(Pending, Member, 2_000);
-        let (org, grants) = (live.organization_id, live.workspace_grants.clone());
+        let (org, grants) = (live.organization_id, live.workspace_grants[..2].to_vec());
         let accepted = admit(live, ada(), email(), Some(Admin), now).unwrap();
         assert_eq!(accepted.member().organization_id, org);
         assert_eq!(accepted.member().role, Member);

@@ -19,7 +19,8 @@ pub use email::Email;
 pub use ids::{AuditEventId, InvitationId, OrganizationId, UserId, UserIdRef, WorkspaceId};
 pub use invitation::InvitationState;
 pub use model::{
-    AuditEvent, DeliveryState, Grant, Invitation, Member, Organization, Timestamp, Workspace,
+    AuditEvent, DeliveryState, Grant, Invitation, InvitedGrant, Member, Organization, Timestamp,
+    Workspace,
 };
 pub use permission::{Holders, Permission, Scope, capability};
 pub use values::{Access, DisplayName, GrantReason, InvitationTtl, MaxGrantDuration, Role};

@@ -117,6 +117,18 @@ impl DeliveryState {
     }
 }
 
+/// A grant an invitation applies when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitedGrant {
+    pub workspace_id: WorkspaceId,
+    pub access: Access,
+    /// When the grant ends, an instant fixed when the invitation is made: a grant whose end
+    /// has passed by the acceptance is not applied. `None`: permanent.
+    pub expire_time: Option<Timestamp>,
+    /// Why a grant that ends is offered.
+    pub reason: Option<GrantReason>,
+}
+
 /// An invitation, with its state as stored (see [`Invitation::state_at`] for what readers see).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invitation {
@@ -129,7 +141,7 @@ pub struct Invitation {
     /// The stored state.
     pub stored_state: InvitationState,
     /// Grants applied on acceptance.
-    pub workspace_grants: Vec<(WorkspaceId, Access)>,
+    pub workspace_grants: Vec<InvitedGrant>,
     /// Who sent the latest email: the member who created the invitation or last resent it.
     pub inviter_user_id: UserId,
     pub create_time: Timestamp,

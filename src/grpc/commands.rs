@@ -3,7 +3,8 @@
 
 use super::convert;
 use crate::domain::{
-    DisplayName, Email, GrantReason, InvitationTtl, MaxGrantDuration, OrganizationId, Timestamp,
+    DisplayName, Email, GrantReason, InvitationTtl, InvitedGrant, MaxGrantDuration, OrganizationId,
+    Timestamp,
 };
 use crate::error::{Error, Violations};
 use crate::pb;
@@ -347,14 +348,18 @@ impl TryFrom<pb::CreateInvitationRequest> for CreateInvitation {
                 let field = |name: &str| format!("workspace_grants[{i}].{name}");
                 let ws = convert::workspace_id(&mut v, &field("workspace_id"), &g.workspace_id);
                 let access = convert::access(&mut v, &field("access"), g.access, false);
-                if let (Some(ws), Some(Some(access))) = (ws, access) {
-                    if grants.iter().any(|(seen, _)| *seen == ws) {
+                let prefix = format!("workspace_grants[{i}].");
+                let (end, reason) = grant_end(&mut v, &prefix, g.expire_time, &g.reason);
+                if let (Some(ws), Some(Some(access)), Some(expire_time), Some(reason)) =
+                    (ws, access, end, reason)
+                {
+                    if grants.iter().any(|seen: &InvitedGrant| seen.workspace_id == ws) {
                         v.add(
                             field("workspace_id"),
                             "names a workspace listed earlier; give each workspace once",
                         );
                     }
-                    grants.push((ws, access));
+                    grants.push(InvitedGrant { workspace_id: ws, access, expire_time, reason });
                 }
             }
         }

@@ -216,9 +216,11 @@ pub fn invitation(i: Invitation) -> pb::Invitation {
         workspace_grants: i
             .workspace_grants
             .into_iter()
-            .map(|(workspace_id, access)| pb::InvitationWorkspaceGrant {
-                workspace_id: workspace_id.to_string(),
-                access: access_pb(Some(access)) as i32,
+            .map(|grant| pb::InvitationWorkspaceGrant {
+                workspace_id: grant.workspace_id.to_string(),
+                access: access_pb(Some(grant.access)) as i32,
+                expire_time: grant.expire_time.map(timestamp),
+                reason: grant.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
             })
             .collect(),
         inviter_user_id: i.inviter_user_id.to_string(),

@@ -15,7 +15,105 @@ db_tests!(
     a_grant_set_with_an_end_grants_until_then_and_setting_it_again_replaces_it,
     a_grant_end_in_the_past_without_a_reason_or_on_a_removal_is_refused,
     the_organization_bounds_how_long_a_grant_may_last,
+    an_invitations_grant_ends_at_the_instant_fixed_when_it_was_made,
 );
+
+fn offered(ws: &str, access: A, end: Option<i64>, reason: &str) -> pb::InvitationWorkspaceGrant {
+    pb::InvitationWorkspaceGrant {
+        workspace_id: ws.to_owned(),
+        access: access as i32,
+        expire_time: end.map(timestamp),
+        reason: reason.to_owned(),
+    }
+}
+
+async fn an_invitations_grant_ends_at_the_instant_fixed_when_it_was_made(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let (engineer, late) = (User::new("engineer"), User::new("late"));
+    let org = app.create_org(&owner, "Acme").await;
+    let prod = app.create_workspace(&owner, &org, "prod").await;
+    let staging = app.create_workspace(&owner, &org, "staging").await;
+    let mut team = app.team.clone();
+    let invite = |email: &str, grants: Vec<pb::InvitationWorkspaceGrant>| {
+        owner.req(pb::CreateInvitationRequest {
+            organization_id: org.clone(),
+            email: email.to_owned(),
+            role: R::Member as i32,
+            workspace_grants: grants,
+        })
+    };
+    // Refused, naming the grant's field, with nothing written.
+    let before = app.snapshot().await;
+    let past = micros_from_now(Duration::ZERO) - 1_000_000;
+    let refused = team
+        .create_invitation(invite(&engineer.email, vec![offered(&prod, A::Write, Some(past), "x")]))
+        .await;
+    crate::common::assert_code(
+        refused,
+        Code::InvalidArgument,
+        Some("workspace_grants[0].expire_time"),
+    );
+    let soon = micros_from_now(Duration::from_secs(600));
+    let unexplained = team
+        .create_invitation(invite(
+            &engineer.email,
+            vec![offered(&staging, A::Read, None, ""), offered(&prod, A::Write, Some(soon), "")],
+        ))
+        .await;
+    crate::common::assert_code(
+        unexplained,
+        Code::InvalidArgument,
+        Some("workspace_grants[1].reason"),
+    );
+    assert_eq!(app.snapshot().await, before);
+
+    // WRITE on production until an end fixed now, READ on staging for good.
+    let end = micros_from_now(Duration::from_millis(2500));
+    let created = team
+        .create_invitation(invite(
+            &engineer.email,
+            vec![
+                offered(&prod, A::Write, Some(end), "migration"),
+                offered(&staging, A::Read, None, ""),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
+    assert_eq!(created.workspace_grants[0].expire_time, Some(timestamp(end)));
+    assert_eq!(created.workspace_grants[0].reason, "migration");
+    let token = app.smtp.wait_for(&engineer.email, 1).await.token().unwrap();
+    app.accept(&engineer, &token).await.unwrap();
+    assert!(app.allowed(&engineer.id, &org, &prod, "sources.create").await);
+    while micros_from_now(Duration::ZERO) <= end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ended = app.authorize(&engineer.id, &org, &prod, "sources.create").await;
+    assert_eq!((ended.allowed, ended.reason), (false, Why::DeniedGrantExpired as i32));
+    assert!(app.allowed(&engineer.id, &org, &staging, "sources.read").await);
+
+    // Accepted after its grant's end: the member joins without that grant.
+    let short = micros_from_now(Duration::from_millis(800));
+    team.create_invitation(invite(
+        &late.email,
+        vec![offered(&prod, A::Write, Some(short), "call")],
+    ))
+    .await
+    .unwrap();
+    let token = app.smtp.wait_for(&late.email, 1).await.token().unwrap();
+    while micros_from_now(Duration::ZERO) <= short {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.accept(&late, &token).await.unwrap();
+    let decision = app.authorize(&late.id, &org, &prod, "sources.read").await;
+    assert_eq!(decision.reason, Why::DeniedNoWorkspaceAccess as i32);
+    let held = app.count(&format!("workspace_grants WHERE user_id = '{}'", late.id)).await;
+    assert_eq!(held, 0, "an ended grant is not applied");
+    app.stop().await;
+}
 
 fn timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {

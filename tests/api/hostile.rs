@@ -79,7 +79,11 @@ fn calls(valid: Vec<String>) -> impl Strategy<Value = Call> {
                     organization_id,
                     email,
                     role,
-                    workspace_grants: vec![pb::InvitationWorkspaceGrant { workspace_id, access }],
+                    workspace_grants: vec![pb::InvitationWorkspaceGrant {
+                        workspace_id,
+                        access,
+                        ..Default::default()
+                    }],
                 })
             }
         ),

@@ -71,6 +71,7 @@ async fn replicas() -> Replicas {
         workspace_grants: vec![pb::InvitationWorkspaceGrant {
             workspace_id: workspace.clone(),
             access: A::Write as i32,
+            ..Default::default()
         }],
     }))
     .await

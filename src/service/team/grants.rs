@@ -4,7 +4,7 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::change::Audited;
-use super::membership;
+use super::{check_end, membership};
 use crate::domain::capability as cap;
 use crate::domain::rules;
 use crate::domain::{
@@ -58,11 +58,6 @@ impl Services {
         let tx = checked.tx;
         // One instant for the bounds below and for what the grant held before.
         let now = Timestamp::now();
-        if let Some(end) = expire_time
-            && end <= now
-        {
-            return Err(Error::invalid("expire_time", "must lie in the future"));
-        }
         // The workspace, the member and their current grant, in one statement.
         let facts =
             repo::authorization_facts(&*tx, org, (&user).into(), Some(workspace_id)).await?;
@@ -89,32 +84,7 @@ impl Services {
         if access.is_some() {
             let organization =
                 repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
-            if let Some(bound) = organization.max_grant_duration {
-                let latest = now.plus(bound.duration());
-                match expire_time {
-                    None => {
-                        return Err(Error::invalid(
-                            "expire_time",
-                            format!(
-                                "is required: the organization's max_grant_duration ({} s) \
-                                 bounds every grant",
-                                bound.as_secs()
-                            ),
-                        ));
-                    }
-                    Some(end) if end > latest => {
-                        return Err(Error::invalid(
-                            "expire_time",
-                            format!(
-                                "must be at most the organization's max_grant_duration ({} s) \
-                                 from now",
-                                bound.as_secs()
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                }
-            }
+            check_end("expire_time", expire_time, organization.max_grant_duration, now)?;
         }
         let grant = Grant {
             organization_id: org,
@@ -140,17 +110,17 @@ impl Services {
                 AuditAction::WorkspaceAccessRemoved
             }
         };
-        let audited = Audited {
-            action,
-            target: AuditTarget::Member(user.clone()),
-            details: json!({
-                "workspace_id": workspace_id.to_string(),
-                "old_access": previous.map(Access::as_str),
-                "new_access": access.map(Access::as_str),
-                "expire_time": expire_time.map(Timestamp::as_micros),
-                "reason": reason.as_ref().map(GrantReason::as_str),
-            }),
-        };
+        let mut details = json!({
+            "workspace_id": workspace_id.to_string(),
+            "old_access": previous.map(Access::as_str),
+            "new_access": access.map(Access::as_str),
+        });
+        // A grant that ends says when and why; a permanent one's details stay as they were.
+        if let Some(end) = expire_time {
+            details["expire_time"] = json!(end.as_micros());
+            details["reason"] = json!(reason.as_ref().map(GrantReason::as_str));
+        }
+        let audited = Audited { action, target: AuditTarget::Member(user.clone()), details };
         let deltas = vec![Delta::GrantChanged {
             user,
             workspace: workspace_id,

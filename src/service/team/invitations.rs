@@ -5,14 +5,14 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::change::{Audited, require};
-use super::{caller_email, membership, owner_only, require_verified_email};
+use super::{caller_email, check_end, membership, owner_only, require_verified_email};
 use crate::domain::capability as cap;
 use crate::domain::invitation::{
     self as lifecycle, AcceptRefusal, Ended, InviteRefusal, Transition,
 };
 use crate::domain::{
-    Access, AuditAction, AuditTarget, DeliveryState, Delta, Email, Invitation, InvitationId,
-    InvitationState, Member, OrganizationId, Permission, Role, Timestamp, WorkspaceId,
+    AuditAction, AuditTarget, DeliveryState, Delta, Email, Invitation, InvitationId,
+    InvitationState, InvitedGrant, Member, OrganizationId, Permission, Role, Timestamp,
 };
 use crate::error::{Error, ErrorReason};
 use crate::service::page::{self, Page, PageRequest};
@@ -29,7 +29,7 @@ pub struct CreateInvitation {
     /// Role on acceptance.
     pub role: Role,
     /// Grants on acceptance, one per workspace.
-    pub workspace_grants: Vec<(WorkspaceId, Access)>,
+    pub workspace_grants: Vec<InvitedGrant>,
 }
 
 /// A validated ListInvitations request; `state` `None` lists every state.
@@ -74,8 +74,14 @@ impl Services {
         }
         // Given back unless the invitation is committed.
         let taken = self.limits.take_invitation(&actor.user_id, org)?;
-        for (i, (workspace_id, _)) in command.workspace_grants.iter().enumerate() {
-            if repo::find_workspace(&*tx, org, *workspace_id).await?.is_none() {
+        let now = Timestamp::now();
+        let organization =
+            repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
+        for (i, grant) in command.workspace_grants.iter().enumerate() {
+            // The end is an instant fixed now; it must lie ahead and within the bound.
+            let field = format!("workspace_grants[{i}].expire_time");
+            check_end(&field, grant.expire_time, organization.max_grant_duration, now)?;
+            if repo::find_workspace(&*tx, org, grant.workspace_id).await?.is_none() {
                 return Err(Error::invalid(
                     format!("workspace_grants[{i}].workspace_id"),
                     "names no workspace of this organization",
@@ -88,7 +94,6 @@ impl Services {
                 "this email belongs to a member of the organization already",
             ));
         }
-        let now = Timestamp::now();
         if let Some(pending) = repo::find_pending_invitation_for(&*tx, org, &command.email).await? {
             if pending.state_at(now) == InvitationState::Pending {
                 return Err(repo::pending_exists());
@@ -96,8 +101,6 @@ impl Services {
             // Expired without a sweep: record it, so the new invitation is the pending one.
             repo::update_invitation_expired(&*tx, org, pending.id, now).await?;
         }
-        let organization =
-            repo::find_organization(&*tx, org).await?.ok_or(Error::NotFound("organization"))?;
         let invitation = Invitation {
             id: InvitationId::generate(),
             organization_id: org,
@@ -346,14 +349,12 @@ impl Services {
             role: member.role,
         };
         let deltas = std::iter::once(added)
-            .chain(accepted.workspace_grants().iter().map(|(workspace, access)| {
-                Delta::GrantChanged {
-                    user: actor.user_id.clone(),
-                    workspace: *workspace,
-                    old: None,
-                    new: Some(*access),
-                    expire_time: None,
-                }
+            .chain(accepted.workspace_grants().iter().map(|grant| Delta::GrantChanged {
+                user: actor.user_id.clone(),
+                workspace: grant.workspace_id,
+                old: None,
+                new: Some(grant.access),
+                expire_time: grant.expire_time,
             }))
             .collect();
         let token = self.finish(tx, actor, audited, deltas, now).await?;

@@ -10,7 +10,7 @@ pub mod organizations;
 pub mod workspaces;
 
 use super::Actor;
-use crate::domain::{Email, Member, OrganizationId};
+use crate::domain::{Email, MaxGrantDuration, Member, OrganizationId, Timestamp};
 use crate::error::{Error, ErrorReason};
 use crate::storage::repo;
 
@@ -49,6 +49,40 @@ fn require_verified_email(actor: &Actor, to: &str) -> Result<(), Error> {
              with your identity provider, then sign in again"
         ),
     ))
+}
+
+/// Checks a grant's end against `now` and the organization's bound: an end must lie ahead, and
+/// with a bound every grant needs one no further ahead than the bound. `field` names the end in
+/// the request.
+fn check_end(
+    field: &str,
+    expire_time: Option<Timestamp>,
+    bound: Option<MaxGrantDuration>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    if let Some(end) = expire_time
+        && end <= now
+    {
+        return Err(Error::invalid(field, "must lie in the future"));
+    }
+    let Some(bound) = bound else { return Ok(()) };
+    match expire_time {
+        None => Err(Error::invalid(
+            field,
+            format!(
+                "is required: the organization's max_grant_duration ({} s) bounds every grant",
+                bound.as_secs()
+            ),
+        )),
+        Some(end) if end > now.plus(bound.duration()) => Err(Error::invalid(
+            field,
+            format!(
+                "must be at most the organization's max_grant_duration ({} s) from now",
+                bound.as_secs()
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The caller's membership, or NOT_FOUND as if the organization did not exist.

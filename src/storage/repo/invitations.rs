@@ -13,7 +13,15 @@ pub(super) fn to_invitation(
         organization_id: m.organization_id,
         role: m.role,
         stored_state: m.state,
-        workspace_grants: grants.into_iter().map(|g| (g.workspace_id, g.access)).collect(),
+        workspace_grants: grants
+            .into_iter()
+            .map(|g| InvitedGrant {
+                workspace_id: g.workspace_id,
+                access: g.access,
+                expire_time: g.expire_time.map(Timestamp::from_micros),
+                reason: g.reason.map(GrantReason::from_stored),
+            })
+            .collect(),
         delivery_state: m.delivery_state,
         email: m.email,
         inviter_user_id: m.inviter_user_id,
@@ -63,14 +71,14 @@ pub async fn insert_invitation(
         }
         Err(err) => return Err(err.into()),
     }
-    for (workspace_id, access) in &inv.workspace_grants {
+    for grant in &inv.workspace_grants {
         invitation_grant::Entity::insert(invitation_grant::ActiveModel {
             invitation_id: Set(inv.id),
             organization_id: Set(pass.organization_id()),
-            workspace_id: Set(*workspace_id),
-            access: Set(*access),
-            expire_time: Set(None),
-            reason: Set(None),
+            workspace_id: Set(grant.workspace_id),
+            access: Set(grant.access),
+            expire_time: Set(grant.expire_time.map(Timestamp::as_micros)),
+            reason: Set(grant.reason.as_ref().map(|r| r.as_str().to_owned())),
         })
         .exec_without_returning(db)
         .await?;

@@ -45,9 +45,10 @@ pub async fn insert_founder(db: &impl ConnectionTrait, founder: &Member) -> Resu
 pub async fn insert_accepted(db: &impl ConnectionTrait, admitted: &Admitted) -> Result<(), Error> {
     let member = admitted.member();
     insert_member_row(db, member).await?;
-    for (workspace_id, access) in admitted.workspace_grants() {
-        upsert_grant_row(db, member.organization_id, *workspace_id, &member.user_id, *access, None)
-            .await?;
+    for grant in admitted.workspace_grants() {
+        let end = grant.expire_time.map(|end| (end, grant.reason.clone()));
+        let (org, user) = (member.organization_id, &member.user_id);
+        upsert_grant_row(db, org, grant.workspace_id, user, grant.access, end).await?;
     }
     set_invitation_state(
         db,

@@ -18,9 +18,9 @@ use super::entity::{
 use crate::domain::invitation::Admitted;
 use crate::domain::{
     Access, AuditEvent, AuditEventId, AuditTarget, DeliveryState, DisplayName, Email, Grant,
-    GrantReason, Invitation, InvitationId, InvitationState, InvitationTtl, MaxGrantDuration,
-    Member, Organization, OrganizationId, Pass, Role, Timestamp, UserId, UserIdRef, Workspace,
-    WorkspaceFacts, WorkspaceId, capability as cap,
+    GrantReason, Invitation, InvitationId, InvitationState, InvitationTtl, InvitedGrant,
+    MaxGrantDuration, Member, Organization, OrganizationId, Pass, Role, Timestamp, UserId,
+    UserIdRef, Workspace, WorkspaceFacts, WorkspaceId, capability as cap,
 };
 use crate::error::{Error, ErrorReason};
 

@@ -352,6 +352,7 @@ impl TestApp {
                         .map(|(ws, access)| pb::InvitationWorkspaceGrant {
                             workspace_id: (*ws).to_owned(),
                             access: *access as i32,
+                            ..Default::default()
                         })
                         .collect(),
                 }),
