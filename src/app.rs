@@ -48,6 +48,8 @@ pub struct Running {
     readiness: JoinHandle<()>,
     feed: Option<JoinHandle<()>>,
     placer: Option<JoinHandle<()>>,
+    /// Records grants whose end has passed.
+    ends: JoinHandle<()>,
     watch: JoinHandle<()>,
     metrics_server: Option<JoinHandle<()>>,
     /// Where Prometheus metrics are served, if they are.
@@ -63,6 +65,7 @@ impl Running {
         self.server.await.context("server task")?;
         let _ = self.worker.await;
         let _ = self.readiness.await;
+        let _ = self.ends.await;
         if let Some(placer) = self.placer {
             let _ = placer.await;
             // Calls that finished during the drain committed after the placer stopped: place
@@ -190,6 +193,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     )
     .await
     .context("reading the change log")?;
+    let ends = crate::service::team::grants::spawn_recorder(services.clone(), stopped.clone());
     let placer = postgres.then(|| {
         let hub = hub.clone();
         placer::spawn(
@@ -309,6 +313,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         readiness,
         feed,
         placer,
+        ends,
         watch,
         metrics_server,
         metrics_addr,

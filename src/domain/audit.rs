@@ -39,6 +39,7 @@ actions! {
     WorkspaceDeleted => "workspace.deleted", "A workspace was deleted with its grants.";
     WorkspaceAccessSet => "workspace_access.set", "A member's access to a workspace was granted or changed.";
     WorkspaceAccessRemoved => "workspace_access.removed", "A member's access to a workspace was removed.";
+    WorkspaceAccessExpired => "workspace_access.expired", "A member's grant on a workspace reached its end (recorded by Roster, no user acting).";
     InvitationCreated => "invitation.created", "An email address was invited.";
     InvitationResent => "invitation.resent", "An invitation was sent again with a fresh token.";
     InvitationRevoked => "invitation.revoked", "An invitation was revoked.";

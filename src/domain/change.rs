@@ -54,6 +54,14 @@ pub enum Delta {
         /// When the grant after the change ends; `None`: it is permanent (or there is none).
         expire_time: Option<Timestamp>,
     },
+    /// A grant's end was recorded: it had granted nothing since its end, and stays, ended.
+    GrantExpired {
+        user: UserId,
+        workspace: WorkspaceId,
+        /// The access it had granted.
+        access: Access,
+        expire_time: Timestamp,
+    },
     /// A workspace was created.
     WorkspaceCreated { workspace: WorkspaceId, display_name: DisplayName },
     /// A workspace was deleted; its grants' removals are deltas of their own.
@@ -76,7 +84,8 @@ impl Delta {
             Delta::MemberAdded { user: u, .. }
             | Delta::MemberRemoved { user: u, .. }
             | Delta::RoleChanged { user: u, .. }
-            | Delta::GrantChanged { user: u, .. } => u == user,
+            | Delta::GrantChanged { user: u, .. }
+            | Delta::GrantExpired { user: u, .. } => u == user,
             Delta::OwnershipTransferred { from, to } => from == user || to == user,
             // Nobody holds a grant on a new workspace; a deleted one's grants are listed.
             Delta::WorkspaceCreated { .. } | Delta::WorkspaceDeleted { .. } => false,
@@ -89,6 +98,7 @@ impl Delta {
         match self {
             Delta::OrganizationCreated { .. } | Delta::OrganizationDeleted => true,
             Delta::GrantChanged { workspace: w, .. }
+            | Delta::GrantExpired { workspace: w, .. }
             | Delta::WorkspaceCreated { workspace: w, .. }
             | Delta::WorkspaceDeleted { workspace: w } => *w == workspace,
             Delta::MemberAdded { role, .. } | Delta::MemberRemoved { role, .. } => {
@@ -111,7 +121,9 @@ pub struct ChangeRecord {
     /// [`crate::storage::changelog::place`]).
     pub position: Option<LogPosition>,
     pub commit_time: Timestamp,
-    pub actor: UserId,
+    /// The end user who made the change; `None` for one Roster made itself (recording that a
+    /// grant ended).
+    pub actor: Option<UserId>,
     /// The audit event it wrote, if any.
     pub audit_event_id: Option<AuditEventId>,
     /// What it did to access, in order; empty for a change Authorize does not see (a rename,

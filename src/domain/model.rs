@@ -167,7 +167,8 @@ impl Invitation {
 pub struct AuditEvent {
     pub id: AuditEventId,
     pub organization_id: OrganizationId,
-    pub actor_user_id: UserId,
+    /// The end user who acted; `None` when Roster did (recording that a grant ended).
+    pub actor_user_id: Option<UserId>,
     pub action: AuditAction,
     pub target: AuditTarget,
     /// Details as a JSON object.

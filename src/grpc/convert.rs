@@ -237,7 +237,7 @@ pub fn audit_event(e: AuditEvent) -> pb::AuditEvent {
     pb::AuditEvent {
         id: e.id.to_string(),
         organization_id: e.organization_id.to_string(),
-        actor_user_id: e.actor_user_id.to_string(),
+        actor_user_id: e.actor_user_id.map(|a| a.to_string()).unwrap_or_default(),
         action: e.action.as_str().to_owned(),
         target: e.target.to_string(),
         create_time: Some(timestamp(e.create_time)),

@@ -217,7 +217,7 @@ pub fn change(record: ChangeRecord) -> pb::Change {
         organization_id: record.organization_id.to_string(),
         revision: i64::try_from(record.revision.0).unwrap_or(i64::MAX),
         commit_time: Some(convert::timestamp(record.commit_time)),
-        actor_user_id: record.actor.to_string(),
+        actor_user_id: record.actor.map(|a| a.to_string()).unwrap_or_default(),
         audit_event_id: record.audit_event_id.map(|id| id.to_string()).unwrap_or_default(),
         deltas: record
             .deltas
@@ -259,6 +259,14 @@ fn delta(delta: Delta) -> PbDelta {
                 old_access: access(old),
                 new_access: access(new),
                 new_expire_time: expire_time.map(convert::timestamp),
+            })
+        }
+        Delta::GrantExpired { user, workspace, access: held, expire_time } => {
+            PbDelta::GrantExpired(pb::GrantExpired {
+                user_id: user.to_string(),
+                workspace_id: workspace.to_string(),
+                access: access(Some(held)),
+                expire_time: Some(convert::timestamp(expire_time)),
             })
         }
         Delta::WorkspaceCreated { workspace, display_name } => {

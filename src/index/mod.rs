@@ -643,7 +643,7 @@ mod tests {
                 revision,
                 position: Some(LogPosition(revision.0)),
                 commit_time: Timestamp::now(),
-                actor: users[0].clone(),
+                actor: Some(users[0].clone()),
                 audit_event_id: None,
                 deltas,
             };

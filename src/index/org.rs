@@ -246,7 +246,10 @@ impl OrgIndex {
                         (None, Some(_)) => return None,
                     }
                 }
-                Delta::OrganizationCreated { .. }
+                // The record of an end the index already decides by: the grant and its end stay,
+                // as they stay in the row.
+                Delta::GrantExpired { .. }
+                | Delta::OrganizationCreated { .. }
                 | Delta::OrganizationDeleted
                 | Delta::OwnershipTransferred { .. } => {}
             }

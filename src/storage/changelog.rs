@@ -22,8 +22,8 @@ use crate::error::Error;
 /// What a change did, declared by the use-case that made it: nothing commits without it.
 #[derive(Debug, Clone)]
 pub struct Declared {
-    /// Who made the change.
-    pub actor: UserId,
+    /// Who made the change; `None` when Roster itself did (recording a grant's end).
+    pub actor: Option<UserId>,
     /// The audit event it wrote.
     pub audit_event_id: Option<AuditEventId>,
     /// What it did to access, in order; empty for a change Authorize does not see.
@@ -98,7 +98,8 @@ impl OrgChange {
             self.organization.as_uuid().into(),
             i64::try_from(self.revision.0).unwrap_or(i64::MAX).into(),
             now.as_micros().into(),
-            declared.actor.as_str().to_owned().into(),
+            // Stored empty when no user acted.
+            declared.actor.as_ref().map(|a| a.as_str().to_owned()).unwrap_or_default().into(),
             declared.audit_event_id.map(|id| id.as_uuid()).into(),
             deltas.into(),
         ];
@@ -409,7 +410,13 @@ fn to_record(row: &QueryResult) -> Result<ChangeRecord, Error> {
         revision: revision_of(row, "revision")?,
         position: optional_position(row, "position")?,
         commit_time: Timestamp::from_micros(row.try_get("", "commit_time")?),
-        actor: UserId::parse_owned(actor).map_err(|e| corrupt(format!("an actor that {}", e.0)))?,
+        actor: match actor.is_empty() {
+            true => None,
+            false => Some(
+                UserId::parse_owned(actor)
+                    .map_err(|e| corrupt(format!("an actor that {}", e.0)))?,
+            ),
+        },
         audit_event_id: audit.map(AuditEventId::from_uuid),
         deltas: decode_deltas(&deltas)?,
     })
@@ -454,6 +461,10 @@ pub fn encode_deltas(deltas: &[Delta]) -> String {
                 }
                 item
             }
+            Delta::GrantExpired { user, workspace, access: held, expire_time } => json!({
+                "k": "grant_expired", "user": user.as_str(), "workspace": workspace.to_string(),
+                "access": held.as_str(), "end": expire_time.as_micros(),
+            }),
             Delta::WorkspaceCreated { workspace, display_name } => json!({
                 "k": "workspace_created", "workspace": workspace.to_string(),
                 "name": display_name.as_str(),
@@ -513,6 +524,14 @@ pub fn decode_deltas(text: &str) -> Result<Vec<Delta>, Error> {
                             Some(Timestamp::from_micros(end.as_i64().ok_or_else(|| bad("end"))?))
                         }
                     },
+                },
+                "grant_expired" => Delta::GrantExpired {
+                    user: user("user")?,
+                    workspace: workspace("workspace")?,
+                    access: level("access")?.ok_or_else(|| bad("access"))?,
+                    expire_time: Timestamp::from_micros(
+                        item.get("end").and_then(Json::as_i64).ok_or_else(|| bad("end"))?,
+                    ),
                 },
                 "workspace_created" => Delta::WorkspaceCreated {
                     workspace: workspace("workspace")?,
@@ -684,6 +703,12 @@ mod tests {
                 old: Some(Access::Read),
                 new: None,
                 expire_time: None,
+            },
+            Delta::GrantExpired {
+                user: user("carol"),
+                workspace: ws,
+                access: Access::Write,
+                expire_time: Timestamp::from_micros(1_800_000_000_123_456),
             },
             Delta::GrantChanged {
                 user: user("carol"),

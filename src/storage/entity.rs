@@ -89,6 +89,8 @@ pub mod workspace_grant {
         pub expire_time: Option<i64>,
         /// Why a grant that ends was given.
         pub reason: Option<String>,
+        /// Whether the end has been recorded as a change (the row stays after its end).
+        pub end_recorded: bool,
     }
 
     impl ActiveModelBehavior for ActiveModel {}
@@ -187,7 +189,7 @@ pub mod outbox {
 pub mod audit_event {
     use sea_orm::entity::prelude::*;
 
-    use crate::domain::{AuditAction, AuditEventId, OrganizationId, UserId};
+    use crate::domain::{AuditAction, AuditEventId, OrganizationId};
 
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -196,7 +198,8 @@ pub mod audit_event {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: AuditEventId,
         pub organization_id: OrganizationId,
-        pub actor_user_id: UserId,
+        /// Empty when no user acted.
+        pub actor_user_id: String,
         pub action: AuditAction,
         pub target: String,
         pub details: String,

@@ -16,7 +16,64 @@ db_tests!(
     a_grant_end_in_the_past_without_a_reason_or_on_a_removal_is_refused,
     the_organization_bounds_how_long_a_grant_may_last,
     an_invitations_grant_ends_at_the_instant_fixed_when_it_was_made,
+    the_end_of_a_grant_is_recorded_once_in_the_change_log_and_the_audit_log,
 );
+
+/// How many audit events of `action` the organization holds, and their actors.
+async fn audited(app: &TestApp, owner: &User, org: &str, action: &str) -> Vec<String> {
+    let events = app
+        .team
+        .clone()
+        .list_audit_events(owner.req(pb::ListAuditEventsRequest {
+            organization_id: org.to_owned(),
+            page_size: 1000,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    events.into_iter().filter(|e| e.action == action).map(|e| e.actor_user_id).collect()
+}
+
+async fn the_end_of_a_grant_is_recorded_once_in_the_change_log_and_the_audit_log(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let engineer = User::new("engineer");
+    let org = app.create_org(&owner, "Acme").await;
+    let prod = app.create_workspace(&owner, &org, "prod").await;
+    app.join(&owner, &org, &engineer, R::Member, &[]).await;
+    let end = micros_from_now(Duration::from_millis(800));
+    app.team
+        .clone()
+        .set_workspace_access(set_until(
+            &owner,
+            &org,
+            &prod,
+            &engineer,
+            A::Write,
+            Some(end),
+            "incident",
+        ))
+        .await
+        .unwrap();
+    assert!(audited(&app, &owner, &org, "workspace_access.expired").await.is_empty());
+    // Recorded within a second or two of the end, by no user, and then never again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while audited(&app, &owner, &org, "workspace_access.expired").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the end was never recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(micros_from_now(Duration::ZERO) > end, "recorded only after the end");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(audited(&app, &owner, &org, "workspace_access.expired").await, [String::new()]);
+    let logged = app.count("change_log WHERE deltas LIKE '%grant_expired%'").await;
+    assert_eq!(logged, 1, "one change records the end");
+    // The decision still says why access is gone.
+    let decision = app.authorize(&engineer.id, &org, &prod, "sources.create").await;
+    assert_eq!((decision.allowed, decision.reason), (false, Why::DeniedGrantExpired as i32));
+    app.stop().await;
+}
 
 fn offered(ws: &str, access: A, end: Option<i64>, reason: &str) -> pb::InvitationWorkspaceGrant {
     pb::InvitationWorkspaceGrant {

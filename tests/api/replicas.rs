@@ -213,6 +213,19 @@ async fn a_grant_set_to_end_through_one_replica_ends_on_the_other_from_its_index
         (after.allowed, after.reason),
         (false, pb::DecisionReason::DeniedGrantExpired as i32)
     );
+    // Both replicas look for ended grants; the end is recorded once.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let db = sea_orm::Database::connect(&r.database_url).await.unwrap();
+    for (table, filter) in [
+        ("audit_events", "action = 'workspace_access.expired'"),
+        ("change_log", "deltas LIKE '%grant_expired%'"),
+    ] {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE {filter}");
+        let statement = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+        let row = db.query_one_raw(statement).await.unwrap().unwrap();
+        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 1, "{table}: the end recorded once");
+    }
+    db.close().await.unwrap();
     r.finish().await;
 }
 

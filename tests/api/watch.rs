@@ -183,6 +183,8 @@ impl State {
                 // A deleted workspace's grants follow as deltas of their own.
                 Delta::WorkspaceCreated(_) | Delta::WorkspaceDeleted(_) => {}
                 Delta::OwnershipTransferred(_) => {}
+                // The record of an end: the grant's row stays, so the mirror keeps it too.
+                Delta::GrantExpired(_) => {}
             }
         }
     }

@@ -8,7 +8,7 @@ use super::membership;
 use crate::domain::capability::Capability;
 use crate::domain::{
     AuditAction, AuditEvent, AuditEventId, AuditTarget, ChangeToken, Delta, Member, OrganizationId,
-    Pass, Timestamp,
+    Pass, Timestamp, UserId,
 };
 use crate::error::Error;
 use crate::index::AuthzIndex;
@@ -62,18 +62,30 @@ impl Services {
         deltas: Vec<Delta>,
         now: Timestamp,
     ) -> Result<ChangeToken, Error> {
+        self.finish_as(tx, Some(&actor.user_id), audited, deltas, now).await
+    }
+
+    /// [`Services::finish`] for a change `actor` made, or Roster itself (`None`).
+    pub(super) async fn finish_as(
+        &self,
+        tx: OrgChange,
+        actor: Option<&UserId>,
+        audited: Audited,
+        deltas: Vec<Delta>,
+        now: Timestamp,
+    ) -> Result<ChangeToken, Error> {
         let id = AuditEventId::generate();
         let event = AuditEvent {
             id,
             organization_id: tx.organization(),
-            actor_user_id: actor.user_id.clone(),
+            actor_user_id: actor.cloned(),
             action: audited.action,
             target: audited.target,
             details: audited.details,
             create_time: now,
         };
         repo::insert_audit(&*tx, &event).await?;
-        let declared = Declared { actor: actor.user_id.clone(), audit_event_id: Some(id), deltas };
+        let declared = Declared { actor: actor.cloned(), audit_event_id: Some(id), deltas };
         self.commit(tx, declared).await
     }
 

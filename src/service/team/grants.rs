@@ -14,6 +14,7 @@ use crate::domain::{
 use crate::error::{Error, ErrorReason};
 use crate::service::page::{self, Page, PageRequest};
 use crate::service::{Actor, Changed, Services};
+use crate::storage::changelog::OrgChange;
 use crate::storage::repo;
 
 /// A validated SetWorkspaceAccess request; `access` `None` removes the grant.
@@ -36,6 +37,37 @@ pub struct ListWorkspaceAccess {
     pub workspace_id: Option<WorkspaceId>,
     pub user_id: Option<UserId>,
     pub page: PageRequest,
+}
+
+/// How often a process looks for grants whose end has passed and records them.
+const RECORD_ENDS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Starts the task that records ended grants (see [`Services::record_ended_grants`]) every
+/// half second until `stop`; every replica runs one, and each grant's end is recorded once.
+pub fn spawn_recorder(
+    services: Services,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RECORD_ENDS_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            match services.record_ended_grants().await {
+                Ok(_) => failing = false,
+                // Decisions do not wait for the record; it is written once the database answers.
+                Err(err) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %err, "cannot record ended grants yet; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    })
 }
 
 impl Services {
@@ -130,6 +162,47 @@ impl Services {
         }];
         let token = self.finish(tx, actor, audited, deltas, now).await?;
         Ok(Changed { value: grant, token })
+    }
+
+    /// Records grants whose end has passed: each becomes a change of its own (a revision, a
+    /// GrantExpired delta, an audit event `workspace_access.expired` with no user acting; the
+    /// row stays, marked, so that decisions keep saying the grant ended),
+    /// made under the organization's lock by whichever replica gets there first; the others
+    /// find the grant gone and change nothing. Decisions never wait for this: an ended grant
+    /// grants nothing from its end on. Returns how many it recorded.
+    pub async fn record_ended_grants(&self) -> Result<usize, Error> {
+        let now = Timestamp::now();
+        let ended = repo::list_ended_grants(self.store.reader(), now, 100).await?;
+        let mut recorded = 0;
+        for (org, workspace_id, user) in ended {
+            let Some(tx) = OrgChange::begin(&self.store, org).await? else { continue };
+            // Read again under the lock: another replica, or a new grant, may have come first.
+            let Some(grant) =
+                repo::update_ended_grant_recorded(&*tx, org, workspace_id, &user, now).await?
+            else {
+                continue;
+            };
+            let (Some(access), Some(end)) = (grant.access, grant.expire_time) else { continue };
+            let audited = Audited {
+                action: AuditAction::WorkspaceAccessExpired,
+                target: AuditTarget::Member(user.clone()),
+                details: json!({
+                    "workspace_id": workspace_id.to_string(),
+                    "access": access.as_str(),
+                    "expire_time": end.as_micros(),
+                    "reason": grant.reason.as_ref().map(GrantReason::as_str),
+                }),
+            };
+            let deltas = vec![Delta::GrantExpired {
+                user,
+                workspace: workspace_id,
+                access,
+                expire_time: end,
+            }];
+            self.finish_as(tx, None, audited, deltas, now).await?;
+            recorded += 1;
+        }
+        Ok(recorded)
     }
 
     /// Lists grants; Billing and Member users see only their own.

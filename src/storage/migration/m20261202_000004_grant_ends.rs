@@ -1,6 +1,8 @@
 //! Time-bound access: a workspace grant (and an invitation's grant) may carry the instant it
 //! ends and why it was given, and an organization may bound how long a grant may last. Every
-//! column is nullable: a grant without an end is permanent, as every grant was before.
+//! new column is nullable or false: a grant without an end is permanent, as every grant was
+//! before. An ended grant's row stays, marked once its end is recorded, so that decisions can
+//! keep saying why access is gone.
 
 use sea_orm_migration::prelude::*;
 
@@ -12,6 +14,7 @@ enum WorkspaceGrants {
     Table,
     ExpireTime,
     Reason,
+    EndRecorded,
 }
 
 #[derive(DeriveIden)]
@@ -53,6 +56,19 @@ impl MigrationTrait for Migration {
                 WorkspaceGrants::Reason.into_iden(),
                 false,
             ))
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(WorkspaceGrants::Table)
+                    .add_column(
+                        ColumnDef::new(WorkspaceGrants::EndRecorded)
+                            .boolean()
+                            .not_null()
+                            .default(false),
+                    )
+                    .to_owned(),
+            )
             .await?;
         manager
             .alter_table(add(
@@ -108,6 +124,12 @@ impl MigrationTrait for Migration {
             .alter_table(drop(
                 InvitationGrants::Table.into_iden(),
                 InvitationGrants::ExpireTime.into_iden(),
+            ))
+            .await?;
+        manager
+            .alter_table(drop(
+                WorkspaceGrants::Table.into_iden(),
+                WorkspaceGrants::EndRecorded.into_iden(),
             ))
             .await?;
         manager

@@ -7,7 +7,11 @@ pub async fn insert_audit(db: &impl ConnectionTrait, event: &AuditEvent) -> Resu
     audit_event::Entity::insert(audit_event::ActiveModel {
         id: Set(event.id),
         organization_id: Set(event.organization_id),
-        actor_user_id: Set(event.actor_user_id.clone()),
+        actor_user_id: Set(event
+            .actor_user_id
+            .as_ref()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default()),
         action: Set(event.action),
         target: Set(event.target.to_string()),
         details: Set(event.details.to_string()),
@@ -36,7 +40,13 @@ pub async fn list_audit(
             Ok(AuditEvent {
                 id: m.id,
                 organization_id: m.organization_id,
-                actor_user_id: m.actor_user_id,
+                actor_user_id: match m.actor_user_id.is_empty() {
+                    true => None,
+                    false => Some(
+                        UserId::parse_owned(m.actor_user_id.clone())
+                            .map_err(|_| corrupt("audit actor", &m.actor_user_id))?,
+                    ),
+                },
                 action: m.action,
                 target: AuditTarget::from_stored(&m.target)
                     .ok_or_else(|| corrupt("audit target", &m.target))?,

@@ -145,6 +145,50 @@ pub(super) fn in_force(now: Timestamp) -> sea_orm::Condition {
         .add(workspace_grant::Column::ExpireTime.gt(now.as_micros()))
 }
 
+/// Grants whose end has passed at `now` and that nothing has recorded yet, oldest end first:
+/// (organization, workspace, member).
+pub async fn list_ended_grants(
+    db: &impl ConnectionTrait,
+    now: Timestamp,
+    limit: u64,
+) -> Result<Vec<(OrganizationId, WorkspaceId, UserId)>, Error> {
+    Ok(workspace_grant::Entity::find()
+        .select_only()
+        .column(workspace_grant::Column::OrganizationId)
+        .column(workspace_grant::Column::WorkspaceId)
+        .column(workspace_grant::Column::UserId)
+        .filter(workspace_grant::Column::ExpireTime.lte(now.as_micros()))
+        .filter(workspace_grant::Column::EndRecorded.eq(false))
+        .order_by_asc(workspace_grant::Column::ExpireTime)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// Marks a member's grant on a workspace as having its end recorded, if its end has passed at
+/// `now` and nothing recorded it yet, returning it; a grant set again meanwhile (or removed, or
+/// recorded by another replica) is left alone. The row stays: decisions keep saying the grant
+/// ended. Time makes this write, not a member: it takes the organization id.
+pub async fn update_ended_grant_recorded(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    workspace_id: WorkspaceId,
+    user: &UserId,
+    now: Timestamp,
+) -> Result<Option<Grant>, Error> {
+    let marked = workspace_grant::Entity::update_many()
+        .col_expr(workspace_grant::Column::EndRecorded, Expr::value(true))
+        .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+        .filter(workspace_grant::Column::WorkspaceId.eq(workspace_id.as_uuid()))
+        .filter(workspace_grant::Column::UserId.eq(user.as_str()))
+        .filter(workspace_grant::Column::ExpireTime.lte(now.as_micros()))
+        .filter(workspace_grant::Column::EndRecorded.eq(false))
+        .exec_with_returning(db)
+        .await?;
+    Ok(marked.into_iter().next().map(to_grant))
+}
+
 /// Finds a member's grant row on a workspace as stored, in force or ended.
 pub async fn find_stored_grant(
     db: &impl ConnectionTrait,
@@ -207,6 +251,7 @@ pub(super) async fn upsert_grant_row(
         access: Set(access),
         expire_time: Set(expire_time),
         reason: Set(reason),
+        end_recorded: Set(false),
     })
     // Setting a grant replaces it whole: one that was to end becomes permanent.
     .on_conflict(
@@ -218,6 +263,7 @@ pub(super) async fn upsert_grant_row(
             workspace_grant::Column::Access,
             workspace_grant::Column::ExpireTime,
             workspace_grant::Column::Reason,
+            workspace_grant::Column::EndRecorded,
         ])
         .to_owned(),
     )
