@@ -455,7 +455,9 @@ fn apply(mut index: Arc<OrgIndex>, mut revision: Revision, changes: &[ChangeReco
         if change.deltas.iter().any(|d| matches!(d, Delta::OrganizationDeleted)) {
             return Applied::Deleted;
         }
-        if !change.deltas.is_empty() {
+        // A change that only records ends the index already decides by leaves it as it is.
+        let rows = change.deltas.iter().any(|d| !matches!(d, Delta::GrantExpired { .. }));
+        if rows {
             match index.patched(&change.deltas) {
                 Some(patched) => index = Arc::new(patched),
                 None => return Applied::Inconsistent,

@@ -147,10 +147,12 @@ impl Services {
             "old_access": previous.map(Access::as_str),
             "new_access": access.map(Access::as_str),
         });
-        // A grant that ends says when and why; a permanent one's details stay as they were.
+        // A grant that ends, or comes with a reason, says so; other details stay as they were.
         if let Some(end) = expire_time {
             details["expire_time"] = json!(end.as_micros());
-            details["reason"] = json!(reason.as_ref().map(GrantReason::as_str));
+        }
+        if let Some(reason) = &reason {
+            details["reason"] = json!(reason.as_str());
         }
         let audited = Audited { action, target: AuditTarget::Member(user.clone()), details };
         let deltas = vec![Delta::GrantChanged {
@@ -175,34 +177,50 @@ impl Services {
         let ended = repo::list_ended_grants(self.store.reader(), now, 100).await?;
         let mut recorded = 0;
         for (org, workspace_id, user) in ended {
-            let Some(tx) = OrgChange::begin(&self.store, org).await? else { continue };
-            // Read again under the lock: another replica, or a new grant, may have come first.
-            let Some(grant) =
-                repo::update_ended_grant_recorded(&*tx, org, workspace_id, &user, now).await?
-            else {
-                continue;
-            };
-            let (Some(access), Some(end)) = (grant.access, grant.expire_time) else { continue };
-            let audited = Audited {
-                action: AuditAction::WorkspaceAccessExpired,
-                target: AuditTarget::Member(user.clone()),
-                details: json!({
-                    "workspace_id": workspace_id.to_string(),
-                    "access": access.as_str(),
-                    "expire_time": end.as_micros(),
-                    "reason": grant.reason.as_ref().map(GrantReason::as_str),
-                }),
-            };
-            let deltas = vec![Delta::GrantExpired {
-                user,
-                workspace: workspace_id,
-                access,
-                expire_time: end,
-            }];
-            self.finish_as(tx, None, audited, deltas, now).await?;
-            recorded += 1;
+            // One that fails is retried on the next round; it holds up none of the others.
+            match self.record_ended_grant(org, workspace_id, user, now).await {
+                Ok(true) => recorded += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(organization = %org, error = %err, "cannot record an ended grant yet");
+                }
+            }
         }
         Ok(recorded)
+    }
+
+    /// Records one grant's end; `false` when another replica, or a new grant, came first.
+    async fn record_ended_grant(
+        &self,
+        org: OrganizationId,
+        workspace_id: WorkspaceId,
+        user: UserId,
+        now: Timestamp,
+    ) -> Result<bool, Error> {
+        let Some(tx) = OrgChange::begin(&self.store, org).await? else { return Ok(false) };
+        // Read again under the lock: another replica, or a new grant, may have come first.
+        let Some(grant) =
+            repo::update_ended_grant_recorded(&*tx, org, workspace_id, &user, now).await?
+        else {
+            return Ok(false);
+        };
+        let (Some(access), Some(end)) = (grant.access, grant.expire_time) else {
+            return Ok(false);
+        };
+        let audited = Audited {
+            action: AuditAction::WorkspaceAccessExpired,
+            target: AuditTarget::Member(user.clone()),
+            details: json!({
+                "workspace_id": workspace_id.to_string(),
+                "access": access.as_str(),
+                "expire_time": end.as_micros(),
+                "reason": grant.reason.as_ref().map(GrantReason::as_str),
+            }),
+        };
+        let deltas =
+            vec![Delta::GrantExpired { user, workspace: workspace_id, access, expire_time: end }];
+        self.finish_as(tx, None, audited, deltas, now).await?;
+        Ok(true)
     }
 
     /// Lists grants; Billing and Member users see only their own.

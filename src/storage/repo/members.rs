@@ -46,9 +46,9 @@ pub async fn insert_accepted(db: &impl ConnectionTrait, admitted: &Admitted) -> 
     let member = admitted.member();
     insert_member_row(db, member).await?;
     for grant in admitted.workspace_grants() {
-        let end = grant.expire_time.map(|end| (end, grant.reason.clone()));
         let (org, user) = (member.organization_id, &member.user_id);
-        upsert_grant_row(db, org, grant.workspace_id, user, grant.access, end).await?;
+        let (end, reason) = (grant.expire_time, grant.reason.clone());
+        upsert_grant_row(db, org, grant.workspace_id, user, grant.access, end, reason).await?;
     }
     set_invitation_state(
         db,

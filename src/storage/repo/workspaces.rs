@@ -226,24 +226,22 @@ pub async fn upsert_grant(
     access: Access,
 ) -> Result<(), Error> {
     debug_assert_eq!(grant.access, Some(access));
-    let end = grant.expire_time.map(|end| (end, grant.reason.clone()));
-    upsert_grant_row(db, pass.organization_id(), grant.workspace_id, &grant.user_id, access, end)
-        .await
+    let (org, ws, user) = (pass.organization_id(), grant.workspace_id, &grant.user_id);
+    upsert_grant_row(db, org, ws, user, access, grant.expire_time, grant.reason.clone()).await
 }
 
-/// Writes a grant whole: an end (and its reason) or none, replacing whatever the row held.
+/// Writes a grant whole, its end and reason included, replacing whatever the row held.
 pub(super) async fn upsert_grant_row(
     db: &impl ConnectionTrait,
     org: OrganizationId,
     workspace_id: WorkspaceId,
     user: &UserId,
     access: Access,
-    end: Option<(Timestamp, Option<GrantReason>)>,
+    end: Option<Timestamp>,
+    reason: Option<GrantReason>,
 ) -> Result<(), Error> {
-    let (expire_time, reason) = match end {
-        Some((end, reason)) => (Some(end.as_micros()), reason.map(|r| r.as_str().to_owned())),
-        None => (None, None),
-    };
+    let expire_time = end.map(Timestamp::as_micros);
+    let reason = reason.map(|r| r.as_str().to_owned());
     workspace_grant::Entity::insert(workspace_grant::ActiveModel {
         organization_id: Set(org),
         workspace_id: Set(workspace_id),
