@@ -126,10 +126,16 @@ impl Services {
             expire_time,
             reason: reason.clone(),
         };
-        let stored = repo::find_stored_grant(&*tx, org, workspace_id, &user).await?;
-        let same_end =
-            stored.as_ref().is_some_and(|s| s.expire_time == expire_time && s.reason == reason);
-        if previous == access && (access.is_none() || same_end) {
+        // The same access again changes nothing only with the same end and reason, which the
+        // facts above do not carry: the row is read for them only then.
+        let unchanged = previous == access
+            && match access {
+                None => true,
+                Some(_) => repo::find_stored_grant(&*tx, org, workspace_id, &user)
+                    .await?
+                    .is_some_and(|s| s.expire_time == expire_time && s.reason == reason),
+            };
+        if unchanged {
             return Ok(Changed { value: grant, token: tx.unchanged().await? });
         }
         let action = match access {
