@@ -183,10 +183,7 @@ async fn an_invitations_grant_ends_at_the_instant_fixed_when_it_was_made(backend
 }
 
 fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
+    roster::grpc::convert::timestamp(roster::domain::Timestamp::from_micros(micros))
 }
 
 fn set_until(
