@@ -69,6 +69,10 @@ struct Args {
     /// Workspace grants per member (total grants = organizations × members × this).
     #[arg(long, default_value_t = Shape::SMALL.grants_per_member)]
     grants_per_member: usize,
+    /// Share of the seeded grants (0 to 1) that end, a day after seeding, so that every check
+    /// of a grant compares its end with the clock.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    time_bound_share: f64,
     /// Concurrent callers.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -131,12 +135,26 @@ struct Shape {
     members: usize,
     workspaces: usize,
     grants_per_member: usize,
+    /// Share of the grants that end.
+    time_bound_share: f64,
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text} is not a share from 0 to 1")),
+    }
 }
 
 impl Shape {
     /// The default data set: 1,000 grants.
-    const SMALL: Shape =
-        Shape { organizations: 10, members: 100, workspaces: 100, grants_per_member: 1 };
+    const SMALL: Shape = Shape {
+        organizations: 10,
+        members: 100,
+        workspaces: 100,
+        grants_per_member: 1,
+        time_bound_share: 0.0,
+    };
 }
 
 /// The seeded ids, and who holds what, so that requests can aim at allowed checks.
@@ -212,6 +230,8 @@ async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
         grants: 0,
     };
     let started = Instant::now();
+    let day_ahead = chrono::Utc::now().timestamp_micros() + 86_400_000_000;
+    let mut time_bound = 0usize;
     let tx = db.begin().await?;
     // Plain SQL against the schema the server migrated: the benchmark uses no internals.
     for (o, org) in data.orgs.iter().enumerate() {
@@ -259,17 +279,28 @@ async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
                     continue;
                 }
                 let access = if access == WorkspaceAccess::Write { "write" } else { "read" };
+                // A spread over members and slots, so that every organization holds both kinds.
+                let ends =
+                    ((m * 37 + slot * 11 + o) % 100) < (shape.time_bound_share * 100.0) as usize;
+                let (end, reason) = if ends {
+                    time_bound += 1;
+                    (Some(day_ahead), Some("benchmark".to_owned()))
+                } else {
+                    (None, None)
+                };
                 grants.push(vec![
                     (*org).into(),
                     data.workspaces[o][index].into(),
                     DataSet::user(o, m).into(),
                     access.into(),
+                    end.into(),
+                    reason.into(),
                 ]);
             }
         }
         insert_rows(
             &tx,
-            "workspace_grants (organization_id, workspace_id, user_id, access)",
+            "workspace_grants (organization_id, workspace_id, user_id, access, expire_time, reason)",
             grants,
         )
         .await?;
@@ -286,11 +317,13 @@ async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
         row.try_get("", "n")?
     };
     println!(
-        "seeded {} organizations, {} members, {} workspaces, {} grants in {:.1?}",
+        "seeded {} organizations, {} members, {} workspaces, {} grants ({} of them ending) in \
+         {:.1?}",
         shape.organizations,
         shape.organizations * shape.members,
         shape.organizations * shape.workspaces,
         data.grants,
+        time_bound,
         started.elapsed()
     );
     db.close().await?;
@@ -1007,6 +1040,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         members: args.members,
         workspaces: args.workspaces,
         grants_per_member: args.grants_per_member,
+        time_bound_share: args.time_bound_share,
     };
     let mut targets = Vec::new();
     if args.compare_small {

@@ -26,6 +26,14 @@ impl Timestamp {
         self.0
     }
 
+    /// RFC 3339 in UTC, with as many fractional digits as it needs; the plain microseconds
+    /// for a time chrono cannot represent.
+    pub fn to_rfc3339(self) -> String {
+        chrono::DateTime::from_timestamp_micros(self.0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            .unwrap_or_else(|| self.0.to_string())
+    }
+
     /// This time plus a duration, saturating.
     pub fn plus(self, duration: std::time::Duration) -> Self {
         let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);

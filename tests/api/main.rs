@@ -7,6 +7,7 @@ mod access;
 mod auth;
 mod boundary;
 mod changelog;
+mod clocks;
 mod errors;
 mod faults;
 mod grant_ends;

@@ -155,7 +155,7 @@ impl Services {
         });
         // A grant that ends, or comes with a reason, says so; other details stay as they were.
         if let Some(end) = expire_time {
-            details["expire_time"] = json!(end.as_micros());
+            details["expire_time"] = json!(end.to_rfc3339());
         }
         if let Some(reason) = &reason {
             details["reason"] = json!(reason.as_str());
@@ -219,7 +219,7 @@ impl Services {
             details: json!({
                 "workspace_id": workspace_id.to_string(),
                 "access": access.as_str(),
-                "expire_time": end.as_micros(),
+                "expire_time": end.to_rfc3339(),
                 "reason": grant.reason.as_ref().map(GrantReason::as_str),
             }),
         };

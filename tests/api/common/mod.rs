@@ -123,7 +123,7 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> (String,
                          example `sudo service postgresql start`, or `docker run -d -p \
                          5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test \
                          postgres`), name another server with ROSTER_TEST_POSTGRES_URL, or \
-                         run without it: cargo test -- --skip postgres --skip replicas:: \
+                         run without it: .ci/test -- --skip postgres --skip replicas:: \
                          --skip one_replica",
                     roster::storage::redact_url(&admin_url)
                 )
