@@ -3,10 +3,10 @@
 # grant's end). Installed only when missing; needs root or sudo then.
 set -euo pipefail
 needed=()
-dpkg -s faketime >/dev/null 2>&1 || needed+=(faketime)
+dpkg-query -W -f='${Status}' libfaketime 2>/dev/null | grep -q 'install ok installed' || needed+=(faketime)
 [ ${#needed[@]} -eq 0 ] && exit 0
-as_root=()
-[ "$(id -u)" -eq 0 ] || as_root=(sudo)
+as_root=(env DEBIAN_FRONTEND=noninteractive)
+[ "$(id -u)" -eq 0 ] || as_root=(sudo -n env DEBIAN_FRONTEND=noninteractive)
 echo "installing ${needed[*]}"
 if ! "${as_root[@]}" apt-get install -y --no-install-recommends "${needed[@]}"; then
   "${as_root[@]}" apt-get update

@@ -280,8 +280,8 @@ async fn seed(url: &str, shape: Shape) -> anyhow::Result<DataSet> {
                 }
                 let access = if access == WorkspaceAccess::Write { "write" } else { "read" };
                 // A spread over members and slots, so that every organization holds both kinds.
-                let ends =
-                    ((m * 37 + slot * 11 + o) % 100) < (shape.time_bound_share * 100.0) as usize;
+                let ends = ((m * 37 + slot * 11 + o) % 100)
+                    < (shape.time_bound_share * 100.0).round() as usize;
                 let (end, reason) = if ends {
                     time_bound += 1;
                     (Some(day_ahead), Some("benchmark".to_owned()))

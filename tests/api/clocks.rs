@@ -37,7 +37,7 @@ fn libfaketime() -> PathBuf {
         "/usr/lib/faketime/libfaketimeMT.so.1",
     ];
     candidates.iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| {
-        panic!("libfaketime is missing: install the Debian package faketime (.ci/run does)")
+        panic!("libfaketime is missing: install the Debian package faketime (.ci/test does)")
     })
 }
 
@@ -219,9 +219,8 @@ async fn a_server_whose_clock_passes_a_grants_end_denies_at_once_and_records_the
     assert_eq!(allowed, (true, Why::AllowedByWorkspaceAccess as i32));
 
     // Two hours later by the server's clock, one hour past the end: denied with the first
-    // check, before anything recorded the end.
+    // check (the recorder may or may not have run yet; decisions never wait for it).
     clock.set("+2h");
-    assert_eq!(ends_recorded(&url).await, (0, 0));
     let denied = decision(&mut access, &engineer, &org, &prod).await;
     assert_eq!(denied, (false, Why::DeniedGrantExpired as i32));
     let granted = access
@@ -334,7 +333,7 @@ struct Seen {
     reason: i32,
 }
 
-/// Engineers get WRITE ending at random instants over the next two seconds; checkers on every
+/// Engineers get WRITE ending at random instants two to four seconds ahead; checkers on every
 /// given replica ask about all of them without pause until every end has passed. No check
 /// sent at or after an engineer's end is allowed, every one answered before it is, and each
 /// denial says the grant ended.
@@ -350,7 +349,7 @@ async fn checks_race_ends(
         join(team, sink, &owner, &org, engineer).await;
     }
     let mut runner = TestRunner::deterministic();
-    let offsets = proptest::collection::vec(700_000i64..2_500_000, engineers.len())
+    let offsets = proptest::collection::vec(2_000_000i64..4_000_000, engineers.len())
         .new_tree(&mut runner)
         .unwrap()
         .current();
