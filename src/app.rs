@@ -29,6 +29,7 @@ use crate::grpc::router::Router;
 use crate::grpc::team::TeamApi;
 use crate::grpc::tls::TlsAcceptor;
 use crate::grpc::watch::WatchApi;
+use crate::grpc::web::{AllowedOrigins, WebLayer};
 use crate::index::AuthzIndex;
 use crate::metrics::{self, Metrics};
 use crate::pb::access_service_server::AccessServiceServer;
@@ -277,7 +278,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         open_budget: Arc::new(ByteBudget::new(crate::grpc::body::OPEN_BUDGET_BYTES)),
     };
     let stack = ServiceBuilder::new()
-        // Outermost, so that refused and shed calls are counted and traced too.
+        // Outermost: a gRPC-Web call is translated before anything else sees it, so that every
+        // layer below guards it as it guards a native call.
+        .option_layer(
+            config
+                .grpc_web
+                .then(|| WebLayer::new(AllowedOrigins::new(&config.cors_allowed_origins))),
+        )
+        // Then, so that refused and shed calls are counted and traced too.
         .layer(ObserveLayer::new(metrics))
         // Before anything is taken for the call: its slot, its body.
         .layer(IdentifyLayer::new(identity))
@@ -296,6 +304,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         max_streams: config.max_streams_per_connection,
         max_header_list_bytes: config.max_header_list_bytes,
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        http1: config.grpc_web,
     };
     let server =
         tokio::spawn(listener::serve(listener, tls, stack, settings, listener_stats, stopped));

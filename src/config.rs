@@ -270,6 +270,28 @@ pub struct Config {
     #[arg(long, env = "ROSTER_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, global = true)]
     pub max_streams_per_connection: u32,
 
+    /// Serve gRPC-Web (HTTP/1.1 or HTTP/2, `application/grpc-web`) on the main port besides
+    /// native gRPC; `false` serves HTTP/2 gRPC only.
+    #[arg(
+        long,
+        env = "ROSTER_GRPC_WEB",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub grpc_web: bool,
+
+    /// A browser origin (`https://app.example.com`) whose pages may call the server with
+    /// gRPC-Web; repeat the flag (or separate with commas) for several. None by default: no
+    /// CORS headers are sent, so no page of another origin can call or read an answer.
+    #[arg(
+        long = "cors-allowed-origin",
+        env = "ROSTER_CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cors_allowed_origins: Vec<String>,
+
     /// Largest block of request headers (metadata), in bytes (HTTP/2
     /// SETTINGS_MAX_HEADER_LIST_SIZE).
     #[arg(long, env = "ROSTER_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024, global = true)]
@@ -373,6 +395,12 @@ impl Config {
         }
         if self.max_in_flight == 0 || self.request_timeout_ms == 0 {
             anyhow::bail!("--max-in-flight and --request-timeout-ms must be positive");
+        }
+        for origin in &self.cors_allowed_origins {
+            check_origin(origin)?;
+        }
+        if !self.grpc_web && !self.cors_allowed_origins.is_empty() {
+            anyhow::bail!("--cors-allowed-origin needs gRPC-Web: drop it or set --grpc-web true");
         }
         for (flag, value) in [
             ("--request-body-timeout-ms", self.request_body_timeout_ms),
@@ -494,6 +522,22 @@ impl fmt::Debug for Config {
     }
 }
 
+/// An origin as a browser sends it: scheme and host (and port), nothing after; `*` is refused
+/// because it would let every page on the web act for a signed-in user.
+fn check_origin(origin: &str) -> anyhow::Result<()> {
+    let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+    let host_ok = rest.is_some_and(|host| {
+        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    });
+    if !host_ok {
+        anyhow::bail!(
+            "--cors-allowed-origin {origin:?} is not an origin: give scheme and host, such as \
+             https://app.example.com or http://127.0.0.1:8080, without a path or a trailing slash"
+        );
+    }
+    Ok(())
+}
+
 /// The configuration reference as a Markdown table, generated from the flags themselves: the
 /// README and docs/operations.md carry it between `<!-- config-reference -->` markers, and a
 /// test keeps them equal to it.
@@ -566,6 +610,19 @@ mod tests {
                 generated,
                 "{path} is out of date; regenerate it with ROSTER_WRITE_CONFIG_REFERENCE=1 cargo test --lib config"
             );
+        }
+    }
+
+    #[test]
+    fn only_origins_may_be_allowed_to_call_from_a_browser() {
+        let mut config = Config::defaults();
+        config.cors_allowed_origins =
+            vec!["https://app.example.com".to_owned(), "http://127.0.0.1:8080".to_owned()];
+        assert!(config.validate().is_ok());
+        for bad in ["*", "app.example.com", "https://app.example.com/", "https://", "ftp://x"] {
+            config.cors_allowed_origins = vec![bad.to_owned()];
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("--cors-allowed-origin"), "{bad}: {err}");
         }
     }
 

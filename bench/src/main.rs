@@ -97,6 +97,10 @@ struct Args {
     /// unset.
     #[arg(long)]
     cache_entries: Option<usize>,
+    /// Whether the server serves gRPC-Web besides native gRPC (its `--grpc-web`), to measure
+    /// what the web layer costs a native call.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    grpc_web: bool,
     /// Pin the server to CPU 1 and the load generator to CPU 0 (with `taskset`), so that the
     /// two do not trade cores between runs; figures then repeat within a few percent.
     #[arg(long)]
@@ -672,7 +676,7 @@ fn start_server(
     addr: &str,
     metrics: &str,
     dir: &std::path::Path,
-    cache_entries: Option<usize>,
+    args: &Args,
     cpu: Option<u32>,
 ) -> anyhow::Result<Child> {
     let binary = std::env::current_exe()?.with_file_name("roster");
@@ -690,9 +694,10 @@ fn start_server(
         }
         None => Command::new(binary),
     };
-    if let Some(entries) = cache_entries {
+    if let Some(entries) = args.cache_entries {
         command.args(["--authz-cache-entries", &entries.to_string()]);
     }
+    command.args(["--grpc-web", &args.grpc_web.to_string()]);
     command
         .args(["--listen", addr, "--metrics-listen", metrics])
         .args(["--database-url", database_url, "--mail-dir"])
@@ -903,8 +908,7 @@ impl Target {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
         let cpu = args.pin.then_some(1);
-        let mut server =
-            start_server(&database_url, &addr, &metrics, &dir, args.cache_entries, cpu)?;
+        let mut server = start_server(&database_url, &addr, &metrics, &dir, args, cpu)?;
         let endpoint = format!("http://{addr}");
         let mut channels = Vec::new();
         for _ in 0..100 {
@@ -1323,8 +1327,7 @@ impl WatchServer {
         };
         let addr = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
-        let mut server =
-            start_server(database_url, &addr, &metrics, dir, args.cache_entries, None)?;
+        let mut server = start_server(database_url, &addr, &metrics, dir, args, None)?;
         for _ in 0..100 {
             if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?.connect().await {
                 return Ok(Self { server, channel, metrics });

@@ -23,4 +23,6 @@ pub use model::{
     Workspace,
 };
 pub use permission::{Holders, Permission, Scope, capability};
-pub use values::{Access, DisplayName, GrantReason, InvitationTtl, MaxGrantDuration, Role};
+pub use values::{
+    Access, DisplayName, GrantReason, InvitationTtl, MaxGrantDuration, RequestId, Role,
+};

@@ -170,6 +170,42 @@ impl GrantReason {
     }
 }
 
+/// The id that ties a call's logs, trace and audit event together (`x-request-id`): the
+/// caller's own when it sends a usable one, else one the server makes up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// Longest id taken from a caller; a longer one is replaced, not cut, so that two callers'
+    /// ids never merge into one.
+    pub const MAX_LEN: usize = 128;
+
+    /// A caller's id: 1 to 128 visible ASCII characters, so that it can go into a header, a log
+    /// line and JSON as it is.
+    pub fn parse(text: &str) -> Option<Self> {
+        let usable = !text.is_empty()
+            && text.len() <= Self::MAX_LEN
+            && text.bytes().all(|b| b.is_ascii_graphic());
+        usable.then(|| Self(text.to_owned()))
+    }
+
+    /// An id made up by the server: a random UUID.
+    pub fn from_uuid(id: uuid::Uuid) -> Self {
+        Self(id.to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The longest a grant of an organization may last from when it is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxGrantDuration(Duration);

@@ -11,9 +11,9 @@ use crate::pb;
 use crate::service::page::{self, PageRequest};
 use crate::service::team::{
     AcceptInvitation, CreateInvitation, CreateOrganization, CreateWorkspace, InvitationRef,
-    ListAuditEvents, ListInvitations, ListMembers, ListWorkspaceAccess, ListWorkspaces, MemberRef,
-    SetWorkspaceAccess, TransferOwnership, UpdateMemberRole, UpdateOrganization, UpdateWorkspace,
-    WorkspaceRef,
+    ListAuditEvents, ListInvitations, ListMembers, ListMyPermissions, ListWorkspaceAccess,
+    ListWorkspaces, MemberRef, SetWorkspaceAccess, TransferOwnership, UpdateMemberRole,
+    UpdateOrganization, UpdateWorkspace, WorkspaceRef,
 };
 
 /// Longest accepted invitation token field, before any lookup.
@@ -330,6 +330,19 @@ impl TryFrom<pb::ListWorkspaceAccessRequest> for ListWorkspaceAccess {
             return Err(v.into_error());
         };
         Ok(Self { organization_id, workspace_id, user_id, page })
+    }
+}
+
+impl TryFrom<pb::ListMyPermissionsRequest> for ListMyPermissions {
+    type Error = Error;
+    fn try_from(req: pb::ListMyPermissionsRequest) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
+        let ws = convert::optional_workspace_id(&mut v, "workspace_id", &req.workspace_id);
+        let (Some(organization_id), Some(workspace_id)) = (org, ws) else {
+            return Err(v.into_error());
+        };
+        Ok(Self { organization_id, workspace_id })
     }
 }
 

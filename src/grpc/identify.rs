@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 
 use super::auth::{Identity, ServiceCaller};
 use super::listener::Peer;
+use crate::domain::RequestId;
 use crate::service::Actor;
 
 /// Who must identify themselves on a path.
@@ -108,7 +109,8 @@ where
                 }
                 request.extensions_mut().insert(Credentialed);
                 match identified {
-                    Identified::User(actor) => {
+                    Identified::User(mut actor) => {
+                        actor.request_id = request.extensions().get::<RequestId>().cloned();
                         request.extensions_mut().insert(actor);
                     }
                     Identified::Service(caller) => {

@@ -60,6 +60,8 @@ pub struct ListenerSettings {
     pub max_header_list_bytes: u32,
     /// How long connections may finish their calls once the server stops.
     pub shutdown_grace: Duration,
+    /// Whether HTTP/1.1 is accepted (for gRPC-Web) besides HTTP/2.
+    pub http1: bool,
 }
 
 /// How long a connection told to go away may finish its calls before it is dropped.
@@ -338,7 +340,21 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
 }
 
 fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+    // HTTP/1.1 is accepted for gRPC-Web (browsers); anything else over it is refused by the
+    // web layer, before identification.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if !settings.http1 {
+        builder = builder.http2_only();
+    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // A peer dribbling its headers is cut off, as one slow through its handshake is.
+        .header_read_timeout(settings.handshake_timeout)
+        // Headers beyond the HTTP/2 bound are refused here as well (hyper needs at least 8 KiB).
+        .max_buf_size((settings.max_header_list_bytes as usize).max(8 * 1024))
+        .max_headers(100)
+        .auto_date_header(false);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -19,6 +19,7 @@ pub mod status;
 pub mod team;
 pub mod tls;
 pub mod watch;
+pub mod web;
 
 /// Takes the service a middleware just made ready, leaving a fresh clone for the next call:
 /// tower only promises readiness for the instance `poll_ready` was called on.

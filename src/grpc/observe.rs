@@ -17,6 +17,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::listener::{CallOnConnection, Peer};
+use crate::domain::RequestId;
 use crate::metrics::Metrics;
 
 /// Adds [`Observe`] to a server.
@@ -83,6 +84,7 @@ where
         let (service, name) = full_name.split_once('/').unwrap_or(("", full_name));
         // Field names follow OpenTelemetry's conventions for gRPC servers; `otel.*` fields are
         // read by the exporter. organization_id, caller and decision are filled in by handlers.
+        let request_id = request_id(request.headers());
         let span = tracing::info_span!(
             CALL_SPAN,
             otel.name = full_name,
@@ -95,6 +97,7 @@ where
             organization_id = Empty,
             caller = Empty,
             decision = Empty,
+            request_id = request_id.0.as_str(),
         );
         if request.headers().contains_key("traceparent") {
             let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
@@ -104,6 +107,9 @@ where
         let metrics = self.metrics.clone();
         let known = method != crate::metrics::OTHER_METHOD;
         let open = request.extensions().get::<Peer>().map(Peer::call_started);
+        let (request_id, echoed) = request_id;
+        let mut request = request;
+        request.extensions_mut().insert(request_id);
         Box::pin(
             async move {
                 // The router would answer an unknown path with an empty UNIMPLEMENTED.
@@ -116,6 +122,8 @@ where
                     )
                     .into_http()
                 };
+                let mut response = response;
+                response.headers_mut().insert(REQUEST_ID_HEADER, echoed.clone());
                 let header_code = status_in(response.headers());
                 let span = tracing::Span::current();
                 Ok(response.map(|body| {
@@ -123,13 +131,40 @@ where
                         inner: body,
                         code: header_code,
                         finished: false,
-                        record: Some(Finish { method, started, metrics, span, _open: open }),
+                        record: Some(Finish {
+                            method,
+                            started,
+                            metrics,
+                            span,
+                            request_id: echoed,
+                            _open: open,
+                        }),
                     })
                 }))
             }
             .instrument(span),
         )
     }
+}
+
+/// The metadata key of a call's request id, taken from the request and echoed in the response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The call's request id, and the header value that echoes it: the caller's own when usable
+/// (see [`RequestId::parse`]), else a random UUID. Ids are for correlation only; nothing is
+/// decided by them.
+fn request_id(headers: &http::HeaderMap) -> (RequestId, http::HeaderValue) {
+    if let Some(value) = headers.get(REQUEST_ID_HEADER)
+        && let Some(id) = value.to_str().ok().and_then(RequestId::parse)
+    {
+        return (id, value.clone());
+    }
+    // From the thread's generator rather than the operating system's: one per call on the
+    // hot path, and it needs to be unique, not secret.
+    let id = RequestId::from_uuid(uuid::Builder::from_random_bytes(rand::random()).into_uuid());
+    let echoed = http::HeaderValue::from_str(id.as_str())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+    (id, echoed)
 }
 
 /// The name of the per-call span.
@@ -155,6 +190,8 @@ struct Finish {
     started: Instant,
     metrics: Arc<Metrics>,
     span: tracing::Span,
+    /// For the log line of a failed call, which leaves the span out (see `telemetry`).
+    request_id: http::HeaderValue,
     /// Keeps the call counted as open on its connection (see the listener's idle timeout)
     /// until the response is done.
     _open: Option<CallOnConnection>,
@@ -218,7 +255,8 @@ impl Drop for Observed {
         // The cause is logged where it arose; this names the call, which logs otherwise leave
         // out. Only for bugs: an outage's UNAVAILABLE calls would flood the log.
         if matches!(code, tonic::Code::Internal | tonic::Code::Unknown) {
-            tracing::error!(rpc.method = finish.method, code = ?code, "call failed");
+            let request_id = finish.request_id.to_str().unwrap_or_default();
+            tracing::error!(rpc.method = finish.method, code = ?code, request_id, "call failed");
         }
     }
 }
@@ -258,6 +296,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_usable_request_id_is_taken_and_any_other_is_replaced() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(request_id(&headers).0.as_str().len(), 36, "made up: a UUID");
+        headers.insert(REQUEST_ID_HEADER, http::HeaderValue::from_static("page-42/retry-1"));
+        let (id, echoed) = request_id(&headers);
+        assert_eq!((id.as_str(), echoed.to_str().unwrap()), ("page-42/retry-1", "page-42/retry-1"));
+        for unusable in ["", "two words", &"x".repeat(129)] {
+            headers.insert(REQUEST_ID_HEADER, http::HeaderValue::from_str(unusable).unwrap());
+            let (id, echoed) = request_id(&headers);
+            assert_ne!(id.as_str(), unusable);
+            assert_eq!(id.as_str(), echoed.to_str().unwrap(), "the echo is the id used");
+        }
+    }
+
     /// What ending a call with `code` logs at info.
     fn logged_on_finish(code: tonic::Code) -> String {
         let captured = Captured::default();
@@ -276,6 +329,7 @@ mod tests {
                     started: Instant::now(),
                     metrics: Arc::new(Metrics::new()),
                     span: tracing::Span::none(),
+                    request_id: http::HeaderValue::from_static("request-7"),
                     _open: None,
                 }),
             });
@@ -284,10 +338,11 @@ mod tests {
     }
 
     #[test]
-    fn an_internal_failure_logs_its_method_and_a_denial_logs_nothing() {
+    fn an_internal_failure_logs_its_method_and_request_id_and_a_denial_logs_nothing() {
         let failed = logged_on_finish(tonic::Code::Internal);
         assert!(failed.contains("call failed"), "{failed}");
         assert!(failed.contains("/roster.v1.AccessService/Authorize"), "{failed}");
+        assert!(failed.contains("request-7"), "{failed}");
         assert_eq!(logged_on_finish(tonic::Code::PermissionDenied), "");
         assert_eq!(logged_on_finish(tonic::Code::Ok), "");
     }

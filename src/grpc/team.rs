@@ -305,4 +305,20 @@ impl TeamService for TeamApi {
             next_page_token: page.next_page_token,
         }))
     }
+
+    async fn list_my_permissions(
+        &self,
+        request: Request<pb::ListMyPermissionsRequest>,
+    ) -> Reply<pb::ListMyPermissionsResponse> {
+        let (actor, command) = command(request)?;
+        let mine = self.services.list_my_permissions(&actor, command).await?;
+        Ok(Response::new(pb::ListMyPermissionsResponse {
+            role: convert::role_pb(mine.role).into(),
+            workspace_access: match mine.workspace_access {
+                Some(access) => convert::access_pb(access).into(),
+                None => pb::WorkspaceAccess::Unspecified.into(),
+            },
+            permissions: mine.permissions.iter().map(|p| p.name().to_owned()).collect(),
+        }))
+    }
 }

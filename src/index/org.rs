@@ -1,7 +1,7 @@
 //! One organization's index: its members' roles, its workspaces and every grant, laid out for
 //! the lookup a check makes, and the deltas of a committed change applied to a copy of it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -34,10 +34,14 @@ pub struct OrgIndex {
     /// stray grant could never be read as another's.
     next_ordinal: u32,
     entries: usize,
-    /// The grants that end, by user: (workspace ordinal, end in microseconds). Empty for an
-    /// organization without one, so that a check there reads no clock.
-    ends: HashMap<Box<[u8]>, Vec<(u32, i64)>, Fast>,
+    /// When each grant ends, in microseconds, beside it: `ends[i]` is the end of `grants[i]`,
+    /// [`NEVER`] for one that does not end. Empty for an organization without a grant that ends,
+    /// so that a check there reads no clock and the organization pays no memory for it.
+    ends: Box<[i64]>,
 }
+
+/// The end of a grant that does not end.
+const NEVER: i64 = i64::MAX;
 
 impl std::fmt::Debug for OrgIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,28 +163,22 @@ impl OrgIndex {
         // limit. Grants left out above are not counted, as a patch would not count them.
         let entries = 1 + member_rows + workspaces.len() + held;
         let grants = packed.into_boxed_slice();
-        let ends = HashMap::default();
-        Self { hasher, users, workspaces, grants, next_ordinal, entries, ends }
+        Self { hasher, users, workspaces, grants, next_ordinal, entries, ends: Box::default() }
     }
 
     /// This index with the ends of the grants that end: (workspace, user, end in microseconds).
     /// An end of a grant the index does not hold is left out.
     pub fn with_ends(mut self, ends: Vec<(WorkspaceId, UserId, i64)>) -> Self {
+        let mut beside = vec![NEVER; self.grants.len()];
         for (workspace, user, end) in ends {
             let Some(ordinal) = self.workspaces.get(&workspace).copied() else { continue };
-            let held = self.find((&user).into()).and_then(|entry| self.grant(entry, ordinal));
-            if held.is_some() {
-                let key: Box<[u8]> = user.as_str().as_bytes().into();
-                self.ends.entry(key).or_default().push((ordinal, end));
+            let at = self.find((&user).into()).and_then(|entry| self.grant(entry, ordinal));
+            if let Some((_, at)) = at {
+                beside[at] = end;
             }
         }
+        self.ends = sealed(beside);
         self
-    }
-
-    /// When `user`'s grant on the workspace of `ordinal` ends, if it does.
-    fn end_of(&self, user: &UserEntry, ordinal: u32) -> Option<i64> {
-        let ends = self.ends.get(user.id.as_bytes())?;
-        ends.iter().find(|(o, _)| *o == ordinal).map(|(_, end)| *end)
     }
 
     /// A copy of this index with a committed change's deltas applied, in order: what a reload
@@ -196,7 +194,8 @@ impl OrgIndex {
         // What each touched user ends up with: their role, and their grants as ordinal ->
         // access, starting from what the index holds.
         let mut touched: Touched = HashMap::default();
-        let mut reset: HashSet<(Box<[u8]>, u32)> = HashSet::new();
+        // The grants set again or removed, with the end each now has (NEVER for none): whatever
+        // end they had before is gone with them.
         let mut fresh: HashMap<(Box<[u8]>, u32), i64> = HashMap::new();
         for delta in deltas {
             match delta {
@@ -225,14 +224,12 @@ impl OrgIndex {
                 }
                 Delta::GrantChanged { user, workspace, new, expire_time, .. } => {
                     if let Some(ordinal) = workspaces.get(workspace) {
-                        // Set again or removed: whatever end it had is gone with it, and the
-                        // grant set now ends when it says.
                         let key: (Box<[u8]>, u32) = (user.as_str().as_bytes().into(), *ordinal);
-                        match (new, expire_time) {
-                            (Some(_), Some(end)) => fresh.insert(key.clone(), end.as_micros()),
-                            _ => fresh.remove(&key),
+                        let end = match (new, expire_time) {
+                            (Some(_), Some(end)) => end.as_micros(),
+                            _ => NEVER,
                         };
-                        reset.insert(key);
+                        fresh.insert(key, end);
                     }
                     match (workspaces.get(workspace).copied(), new) {
                         (Some(ordinal), Some(access)) => {
@@ -258,11 +255,22 @@ impl OrgIndex {
         // workspace's (the database deleted them with it).
         let mut users = self.users.clone();
         let mut packed = Vec::with_capacity(self.grants.len() + 16);
+        // Ends are carried beside the grants only where some grant ends, before or after.
+        let track = !self.ends.is_empty() || fresh.values().any(|end| *end != NEVER);
+        let mut packed_ends = Vec::with_capacity(if track { packed.capacity() } else { 0 });
         for entry in users.iter_mut() {
             let start = entry.grants_start as usize;
-            let own = self.grants.get(start..start + entry.grants_len as usize).unwrap_or(&[]);
+            let len = entry.grants_len as usize;
+            let own = self.grants.get(start..start + len).unwrap_or(&[]);
             let from = packed.len();
-            packed.extend(own.iter().filter(|g| !deleted.contains(&(*g >> 1))));
+            for (i, grant) in own.iter().enumerate() {
+                if !deleted.contains(&(grant >> 1)) {
+                    packed.push(*grant);
+                    if track {
+                        packed_ends.push(self.ends.get(start + i).copied().unwrap_or(NEVER));
+                    }
+                }
+            }
             // Within u32: the copy holds no more grants than the original.
             entry.grants_start = from as u32;
             entry.grants_len = (packed.len() - from) as u32;
@@ -273,6 +281,7 @@ impl OrgIndex {
             let found = users.find_entry(hash, |e| e.id.as_bytes() == id);
             // Sorted by ordinal, as the map iterates.
             let own: Vec<u32> = grants.iter().map(|(o, a)| pack_grant(*o, *a)).collect();
+            let old = self.find_bytes(id);
             if role.is_none() && own.is_empty() {
                 // Gone from the organization: no entry, as a reload would leave none.
                 if let Ok(entry) = found {
@@ -282,6 +291,19 @@ impl OrgIndex {
                 (u32::try_from(packed.len()), u32::try_from(own.len()))
             {
                 // The user's old grants stay in the array unread until the next patch compacts it.
+                if track {
+                    // A grant set again ends as the change says; one the change left alone
+                    // keeps its end (its user was touched for another reason).
+                    for ordinal in grants.keys() {
+                        let key = (Box::<[u8]>::from(id), *ordinal);
+                        let end = fresh.get(&key).copied().unwrap_or_else(|| {
+                            old.and_then(|entry| self.grant(entry, *ordinal))
+                                .and_then(|(_, at)| self.ends.get(at).copied())
+                                .unwrap_or(NEVER)
+                        });
+                        packed_ends.push(end);
+                    }
+                }
                 packed.extend(own);
                 let fresh = UserEntry { id: UserKey::new(id), role, grants_start, grants_len };
                 match found {
@@ -298,38 +320,15 @@ impl OrgIndex {
         let members = users.iter().filter(|e| e.role.is_some()).count();
         let held: usize = users.iter().map(|e| e.grants_len as usize).sum();
         let entries = 1 + members + workspaces.len() + held;
-        let mut patched = Self {
+        Some(Self {
             hasher: self.hasher.clone(),
             users,
             workspaces,
             grants: packed.into_boxed_slice(),
             next_ordinal,
             entries,
-            ends: HashMap::default(),
-        };
-        // The ends of grants the change left alone, as a reload would read them.
-        for (user, ends) in &self.ends {
-            let Some(entry) = patched.find_bytes(user) else { continue };
-            let kept: Vec<(u32, i64)> = ends
-                .iter()
-                .copied()
-                .filter(|(ordinal, _)| {
-                    !deleted.contains(ordinal)
-                        && !reset.contains(&(user.clone(), *ordinal))
-                        && patched.grant(entry, *ordinal).is_some()
-                })
-                .collect();
-            if !kept.is_empty() {
-                patched.ends.insert(user.clone(), kept);
-            }
-        }
-        for ((user, ordinal), end) in fresh {
-            let held = patched.find_bytes(&user).and_then(|entry| patched.grant(entry, ordinal));
-            if !deleted.contains(&ordinal) && held.is_some() {
-                patched.ends.entry(user).or_default().push((ordinal, end));
-            }
-        }
-        Some(patched)
+            ends: sealed(packed_ends),
+        })
     }
 
     /// The entry of `user` in `touched`, started from what this index holds for them, without
@@ -379,6 +378,9 @@ impl OrgIndex {
             if let Some(first) = self.grants.get(start) {
                 prefetch(first);
             }
+            if let Some(first) = self.ends.get(start) {
+                prefetch(first);
+            }
         }
         Located { index: self, user, ordinal }
     }
@@ -391,11 +393,12 @@ impl OrgIndex {
         self.users.find(self.hasher.hash_one(id), |e| e.id.as_bytes() == id)
     }
 
-    fn grant(&self, user: &UserEntry, ordinal: u32) -> Option<Access> {
+    /// `user`'s grant on the workspace of `ordinal`, and its position in `grants`.
+    fn grant(&self, user: &UserEntry, ordinal: u32) -> Option<(Access, usize)> {
         let start = user.grants_start as usize;
         let grants = self.grants.get(start..start + user.grants_len as usize)?;
         let at = grants.binary_search_by_key(&ordinal, |g| g >> 1).ok()?;
-        Some(unpack_access(grants[at]))
+        Some((unpack_access(grants[at]), start + at))
     }
 
     /// Rows held.
@@ -422,20 +425,26 @@ impl Located<'_> {
             Ok(None) => (role, WorkspaceFacts::NotApplicable),
             Ok(Some(ordinal)) => {
                 let Some(user) = self.user else { return (role, WorkspaceFacts::Present(None)) };
-                let grant = self.index.grant(user, ordinal);
+                let Some((access, at)) = self.index.grant(user, ordinal) else {
+                    return (role, WorkspaceFacts::Present(None));
+                };
                 // Decided by this process's clock at the instant of the check: an ended grant
                 // grants nothing from its end on, whether or not the end is recorded yet.
-                if let Some(access) = grant
-                    && !self.index.ends.is_empty()
-                    && let Some(end) = self.index.end_of(user, ordinal)
-                    && end <= Timestamp::now().as_micros()
+                if let Some(end) = self.index.ends.get(at)
+                    && *end != NEVER
+                    && *end <= Timestamp::now().as_micros()
                 {
                     return (role, WorkspaceFacts::Ended(access));
                 }
-                (role, WorkspaceFacts::Present(grant))
+                (role, WorkspaceFacts::Present(Some(access)))
             }
         }
     }
+}
+
+/// Ends kept beside the grants, or none at all when no grant ends.
+fn sealed(ends: Vec<i64>) -> Box<[i64]> {
+    if ends.iter().all(|end| *end == NEVER) { Box::default() } else { ends.into_boxed_slice() }
 }
 
 /// Asks the processor to start loading `value`'s cache line; a hint that changes no result.
@@ -519,6 +528,8 @@ mod tests {
                     new: Some(Access::Read),
                     expire_time: None,
                 },
+                // Touched for its role: its grant keeps its end.
+                Delta::RoleChanged { user: user("kept"), old: Role::Member, new: Role::Admin },
                 Delta::MemberRemoved { user: user("gone"), role: Role::Member },
                 Delta::GrantChanged {
                     user: user("gone"),
@@ -533,10 +544,19 @@ mod tests {
         let facts = |name: &str, w: WorkspaceId| patched.facts(&user(name), Some(w)).1;
         assert_eq!(facts("set", ws), WorkspaceFacts::Present(Some(Access::Read)));
         assert_eq!(facts("kept", ws), WorkspaceFacts::Ended(Access::Write));
+        assert_eq!(patched.facts(&user("kept"), None).0, Some(Role::Admin));
         assert_eq!(facts("untouched", ws), WorkspaceFacts::Ended(Access::Write));
         assert_eq!(facts("gone", ws), WorkspaceFacts::Present(None));
         assert_eq!(facts("deleted", other), WorkspaceFacts::Missing);
-        assert_eq!(patched.ends.len(), 2, "only the ends of grants left alone remain");
+        // Counted over the grants users hold; replaced copies stay in the array unread.
+        let ending: usize = patched
+            .users
+            .iter()
+            .map(|e| e.grants_start as usize..(e.grants_start + e.grants_len) as usize)
+            .map(|held| patched.ends[held].iter().filter(|end| **end != NEVER).count())
+            .sum();
+        assert_eq!(ending, 2, "only the ends of grants left alone remain");
+        assert_eq!(patched.ends.len(), patched.grants.len(), "each end sits beside its grant");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::domain::{ChangeToken, Email, LogPosition, UserId};
+use crate::domain::{ChangeToken, Email, LogPosition, RequestId, UserId};
 use crate::index::AuthzIndex;
 use crate::storage::Store;
 
@@ -27,6 +27,8 @@ pub struct Actor {
     /// Whether that email is proven to be the user's: in jwt mode the token's `email_verified`
     /// claim is true (or absent, if configured to tolerate that); dev mode trusts its headers.
     pub email_verified: bool,
+    /// The call's request id, kept in the details of the audit event the call writes.
+    pub request_id: Option<RequestId>,
 }
 
 /// Settings the use-cases need.

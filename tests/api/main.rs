@@ -30,4 +30,5 @@ mod server;
 mod sqlite_file;
 mod tls;
 mod watch;
+mod web;
 mod workspaces;

@@ -291,6 +291,13 @@ async fn call(
             ))
             .await,
         ),
+        "ListMyPermissions" => done(
+            team.list_my_permissions(wrap(
+                actor,
+                pb::ListMyPermissionsRequest { organization_id: org, workspace_id: String::new() },
+            ))
+            .await,
+        ),
         other => panic!("no call for {other}"),
     }
 }
@@ -320,6 +327,7 @@ const MATRIX: &[(&str, [Code; 4])] = &[
     ("ResendInvitation", [Y, Y, Pd, Pd]), // members.invite
     ("RevokeInvitation", [Y, Y, Pd, Pd]), // members.invite
     ("ListAuditEvents", [Y, Y, Pd, Pd]), // audit.read
+    ("ListMyPermissions", [Y, Y, Y, Y]), // any member
 ];
 
 async fn every_team_rpc_answers_each_kind_of_caller_as_the_tables_say(backend: Backend) {

@@ -58,10 +58,14 @@ impl Services {
         &self,
         tx: OrgChange,
         actor: &Actor,
-        audited: Audited,
+        mut audited: Audited,
         deltas: Vec<Delta>,
         now: Timestamp,
     ) -> Result<ChangeToken, Error> {
+        // Ties the event to the call's logs and trace.
+        if let (Some(id), Json::Object(details)) = (&actor.request_id, &mut audited.details) {
+            details.insert("request_id".to_owned(), Json::String(id.as_str().to_owned()));
+        }
         self.finish_as(tx, Some(&actor.user_id), audited, deltas, now).await
     }
 

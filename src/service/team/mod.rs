@@ -7,6 +7,7 @@ pub mod grants;
 pub mod invitations;
 pub mod members;
 pub mod organizations;
+pub mod permissions;
 pub mod workspaces;
 
 use super::Actor;
@@ -18,6 +19,7 @@ pub use grants::{ListWorkspaceAccess, SetWorkspaceAccess};
 pub use invitations::{AcceptInvitation, CreateInvitation, InvitationRef, ListInvitations};
 pub use members::{ListMembers, MemberRef, TransferOwnership, UpdateMemberRole};
 pub use organizations::{CreateOrganization, ListAuditEvents, UpdateOrganization};
+pub use permissions::{ListMyPermissions, MyPermissions};
 pub use workspaces::{CreateWorkspace, ListWorkspaces, UpdateWorkspace, WorkspaceRef};
 
 /// Rule 1: only an Owner may do this.

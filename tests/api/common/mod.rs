@@ -7,6 +7,7 @@ pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod smtp;
+pub mod web;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
