@@ -116,6 +116,7 @@ reasons! {
         InviteeAlreadyMember => "INVITEE_ALREADY_MEMBER",
         NewerInvitationPending => "NEWER_INVITATION_PENDING",
         OwnerHoldsEveryWorkspace => "OWNER_HOLDS_EVERY_WORKSPACE",
+        RequestIdReused => "REQUEST_ID_REUSED",
     }
     ResourceExhausted {
         RateLimited => "RATE_LIMITED",
@@ -130,6 +131,7 @@ reasons! {
         ConcurrentChange => "CONCURRENT_CHANGE",
         ChangeLogBehind => "CHANGE_LOG_BEHIND",
         ServerStopping => "SERVER_STOPPING",
+        RequestInProgress => "REQUEST_IN_PROGRESS",
     }
 }
 

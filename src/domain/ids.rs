@@ -70,6 +70,11 @@ uuid_id!(
     /// Identifies an audit event.
     AuditEventId
 );
+uuid_id!(
+    /// A caller's name for one TeamService change (`request_id`, AIP-155), so that a retry of
+    /// it is answered instead of applied again.
+    ChangeRequestId
+);
 
 /// The identity provider's stable subject for a user: 1 to 255 printable characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -16,7 +16,9 @@ pub use audit::{AuditAction, AuditTarget};
 pub use authz::{Decision, Pass, Reason, WorkspaceFacts, decide};
 pub use change::{ChangeRecord, ChangeToken, Delta, LogPosition, Revision};
 pub use email::Email;
-pub use ids::{AuditEventId, InvitationId, OrganizationId, UserId, UserIdRef, WorkspaceId};
+pub use ids::{
+    AuditEventId, ChangeRequestId, InvitationId, OrganizationId, UserId, UserIdRef, WorkspaceId,
+};
 pub use invitation::InvitationState;
 pub use model::{
     AuditEvent, DeliveryState, Grant, Invitation, InvitedGrant, Member, Organization, Timestamp,

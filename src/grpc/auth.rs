@@ -234,7 +234,7 @@ impl Identity {
                 // A missing claim is no proof, unless the operator said their provider omits it;
                 // an explicit false never is.
                 let email_verified = claims.email_verified.unwrap_or(*allow_missing_email_verified);
-                Ok(Actor { user_id, email, email_verified, request_id: None })
+                Ok(Actor { user_id, email, email_verified, request_id: None, retry: None })
             }
         }
     }
@@ -316,7 +316,7 @@ fn dev_actor(metadata: &HeaderMap) -> Result<Actor, Error> {
         }
     };
     // Dev mode trusts its headers, the email included.
-    Ok(Actor { user_id, email, email_verified: true, request_id: None })
+    Ok(Actor { user_id, email, email_verified: true, request_id: None, retry: None })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod listener;
 pub mod observe;
 pub mod readiness;
+pub mod retry;
 pub mod router;
 pub mod socket;
 pub mod status;

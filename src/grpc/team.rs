@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::identify;
+use super::retry;
 use crate::error::Error;
 use crate::pb::{self, team_service_server::TeamService};
 use crate::service::{Actor, Services};
@@ -30,18 +31,39 @@ fn command<R, C: TryFrom<R, Error = Error>>(mut request: Request<R>) -> Result<(
     Ok((actor, C::try_from(request.into_inner())?))
 }
 
+impl TeamApi {
+    /// Runs a change once per request id (see [`retry::once`]).
+    async fn once<R, C, T, F, Fut>(
+        &self,
+        method: &'static str,
+        request: Request<R>,
+        run: F,
+    ) -> Reply<T>
+    where
+        R: retry::Retryable,
+        C: TryFrom<R, Error = Error>,
+        T: prost::Message + Default,
+        F: FnOnce(Actor, C) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        retry::once(&self.services, method, request, run).await
+    }
+}
+
 #[tonic::async_trait]
 impl TeamService for TeamApi {
     async fn create_organization(
         &self,
         request: Request<pb::CreateOrganizationRequest>,
     ) -> Reply<pb::CreateOrganizationResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.create_organization(&actor, command).await?;
-        Ok(Response::new(pb::CreateOrganizationResponse {
-            organization: Some(convert::organization(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("CreateOrganization", request, |actor, command| async move {
+            let changed = self.services.create_organization(&actor, command).await?;
+            Ok(pb::CreateOrganizationResponse {
+                organization: Some(convert::organization(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn get_organization(
@@ -71,23 +93,25 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::UpdateOrganizationRequest>,
     ) -> Reply<pb::UpdateOrganizationResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.update_organization(&actor, command).await?;
-        Ok(Response::new(pb::UpdateOrganizationResponse {
-            organization: Some(convert::organization(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("UpdateOrganization", request, |actor, command| async move {
+            let changed = self.services.update_organization(&actor, command).await?;
+            Ok(pb::UpdateOrganizationResponse {
+                organization: Some(convert::organization(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn delete_organization(
         &self,
         request: Request<pb::DeleteOrganizationRequest>,
     ) -> Reply<pb::DeleteOrganizationResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.delete_organization(&actor, command).await?;
-        Ok(Response::new(pb::DeleteOrganizationResponse {
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("DeleteOrganization", request, |actor, command| async move {
+            let changed = self.services.delete_organization(&actor, command).await?;
+            Ok(pb::DeleteOrganizationResponse { consistency_token: changed.token.encode() })
+        })
+        .await
     }
 
     async fn list_members(
@@ -115,57 +139,65 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::UpdateMemberRoleRequest>,
     ) -> Reply<pb::UpdateMemberRoleResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.update_member_role(&actor, command).await?;
-        Ok(Response::new(pb::UpdateMemberRoleResponse {
-            member: Some(convert::member(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("UpdateMemberRole", request, |actor, command| async move {
+            let changed = self.services.update_member_role(&actor, command).await?;
+            Ok(pb::UpdateMemberRoleResponse {
+                member: Some(convert::member(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn remove_member(
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Reply<pb::RemoveMemberResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.remove_member(&actor, command).await?;
-        Ok(Response::new(pb::RemoveMemberResponse { consistency_token: changed.token.encode() }))
+        self.once("RemoveMember", request, |actor, command| async move {
+            let changed = self.services.remove_member(&actor, command).await?;
+            Ok(pb::RemoveMemberResponse { consistency_token: changed.token.encode() })
+        })
+        .await
     }
 
     async fn leave_organization(
         &self,
         request: Request<pb::LeaveOrganizationRequest>,
     ) -> Reply<pb::LeaveOrganizationResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.leave_organization(&actor, command).await?;
-        Ok(Response::new(pb::LeaveOrganizationResponse {
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("LeaveOrganization", request, |actor, command| async move {
+            let changed = self.services.leave_organization(&actor, command).await?;
+            Ok(pb::LeaveOrganizationResponse { consistency_token: changed.token.encode() })
+        })
+        .await
     }
 
     async fn transfer_ownership(
         &self,
         request: Request<pb::TransferOwnershipRequest>,
     ) -> Reply<pb::TransferOwnershipResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.transfer_ownership(&actor, command).await?;
-        Ok(Response::new(pb::TransferOwnershipResponse {
-            previous_owner: Some(convert::member(changed.value.0)),
-            new_owner: Some(convert::member(changed.value.1)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("TransferOwnership", request, |actor, command| async move {
+            let changed = self.services.transfer_ownership(&actor, command).await?;
+            Ok(pb::TransferOwnershipResponse {
+                previous_owner: Some(convert::member(changed.value.0)),
+                new_owner: Some(convert::member(changed.value.1)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn create_workspace(
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Reply<pb::CreateWorkspaceResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.create_workspace(&actor, command).await?;
-        Ok(Response::new(pb::CreateWorkspaceResponse {
-            workspace: Some(convert::workspace(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("CreateWorkspace", request, |actor, command| async move {
+            let changed = self.services.create_workspace(&actor, command).await?;
+            Ok(pb::CreateWorkspaceResponse {
+                workspace: Some(convert::workspace(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn get_workspace(
@@ -193,33 +225,39 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::UpdateWorkspaceRequest>,
     ) -> Reply<pb::UpdateWorkspaceResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.update_workspace(&actor, command).await?;
-        Ok(Response::new(pb::UpdateWorkspaceResponse {
-            workspace: Some(convert::workspace(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("UpdateWorkspace", request, |actor, command| async move {
+            let changed = self.services.update_workspace(&actor, command).await?;
+            Ok(pb::UpdateWorkspaceResponse {
+                workspace: Some(convert::workspace(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn delete_workspace(
         &self,
         request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Reply<pb::DeleteWorkspaceResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.delete_workspace(&actor, command).await?;
-        Ok(Response::new(pb::DeleteWorkspaceResponse { consistency_token: changed.token.encode() }))
+        self.once("DeleteWorkspace", request, |actor, command| async move {
+            let changed = self.services.delete_workspace(&actor, command).await?;
+            Ok(pb::DeleteWorkspaceResponse { consistency_token: changed.token.encode() })
+        })
+        .await
     }
 
     async fn set_workspace_access(
         &self,
         request: Request<pb::SetWorkspaceAccessRequest>,
     ) -> Reply<pb::SetWorkspaceAccessResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.set_workspace_access(&actor, command).await?;
-        Ok(Response::new(pb::SetWorkspaceAccessResponse {
-            grant: Some(convert::grant(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("SetWorkspaceAccess", request, |actor, command| async move {
+            let changed = self.services.set_workspace_access(&actor, command).await?;
+            Ok(pb::SetWorkspaceAccessResponse {
+                grant: Some(convert::grant(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn list_workspace_access(
@@ -238,12 +276,14 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::CreateInvitationRequest>,
     ) -> Reply<pb::CreateInvitationResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.create_invitation(&actor, command).await?;
-        Ok(Response::new(pb::CreateInvitationResponse {
-            invitation: Some(convert::invitation(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("CreateInvitation", request, |actor, command| async move {
+            let changed = self.services.create_invitation(&actor, command).await?;
+            Ok(pb::CreateInvitationResponse {
+                invitation: Some(convert::invitation(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn list_invitations(
@@ -262,36 +302,42 @@ impl TeamService for TeamApi {
         &self,
         request: Request<pb::ResendInvitationRequest>,
     ) -> Reply<pb::ResendInvitationResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.resend_invitation(&actor, command).await?;
-        Ok(Response::new(pb::ResendInvitationResponse {
-            invitation: Some(convert::invitation(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("ResendInvitation", request, |actor, command| async move {
+            let changed = self.services.resend_invitation(&actor, command).await?;
+            Ok(pb::ResendInvitationResponse {
+                invitation: Some(convert::invitation(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn revoke_invitation(
         &self,
         request: Request<pb::RevokeInvitationRequest>,
     ) -> Reply<pb::RevokeInvitationResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.revoke_invitation(&actor, command).await?;
-        Ok(Response::new(pb::RevokeInvitationResponse {
-            invitation: Some(convert::invitation(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("RevokeInvitation", request, |actor, command| async move {
+            let changed = self.services.revoke_invitation(&actor, command).await?;
+            Ok(pb::RevokeInvitationResponse {
+                invitation: Some(convert::invitation(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn accept_invitation(
         &self,
         request: Request<pb::AcceptInvitationRequest>,
     ) -> Reply<pb::AcceptInvitationResponse> {
-        let (actor, command) = command(request)?;
-        let changed = self.services.accept_invitation(&actor, command).await?;
-        Ok(Response::new(pb::AcceptInvitationResponse {
-            member: Some(convert::member(changed.value)),
-            consistency_token: changed.token.encode(),
-        }))
+        self.once("AcceptInvitation", request, |actor, command| async move {
+            let changed = self.services.accept_invitation(&actor, command).await?;
+            Ok(pb::AcceptInvitationResponse {
+                member: Some(convert::member(changed.value)),
+                consistency_token: changed.token.encode(),
+            })
+        })
+        .await
     }
 
     async fn list_audit_events(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::domain::{ChangeToken, Email, LogPosition, RequestId, UserId};
+use crate::domain::{ChangeRequestId, ChangeToken, Email, LogPosition, RequestId, UserId};
 use crate::index::AuthzIndex;
 use crate::storage::Store;
 
@@ -29,6 +29,23 @@ pub struct Actor {
     pub email_verified: bool,
     /// The call's request id, kept in the details of the audit event the call writes.
     pub request_id: Option<RequestId>,
+    /// The change's own request id, when the caller named one: the change records it in its
+    /// transaction, and a change that finds it recorded is not made again.
+    pub retry: Option<RequestKey>,
+}
+
+/// A TeamService change named by its caller for safe retries (AIP-155).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    /// Whose id it is: ids are the caller's own.
+    pub user_id: UserId,
+    /// The caller's id for the change.
+    pub request_id: ChangeRequestId,
+    /// The RPC, such as `CreateWorkspace`.
+    pub method: &'static str,
+    /// SHA-256 of the method and the request's encoding: what tells a retry from another
+    /// request under the same id.
+    pub fingerprint: [u8; 32],
 }
 
 /// Settings the use-cases need.

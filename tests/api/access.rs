@@ -356,6 +356,7 @@ async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(bac
         organization_id: org.clone(),
         user_id: engineer.id.clone(),
         role: R::Admin as i32,
+        ..Default::default()
     }))
     .await
     .unwrap();
@@ -365,6 +366,7 @@ async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(bac
     team.transfer_ownership(owner.req(pb::TransferOwnershipRequest {
         organization_id: org.clone(),
         new_owner_user_id: heir.id.clone(),
+        ..Default::default()
     }))
     .await
     .unwrap();
@@ -375,6 +377,7 @@ async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(bac
     team.delete_workspace(heir.req(pb::DeleteWorkspaceRequest {
         organization_id: org.clone(),
         workspace_id: staging.clone(),
+        ..Default::default()
     }))
     .await
     .unwrap();
@@ -384,13 +387,17 @@ async fn each_change_is_answered_at_once_from_the_index_without_reloading_it(bac
     team.remove_member(heir.req(pb::RemoveMemberRequest {
         organization_id: org.clone(),
         user_id: engineer.id.clone(),
+        ..Default::default()
     }))
     .await
     .unwrap();
     let removed = app.authorize(&engineer.id, &org, "", "organization.read").await;
     assert_eq!(reason(removed), Why::DeniedNotAMember);
     team.leave_organization(
-        owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
+        owner.req(pb::LeaveOrganizationRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }),
     )
     .await
     .unwrap();

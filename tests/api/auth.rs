@@ -111,7 +111,7 @@ pub(crate) async fn create_org(app: &TestApp, token: &str) -> Result<String, ton
         .clone()
         .create_organization(bearer(
             token,
-            pb::CreateOrganizationRequest { display_name: "Acme".into() },
+            pb::CreateOrganizationRequest { display_name: "Acme".into(), ..Default::default() },
         ))
         .await
         .map(|r| r.into_inner().organization.unwrap().id)
@@ -143,12 +143,16 @@ async fn valid_user_tokens_are_accepted_and_each_failed_check_is_named(backend: 
         .clone()
         .create_organization(Request::new(pb::CreateOrganizationRequest {
             display_name: "Acme".into(),
+            ..Default::default()
         }))
         .await
         .map(|_| String::new());
     unauthenticated_saying(none, "no credentials", "");
     // Dev headers mean nothing in jwt mode.
-    let mut dev = Request::new(pb::CreateOrganizationRequest { display_name: "Acme".into() });
+    let mut dev = Request::new(pb::CreateOrganizationRequest {
+        display_name: "Acme".into(),
+        ..Default::default()
+    });
     dev.metadata_mut().insert("x-user-id", "alice".parse().unwrap());
     let dev = app.team.clone().create_organization(dev).await.map(|_| String::new());
     unauthenticated_saying(dev, "no credentials", "");
@@ -282,6 +286,7 @@ async fn accepting_needs_a_verified_email_when_the_token_says(backend: Backend) 
                 email: "frank@example.com".into(),
                 role: R::Member as i32,
                 workspace_grants: vec![],
+                ..Default::default()
             },
         ))
         .await
@@ -289,7 +294,8 @@ async fn accepting_needs_a_verified_email_when_the_token_says(backend: Backend) 
     let token = app.smtp.wait_for("frank@example.com", 1).await.token().unwrap();
     let accept = |jwt: &str| {
         let mut team = app.team.clone();
-        let request = bearer(jwt, pb::AcceptInvitationRequest { token: token.clone() });
+        let request =
+            bearer(jwt, pb::AcceptInvitationRequest { token: token.clone(), ..Default::default() });
         async move { team.accept_invitation(request).await }
     };
     let mut unverified = claims("frank", "frank@example.com");

@@ -53,6 +53,7 @@ async fn each_change_is_logged_with_its_revision_and_what_it_did_to_access(backe
         .create_workspace(engineer.req(pb::CreateWorkspaceRequest {
             organization_id: org.clone(),
             display_name: "mine".into(),
+            ..Default::default()
         }))
         .await;
     assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
@@ -60,6 +61,7 @@ async fn each_change_is_logged_with_its_revision_and_what_it_did_to_access(backe
         .remove_member(owner.req(pb::RemoveMemberRequest {
             organization_id: org.clone(),
             user_id: engineer.id.clone(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -140,6 +142,7 @@ async fn concurrent_changes_in_many_organizations_take_every_position_once(backe
                 team.create_workspace(owner.req(pb::CreateWorkspaceRequest {
                     organization_id: org.clone(),
                     display_name: format!("w{writer}-{i}"),
+                    ..Default::default()
                 }))
                 .await
                 .expect("create a workspace");

@@ -110,7 +110,9 @@ async fn join(
     .await
     .unwrap();
     let token = sink.wait_for(&user.email, 1).await.token().unwrap();
-    team.accept_invitation(user.req(pb::AcceptInvitationRequest { token })).await.unwrap();
+    team.accept_invitation(user.req(pb::AcceptInvitationRequest { token, ..Default::default() }))
+        .await
+        .unwrap();
 }
 
 /// Gives `user` WRITE on `ws` until `end` (microseconds); the change's consistency token.
@@ -130,6 +132,7 @@ async fn write_until(
             access: A::Write as i32,
             expire_time: Some(timestamp(end)),
             reason: "incident 4711".into(),
+            ..Default::default()
         }))
         .await?;
     Ok(set.into_inner().consistency_token)

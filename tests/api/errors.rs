@@ -34,15 +34,17 @@ async fn refusals_carry_their_reason_and_facts(backend: Backend) {
     assert_eq!(metadata.get("permission").map(String::as_str), Some("members.invite"));
 
     let leave = team
-        .leave_organization(
-            owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
-        )
+        .leave_organization(owner.req(pb::LeaveOrganizationRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }))
         .await;
     assert_reason(leave, Code::FailedPrecondition, "LAST_OWNER");
     let remove = team
         .remove_member(admin.req(pb::RemoveMemberRequest {
             organization_id: org.clone(),
             user_id: owner.id.clone(),
+            ..Default::default()
         }))
         .await;
     assert_reason(remove, Code::PermissionDenied, "OWNER_REQUIRED");
@@ -104,6 +106,7 @@ async fn an_expired_invitation_meeting_a_newer_one_is_refused_by_the_constraint_
         .resend_invitation(owner.req(pb::ResendInvitationRequest {
             organization_id: org.clone(),
             invitation_id: old.id,
+            ..Default::default()
         }))
         .await;
     assert_reason(resend, Code::FailedPrecondition, "NEWER_INVITATION_PENDING");

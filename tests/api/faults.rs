@@ -97,6 +97,7 @@ async fn a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it(bac
                     email: email.clone(),
                     role: R::Member as i32,
                     workspace_grants: vec![],
+                    ..Default::default()
                 }))
                 .await;
             let _ = done.send(());
@@ -148,9 +149,11 @@ async fn a_killed_server_keeps_every_acknowledged_invitation_and_delivers_it(bac
         duplicates += copies.len() - 1;
         let latest = copies.last().and_then(|m| m.token()).expect("a token");
         let invitee = User { id: email.replace('@', "-"), email: email.clone() };
-        team.accept_invitation(invitee.req(pb::AcceptInvitationRequest { token: latest }))
-            .await
-            .unwrap_or_else(|status| panic!("{email}: the latest token works: {status:?}"));
+        team.accept_invitation(
+            invitee.req(pb::AcceptInvitationRequest { token: latest, ..Default::default() }),
+        )
+        .await
+        .unwrap_or_else(|status| panic!("{email}: the latest token works: {status:?}"));
     }
     println!("{duplicates} email(s) were delivered twice after the kill (at-least-once delivery)");
     server.stop();
@@ -173,6 +176,7 @@ async fn logs_hold_no_token_and_no_invitee_address(backend: Backend) {
             email: invitee.email.clone(),
             role: R::Member as i32,
             workspace_grants: vec![],
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -183,16 +187,21 @@ async fn logs_hold_no_token_and_no_invitee_address(backend: Backend) {
     team.resend_invitation(owner.req(pb::ResendInvitationRequest {
         organization_id: org.clone(),
         invitation_id: invitation.id,
+        ..Default::default()
     }))
     .await
     .unwrap();
     let second = sink.wait_for(&invitee.email, 2).await.token().unwrap();
     let _ = team
-        .accept_invitation(invitee.req(pb::AcceptInvitationRequest { token: first.clone() }))
+        .accept_invitation(
+            invitee.req(pb::AcceptInvitationRequest { token: first.clone(), ..Default::default() }),
+        )
         .await;
-    team.accept_invitation(invitee.req(pb::AcceptInvitationRequest { token: second.clone() }))
-        .await
-        .unwrap();
+    team.accept_invitation(
+        invitee.req(pb::AcceptInvitationRequest { token: second.clone(), ..Default::default() }),
+    )
+    .await
+    .unwrap();
     server.stop();
 
     let logs = std::fs::read_to_string(&log).unwrap();

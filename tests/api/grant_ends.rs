@@ -108,6 +108,7 @@ async fn an_invitations_grant_ends_at_the_instant_fixed_when_it_was_made(backend
             email: email.to_owned(),
             role: R::Member as i32,
             workspace_grants: grants,
+            ..Default::default()
         })
     };
     // Refused, naming the grant's field, with nothing written.
@@ -202,6 +203,7 @@ fn set_until(
         access: access as i32,
         expire_time: end.map(timestamp),
         reason: reason.to_owned(),
+        ..Default::default()
     })
 }
 
@@ -346,6 +348,7 @@ async fn the_organization_bounds_how_long_a_grant_may_last(backend: Backend) {
                 ..Default::default()
             }),
             update_mask: Some(prost_types::FieldMask { paths: vec!["maxGrantDuration".into()] }),
+            ..Default::default()
         })
     };
     let updated = team.update_organization(bound(Some(3600))).await.unwrap().into_inner();

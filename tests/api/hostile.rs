@@ -62,16 +62,17 @@ fn calls(valid: Vec<String>) -> impl Strategy<Value = Call> {
     let s = move || hostile_string(valid.clone());
     prop_oneof![
         s().prop_map(|display_name| Call::CreateOrganization(pb::CreateOrganizationRequest {
-            display_name
+            display_name,
+            ..Default::default()
         })),
         s().prop_map(|organization_id| Call::GetOrganization(pb::GetOrganizationRequest {
             organization_id
         })),
         (s(), s()).prop_map(|(organization_id, display_name)| Call::CreateWorkspace(
-            pb::CreateWorkspaceRequest { organization_id, display_name }
+            pb::CreateWorkspaceRequest { organization_id, display_name, ..Default::default() }
         )),
         (s(), s(), any_enum()).prop_map(|(organization_id, user_id, role)| Call::UpdateMemberRole(
-            pb::UpdateMemberRoleRequest { organization_id, user_id, role }
+            pb::UpdateMemberRoleRequest { organization_id, user_id, role, ..Default::default() }
         )),
         (s(), s(), any_enum(), s(), any_enum()).prop_map(
             |(organization_id, email, role, workspace_id, access)| {
@@ -84,6 +85,7 @@ fn calls(valid: Vec<String>) -> impl Strategy<Value = Call> {
                         access,
                         ..Default::default()
                     }],
+                    ..Default::default()
                 })
             }
         ),
@@ -101,7 +103,10 @@ fn calls(valid: Vec<String>) -> impl Strategy<Value = Call> {
                 })
             }
         ),
-        s().prop_map(|token| Call::AcceptInvitation(pb::AcceptInvitationRequest { token })),
+        s().prop_map(|token| Call::AcceptInvitation(pb::AcceptInvitationRequest {
+            token,
+            ..Default::default()
+        })),
         (s(), s(), s(), s()).prop_map(|(user_id, organization_id, workspace_id, permission)| {
             Call::Authorize(pb::AuthorizeRequest {
                 consistency: None,

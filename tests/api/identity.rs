@@ -24,13 +24,17 @@ fn invite(email: &str, org: &str) -> pb::CreateInvitationRequest {
         email: email.to_owned(),
         role: R::Admin as i32,
         workspace_grants: vec![],
+        ..Default::default()
     }
 }
 
 async fn accept(app: &TestApp, jwt: &str, token: &str) -> Result<pb::Member, tonic::Status> {
     app.team
         .clone()
-        .accept_invitation(bearer(jwt, pb::AcceptInvitationRequest { token: token.to_owned() }))
+        .accept_invitation(bearer(
+            jwt,
+            pb::AcceptInvitationRequest { token: token.to_owned(), ..Default::default() },
+        ))
         .await
         .map(|r| r.into_inner().member.unwrap())
 }
@@ -115,6 +119,7 @@ async fn a_token_without_email_verified_cannot_found_invite_or_accept(backend: B
                 pb::ResendInvitationRequest {
                     organization_id: org.clone(),
                     invitation_id: invitation.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -166,8 +171,12 @@ async fn the_loud_flag_excuses_only_a_missing_email_verified_claim(backend: Back
         };
         sign_hs(&claims, SECRET)
     };
-    let found =
-        |jwt: String| bearer(&jwt, pb::CreateOrganizationRequest { display_name: "Acme".into() });
+    let found = |jwt: String| {
+        bearer(
+            &jwt,
+            pb::CreateOrganizationRequest { display_name: "Acme".into(), ..Default::default() },
+        )
+    };
 
     // The provider never sends the claim: tolerated.
     let org = team.create_organization(found(token("owner", None))).await.unwrap().into_inner();
@@ -179,8 +188,12 @@ async fn the_loud_flag_excuses_only_a_missing_email_verified_claim(backend: Back
     // An explicit false is never excused.
     let refused = team.create_organization(found(token("other", Some(false)))).await;
     assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
-    let accept =
-        |jwt: String| bearer(&jwt, pb::AcceptInvitationRequest { token: invitation.clone() });
+    let accept = |jwt: String| {
+        bearer(
+            &jwt,
+            pb::AcceptInvitationRequest { token: invitation.clone(), ..Default::default() },
+        )
+    };
     let refused = team.accept_invitation(accept(token("hank", Some(false)))).await;
     assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
     team.accept_invitation(accept(token("hank", None))).await.unwrap();

@@ -269,6 +269,7 @@ async fn after_many_patches_the_index_counts_what_a_reload_counts(backend: Backe
                     organization_id: org.clone(),
                     user_id: member.id.clone(),
                     role: roles[step / 10 % 3] as i32,
+                    ..Default::default()
                 }))
                 .await
                 .unwrap();
@@ -285,6 +286,7 @@ async fn after_many_patches_the_index_counts_what_a_reload_counts(backend: Backe
                 team.delete_workspace(owner.req(pb::DeleteWorkspaceRequest {
                     organization_id: org.clone(),
                     workspace_id: gone,
+                    ..Default::default()
                 }))
                 .await
                 .unwrap();

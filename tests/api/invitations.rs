@@ -66,6 +66,7 @@ fn resend(actor: &User, org: &str, id: &str) -> tonic::Request<pb::ResendInvitat
     actor.req(pb::ResendInvitationRequest {
         organization_id: org.to_owned(),
         invitation_id: id.to_owned(),
+        ..Default::default()
     })
 }
 
@@ -73,6 +74,7 @@ fn revoke(actor: &User, org: &str, id: &str) -> tonic::Request<pb::RevokeInvitat
     actor.req(pb::RevokeInvitationRequest {
         organization_id: org.to_owned(),
         invitation_id: id.to_owned(),
+        ..Default::default()
     })
 }
 
@@ -240,7 +242,10 @@ async fn accept_checks_email_token_and_membership(backend: Backend) {
         .team
         .clone()
         .accept_invitation({
-            let mut r = tonic::Request::new(pb::AcceptInvitationRequest { token: token.clone() });
+            let mut r = tonic::Request::new(pb::AcceptInvitationRequest {
+                token: token.clone(),
+                ..Default::default()
+            });
             r.metadata_mut().insert("x-user-id", "grace".parse().unwrap());
             r
         })
@@ -389,6 +394,7 @@ async fn an_invitation_is_void_once_its_inviter_may_no_longer_grant_its_role(bac
             organization_id: org.clone(),
             user_id: user.id.clone(),
             role: role as i32,
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -396,6 +402,7 @@ async fn an_invitation_is_void_once_its_inviter_may_no_longer_grant_its_role(bac
     team.remove_member(owner.req(pb::RemoveMemberRequest {
         organization_id: org.clone(),
         user_id: removed_admin.id.clone(),
+        ..Default::default()
     }))
     .await
     .unwrap();

@@ -71,8 +71,10 @@ async fn an_address_is_stored_normalized_and_delivered_exactly_as_stored(backend
     // The invitee accepts with the identity the mail was sent to, written in any ASCII case.
     let jorg = User { id: "jorg".into(), email: "J\u{F6}rg@EXAMPLE.de".into() };
     let token = email.token().unwrap();
-    let mut request =
-        tonic::Request::new(roster::pb::AcceptInvitationRequest { token: token.clone() });
+    let mut request = tonic::Request::new(roster::pb::AcceptInvitationRequest {
+        token: token.clone(),
+        ..Default::default()
+    });
     request.metadata_mut().insert("x-user-id", jorg.id.parse().unwrap());
     request.metadata_mut().insert(
         "x-user-email",

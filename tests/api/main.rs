@@ -25,6 +25,7 @@ mod outbox;
 mod overload;
 mod races;
 mod replicas;
+mod retries;
 mod scenario;
 mod server;
 mod sqlite_file;

@@ -132,6 +132,7 @@ async fn call(
                     update_mask: Some(prost_types::FieldMask {
                         paths: vec!["display_name".into()],
                     }),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -139,7 +140,7 @@ async fn call(
         "DeleteOrganization" => done(
             team.delete_organization(wrap(
                 actor,
-                pb::DeleteOrganizationRequest { organization_id: org },
+                pb::DeleteOrganizationRequest { organization_id: org, ..Default::default() },
             ))
             .await,
         ),
@@ -164,6 +165,7 @@ async fn call(
                     organization_id: org,
                     user_id: TARGET.into(),
                     role: R::Billing as i32,
+                    ..Default::default()
                 },
             ))
             .await,
@@ -171,14 +173,18 @@ async fn call(
         "RemoveMember" => done(
             team.remove_member(wrap(
                 actor,
-                pb::RemoveMemberRequest { organization_id: org, user_id: TARGET.into() },
+                pb::RemoveMemberRequest {
+                    organization_id: org,
+                    user_id: TARGET.into(),
+                    ..Default::default()
+                },
             ))
             .await,
         ),
         "LeaveOrganization" => done(
             team.leave_organization(wrap(
                 actor,
-                pb::LeaveOrganizationRequest { organization_id: org },
+                pb::LeaveOrganizationRequest { organization_id: org, ..Default::default() },
             ))
             .await,
         ),
@@ -188,6 +194,7 @@ async fn call(
                 pb::TransferOwnershipRequest {
                     organization_id: org,
                     new_owner_user_id: TARGET.into(),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -195,7 +202,11 @@ async fn call(
         "CreateWorkspace" => done(
             team.create_workspace(wrap(
                 actor,
-                pb::CreateWorkspaceRequest { organization_id: org, display_name: "new".into() },
+                pb::CreateWorkspaceRequest {
+                    organization_id: org,
+                    display_name: "new".into(),
+                    ..Default::default()
+                },
             ))
             .await,
         ),
@@ -220,6 +231,7 @@ async fn call(
                     organization_id: org,
                     workspace_id: ws,
                     display_name: "renamed".into(),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -227,7 +239,11 @@ async fn call(
         "DeleteWorkspace" => done(
             team.delete_workspace(wrap(
                 actor,
-                pb::DeleteWorkspaceRequest { organization_id: org, workspace_id: ws },
+                pb::DeleteWorkspaceRequest {
+                    organization_id: org,
+                    workspace_id: ws,
+                    ..Default::default()
+                },
             ))
             .await,
         ),
@@ -259,6 +275,7 @@ async fn call(
                     email: "newcomer@example.com".into(),
                     role: R::Member as i32,
                     workspace_grants: vec![],
+                    ..Default::default()
                 },
             ))
             .await,
@@ -273,14 +290,22 @@ async fn call(
         "ResendInvitation" => done(
             team.resend_invitation(wrap(
                 actor,
-                pb::ResendInvitationRequest { organization_id: org, invitation_id: inv },
+                pb::ResendInvitationRequest {
+                    organization_id: org,
+                    invitation_id: inv,
+                    ..Default::default()
+                },
             ))
             .await,
         ),
         "RevokeInvitation" => done(
             team.revoke_invitation(wrap(
                 actor,
-                pb::RevokeInvitationRequest { organization_id: org, invitation_id: inv },
+                pb::RevokeInvitationRequest {
+                    organization_id: org,
+                    invitation_id: inv,
+                    ..Default::default()
+                },
             ))
             .await,
         ),

@@ -63,11 +63,16 @@ fn set_role(
         organization_id: org.to_owned(),
         user_id: user.id.clone(),
         role: role as i32,
+        ..Default::default()
     })
 }
 
 fn remove(actor: &User, org: &str, user: &User) -> tonic::Request<pb::RemoveMemberRequest> {
-    actor.req(pb::RemoveMemberRequest { organization_id: org.to_owned(), user_id: user.id.clone() })
+    actor.req(pb::RemoveMemberRequest {
+        organization_id: org.to_owned(),
+        user_id: user.id.clone(),
+        ..Default::default()
+    })
 }
 
 async fn admin_cannot_invite_promote_demote_or_remove_an_owner(backend: Backend) {
@@ -110,6 +115,7 @@ async fn admin_cannot_invite_promote_demote_or_remove_an_owner(backend: Backend)
         team.transfer_ownership(admin.req(pb::TransferOwnershipRequest {
             organization_id: org.clone(),
             new_owner_user_id: member.id.clone(),
+            ..Default::default()
         }))
         .await,
         Code::PermissionDenied,
@@ -143,9 +149,10 @@ async fn the_last_owner_cannot_leave_be_demoted_or_removed(backend: Backend) {
     let mut team = app.team.clone();
 
     let leave = team
-        .leave_organization(
-            owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
-        )
+        .leave_organization(owner.req(pb::LeaveOrganizationRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }))
         .await;
     assert_code(leave, Code::FailedPrecondition, None);
     assert_code(
@@ -164,15 +171,19 @@ async fn the_last_owner_cannot_leave_be_demoted_or_removed(backend: Backend) {
     app.join(&owner, &org, &second, R::Owner, &[]).await;
     team.update_member_role(set_role(&owner, &org, &owner, R::Admin)).await.unwrap();
     let leave = team
-        .leave_organization(
-            second.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
-        )
+        .leave_organization(second.req(pb::LeaveOrganizationRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }))
         .await;
     assert_code(leave, Code::FailedPrecondition, None);
     assert_eq!(role_of(&app, &second, &org, &second.id).await, R::Owner as i32);
     // The former Owner, now an Admin, can leave.
     team.leave_organization(
-        owner.req(pb::LeaveOrganizationRequest { organization_id: org.clone() }),
+        owner.req(pb::LeaveOrganizationRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }),
     )
     .await
     .unwrap();
@@ -192,6 +203,7 @@ async fn transfer_ownership_makes_the_target_owner_and_the_caller_admin(backend:
         .transfer_ownership(owner.req(pb::TransferOwnershipRequest {
             organization_id: org.clone(),
             new_owner_user_id: owner.id.clone(),
+            ..Default::default()
         }))
         .await;
     assert_code(to_self, Code::InvalidArgument, Some("new_owner_user_id"));
@@ -199,6 +211,7 @@ async fn transfer_ownership_makes_the_target_owner_and_the_caller_admin(backend:
         .transfer_ownership(owner.req(pb::TransferOwnershipRequest {
             organization_id: org.clone(),
             new_owner_user_id: "stranger".into(),
+            ..Default::default()
         }))
         .await;
     assert_code(to_stranger, Code::NotFound, None);
@@ -207,6 +220,7 @@ async fn transfer_ownership_makes_the_target_owner_and_the_caller_admin(backend:
         .transfer_ownership(owner.req(pb::TransferOwnershipRequest {
             organization_id: org.clone(),
             new_owner_user_id: heir.id.clone(),
+            ..Default::default()
         }))
         .await
         .unwrap()

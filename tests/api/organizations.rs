@@ -102,6 +102,7 @@ async fn an_outsider_gets_not_found_whether_or_not_the_organization_exists(backe
             .create_workspace(outsider.req(pb::CreateWorkspaceRequest {
                 organization_id: target.clone(),
                 display_name: "sneaky".into(),
+                ..Default::default()
             }))
             .await;
         assert_code(create, Code::NotFound, None);
@@ -111,13 +112,15 @@ async fn an_outsider_gets_not_found_whether_or_not_the_organization_exists(backe
                 email: "x@example.com".into(),
                 role: pb::OrganizationRole::Member as i32,
                 workspace_grants: vec![],
+                ..Default::default()
             }))
             .await;
         assert_code(invite, Code::NotFound, None);
         let leave = team
-            .leave_organization(
-                outsider.req(pb::LeaveOrganizationRequest { organization_id: target.clone() }),
-            )
+            .leave_organization(outsider.req(pb::LeaveOrganizationRequest {
+                organization_id: target.clone(),
+                ..Default::default()
+            }))
             .await;
         assert_code(leave, Code::NotFound, None);
     }
@@ -145,6 +148,7 @@ async fn a_member_without_the_permission_gets_permission_denied_and_nothing_chan
             .create_workspace(user.req(pb::CreateWorkspaceRequest {
                 organization_id: org.clone(),
                 display_name: "mine".into(),
+                ..Default::default()
             }))
             .await;
         assert_code(create, Code::PermissionDenied, None);
@@ -156,6 +160,7 @@ async fn a_member_without_the_permission_gets_permission_denied_and_nothing_chan
                     ..Default::default()
                 }),
                 update_mask: None,
+                ..Default::default()
             }))
             .await;
         assert_code(rename, Code::PermissionDenied, None);
@@ -173,6 +178,7 @@ async fn a_member_without_the_permission_gets_permission_denied_and_nothing_chan
             .remove_member(user.req(pb::RemoveMemberRequest {
                 organization_id: org.clone(),
                 user_id: owner.id.clone(),
+                ..Default::default()
             }))
             .await;
         assert_code(remove, Code::PermissionDenied, None);
@@ -189,15 +195,17 @@ async fn bad_input_names_the_field_and_changes_nothing(backend: Backend) {
     let mut team = app.team.clone();
 
     let empty_name = team
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: "   ".into() }),
-        )
+        .create_organization(owner.req(pb::CreateOrganizationRequest {
+            display_name: "   ".into(),
+            ..Default::default()
+        }))
         .await;
     assert_code(empty_name, Code::InvalidArgument, Some("display_name"));
     let long_name = team
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: "x".repeat(201) }),
-        )
+        .create_organization(owner.req(pb::CreateOrganizationRequest {
+            display_name: "x".repeat(201),
+            ..Default::default()
+        }))
         .await;
     assert_code(long_name, Code::InvalidArgument, Some("display_name"));
     let bad_id = team
@@ -211,6 +219,7 @@ async fn bad_input_names_the_field_and_changes_nothing(backend: Backend) {
             organization_id: org.clone(),
             user_id: String::new(),
             role: 0,
+            ..Default::default()
         }))
         .await;
     assert_code(two_bad, Code::InvalidArgument, Some("user_id"));
@@ -219,6 +228,7 @@ async fn bad_input_names_the_field_and_changes_nothing(backend: Backend) {
             organization_id: org.clone(),
             user_id: owner.id.clone(),
             role: 42,
+            ..Default::default()
         }))
         .await;
     assert_code(unknown_role, Code::InvalidArgument, Some("role"));
@@ -284,6 +294,7 @@ async fn update_organization_follows_the_mask_and_validates_the_ttl(backend: Bac
             update_mask: Some(prost_types::FieldMask {
                 paths: paths.iter().map(|p| (*p).to_owned()).collect(),
             }),
+            ..Default::default()
         })
     };
     // Only the named field changes.
@@ -355,13 +366,17 @@ async fn only_an_owner_deletes_an_organization_and_everything_goes_with_it(backe
     let mut team = app.team.clone();
 
     let by_admin = team
-        .delete_organization(
-            admin.req(pb::DeleteOrganizationRequest { organization_id: org.clone() }),
-        )
+        .delete_organization(admin.req(pb::DeleteOrganizationRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }))
         .await;
     assert_code(by_admin, Code::PermissionDenied, None);
     team.delete_organization(
-        owner.req(pb::DeleteOrganizationRequest { organization_id: org.clone() }),
+        owner.req(pb::DeleteOrganizationRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }),
     )
     .await
     .unwrap();
@@ -408,6 +423,7 @@ async fn a_call_without_identity_is_unauthenticated(backend: Backend) {
         .clone()
         .create_organization(tonic::Request::new(pb::CreateOrganizationRequest {
             display_name: "Acme".into(),
+            ..Default::default()
         }))
         .await;
     assert_code(result, Code::Unauthenticated, None);

@@ -127,6 +127,7 @@ async fn revoked_and_expired_invitations_are_never_mailed(backend: Backend) {
         .revoke_invitation(owner.req(pb::RevokeInvitationRequest {
             organization_id: org.clone(),
             invitation_id: ids[1].clone(),
+            ..Default::default()
         }))
         .await
         .unwrap();

@@ -44,6 +44,7 @@ async fn invitations_are_rate_limited_per_organization(backend: Backend) {
         .resend_invitation(owner.req(pb::ResendInvitationRequest {
             organization_id: org.clone(),
             invitation_id: last.unwrap().id,
+            ..Default::default()
         }))
         .await;
     assert_code(resend, Code::ResourceExhausted, None);
@@ -133,9 +134,10 @@ async fn organizations_are_rate_limited_per_user(backend: Backend) {
     let status = app
         .team
         .clone()
-        .create_organization(
-            founder.req(pb::CreateOrganizationRequest { display_name: "One more".into() }),
-        )
+        .create_organization(founder.req(pb::CreateOrganizationRequest {
+            display_name: "One more".into(),
+            ..Default::default()
+        }))
         .await
         .expect_err("the founder's budget is spent");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -201,6 +203,7 @@ async fn excess_calls_are_shed_and_slow_calls_hit_the_deadline(backend: Backend)
         let slow_request = owner.req(pb::CreateWorkspaceRequest {
             organization_id: org.clone(),
             display_name: "slow".into(),
+            ..Default::default()
         });
         let mut client = team.clone();
         started = Instant::now();

@@ -70,6 +70,7 @@ async fn at_least_one_owner_remains_under_concurrent_demote_remove_and_leave(bac
                             organization_id: org,
                             user_id: other.id,
                             role: R::Admin as i32,
+                            ..Default::default()
                         }))
                         .await
                         .map(|_| ()),
@@ -77,13 +78,15 @@ async fn at_least_one_owner_remains_under_concurrent_demote_remove_and_leave(bac
                         .remove_member(actor.req(pb::RemoveMemberRequest {
                             organization_id: org,
                             user_id: other.id,
+                            ..Default::default()
                         }))
                         .await
                         .map(|_| ()),
                     _ => team
-                        .leave_organization(
-                            actor.req(pb::LeaveOrganizationRequest { organization_id: org }),
-                        )
+                        .leave_organization(actor.req(pb::LeaveOrganizationRequest {
+                            organization_id: org,
+                            ..Default::default()
+                        }))
                         .await
                         .map(|_| ()),
                 };
@@ -124,9 +127,11 @@ async fn two_concurrent_accepts_of_one_token_make_one_member(backend: Backend) {
             let (app_team, user, token) = (app.team.clone(), user.clone(), token.clone());
             calls.spawn(async move {
                 let mut team = app_team;
-                team.accept_invitation(user.req(pb::AcceptInvitationRequest { token }))
-                    .await
-                    .map(|_| ())
+                team.accept_invitation(
+                    user.req(pb::AcceptInvitationRequest { token, ..Default::default() }),
+                )
+                .await
+                .map(|_| ())
             });
         }
         let mut won = 0;
@@ -164,6 +169,7 @@ async fn concurrent_invitations_of_one_email_make_one_pending_invitation(backend
                 },
                 role: R::Member as i32,
                 workspace_grants: vec![],
+                ..Default::default()
             }))
             .await
             .map(|_| ())
@@ -196,8 +202,9 @@ async fn resend_racing_accept_leaves_a_consistent_state(backend: Backend) {
         let resend = owner.req(pb::ResendInvitationRequest {
             organization_id: org.clone(),
             invitation_id: invitation.id.clone(),
+            ..Default::default()
         });
-        let accept = user.req(pb::AcceptInvitationRequest { token });
+        let accept = user.req(pb::AcceptInvitationRequest { token, ..Default::default() });
         let (resent, accepted) =
             tokio::join!(team_a.resend_invitation(resend), team_b.accept_invitation(accept));
         let is_member = app

@@ -73,11 +73,16 @@ async fn replicas() -> Replicas {
             access: A::Write as i32,
             ..Default::default()
         }],
+        ..Default::default()
     }))
     .await
     .unwrap();
     let token = sink.wait_for(&engineer.email, 1).await.token().unwrap();
-    team.accept_invitation(engineer.req(pb::AcceptInvitationRequest { token })).await.unwrap();
+    team.accept_invitation(
+        engineer.req(pb::AcceptInvitationRequest { token, ..Default::default() }),
+    )
+    .await
+    .unwrap();
     // B is subscribed once its heartbeat goes round; then its cache serves the engineer's allow.
     let mut access = b.access().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -99,6 +104,7 @@ impl Replicas {
             .remove_member(self.owner.req(pb::RemoveMemberRequest {
                 organization_id: self.org.clone(),
                 user_id: self.engineer.id.clone(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -184,6 +190,7 @@ async fn a_grant_set_to_end_through_one_replica_ends_on_the_other_from_its_index
                     nanos: end.subsec_nanos() as i32,
                 }),
                 reason: "incident 4711".into(),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -280,6 +287,7 @@ async fn changes_through_one_replica_are_patched_into_the_others_index_without_a
     team.delete_workspace(r.owner.req(pb::DeleteWorkspaceRequest {
         organization_id: r.org.clone(),
         workspace_id: second.clone(),
+        ..Default::default()
     }))
     .await
     .unwrap();

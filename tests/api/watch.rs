@@ -77,9 +77,10 @@ async fn found(app: &TestApp, owner: &User, name: &str) -> (String, String) {
     let created = app
         .team
         .clone()
-        .create_organization(
-            owner.req(pb::CreateOrganizationRequest { display_name: name.to_owned() }),
-        )
+        .create_organization(owner.req(pb::CreateOrganizationRequest {
+            display_name: name.to_owned(),
+            ..Default::default()
+        }))
         .await
         .expect("create organization")
         .into_inner();
@@ -276,6 +277,7 @@ impl Churn {
                     ..Default::default()
                 }),
                 update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -295,6 +297,7 @@ impl Churn {
                 .create_workspace(self.owner.req(pb::CreateWorkspaceRequest {
                     organization_id: org,
                     display_name: format!("w{}", rng.random_range(0..1000)),
+                    ..Default::default()
                 }))
                 .await
                 .map(|r| {
@@ -305,10 +308,11 @@ impl Churn {
             1 if self.workspaces.len() > 1 => {
                 let at = rng.random_range(0..self.workspaces.len());
                 let ws = self.workspaces.remove(at);
-                team.delete_workspace(
-                    self.owner
-                        .req(pb::DeleteWorkspaceRequest { organization_id: org, workspace_id: ws }),
-                )
+                team.delete_workspace(self.owner.req(pb::DeleteWorkspaceRequest {
+                    organization_id: org,
+                    workspace_id: ws,
+                    ..Default::default()
+                }))
                 .await
                 .map(|r| r.into_inner().consistency_token)
             }
@@ -318,6 +322,7 @@ impl Churn {
                     organization_id: org,
                     user_id: user.id.clone(),
                     role: role as i32,
+                    ..Default::default()
                 }))
                 .await
                 .map(|r| r.into_inner().consistency_token)
@@ -326,6 +331,7 @@ impl Churn {
                 .remove_member(self.owner.req(pb::RemoveMemberRequest {
                     organization_id: org,
                     user_id: user.id.clone(),
+                    ..Default::default()
                 }))
                 .await
                 .map(|r| r.into_inner().consistency_token),
@@ -334,6 +340,7 @@ impl Churn {
                     .transfer_ownership(self.owner.req(pb::TransferOwnershipRequest {
                         organization_id: org,
                         new_owner_user_id: user.id.clone(),
+                        ..Default::default()
                     }))
                     .await
                     .map(|r| r.into_inner().consistency_token);
@@ -400,6 +407,7 @@ async fn a_watch_from_a_token_sends_the_later_changes_in_order_then_follows_new_
         .remove_member(owner.req(pb::RemoveMemberRequest {
             organization_id: org.clone(),
             user_id: engineer.id.clone(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -436,6 +444,7 @@ async fn a_watch_from_a_token_sends_the_later_changes_in_order_then_follows_new_
                 ..Default::default()
             }),
             update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -597,6 +606,7 @@ async fn a_stream_of_every_organization_sees_each_position_once_in_order_under_c
                     .create_workspace(owner.req(pb::CreateWorkspaceRequest {
                         organization_id: org.clone(),
                         display_name: format!("w{writer}-{i}"),
+                        ..Default::default()
                     }))
                     .await
                     .expect("create a workspace")
@@ -712,6 +722,7 @@ async fn filters_send_only_the_deltas_that_touch_a_user_or_a_workspace_and_the_t
         .delete_workspace(owner.req(pb::DeleteWorkspaceRequest {
             organization_id: org.clone(),
             workspace_id: ws2.clone(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -764,6 +775,7 @@ async fn malformed_requests_are_invalid_arguments_naming_the_field(backend: Back
         .create_workspace(owner.req(pb::CreateWorkspaceRequest {
             organization_id: other.clone(),
             display_name: "w".into(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -880,6 +892,7 @@ async fn a_consumer_that_falls_behind_is_cut_off_with_its_last_token_and_resumes
             .create_workspace(owner.req(pb::CreateWorkspaceRequest {
                 organization_id: org.clone(),
                 display_name: format!("a workspace with a long name, to fill the window {i}"),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -1051,6 +1064,7 @@ async fn write(
     let request = owner.req(pb::CreateWorkspaceRequest {
         organization_id: org.to_owned(),
         display_name: name.to_owned(),
+        ..Default::default()
     });
     let reply = team.create_workspace(request).await.unwrap().into_inner();
     placed(db, &reply.consistency_token).await
@@ -1120,6 +1134,7 @@ async fn a_change_through_one_replica_reaches_a_stream_on_another() {
             .create_workspace(owner.req(pb::CreateWorkspaceRequest {
                 organization_id: org.clone(),
                 display_name: format!("w{i}"),
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -1170,6 +1185,7 @@ async fn a_consumer_resumes_across_a_postgres_restart_with_nothing_lost_or_repea
             .create_workspace(owner.req(pb::CreateWorkspaceRequest {
                 organization_id: org.clone(),
                 display_name: format!("before {i}"),
+                ..Default::default()
             }))
             .await
             .unwrap()

@@ -41,7 +41,8 @@ async fn a_grpc_web_call_over_http1_is_answered_with_its_messages_and_status(bac
     let owner = User::new("owner");
     let mut headers = dev_headers(&owner).to_vec();
     headers.push(("origin", PAGE));
-    let request = pb::CreateOrganizationRequest { display_name: "Acme".into() };
+    let request =
+        pb::CreateOrganizationRequest { display_name: "Acme".into(), ..Default::default() };
     let reply = web::call(app.addr, CREATE_ORG, &headers, &request).await;
     assert_eq!(reply.http.status, 200, "{reply:?}");
     assert_eq!(reply.code(), Code::Ok, "{reply:?}");
@@ -73,7 +74,11 @@ async fn a_grpc_web_error_carries_its_bad_request_details_to_the_page(backend: B
         app.addr,
         "/roster.v1.TeamService/CreateWorkspace",
         &headers,
-        &pb::CreateWorkspaceRequest { organization_id: org, display_name: "  ".into() },
+        &pb::CreateWorkspaceRequest {
+            organization_id: org,
+            display_name: "  ".into(),
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(reply.http.status, 200, "gRPC-Web answers errors in its own status: {reply:?}");
@@ -99,14 +104,18 @@ async fn a_grpc_web_error_carries_its_bad_request_details_to_the_page(backend: B
 
 async fn grpc_web_calls_pass_the_same_identity_limits_and_metrics_as_native_ones(backend: Backend) {
     let app = app(backend).await;
-    let request = pb::CreateOrganizationRequest { display_name: "Acme".into() };
+    let request =
+        pb::CreateOrganizationRequest { display_name: "Acme".into(), ..Default::default() };
     // No credential: refused as a native call is, and nothing is made.
     let reply = web::call(app.addr, CREATE_ORG, &[("origin", PAGE)], &request).await;
     assert_eq!(reply.code(), Code::Unauthenticated, "{reply:?}");
     assert_eq!(app.count("organizations").await, 0);
     // A body beyond the request limit: refused by the body guard.
     let owner = User::new("owner");
-    let huge = pb::CreateOrganizationRequest { display_name: "x".repeat(128 * 1024) };
+    let huge = pb::CreateOrganizationRequest {
+        display_name: "x".repeat(128 * 1024),
+        ..Default::default()
+    };
     let reply = web::call(app.addr, CREATE_ORG, &dev_headers(&owner), &huge).await;
     assert_eq!(reply.code(), Code::ResourceExhausted, "{reply:?}");
     assert_eq!(app.count("organizations").await, 0);
@@ -172,7 +181,8 @@ async fn only_allowed_origins_get_cors_answers_and_others_are_refused_before_any
     let owner = User::new("owner");
     let mut headers = dev_headers(&owner).to_vec();
     headers.push(("origin", "http://evil.example"));
-    let request = pb::CreateOrganizationRequest { display_name: "Acme".into() };
+    let request =
+        pb::CreateOrganizationRequest { display_name: "Acme".into(), ..Default::default() };
     let refused = web::call(app.addr, CREATE_ORG, &headers, &request).await;
     assert_eq!(refused.http.status, 403, "{refused:?}");
     assert_eq!(app.count("organizations").await, 0);
@@ -205,6 +215,7 @@ async fn a_request_id_is_echoed_and_kept_in_the_audit_event_of_the_change(backen
     let mut request = owner.req(pb::CreateWorkspaceRequest {
         organization_id: org.clone(),
         display_name: "prod".into(),
+        ..Default::default()
     });
     request.metadata_mut().insert("x-request-id", "page-7f3a/retry-0".parse().unwrap());
     let response = app.team.clone().create_workspace(request).await.unwrap();
@@ -214,7 +225,11 @@ async fn a_request_id_is_echoed_and_kept_in_the_audit_event_of_the_change(backen
         app.addr,
         "/roster.v1.TeamService/CreateWorkspace",
         &dev_headers(&owner),
-        &pb::CreateWorkspaceRequest { organization_id: org.clone(), display_name: "dev".into() },
+        &pb::CreateWorkspaceRequest {
+            organization_id: org.clone(),
+            display_name: "dev".into(),
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(reply.code(), Code::Ok);

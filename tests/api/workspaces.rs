@@ -148,6 +148,7 @@ async fn deleting_a_workspace_deletes_its_grants(backend: Backend) {
             organization_id: org.clone(),
             workspace_id: prod.clone(),
             display_name: "production".into(),
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -156,6 +157,7 @@ async fn deleting_a_workspace_deletes_its_grants(backend: Backend) {
     team.delete_workspace(owner.req(pb::DeleteWorkspaceRequest {
         organization_id: org.clone(),
         workspace_id: prod.clone(),
+        ..Default::default()
     }))
     .await
     .unwrap();
@@ -168,6 +170,7 @@ async fn deleting_a_workspace_deletes_its_grants(backend: Backend) {
         .delete_workspace(owner.req(pb::DeleteWorkspaceRequest {
             organization_id: org.clone(),
             workspace_id: prod.clone(),
+            ..Default::default()
         }))
         .await;
     assert_code(again, Code::NotFound, None);
@@ -204,6 +207,7 @@ async fn a_workspace_of_another_organization_is_never_reachable(backend: Backend
             organization_id: evil.clone(),
             workspace_id: acme_prod.clone(),
             display_name: "pwned".into(),
+            ..Default::default()
         }))
         .await;
     assert_code(rename, Code::NotFound, None);
@@ -211,6 +215,7 @@ async fn a_workspace_of_another_organization_is_never_reachable(backend: Backend
         .delete_workspace(mallory.req(pb::DeleteWorkspaceRequest {
             organization_id: evil.clone(),
             workspace_id: acme_prod.clone(),
+            ..Default::default()
         }))
         .await;
     assert_code(delete, Code::NotFound, None);

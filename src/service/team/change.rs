@@ -30,6 +30,18 @@ pub(super) struct Audited {
     pub details: Json,
 }
 
+/// Refuses a retry of a change already made (by the call that held the organization's lock
+/// before this one) with REQUEST_IN_PROGRESS, which the edge answers with the first call's
+/// response: made again, the change could undo a later one.
+pub(super) async fn not_made_yet(tx: &OrgChange, actor: &Actor) -> Result<(), Error> {
+    if let Some(key) = &actor.retry
+        && repo::find_request(&**tx, &key.user_id, key.request_id).await?.is_some()
+    {
+        return Err(repo::in_progress());
+    }
+    Ok(())
+}
+
 /// Checks `C` for a member and mints the proof storage writes need.
 pub(super) fn require<C: Capability>(member: &Member) -> Result<Pass<C>, Error> {
     Pass::check(member.organization_id, member.user_id.clone(), Some(member.role))
@@ -47,6 +59,7 @@ impl Services {
     ) -> Result<Checked<C>, Error> {
         let tx =
             OrgChange::begin(&self.store, org).await?.ok_or(Error::NotFound("organization"))?;
+        not_made_yet(&tx, actor).await?;
         let me = membership(&*tx, org, actor).await?;
         let pass = require::<C>(&me)?;
         Ok(Checked { tx, me, pass })
@@ -65,6 +78,9 @@ impl Services {
         // Ties the event to the call's logs and trace.
         if let (Some(id), Json::Object(details)) = (&actor.request_id, &mut audited.details) {
             details.insert("request_id".to_owned(), Json::String(id.as_str().to_owned()));
+        }
+        if let Some(key) = &actor.retry {
+            repo::insert_request(&*tx, key, now).await?;
         }
         self.finish_as(tx, Some(&actor.user_id), audited, deltas, now).await
     }

@@ -42,6 +42,11 @@ pub struct ListWorkspaceAccess {
 /// How often a process looks for grants whose end has passed and records them.
 const RECORD_ENDS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a change's request id is remembered: at least a day, as promised to callers.
+const REQUEST_IDS_KEPT: std::time::Duration = std::time::Duration::from_secs(48 * 3600);
+/// Ticks of the recorder between sweeps of old request ids (ten minutes).
+const SWEEP_REQUEST_IDS_EVERY_TICKS: u64 = 1200;
+
 /// Starts the task that records ended grants (see [`Services::record_ended_grants`]) every
 /// half second until `stop`; every replica runs one, and each grant's end is recorded once.
 pub fn spawn_recorder(
@@ -52,11 +57,19 @@ pub fn spawn_recorder(
         let mut every = tokio::time::interval(RECORD_ENDS_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 _ = stop.wait_for(|stop| *stop) => return,
             }
+            // Old request ids go with the same task, far less often.
+            if ticks.is_multiple_of(SWEEP_REQUEST_IDS_EVERY_TICKS)
+                && let Err(err) = services.forget_request_ids_older_than(REQUEST_IDS_KEPT).await
+            {
+                tracing::warn!(error = %err, "cannot forget old request ids yet; retrying later");
+            }
+            ticks += 1;
             match services.record_ended_grants().await {
                 Ok(_) => failing = false,
                 // Decisions do not wait for the record; it is written once the database answers.

@@ -283,6 +283,7 @@ impl Services {
         let Some(tx) = OrgChange::begin(&self.store, org).await? else {
             return Err(Error::NotFound("invitation"));
         };
+        super::change::not_made_yet(&tx, actor).await?;
         // Read again under the lock: a concurrent accept, resend or revoke may have won.
         let Some((invitation, stored_hash)) =
             repo::find_invitation_by_token_hash(&*tx, &presented_hash).await?

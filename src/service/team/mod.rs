@@ -8,6 +8,7 @@ pub mod invitations;
 pub mod members;
 pub mod organizations;
 pub mod permissions;
+mod retries;
 pub mod workspaces;
 
 use super::Actor;

@@ -7,6 +7,7 @@ mod m20261127_000001_initial_schema;
 mod m20261201_000002_erase_outbox_bodies;
 mod m20261201_000003_change_log;
 mod m20261202_000004_grant_ends;
+mod m20261202_000005_request_ids;
 
 /// Runs Roster's migrations.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000002_erase_outbox_bodies::Migration),
             Box::new(m20261201_000003_change_log::Migration),
             Box::new(m20261202_000004_grant_ends::Migration),
+            Box::new(m20261202_000005_request_ids::Migration),
         ]
     }
 }

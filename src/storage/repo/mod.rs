@@ -32,6 +32,8 @@ enum Unique {
     Membership,
     /// One pending invitation per email and organization.
     OnePendingInvitation,
+    /// One change per caller and request id.
+    RequestId,
 }
 
 impl Unique {
@@ -40,6 +42,7 @@ impl Unique {
         match self {
             Unique::Membership => "members_pkey",
             Unique::OnePendingInvitation => "invitations_one_pending_per_email",
+            Unique::RequestId => "request_ids_pkey",
         }
     }
 
@@ -48,6 +51,7 @@ impl Unique {
         match self {
             Unique::Membership => "members.organization_id, members.user_id",
             Unique::OnePendingInvitation => "invitations.organization_id, invitations.email",
+            Unique::RequestId => "request_ids.user_id, request_ids.request_id",
         }
     }
 }
@@ -72,6 +76,7 @@ mod facts;
 mod invitations;
 mod members;
 mod organizations;
+mod requests;
 mod workspaces;
 
 pub use audit::*;
@@ -80,4 +85,5 @@ pub use facts::*;
 pub use invitations::*;
 pub use members::*;
 pub use organizations::*;
+pub use requests::*;
 pub use workspaces::*;

@@ -356,6 +356,7 @@ impl TestApp {
                             ..Default::default()
                         })
                         .collect(),
+                    ..Default::default()
                 }),
             )
             .await
@@ -376,7 +377,12 @@ impl TestApp {
     pub async fn accept(&self, user: &User, token: &str) -> Result<pb::Member, Status> {
         self.team
             .clone()
-            .accept_invitation(user.req(pb::AcceptInvitationRequest { token: token.to_owned() }))
+            .accept_invitation(
+                user.req(pb::AcceptInvitationRequest {
+                    token: token.to_owned(),
+                    ..Default::default()
+                }),
+            )
             .await
             .map(|r| r.into_inner().member.unwrap())
     }
@@ -450,6 +456,7 @@ impl TestApp {
             "invitation_grants",
             "outbox",
             "audit_events",
+            "request_ids",
         ] {
             counts.push((table, self.count(table).await));
         }
@@ -516,7 +523,10 @@ pub async fn create_org_with(
     name: &str,
 ) -> String {
     team.create_organization(
-        owner.req(pb::CreateOrganizationRequest { display_name: name.to_owned() }),
+        owner.req(pb::CreateOrganizationRequest {
+            display_name: name.to_owned(),
+            ..Default::default()
+        }),
     )
     .await
     .expect("create organization")
@@ -537,6 +547,7 @@ pub async fn try_create_workspace_with(
         .create_workspace(actor.req(pb::CreateWorkspaceRequest {
             organization_id: org.to_owned(),
             display_name: name.to_owned(),
+            ..Default::default()
         }))
         .await?;
     Ok(response.into_inner().workspace.unwrap().id)

@@ -1,0 +1,107 @@
+//! Request ids of TeamService changes (AIP-155): written in the change's own transaction, so a
+//! change and the record that it was made commit together; the answer follows once it is built.
+
+use super::facts::statement;
+use super::*;
+use crate::domain::ChangeRequestId;
+use crate::service::RequestKey;
+
+/// What is remembered of a request id.
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    /// The RPC it was used for.
+    pub method: String,
+    /// SHA-256 of the method and the request's encoding.
+    pub fingerprint: Vec<u8>,
+    /// The encoded answer; none while the first call is still finishing.
+    pub response: Option<Vec<u8>>,
+}
+
+/// What `user` used `id` for, if anything.
+pub async fn find_request(
+    db: &impl ConnectionTrait,
+    user: &UserId,
+    id: ChangeRequestId,
+) -> Result<Option<StoredRequest>, Error> {
+    let sql = "SELECT method, fingerprint, response FROM request_ids \
+               WHERE user_id = ? AND request_id = ?";
+    let values = vec![user.as_str().into(), id.as_uuid().into()];
+    let backend = db.get_database_backend();
+    let Some(row) = db.query_one_raw(statement(backend, sql, values)).await? else {
+        return Ok(None);
+    };
+    Ok(Some(StoredRequest {
+        method: row.try_get("", "method")?,
+        fingerprint: row.try_get("", "fingerprint")?,
+        response: row.try_get("", "response")?,
+    }))
+}
+
+/// Records, in a change's transaction, that the change of `key` is being made. A row already
+/// there (a concurrent call with the same id committed first) is REQUEST_IN_PROGRESS, which the
+/// edge answers with that call's response.
+pub async fn insert_request(
+    db: &impl ConnectionTrait,
+    key: &RequestKey,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let sql = "INSERT INTO request_ids (user_id, request_id, method, fingerprint, create_time) \
+               VALUES (?, ?, ?, ?, ?)";
+    let values = vec![
+        key.user_id.as_str().into(),
+        key.request_id.as_uuid().into(),
+        key.method.into(),
+        key.fingerprint.to_vec().into(),
+        now.as_micros().into(),
+    ];
+    match db.execute_raw(statement(db.get_database_backend(), sql, values)).await {
+        Ok(_) => Ok(()),
+        Err(err) if violates(&err, Unique::RequestId) => Err(in_progress()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The refusal of a call whose request id another call is answering.
+pub fn in_progress() -> Error {
+    Error::refused(
+        ErrorReason::RequestInProgress,
+        "a request with this request_id was applied and its answer is not ready yet; retry \
+         with the same request_id",
+    )
+}
+
+/// Keeps the answer to give retries of `key`; a change that wrote no row (one that changed
+/// nothing) gets its row here. An answer already kept stays.
+pub async fn save_response(
+    db: &impl ConnectionTrait,
+    key: &RequestKey,
+    response: &[u8],
+    now: Timestamp,
+) -> Result<(), Error> {
+    let sql = "INSERT INTO request_ids \
+               (user_id, request_id, method, fingerprint, response, create_time) \
+               VALUES (?, ?, ?, ?, ?, ?) \
+               ON CONFLICT (user_id, request_id) DO UPDATE SET response = excluded.response \
+               WHERE request_ids.response IS NULL AND request_ids.fingerprint = excluded.fingerprint";
+    let values = vec![
+        key.user_id.as_str().into(),
+        key.request_id.as_uuid().into(),
+        key.method.into(),
+        key.fingerprint.to_vec().into(),
+        response.to_vec().into(),
+        now.as_micros().into(),
+    ];
+    db.execute_raw(statement(db.get_database_backend(), sql, values)).await?;
+    Ok(())
+}
+
+/// Forgets request ids made before `before`; returns how many.
+pub async fn delete_requests_before(
+    db: &impl ConnectionTrait,
+    before: Timestamp,
+) -> Result<u64, Error> {
+    let sql = "DELETE FROM request_ids WHERE create_time < ?";
+    let values = vec![before.as_micros().into()];
+    let done = db.execute_raw(statement(db.get_database_backend(), sql, values)).await?;
+    Ok(done.rows_affected())
+}
