@@ -174,6 +174,20 @@ impl Error {
         }
     }
 
+    /// This error of one item of a batch, with each bad field named by its path in the batch
+    /// (`prefix` such as `invitations[2].`).
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            Error::InvalidArgument(violations) => Error::InvalidArgument(
+                violations
+                    .into_iter()
+                    .map(|v| FieldViolation { field: format!("{prefix}{}", v.field), ..v })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     /// An unexpected failure with its cause.
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
         Error::Internal(cause.into())

@@ -10,10 +10,10 @@ use crate::error::{Error, Violations};
 use crate::pb;
 use crate::service::page::{self, PageRequest};
 use crate::service::team::{
-    AcceptInvitation, CreateInvitation, CreateOrganization, CreateWorkspace, InvitationRef,
-    ListAuditEvents, ListInvitations, ListMembers, ListMyPermissions, ListWorkspaceAccess,
-    ListWorkspaces, MemberRef, SetWorkspaceAccess, TransferOwnership, UpdateMemberRole,
-    UpdateOrganization, UpdateWorkspace, WorkspaceRef,
+    AcceptInvitation, BatchCreateInvitations, CreateInvitation, CreateOrganization,
+    CreateWorkspace, InvitationRef, ListAuditEvents, ListInvitations, ListMembers,
+    ListMyPermissions, ListWorkspaceAccess, ListWorkspaces, MemberRef, SetWorkspaceAccess,
+    TransferOwnership, UpdateMemberRole, UpdateOrganization, UpdateWorkspace, WorkspaceRef,
 };
 
 /// Longest accepted invitation token field, before any lookup.
@@ -381,6 +381,51 @@ impl TryFrom<pb::CreateInvitationRequest> for CreateInvitation {
         };
         v.finish()?;
         Ok(Self { organization_id, email, role, workspace_grants: grants })
+    }
+}
+
+/// Most invitations one BatchCreateInvitations may carry. Item errors keep the item's own field
+/// names here; the handler puts them under `invitations[i].`.
+const MAX_BATCH_INVITATIONS: usize = 100;
+
+impl TryFrom<pb::BatchCreateInvitationsRequest> for BatchCreateInvitations {
+    type Error = Error;
+    fn try_from(req: pb::BatchCreateInvitationsRequest) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        let org = convert::organization_id(&mut v, "organization_id", &req.organization_id);
+        if req.invitations.is_empty() {
+            v.add("invitations", "must hold at least one invitation");
+        } else if req.invitations.len() > MAX_BATCH_INVITATIONS {
+            v.add(
+                "invitations",
+                "must hold at most 100 invitations; send the rest in another batch",
+            );
+        }
+        for (i, item) in req.invitations.iter().enumerate().take(MAX_BATCH_INVITATIONS) {
+            if !item.organization_id.is_empty() && item.organization_id != req.organization_id {
+                v.add(
+                    format!("invitations[{i}].organization_id"),
+                    "must be empty or the batch's organization_id",
+                );
+            }
+            if !item.request_id.is_empty() {
+                v.add(
+                    format!("invitations[{i}].request_id"),
+                    "must be empty: the batch's own request_id makes every item safe to retry",
+                );
+            }
+        }
+        let Some(organization_id) = org else { return Err(v.into_error()) };
+        v.finish()?;
+        let items = req
+            .invitations
+            .into_iter()
+            .map(|mut item| {
+                item.organization_id.clone_from(&req.organization_id);
+                CreateInvitation::try_from(item)
+            })
+            .collect();
+        Ok(Self { organization_id, items })
     }
 }
 

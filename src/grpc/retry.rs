@@ -53,6 +53,7 @@ retryable!(
     pb::ResendInvitationRequest,
     pb::RevokeInvitationRequest,
     pb::AcceptInvitationRequest,
+    pb::BatchCreateInvitationsRequest,
 );
 
 /// Identifies the caller, converts the request and runs the change `run`, once per request id
@@ -89,7 +90,7 @@ where
         fingerprint: fingerprint(method, &message),
     };
     if let Some(stored) = services.recall_request(&key).await? {
-        return replay(services, &key, stored).await.map(Response::new);
+        return Ok(Response::new(replay(services, &key, stored).await?));
     }
     let command = C::try_from(message)?;
     actor.retry = Some(key.clone());
@@ -105,9 +106,41 @@ where
         // A concurrent call with this id made the change first: its answer is this one's.
         Err(err) if err.reason() == Some(ErrorReason::RequestInProgress) => {
             let stored = services.recall_request(&key).await?.ok_or(err)?;
-            replay(services, &key, stored).await.map(Response::new)
+            Ok(Response::new(replay(services, &key, stored).await?))
         }
         Err(err) => Err(err.into()),
+    }
+}
+
+/// Runs one item of a batch named by a request id: `key` is the item's own (see
+/// [`RequestKey::item`]), none when the batch named no id. An item a cut-off first call
+/// already made is answered with its first answer instead of made again.
+pub async fn item<T, F, Fut>(
+    services: &Services,
+    key: Option<RequestKey>,
+    run: F,
+) -> Result<T, Error>
+where
+    T: Message + Default,
+    F: FnOnce(Option<RequestKey>) -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let Some(key) = key else { return run(None).await };
+    if let Some(stored) = services.recall_request(&key).await? {
+        return replay(services, &key, stored).await;
+    }
+    match run(Some(key.clone())).await {
+        Ok(answer) => {
+            if let Err(err) = services.remember_response(&key, &answer.encode_to_vec()).await {
+                tracing::warn!(error = %err, "cannot keep the answer of a batch item");
+            }
+            Ok(answer)
+        }
+        Err(err) if err.reason() == Some(ErrorReason::RequestInProgress) => {
+            let stored = services.recall_request(&key).await?.ok_or(err)?;
+            replay(services, &key, stored).await
+        }
+        Err(err) => Err(err),
     }
 }
 
@@ -126,7 +159,7 @@ async fn replay<T: Message + Default>(
     services: &Services,
     key: &RequestKey,
     mut stored: StoredRequest,
-) -> Result<T, Status> {
+) -> Result<T, Error> {
     if stored.method != key.method || stored.fingerprint != key.fingerprint {
         return Err(Error::refused(
             ErrorReason::RequestIdReused,
@@ -136,22 +169,21 @@ async fn replay<T: Message + Default>(
                 key.request_id, stored.method
             ),
         )
-        .with("method", stored.method)
-        .into());
+        .with("method", stored.method));
     }
     let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
     loop {
         if let Some(response) = &stored.response {
-            return T::decode(&response[..]).map_err(|err| Error::internal(err).into());
+            return T::decode(&response[..]).map_err(Error::internal);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(crate::storage::repo::in_progress().into());
+            return Err(crate::storage::repo::in_progress());
         }
         tokio::time::sleep(ANSWER_POLL).await;
         stored = match services.recall_request(key).await? {
             Some(again) => again,
             // The first call's change did not commit after all: nothing was made.
-            None => return Err(crate::storage::repo::in_progress().into()),
+            None => return Err(crate::storage::repo::in_progress()),
         };
     }
 }

@@ -8,11 +8,26 @@ use super::identify;
 use super::retry;
 use crate::error::Error;
 use crate::pb::{self, team_service_server::TeamService};
+use crate::service::team::BatchCreateInvitations;
 use crate::service::{Actor, Services};
 
 /// Serves TeamService; callers are identified before a handler runs (see [`identify`]).
 pub struct TeamApi {
     services: Services,
+}
+
+/// A refused batch item's status, encoded as a call's error would be (`google.rpc.Status`,
+/// whose fields `BatchItemStatus` shares).
+fn item_status(err: Error) -> pb::BatchItemStatus {
+    let status = Status::from(err);
+    match prost::Message::decode(status.details()) {
+        Ok(encoded) if !status.details().is_empty() => encoded,
+        _ => pb::BatchItemStatus {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            details: Vec::new(),
+        },
+    }
 }
 
 impl TeamApi {
@@ -282,6 +297,46 @@ impl TeamService for TeamApi {
                 invitation: Some(convert::invitation(changed.value)),
                 consistency_token: changed.token.encode(),
             })
+        })
+        .await
+    }
+
+    async fn batch_create_invitations(
+        &self,
+        request: Request<pb::BatchCreateInvitationsRequest>,
+    ) -> Reply<pb::BatchCreateInvitationsResponse> {
+        self.once("BatchCreateInvitations", request, |actor, command| async move {
+            let BatchCreateInvitations { organization_id, items } = command;
+            self.services.may_invite(&actor, organization_id).await?;
+            let mut results = Vec::with_capacity(items.len());
+            let mut consistency_token = String::new();
+            for (i, item) in items.into_iter().enumerate() {
+                let key = actor.retry.as_ref().map(|batch| batch.item(i));
+                let created = retry::item(&self.services, key, |key| {
+                    let actor = Actor { retry: key, ..actor.clone() };
+                    async move {
+                        let changed = self.services.create_invitation(&actor, item?).await?;
+                        Ok(pb::CreateInvitationResponse {
+                            invitation: Some(convert::invitation(changed.value)),
+                            consistency_token: changed.token.encode(),
+                        })
+                    }
+                })
+                .await;
+                let result = match created {
+                    Ok(created) => {
+                        consistency_token = created.consistency_token;
+                        pb::batch_create_invitations_result::Result::Invitation(
+                            created.invitation.unwrap_or_default(),
+                        )
+                    }
+                    Err(err) => pb::batch_create_invitations_result::Result::Status(item_status(
+                        err.within(&format!("invitations[{i}].")),
+                    )),
+                };
+                results.push(pb::BatchCreateInvitationsResult { result: Some(result) });
+            }
+            Ok(pb::BatchCreateInvitationsResponse { results, consistency_token })
         })
         .await
     }

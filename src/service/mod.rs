@@ -34,6 +34,28 @@ pub struct Actor {
     pub retry: Option<RequestKey>,
 }
 
+impl RequestKey {
+    /// The key of item `index` of a batch named by this key: each item is a change of its own,
+    /// recorded with its own derived id, so that a retry of a batch cut off half-way makes only
+    /// the items the first call did not.
+    pub fn item(&self, index: usize) -> RequestKey {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.fingerprint);
+        hash.update(self.request_id.as_uuid().as_bytes());
+        hash.update((index as u64).to_be_bytes());
+        let fingerprint: [u8; 32] = hash.finalize().into();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&fingerprint[..16]);
+        RequestKey {
+            user_id: self.user_id.clone(),
+            request_id: ChangeRequestId::from_uuid(uuid::Uuid::from_bytes(id)),
+            method: self.method,
+            fingerprint,
+        }
+    }
+}
+
 /// A TeamService change named by its caller for safe retries (AIP-155).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestKey {

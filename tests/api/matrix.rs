@@ -267,6 +267,21 @@ async fn call(
             ))
             .await,
         ),
+        "BatchCreateInvitations" => done(
+            team.batch_create_invitations(wrap(
+                actor,
+                pb::BatchCreateInvitationsRequest {
+                    organization_id: org,
+                    invitations: vec![pb::CreateInvitationRequest {
+                        email: "batched@example.com".into(),
+                        role: R::Member as i32,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ))
+            .await,
+        ),
         "CreateInvitation" => done(
             team.create_invitation(wrap(
                 actor,
@@ -348,6 +363,7 @@ const MATRIX: &[(&str, [Code; 4])] = &[
     ("SetWorkspaceAccess", [Y, Y, Pd, Pd]), // workspace_access.manage
     ("ListWorkspaceAccess", [Y, Y, Y, Y]), // filtered to one's own grants
     ("CreateInvitation", [Y, Y, Pd, Pd]), // members.invite
+    ("BatchCreateInvitations", [Y, Y, Pd, Pd]), // members.invite
     ("ListInvitations", [Y, Y, Pd, Pd]), // invitations.read
     ("ResendInvitation", [Y, Y, Pd, Pd]), // members.invite
     ("RevokeInvitation", [Y, Y, Pd, Pd]), // members.invite

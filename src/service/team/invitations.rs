@@ -21,6 +21,14 @@ use crate::service::{Actor, Changed, Services};
 use crate::storage::changelog::OrgChange;
 use crate::storage::repo;
 
+/// What BatchCreateInvitations asks: the organization, and each item as checked on its own
+/// (an item's bad fields refuse that item only).
+#[derive(Debug)]
+pub struct BatchCreateInvitations {
+    pub organization_id: OrganizationId,
+    pub items: Vec<Result<CreateInvitation, Error>>,
+}
+
 /// What CreateInvitation asks, every field checked.
 #[derive(Debug)]
 pub struct CreateInvitation {
@@ -54,6 +62,14 @@ pub struct AcceptInvitation {
 }
 
 impl Services {
+    /// Checks, before a batch of invitations, that the actor may invite at all: a non-member
+    /// gets NOT_FOUND and a member without `members.invite` PERMISSION_DENIED for the whole
+    /// batch, as for one invitation. Each item is checked again in its own change.
+    pub async fn may_invite(&self, actor: &Actor, org: OrganizationId) -> Result<(), Error> {
+        require::<cap::MembersInvite>(&membership(self.store.reader(), org, actor).await?)?;
+        Ok(())
+    }
+
     /// Invites an email address and queues the email.
     #[instrument(skip_all, fields(actor = %actor.user_id, organization = %command.organization_id))]
     pub async fn create_invitation(

@@ -17,7 +17,9 @@ use crate::error::{Error, ErrorReason};
 use crate::storage::repo;
 
 pub use grants::{ListWorkspaceAccess, SetWorkspaceAccess};
-pub use invitations::{AcceptInvitation, CreateInvitation, InvitationRef, ListInvitations};
+pub use invitations::{
+    AcceptInvitation, BatchCreateInvitations, CreateInvitation, InvitationRef, ListInvitations,
+};
 pub use members::{ListMembers, MemberRef, TransferOwnership, UpdateMemberRole};
 pub use organizations::{CreateOrganization, ListAuditEvents, UpdateOrganization};
 pub use permissions::{ListMyPermissions, MyPermissions};
