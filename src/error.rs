@@ -117,6 +117,7 @@ reasons! {
         NewerInvitationPending => "NEWER_INVITATION_PENDING",
         OwnerHoldsEveryWorkspace => "OWNER_HOLDS_EVERY_WORKSPACE",
         RequestIdReused => "REQUEST_ID_REUSED",
+        RequestAnswerLost => "REQUEST_ANSWER_LOST",
     }
     ResourceExhausted {
         RateLimited => "RATE_LIMITED",

@@ -57,11 +57,16 @@ impl TeamApi {
     where
         R: retry::Retryable,
         C: TryFrom<R, Error = Error>,
-        T: prost::Message + Default,
+        T: retry::Answer,
         F: FnOnce(Actor, C) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        retry::once(&self.services, method, request, run).await
+        let kind = if method == "BatchCreateInvitations" {
+            retry::Once::Batch
+        } else {
+            retry::Once::Change
+        };
+        retry::once(&self.services, method, kind, request, run).await
     }
 }
 

@@ -55,6 +55,11 @@ impl TlsAcceptor {
             .with_single_cert(certificates(cert, "--tls-cert")?, key)
             .context("--tls-cert and --tls-key do not form a usable identity")?;
         server.alpn_protocols = vec![b"h2".to_vec()];
+        // Browsers and HTTP/1.1 proxies negotiate gRPC-Web over HTTP/1.1; a client offering only
+        // that would otherwise fail the handshake.
+        if config.grpc_web {
+            server.alpn_protocols.push(b"http/1.1".to_vec());
+        }
         Ok(Some(Self(tokio_rustls::TlsAcceptor::from(Arc::new(server)))))
     }
 

@@ -18,8 +18,8 @@ use tower::{Layer, Service};
 /// Request headers a page may send: what Connect-ES and grpc-web clients send, the caller's
 /// credentials (a bearer token, or dev mode's user headers), a request id and a trace parent.
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-grpc-web, x-user-agent, \
-    grpc-timeout, x-request-id, traceparent, tracestate, x-user-id, x-user-email, \
-    x-consistency-token";
+    grpc-timeout, grpc-encoding, grpc-accept-encoding, x-request-id, traceparent, tracestate, \
+    x-user-id, x-user-email, x-consistency-token";
 
 /// Response headers a page may read: the status of a call (with its BadRequest details) and
 /// its request id.

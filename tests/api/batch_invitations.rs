@@ -14,6 +14,7 @@ db_tests!(
     a_malformed_batch_or_a_caller_who_may_not_invite_is_refused_whole,
     each_item_of_a_batch_counts_against_the_invitation_limits,
     a_retried_batch_returns_its_first_answer_and_mails_no_one_twice,
+    a_batch_cut_off_half_way_is_finished_by_its_retry_and_refused_with_other_items,
 );
 
 fn item(email: &str, role: R) -> pb::CreateInvitationRequest {
@@ -197,5 +198,66 @@ async fn a_retried_batch_returns_its_first_answer_and_mails_no_one_twice(backend
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(app.emails_to("a@example.com").await, 1);
     assert_eq!(app.emails_to("b@example.com").await, 1);
+    app.stop().await;
+}
+
+async fn a_batch_cut_off_half_way_is_finished_by_its_retry_and_refused_with_other_items(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, |config| {
+        config.invite_burst = 2;
+        config.invite_rate_per_hour = 3600;
+        config.invite_user_burst = 100;
+    })
+    .await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let items =
+        || (0..3).map(|i| item(&format!("p{i}@example.com"), R::Member)).collect::<Vec<_>>();
+    let named = |items: Vec<pb::CreateInvitationRequest>| {
+        let mut request = batch(&org, items);
+        request.request_id = "0190c3b2-7d1e-7a3c-9f00-5b1d2c3e4f53".into();
+        owner.req(request)
+    };
+    // The budget lets two through: the third item is refused for a reason that may pass.
+    let first =
+        app.team.clone().batch_create_invitations(named(items())).await.unwrap().into_inner();
+    let status = status_of(&first.results[2]);
+    assert_eq!(crate::common::error_info(&status).0, "RATE_LIMITED");
+    for email in ["p0@example.com", "p1@example.com"] {
+        app.smtp.wait_for(email, 1).await;
+    }
+    // The same id with other items is refused, even though the first answer was not final.
+    let mut other = items();
+    other[2].email = "someone-else@example.com".into();
+    let reused = app.team.clone().batch_create_invitations(named(other)).await;
+    crate::common::assert_reason(reused, Code::FailedPrecondition, "REQUEST_ID_REUSED");
+    // Once the budget refills, the retry finishes the batch: the two made are answered as
+    // they were (no second email), the third is made.
+    let mut retried = None;
+    for _ in 0..40 {
+        let answer =
+            app.team.clone().batch_create_invitations(named(items())).await.unwrap().into_inner();
+        if matches!(answer.results[2].result, Some(Item::Invitation(_))) {
+            retried = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let retried = retried.expect("the third item is made once the budget allows");
+    assert_eq!(retried.results[0], first.results[0]);
+    assert_eq!(retried.results[1], first.results[1]);
+    assert_eq!(app.count("invitations").await, 3);
+    app.smtp.wait_for("p2@example.com", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for email in ["p0@example.com", "p1@example.com", "p2@example.com"] {
+        assert_eq!(app.emails_to(email).await, 1, "{email}");
+    }
+    // Now final: a further retry is the same answer, with nothing made.
+    let before = app.snapshot().await;
+    let again =
+        app.team.clone().batch_create_invitations(named(items())).await.unwrap().into_inner();
+    assert_eq!(again, retried);
+    assert_eq!(app.snapshot().await, before);
     app.stop().await;
 }

@@ -16,6 +16,8 @@ db_tests!(
     the_same_request_id_on_another_request_is_refused_and_changes_nothing,
     concurrent_calls_with_one_request_id_make_one_change,
     a_failed_call_is_not_remembered_and_a_malformed_request_id_is_refused,
+    a_retried_deletion_gets_its_first_answer_not_a_not_found,
+    a_retry_whose_first_answer_was_lost_is_told_so_and_changes_nothing,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -288,5 +290,58 @@ async fn a_failed_call_is_not_remembered_and_a_malformed_request_id_is_refused(b
         .await;
     assert_code(malformed, Code::InvalidArgument, Some("request_id"));
     assert_eq!(app.snapshot().await, before);
+    app.stop().await;
+}
+
+async fn a_retried_deletion_gets_its_first_answer_not_a_not_found(backend: Backend) {
+    let app = app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let delete = || {
+        owner.req(pb::DeleteOrganizationRequest {
+            organization_id: org.clone(),
+            request_id: ID.into(),
+        })
+    };
+    // Two at once, then a late retry: one deletion, and every call gets its answer.
+    let (mut one, mut two) = (app.team.clone(), app.team.clone());
+    let (a, b) = tokio::join!(one.delete_organization(delete()), two.delete_organization(delete()));
+    let (a, b) = (a.unwrap().into_inner(), b.unwrap().into_inner());
+    assert_eq!(a, b);
+    let late = app.team.clone().delete_organization(delete()).await.unwrap().into_inner();
+    assert_eq!(late, a);
+    assert_eq!(app.count("organizations").await, 0);
+    // Without a request id, the organization is gone as before.
+    let again = app
+        .team
+        .clone()
+        .delete_organization(owner.req(pb::DeleteOrganizationRequest {
+            organization_id: org.clone(),
+            ..Default::default()
+        }))
+        .await;
+    assert_code(again, Code::NotFound, None);
+    app.stop().await;
+}
+
+async fn a_retry_whose_first_answer_was_lost_is_told_so_and_changes_nothing(backend: Backend) {
+    let app = app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let create = || {
+        owner.req(pb::CreateWorkspaceRequest {
+            organization_id: org.clone(),
+            display_name: "prod".into(),
+            request_id: ID.into(),
+        })
+    };
+    app.team.clone().create_workspace(create()).await.unwrap();
+    // As if the first call had been cut off between its commit and keeping its answer, long ago.
+    app.execute("UPDATE request_ids SET response = NULL, create_time = 0").await;
+    let before = app.snapshot().await;
+    let retried = app.team.clone().create_workspace(create()).await;
+    assert_reason(retried, Code::FailedPrecondition, "REQUEST_ANSWER_LOST");
+    assert_eq!(app.snapshot().await, before, "the change is not made twice");
+    assert_eq!(app.count("workspaces").await, 1);
     app.stop().await;
 }

@@ -65,6 +65,34 @@ impl Services {
         Ok(Checked { tx, me, pass })
     }
 
+    /// Ends a change that changed nothing: its token and, for a named request, the record that
+    /// it was answered. Nothing commits for a no-op, so the id is recorded on its own, by a task
+    /// a cut-off call cannot stop before the id is kept: otherwise a retry arriving after a
+    /// later change could apply what the first call found already done. A concurrent call
+    /// that recorded the id first is the one whose answer counts.
+    pub(super) async fn unchanged(
+        &self,
+        tx: OrgChange,
+        actor: &Actor,
+    ) -> Result<ChangeToken, Error> {
+        let token = tx.unchanged().await?;
+        if let Some(key) = actor.retry.clone() {
+            let store = self.store.clone();
+            let recorded = tokio::spawn(async move {
+                let tx = store.begin_write().await?;
+                let recorded = repo::insert_request_if_absent(&*tx, &key, Timestamp::now()).await?;
+                tx.commit().await?;
+                Ok::<bool, Error>(recorded)
+            })
+            .await
+            .map_err(Error::internal)??;
+            if !recorded {
+                return Err(repo::in_progress());
+            }
+        }
+        Ok(token)
+    }
+
     /// Writes the change's audit event and commits it with `deltas`, what it did to access
     /// (empty for a change Authorize does not see).
     pub(super) async fn finish(

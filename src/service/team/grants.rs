@@ -149,7 +149,7 @@ impl Services {
                     .is_some_and(|s| s.expire_time == expire_time && s.reason == reason),
             };
         if unchanged {
-            return Ok(Changed { value: grant, token: tx.unchanged().await? });
+            return Ok(Changed { value: grant, token: self.unchanged(tx, actor).await? });
         }
         let action = match access {
             Some(held) => {

@@ -252,7 +252,9 @@ impl Services {
         let now = Timestamp::now();
         match lifecycle::revoke(invitation.state_at(now)) {
             Transition::Refuse(ended, why) => Err(Error::refused(ended_reason(ended), why)),
-            Transition::NoOp => Ok(Changed { value: invitation, token: tx.unchanged().await? }),
+            Transition::NoOp => {
+                Ok(Changed { value: invitation, token: self.unchanged(tx, actor).await? })
+            }
             Transition::Apply => {
                 repo::update_invitation_revoked(&*tx, &checked.pass, id, now).await?;
                 repo::cancel_outbox_of(&*tx, org, id, "not sent: the invitation was revoked")

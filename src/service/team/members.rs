@@ -85,7 +85,7 @@ impl Services {
             .map_err(|r| refused(r, "demote"))?
         {
             RoleChange::Unchanged => {
-                return Ok(Changed { value: target, token: tx.unchanged().await? });
+                return Ok(Changed { value: target, token: self.unchanged(tx, actor).await? });
             }
             RoleChange::Apply => {}
         }

@@ -133,7 +133,7 @@ impl Services {
         };
         let same = Organization { update_time: current.update_time, ..value.clone() } == current;
         if same {
-            return Ok(Changed { value: current, token: tx.unchanged().await? });
+            return Ok(Changed { value: current, token: self.unchanged(tx, actor).await? });
         }
         repo::update_organization(&*tx, &checked.pass, &value, now).await?;
         let audited = Audited {

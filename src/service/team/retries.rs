@@ -13,6 +13,14 @@ impl Services {
         repo::find_request(self.store.reader(), &key.user_id, key.request_id).await
     }
 
+    /// Records `key` before the changes it names are made (a batch's); one already recorded
+    /// is left as it is.
+    pub async fn record_request(&self, key: &RequestKey) -> Result<(), Error> {
+        let tx = self.store.begin_write().await?;
+        repo::insert_request_if_absent(&*tx, key, Timestamp::now()).await?;
+        tx.commit().await
+    }
+
     /// Keeps the encoded answer retries of `key` get.
     pub async fn remember_response(&self, key: &RequestKey, response: &[u8]) -> Result<(), Error> {
         let tx = self.store.begin_write().await?;

@@ -119,7 +119,7 @@ impl Services {
         let tx = checked.tx;
         let ws = repo::find_workspace(&*tx, org, id).await?.ok_or(Error::NotFound("workspace"))?;
         if ws.display_name == display_name {
-            return Ok(Changed { value: ws, token: tx.unchanged().await? });
+            return Ok(Changed { value: ws, token: self.unchanged(tx, actor).await? });
         }
         let now = Timestamp::now();
         repo::update_workspace_name(&*tx, &checked.pass, id, &display_name).await?;

@@ -15,6 +15,8 @@ pub struct StoredRequest {
     pub fingerprint: Vec<u8>,
     /// The encoded answer; none while the first call is still finishing.
     pub response: Option<Vec<u8>>,
+    /// When the id was first recorded.
+    pub create_time: Timestamp,
 }
 
 /// What `user` used `id` for, if anything.
@@ -23,7 +25,7 @@ pub async fn find_request(
     user: &UserId,
     id: ChangeRequestId,
 ) -> Result<Option<StoredRequest>, Error> {
-    let sql = "SELECT method, fingerprint, response FROM request_ids \
+    let sql = "SELECT method, fingerprint, response, create_time FROM request_ids \
                WHERE user_id = ? AND request_id = ?";
     let values = vec![user.as_str().into(), id.as_uuid().into()];
     let backend = db.get_database_backend();
@@ -34,6 +36,7 @@ pub async fn find_request(
         method: row.try_get("", "method")?,
         fingerprint: row.try_get("", "fingerprint")?,
         response: row.try_get("", "response")?,
+        create_time: Timestamp::from_micros(row.try_get("", "create_time")?),
     }))
 }
 
@@ -59,6 +62,26 @@ pub async fn insert_request(
         Err(err) if violates(&err, Unique::RequestId) => Err(in_progress()),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Records `key` unless a row holds it already (a change that made nothing, or a batch before
+/// its items); whether this call recorded it.
+pub async fn insert_request_if_absent(
+    db: &impl ConnectionTrait,
+    key: &RequestKey,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let sql = "INSERT INTO request_ids (user_id, request_id, method, fingerprint, create_time) \
+               VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, request_id) DO NOTHING";
+    let values = vec![
+        key.user_id.as_str().into(),
+        key.request_id.as_uuid().into(),
+        key.method.into(),
+        key.fingerprint.to_vec().into(),
+        now.as_micros().into(),
+    ];
+    let done = db.execute_raw(statement(db.get_database_backend(), sql, values)).await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// The refusal of a call whose request id another call is answering.
