@@ -669,6 +669,8 @@ mod tests {
         roles: HashMap<UserId, Role>,
         workspaces: Vec<WorkspaceId>,
         grants: HashMap<(UserId, WorkspaceId), Access>,
+        /// The ends of the grants that end, in microseconds.
+        ends: HashMap<(UserId, WorkspaceId), i64>,
     }
 
     impl Rows {
@@ -678,6 +680,7 @@ mod tests {
                 self.workspaces.clone(),
                 self.grants.iter().map(|((u, w), a)| (*w, u.clone(), *a)).collect(),
             )
+            .with_ends(self.ends.iter().map(|((u, w), end)| (*w, u.clone(), *end)).collect())
         }
 
         fn set_role(&mut self, user: &UserId, role: Role) -> Vec<Delta> {
@@ -692,6 +695,17 @@ mod tests {
         }
 
         fn set_grant(&mut self, user: &UserId, w: usize, access: Option<Access>) -> Vec<Delta> {
+            self.set_grant_ending(user, w, access, None)
+        }
+
+        /// Sets a grant again, ending at `end` (microseconds) or never.
+        fn set_grant_ending(
+            &mut self,
+            user: &UserId,
+            w: usize,
+            access: Option<Access>,
+            end: Option<i64>,
+        ) -> Vec<Delta> {
             // Grants, as in the database, only for members on existing workspaces.
             let Some(ws) = self.workspaces.get(w).copied() else { return Vec::new() };
             if !self.roles.contains_key(user) {
@@ -701,12 +715,16 @@ mod tests {
                 Some(access) => self.grants.insert((user.clone(), ws), access),
                 None => self.grants.remove(&(user.clone(), ws)),
             };
+            match (access, end) {
+                (Some(_), Some(end)) => self.ends.insert((user.clone(), ws), end),
+                _ => self.ends.remove(&(user.clone(), ws)),
+            };
             vec![Delta::GrantChanged {
                 user: user.clone(),
                 workspace: ws,
                 old,
                 new: access,
-                expire_time: None,
+                expire_time: end.filter(|_| access.is_some()).map(Timestamp::from_micros),
             }]
         }
 
@@ -716,6 +734,7 @@ mod tests {
             let gone: Vec<_> = self.grants.keys().filter(|(u, _)| u == user).cloned().collect();
             for key in gone {
                 let old = self.grants.remove(&key);
+                self.ends.remove(&key);
                 deltas.push(Delta::GrantChanged {
                     user: key.0,
                     workspace: key.1,
@@ -745,6 +764,7 @@ mod tests {
             let gone: Vec<_> = self.grants.keys().filter(|(_, g)| *g == ws).cloned().collect();
             for key in gone {
                 let old = self.grants.remove(&key);
+                self.ends.remove(&key);
                 deltas.push(Delta::GrantChanged {
                     user: key.0,
                     workspace: ws,
@@ -763,9 +783,9 @@ mod tests {
         #[test]
         fn a_patched_index_answers_as_a_reload_would(
             users in proptest::collection::hash_set("[a-z]{1,3}|[a-z]{39,41}", 1..30),
-            initial in proptest::collection::vec((0usize..30, 0usize..6, 0u8..7), 0..60),
+            initial in proptest::collection::vec((0usize..30, 0usize..6, 0u8..9), 0..60),
             changes in proptest::collection::vec(
-                proptest::collection::vec((0usize..30, 0usize..8, 0u8..10), 1..4),
+                proptest::collection::vec((0usize..30, 0usize..8, 0u8..12), 1..4),
                 1..30,
             ),
             queries in proptest::collection::vec((0usize..34, 0usize..9), 1..60),
@@ -776,18 +796,23 @@ mod tests {
             for _ in 0..4 {
                 rows.create_workspace();
             }
+            // Grants that have ended, and grants that end later: both must keep their ends
+            // through every patch, and only their own.
+            let later = Timestamp::now().as_micros() + 3_600_000_000;
             let apply = |rows: &mut Rows, u: &UserId, w: usize, code: u8| match code {
                 0..=3 => rows.set_role(u, roles[usize::from(code)]),
                 4 => rows.set_grant(u, w, Some(Access::Read)),
                 5 => rows.set_grant(u, w, Some(Access::Write)),
                 6 => rows.set_grant(u, w, None),
-                7 => rows.remove(u),
-                8 => rows.create_workspace(),
+                7 => rows.set_grant_ending(u, w, Some(Access::Write), Some(0)),
+                8 => rows.set_grant_ending(u, w, Some(Access::Read), Some(later)),
+                9 => rows.remove(u),
+                10 => rows.create_workspace(),
                 _ => rows.delete_workspace(w),
             };
             for (u, w, code) in initial {
                 if let Some(u) = users.get(u) {
-                    apply(&mut rows, u, w, code % 7);
+                    apply(&mut rows, u, w, code % 9);
                 }
             }
             let mut index = rows.index();
