@@ -18,6 +18,7 @@ db_tests!(
     only_allowed_origins_get_cors_answers_and_others_are_refused_before_anything_runs,
     a_request_id_is_echoed_and_kept_in_the_audit_event_of_the_change,
     list_my_permissions_tells_each_role_what_it_may_do_and_hides_the_rest,
+    with_grpc_web_off_the_port_speaks_http2_only,
 );
 
 const PAGE: &str = "http://127.0.0.1:8080";
@@ -349,5 +350,26 @@ async fn list_my_permissions_tells_each_role_what_it_may_do_and_hides_the_rest(b
     let elsewhere = app.create_workspace(&owner, &other, "elsewhere").await;
     assert_code(mine(&owner, &elsewhere).await, Code::NotFound, None);
     assert_code(mine(&owner, "not-a-uuid").await, Code::InvalidArgument, Some("workspace_id"));
+    app.stop().await;
+}
+
+async fn with_grpc_web_off_the_port_speaks_http2_only(backend: Backend) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app_with(backend, |config| config.grpc_web = false).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "POST {CREATE_ORG} HTTP/1.1\r\nHost: {}\r\ncontent-type: application/grpc-web+proto\r\n\
+         content-length: 0\r\n\r\n",
+        app.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection");
+    assert!(!answer.starts_with(b"HTTP/1.1"), "{:?}", String::from_utf8_lossy(&answer));
+    // Native gRPC is served as ever.
+    app.create_org(&User::new("owner"), "Acme").await;
     app.stop().await;
 }
