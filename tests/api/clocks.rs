@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use crate::common::process::Server;
 use crate::common::{
     Backend, SmtpSink, User, assert_code, check, create_org_with, drop_database, fresh_database,
-    try_create_workspace_with,
+    timestamp, try_create_workspace_with,
 };
 use crate::db_tests;
 
@@ -80,10 +80,6 @@ async fn start_on_clock(url: &str, sink: &SmtpSink, log: &Path, clock: &Clock) -
 
 fn now_micros() -> i64 {
     i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros()).unwrap()
-}
-
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    roster::grpc::convert::timestamp(roster::domain::Timestamp::from_micros(micros))
 }
 
 /// An organization with a `prod` workspace, owned by `owner`.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use roster::pb::{self, DecisionReason as Why, OrganizationRole as R, WorkspaceAccess as A};
 use tonic::Code;
 
-use crate::common::{Backend, TestApp, User, check, set_access, spawn_app};
+use crate::common::{Backend, TestApp, User, check, set_access, spawn_app, timestamp};
 use crate::db_tests;
 
 db_tests!(
@@ -181,10 +181,6 @@ async fn an_invitations_grant_ends_at_the_instant_fixed_when_it_was_made(backend
     let held = app.count(&format!("workspace_grants WHERE user_id = '{}'", late.id)).await;
     assert_eq!(held, 0, "an ended grant is not applied");
     app.stop().await;
-}
-
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    roster::grpc::convert::timestamp(roster::domain::Timestamp::from_micros(micros))
 }
 
 fn set_until(

@@ -181,6 +181,11 @@ pub fn check(user: &str, org: &str, workspace: &str, permission: &str) -> pb::Au
     }
 }
 
+/// A wire timestamp of `micros` since the epoch, converted as the server converts it.
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    roster::grpc::convert::timestamp(roster::domain::Timestamp::from_micros(micros))
+}
+
 /// The response to a plain HTTP/1.1 GET of `path` on `addr`: status line, headers and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
