@@ -90,10 +90,16 @@ enum Kind {
 }
 
 fn kind<B>(request: &http::Request<B>) -> Kind {
-    let grpc_web = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc-web"));
+    // The four content types tonic-web translates; any other goes on as what it is.
+    let grpc_web = request.headers().get(header::CONTENT_TYPE).is_some_and(|t| {
+        matches!(
+            t.as_bytes(),
+            b"application/grpc-web"
+                | b"application/grpc-web+proto"
+                | b"application/grpc-web-text"
+                | b"application/grpc-web-text+proto"
+        )
+    });
     if grpc_web {
         Kind::GrpcWeb
     } else if request.method() == Method::OPTIONS {
