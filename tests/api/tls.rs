@@ -12,7 +12,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use crate::common::{Backend, assert_code, spawn_app_with};
 use crate::db_tests;
 
-db_tests!(services_may_prove_themselves_with_a_client_certificate);
+db_tests!(
+    services_may_prove_themselves_with_a_client_certificate,
+    a_browser_speaking_http1_over_tls_reaches_grpc_web,
+);
 
 struct Pki {
     ca_pem: String,
@@ -123,5 +126,65 @@ async fn services_may_prove_themselves_with_a_client_certificate(backend: Backen
     // Plaintext clients cannot talk to the TLS listener.
     let plaintext = app.access.clone().authorize(check()).await;
     assert!(plaintext.is_err());
+    app.stop().await;
+}
+
+async fn a_browser_speaking_http1_over_tls_reaches_grpc_web(backend: Backend) {
+    use http_body_util::BodyExt as _;
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject as _};
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert, key) = (write("server.pem", &pki.server.0), write("server.key", &pki.server.1));
+    let app = spawn_app_with(backend, |config| {
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // What a browser or an HTTP/1.1 proxy offers when it will not speak HTTP/2.
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("the handshake agrees on http/1.1");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let message = prost::Message::encode_to_vec(&pb::CreateOrganizationRequest {
+        display_name: "Acme".into(),
+        ..Default::default()
+    });
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let request = hyper::Request::post("/roster.v1.TeamService/CreateOrganization")
+        .header("host", "localhost")
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-user-id", "owner")
+        .header("x-user-email", "owner@example.com")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("grpc-status:0"), "{text}");
+    assert_eq!(app.count("organizations").await, 1);
     app.stop().await;
 }
