@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/roster/v1/team_service.proto",
     "proto/roster/v1/access_service.proto",
     "proto/roster/v1/watch_service.proto",
+    "proto/envoy/service/auth/v3/external_auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .out_dir(&servers)
         .extern_path(".roster.v1", "crate::pb")
+        .extern_path(".envoy.service.auth.v3", "crate::pb::envoy")
         .extern_path(".roster.v1.BatchAuthorizeRequest", "crate::grpc::batch::BatchChecks")
         .codec_path("crate::grpc::codec::RosterCodec")
         .compile_protos(&protos, &includes)?;

@@ -20,6 +20,7 @@ use crate::email::worker::{self, WorkerSettings};
 use crate::grpc::access::AccessApi;
 use crate::grpc::auth::Identity;
 use crate::grpc::body::{BodyGuardLayer, BodyLimits, ByteBudget};
+use crate::grpc::ext_authz::ExtAuthzApi;
 use crate::grpc::identify::IdentifyLayer;
 use crate::grpc::limits::LimitLayer;
 use crate::grpc::listener::{self, ListenerSettings, ListenerStats};
@@ -33,6 +34,7 @@ use crate::grpc::web::{AllowedOrigins, WebLayer};
 use crate::index::AuthzIndex;
 use crate::metrics::{self, Metrics};
 use crate::pb::access_service_server::AccessServiceServer;
+use crate::pb::envoy::authorization_server::AuthorizationServer;
 use crate::pb::team_service_server::TeamServiceServer;
 use crate::pb::watch_service_server::WatchServiceServer;
 use crate::service::watch::{Hub, WatchSettings};
@@ -264,6 +266,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let router = Router {
         access: AccessServiceServer::new(AccessApi::new(services.clone(), metrics.clone()))
             .max_decoding_message_size(largest),
+        ext_authz: AuthorizationServer::new(ExtAuthzApi::new(
+            services.clone(),
+            metrics.clone(),
+            config.ext_authz_payload_key.clone(),
+        )),
         team: TeamServiceServer::new(TeamApi::new(services)).max_decoding_message_size(largest),
         watch: WatchServiceServer::new(WatchApi::new(hub)),
         health: BoxCloneSyncService::new(health_service),

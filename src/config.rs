@@ -270,6 +270,17 @@ pub struct Config {
     #[arg(long, env = "ROSTER_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, global = true)]
     pub max_streams_per_connection: u32,
 
+    /// Envoy ext_authz: the key, inside the metadata namespace `envoy.filters.http.jwt_authn`,
+    /// of the JWT payload Envoy verified (the provider's `payload_in_metadata`); its `sub` is
+    /// the user checked.
+    #[arg(
+        long,
+        env = "ROSTER_EXT_AUTHZ_PAYLOAD_KEY",
+        default_value = "jwt_payload",
+        global = true
+    )]
+    pub ext_authz_payload_key: String,
+
     /// Serve gRPC-Web (HTTP/1.1 or HTTP/2, `application/grpc-web`) on the main port besides
     /// native gRPC; `false` serves HTTP/2 gRPC only.
     #[arg(

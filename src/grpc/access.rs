@@ -46,7 +46,11 @@ fn permission(v: &mut Violations, field: &str, name: &str) -> Option<Permission>
 }
 
 /// Validates one check; `prefix` names its place in a batch.
-fn check<'a>(v: &mut Violations, prefix: &str, req: CheckFields<'a>) -> Option<Check<'a>> {
+pub(super) fn check<'a>(
+    v: &mut Violations,
+    prefix: &str,
+    req: CheckFields<'a>,
+) -> Option<Check<'a>> {
     let user_id =
         v.check(&format!("{prefix}user_id"), UserIdRef::parse(req.user_id).map_err(|IdError(e)| e));
     let organization_id =

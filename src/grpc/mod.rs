@@ -7,6 +7,7 @@ pub mod body;
 pub mod codec;
 pub mod commands;
 pub mod convert;
+pub mod ext_authz;
 pub mod identify;
 pub mod jwt;
 pub mod limits;

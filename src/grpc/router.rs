@@ -9,9 +9,11 @@ use tower::Service;
 use tower::util::BoxCloneSyncService;
 
 use super::access::AccessApi;
+use super::ext_authz::ExtAuthzApi;
 use super::team::TeamApi;
 use super::watch::WatchApi;
 use crate::pb::access_service_server::AccessServiceServer;
+use crate::pb::envoy::authorization_server::AuthorizationServer;
 use crate::pb::team_service_server::TeamServiceServer;
 use crate::pb::watch_service_server::WatchServiceServer;
 
@@ -27,6 +29,8 @@ pub struct Router {
     pub team: TeamServiceServer<TeamApi>,
     /// `roster.v1.WatchService`.
     pub watch: WatchServiceServer<WatchApi>,
+    /// `envoy.service.auth.v3.Authorization` (Envoy's ext_authz).
+    pub ext_authz: AuthorizationServer<ExtAuthzApi>,
     /// `grpc.health.v1.Health`.
     pub health: Boxed,
     /// `grpc.reflection.v1.ServerReflection`.
@@ -52,6 +56,7 @@ impl Service<http::Request<Body>> for Router {
             "roster.v1.AccessService" => self.access.call(request),
             "roster.v1.TeamService" => self.team.call(request),
             "roster.v1.WatchService" => self.watch.call(request),
+            "envoy.service.auth.v3.Authorization" => self.ext_authz.call(request),
             "grpc.health.v1.Health" => self.health.call(request),
             "grpc.reflection.v1.ServerReflection" => self.reflection_v1.call(request),
             "grpc.reflection.v1alpha.ServerReflection" => self.reflection_v1alpha.call(request),

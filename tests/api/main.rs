@@ -10,6 +10,7 @@ mod boundary;
 mod changelog;
 mod clocks;
 mod errors;
+mod ext_authz;
 mod faults;
 mod grant_ends;
 mod hostile;
