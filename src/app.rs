@@ -242,6 +242,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     health.set_serving::<TeamServiceServer<TeamApi>>().await;
     health.set_serving::<AccessServiceServer<AccessApi>>().await;
     health.set_serving::<WatchServiceServer<WatchApi>>().await;
+    health.set_serving::<AuthorizationServer<ExtAuthzApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
     let readiness = {
         let free_slots = {
@@ -258,6 +259,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             <TeamServiceServer<TeamApi> as tonic::server::NamedService>::NAME,
             <AccessServiceServer<AccessApi> as tonic::server::NamedService>::NAME,
             <WatchServiceServer<WatchApi> as tonic::server::NamedService>::NAME,
+            <AuthorizationServer<ExtAuthzApi> as tonic::server::NamedService>::NAME,
         ];
         tokio::spawn(readiness::watch(health, served, signals, ready, stopped.clone()))
     };
@@ -270,7 +272,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             services.clone(),
             metrics.clone(),
             config.ext_authz_payload_key.clone(),
-        )),
+        ))
+        .max_decoding_message_size(largest),
         team: TeamServiceServer::new(TeamApi::new(services)).max_decoding_message_size(largest),
         watch: WatchServiceServer::new(WatchApi::new(hub)),
         health: BoxCloneSyncService::new(health_service),

@@ -97,9 +97,13 @@ impl BodyLimits {
         // The hot paths by name, without a lookup.
         const AUTHORIZE: &str = "/roster.v1.AccessService/Authorize";
         const BATCH: &str = "/roster.v1.AccessService/BatchAuthorize";
+        const EXT_AUTHZ: &str = "/envoy.service.auth.v3.Authorization/Check";
         match path {
             AUTHORIZE => (AUTHORIZE, MAX_CHECK_REQUEST_BYTES.min(self.max_request_bytes), false),
             BATCH => (BATCH, self.max_batch_request_bytes, false),
+            // Envoy's check repeats the client's headers (up to 60 KiB in Envoy's defaults) and
+            // the verified token; refusing it would be an ext_authz failure, not a denial.
+            EXT_AUTHZ => (EXT_AUTHZ, self.max_batch_request_bytes, false),
             // Reflection is the one method whose client sends a stream of requests.
             _ => {
                 let many = path.starts_with("/grpc.reflection.");

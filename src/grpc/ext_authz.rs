@@ -125,6 +125,16 @@ impl Authorization for ExtAuthzApi {
                 .or_else(|| headers.get(header_name))
                 .map_or("", String::as_str)
         };
+        let permission = extensions.get("permission").map_or("", String::as_str);
+        // The workspace header counts only for a workspace permission: a client's stray
+        // header must not turn an organization check into a malformed one.
+        let workspace_scoped = crate::domain::Permission::from_name(permission)
+            .is_some_and(|p| p.scope() == crate::domain::Scope::Workspace);
+        let workspace = match extensions.get("workspace_id") {
+            Some(fixed) => fixed.as_str(),
+            None if workspace_scoped => headers.get("x-workspace-id").map_or("", String::as_str),
+            None => "",
+        };
         let consistency = headers.get("x-consistency-token").map(|token| pb::Consistency {
             requirement: pb::ConsistencyRequirement::AtLeastAsFresh as i32,
             at_least_as_fresh: token.clone(),
@@ -132,8 +142,8 @@ impl Authorization for ExtAuthzApi {
         let fields = CheckFields {
             user_id: &user,
             organization_id: pick("organization_id", "x-organization-id"),
-            workspace_id: pick("workspace_id", "x-workspace-id"),
-            permission: extensions.get("permission").map_or("", String::as_str),
+            workspace_id: workspace,
+            permission,
             consistency: consistency.as_ref(),
         };
         let mut v = Violations::new();
@@ -167,8 +177,19 @@ impl Authorization for ExtAuthzApi {
         }
         // Roster's headers reach the upstream only as Roster sets them: ones it does not set
         // are removed, so a client cannot send its own.
-        let mut added = vec![header("x-roster-decision-reason", reason)];
+        // The scope headers are set to the scope checked, so that the upstream never acts on
+        // one that was not.
+        let organization = check.organization_id.to_string();
+        let mut added = vec![
+            header("x-roster-decision-reason", reason),
+            header("x-roster-user-id", &user),
+            header("x-organization-id", &organization),
+        ];
         let mut removed = Vec::new();
+        match check.workspace_id {
+            Some(workspace) => added.push(header("x-workspace-id", &workspace.to_string())),
+            None => removed.push("x-workspace-id".to_owned()),
+        }
         match decision.role {
             Some(role) => added.push(header("x-roster-role", role.as_str())),
             None => removed.push("x-roster-role".to_owned()),

@@ -187,6 +187,7 @@ mod tests {
         assert_eq!(audience("/roster.v1.TeamService/CreateOrganization"), Audience::User);
         assert_eq!(audience("/roster.v1.WatchService/Watch"), Audience::Service);
         assert_eq!(audience("/roster.v1.WatchService/Snapshot"), Audience::Service);
+        assert_eq!(audience("/envoy.service.auth.v3.Authorization/Check"), Audience::Service);
         assert_eq!(audience("/grpc.health.v1.Health/Check"), Audience::Open);
         assert_eq!(audience("/grpc.reflection.v1.ServerReflection/Info"), Audience::Open);
         // Anything else needs a service credential, whatever it is.

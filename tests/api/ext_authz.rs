@@ -1,6 +1,7 @@
-//! Envoy's ext_authz Check, as Envoy sends it (its generated client, messages shaped as Envoy
-//! builds them): the user from the verified JWT payload only, the permission and scope from the
-//! route's context extensions or the request's headers, Authorize's decision as an HTTP answer.
+//! Envoy's ext_authz Check, with CheckRequests shaped as Envoy builds them (sent through
+//! Roster's client of its own declaration of Envoy's API): the user from the verified JWT
+//! payload only, the permission and scope from the route's context extensions or the request's
+//! headers, Authorize's decision as an HTTP answer.
 
 use std::collections::HashMap;
 
@@ -55,6 +56,11 @@ fn check(sub: Option<&str>, extensions: &[(&str, &str)], headers: &[(&str, &str)
 /// or answers with, and those it removes.
 fn outcome(response: envoy::CheckResponse) -> (u16, HashMap<String, String>, Vec<String>, String) {
     let pairs = |headers: Vec<envoy::HeaderValueOption>| {
+        use envoy::header_value_option::HeaderAppendAction;
+        // Every header Roster sets replaces one the client may have sent.
+        for h in &headers {
+            assert_eq!(h.append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
+        }
         headers.into_iter().filter_map(|h| h.header).map(|h| (h.key, h.value)).collect()
     };
     match response.http_response {
@@ -63,8 +69,17 @@ fn outcome(response: envoy::CheckResponse) -> (u16, HashMap<String, String>, Vec
             (200, pairs(ok.headers), ok.headers_to_remove, String::new())
         }
         Some(HttpResponse::DeniedResponse(denied)) => {
-            assert_ne!(response.status.unwrap().code, 0);
-            (denied.status.unwrap().code as u16, pairs(denied.headers), vec![], denied.body)
+            let http = denied.status.unwrap().code as u16;
+            // The gRPC code Envoy reads alongside: UNAUTHENTICATED, PERMISSION_DENIED or
+            // INVALID_ARGUMENT.
+            let expected = match http {
+                401 => 16,
+                403 => 7,
+                400 => 3,
+                other => panic!("unexpected HTTP status {other}"),
+            };
+            assert_eq!(response.status.unwrap().code, expected);
+            (http, pairs(denied.headers), vec![], denied.body)
         }
         None => panic!("no HTTP answer"),
     }
@@ -90,11 +105,24 @@ async fn envoy_checks_are_decided_as_authorize_decides_them_and_answered_as_http
         ]
     };
 
-    // Allowed: through, with the role and access added.
-    let (status, added, _, _) = ask(check(Some("owner"), &route("sources.create"), &[])).await;
+    // Allowed: through, with the role, access and the checked scope set, whatever the client
+    // sent under those names.
+    let spoofed = [
+        ("x-roster-role", "owner"),
+        ("x-roster-workspace-access", "write"),
+        ("x-organization-id", "01900000-0000-7000-8000-00000000abcd"),
+        ("x-workspace-id", "01900000-0000-7000-8000-00000000abce"),
+    ];
+    let (status, added, _, _) = ask(check(Some("owner"), &route("sources.create"), &spoofed)).await;
     assert_eq!(status, 200);
     assert_eq!(added["x-roster-role"], "owner");
     assert_eq!(added["x-roster-workspace-access"], "write");
+    assert_eq!(added["x-roster-decision-reason"], "DECISION_REASON_ALLOWED_BY_OWNER");
+    assert_eq!(added["x-roster-user-id"], "owner");
+    assert_eq!(added["x-organization-id"], org, "the route's scope wins over the header");
+    assert_eq!(added["x-workspace-id"], prod);
+    let (status, added, _, _) = ask(check(Some("analyst"), &route("sources.read"), &spoofed)).await;
+    assert_eq!((status, added["x-roster-role"].as_str()), (200, "member"));
     let (status, added, _, _) = ask(check(Some("analyst"), &route("sources.read"), &[])).await;
     assert_eq!((status, added["x-roster-workspace-access"].as_str()), (200, "read"));
 
@@ -112,14 +140,28 @@ async fn envoy_checks_are_decided_as_authorize_decides_them_and_answered_as_http
     let (status, _, _, _) =
         ask(check(None, &route("sources.read"), &[("x-user-id", "owner"), ("sub", "owner")])).await;
     assert_eq!(status, 401);
+    let mut elsewhere = check(Some("owner"), &route("sources.read"), &[]);
+    let metadata = elsewhere.attributes.as_mut().unwrap().metadata_context.as_mut().unwrap();
+    let payload = metadata.filter_metadata.remove("envoy.filters.http.jwt_authn").unwrap();
+    metadata.filter_metadata.insert("some.other.filter".to_owned(), payload);
+    assert_eq!(ask(elsewhere).await.0, 401, "only the JWT filter's namespace counts");
+    let mut in_route = route("sources.read");
+    in_route.push(("sub", "owner"));
+    assert_eq!(ask(check(None, &in_route, &[])).await.0, 401);
 
     // Organization and workspace from the headers when the route does not fix them; an
     // organization permission sets no workspace access, and removes any the client sent.
-    let headers = [("x-organization-id", org.as_str()), ("x-workspace-access", "write")];
+    // A stray workspace header does not spoil an organization check.
+    let headers = [
+        ("x-organization-id", org.as_str()),
+        ("x-workspace-id", prod.as_str()),
+        ("x-roster-workspace-access", "write"),
+    ];
     let (status, added, removed, _) =
         ask(check(Some("analyst"), &[("permission", "members.read")], &headers)).await;
     assert_eq!((status, added["x-roster-role"].as_str()), (200, "member"));
     assert!(removed.contains(&"x-roster-workspace-access".to_owned()), "{removed:?}");
+    assert!(removed.contains(&"x-workspace-id".to_owned()), "{removed:?}");
     let from_headers = [("x-organization-id", org.as_str()), ("x-workspace-id", prod.as_str())];
     let (status, _, _, _) =
         ask(check(Some("analyst"), &[("permission", "sources.read")], &from_headers)).await;
