@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
+use crate::authzen::{self, AuthzenApi};
 use crate::config::Config;
 use crate::email::mailer::Mailer;
 use crate::email::worker::{self, WorkerSettings};
@@ -55,6 +56,9 @@ pub struct Running {
     ends: JoinHandle<()>,
     watch: JoinHandle<()>,
     metrics_server: Option<JoinHandle<()>>,
+    authzen_server: Option<JoinHandle<()>>,
+    /// Where the AuthZEN API is served, if it is.
+    pub authzen_addr: Option<SocketAddr>,
     /// Where Prometheus metrics are served, if they are.
     pub metrics_addr: Option<SocketAddr>,
     index: Arc<AuthzIndex>,
@@ -66,6 +70,9 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.server.await.context("server task")?;
+        if let Some(authzen) = self.authzen_server {
+            let _ = authzen.await;
+        }
         let _ = self.worker.await;
         let _ = self.readiness.await;
         let _ = self.ends.await;
@@ -127,6 +134,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let authzen_listener = match config.authzen_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (--authzen-listen)"))?,
+        ),
+        None => None,
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
@@ -274,12 +289,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             config.ext_authz_payload_key.clone(),
         ))
         .max_decoding_message_size(largest),
-        team: TeamServiceServer::new(TeamApi::new(services)).max_decoding_message_size(largest),
+        team: TeamServiceServer::new(TeamApi::new(services.clone()))
+            .max_decoding_message_size(largest),
         watch: WatchServiceServer::new(WatchApi::new(hub)),
         health: BoxCloneSyncService::new(health_service),
         reflection_v1: BoxCloneSyncService::new(reflection_v1),
         reflection_v1alpha: BoxCloneSyncService::new(reflection_v1alpha),
     };
+    let (authzen_services, authzen_metrics, authzen_budget) =
+        (services, metrics.clone(), budget.clone());
     let body_limits = BodyLimits {
         max_request_bytes: config.max_request_bytes,
         max_batch_request_bytes: config.max_batch_request_bytes,
@@ -298,11 +316,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         // Then, so that refused and shed calls are counted and traced too.
         .layer(ObserveLayer::new(metrics))
         // Before anything is taken for the call: its slot, its body.
-        .layer(IdentifyLayer::new(identity))
+        .layer(IdentifyLayer::new(identity.clone()))
         .layer(limits)
         .layer(BodyGuardLayer::new(body_limits))
         .service(router);
-    let settings = ListenerSettings {
+    let listener_settings = |http1: bool| ListenerSettings {
         max_connections,
         // Below the cap even when the file-descriptor limit lowered it, so that newcomers can
         // always push a pending connection out.
@@ -314,10 +332,47 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         max_streams: config.max_streams_per_connection,
         max_header_list_bytes: config.max_header_list_bytes,
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
-        http1: config.grpc_web,
+        http1,
     };
-    let server =
-        tokio::spawn(listener::serve(listener, tls, stack, settings, listener_stats, stopped));
+    let (authzen_addr, authzen_server) = match authzen_listener {
+        Some(bound) => {
+            let api = AuthzenApi::new(
+                authzen_services,
+                authzen_metrics,
+                identity.clone(),
+                authzen_budget,
+                authzen::Settings {
+                    max_request_bytes: config.max_request_bytes,
+                    max_batch_request_bytes: config.max_batch_request_bytes,
+                    body_timeout: Duration::from_millis(config.request_body_timeout_ms),
+                    request_timeout: Duration::from_millis(config.request_timeout_ms),
+                    max_in_flight: config.max_in_flight,
+                    base_url: config.authzen_base_url.clone(),
+                    tls: tls.is_some(),
+                },
+            );
+            let at = bound.local_addr()?;
+            tracing::info!(addr = %at, "serving the AuthZEN API");
+            let task = tokio::spawn(listener::serve(
+                bound,
+                tls.clone(),
+                api,
+                listener_settings(true),
+                Arc::new(ListenerStats::default()),
+                stopped.clone(),
+            ));
+            (Some(at), Some(task))
+        }
+        None => (None, None),
+    };
+    let server = tokio::spawn(listener::serve(
+        listener,
+        tls,
+        stack,
+        listener_settings(config.grpc_web),
+        listener_stats,
+        stopped,
+    ));
     if config.auth == crate::config::AuthMode::Dev {
         tracing::warn!(
             "dev auth: callers are trusted to name themselves with x-user-id; do not expose this port"
@@ -336,6 +391,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         watch,
         metrics_server,
         metrics_addr,
+        authzen_server,
+        authzen_addr,
         index,
         store,
     })

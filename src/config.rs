@@ -303,6 +303,17 @@ pub struct Config {
     )]
     pub cors_allowed_origins: Vec<String>,
 
+    /// Address to serve the AuthZEN 1.0 Authorization API on (HTTP/JSON, `/access/v1/...`),
+    /// to service credentials; off when unset. Uses the main port's TLS settings.
+    #[arg(long, env = "ROSTER_AUTHZEN_LISTEN", global = true)]
+    pub authzen_listen: Option<SocketAddr>,
+
+    /// The AuthZEN Policy Decision Point identifier (`https://pdp.example.com`) published in
+    /// `/.well-known/authzen-configuration`, for a server reached through a proxy; by default
+    /// it is formed from the scheme and the request's Host.
+    #[arg(long, env = "ROSTER_AUTHZEN_BASE_URL", global = true)]
+    pub authzen_base_url: Option<String>,
+
     /// Largest block of request headers (metadata), in bytes (HTTP/2
     /// SETTINGS_MAX_HEADER_LIST_SIZE).
     #[arg(long, env = "ROSTER_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024, global = true)]
@@ -412,6 +423,35 @@ impl Config {
         }
         if !self.grpc_web && !self.cors_allowed_origins.is_empty() {
             anyhow::bail!("--cors-allowed-origin needs gRPC-Web: drop it or set --grpc-web true");
+        }
+        if let Some(addr) = self.authzen_listen
+            && self.auth == AuthMode::Dev
+            && !addr.ip().is_loopback()
+            && !self.insecure_dev_auth_on_network
+        {
+            anyhow::bail!(
+                "--auth dev lets every caller of --authzen-listen in and is refused on {addr}; \
+                 listen on 127.0.0.1, or pass --insecure-dev-auth-on-network if you really mean it"
+            );
+        }
+        if let Some(base) = &self.authzen_base_url {
+            if self.authzen_listen.is_none() {
+                anyhow::bail!("--authzen-base-url needs --authzen-listen");
+            }
+            let rest = base.strip_prefix("https://").or_else(|| base.strip_prefix("http://"));
+            let fine = rest.is_some_and(|rest| {
+                let host = rest.split('/').next().unwrap_or_default();
+                !host.is_empty()
+                    && !rest.ends_with('/')
+                    && !rest.contains(['?', '#'])
+                    && rest.bytes().all(|b| b.is_ascii_graphic())
+            });
+            if !fine {
+                anyhow::bail!(
+                    "--authzen-base-url {base:?} must be an http(s) URL without a query, a \
+                     fragment or a trailing slash, such as https://pdp.example.com"
+                );
+            }
         }
         for (flag, value) in [
             ("--request-body-timeout-ms", self.request_body_timeout_ms),
@@ -635,6 +675,25 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains("--cors-allowed-origin"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_authzen_listener_takes_a_base_url_only_of_its_own_shape() {
+        let mut config = Config::defaults();
+        config.authzen_base_url = Some("https://pdp.example.com".to_owned());
+        assert!(config.validate().unwrap_err().to_string().contains("--authzen-listen"));
+        config.authzen_listen = Some("127.0.0.1:8181".parse().unwrap());
+        assert!(config.validate().is_ok());
+        config.authzen_base_url = Some("https://pdp.example.com/authz".to_owned());
+        assert!(config.validate().is_ok());
+        for bad in ["pdp.example.com", "https://pdp.example.com/", "https://x?a=b", "https://"] {
+            config.authzen_base_url = Some(bad.to_owned());
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("--authzen-base-url"), "{bad}: {err}");
+        }
+        config.authzen_base_url = None;
+        config.authzen_listen = Some("0.0.0.0:8181".parse().unwrap());
+        assert!(config.validate().unwrap_err().to_string().contains("--authzen-listen"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! over gRPC.
 
 pub mod app;
+pub mod authzen;
 pub mod config;
 pub mod domain;
 pub mod email;

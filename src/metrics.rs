@@ -47,6 +47,16 @@ pub struct Metrics {
     /// Indexed by the permission's position in [`Permission::ALL`], then denied (0) / allowed (1).
     decisions: Vec<[Counter; 2]>,
     delivery_failures: Counter,
+    authzen: Family<AuthzenLabels, Counter>,
+}
+
+/// Labels of the AuthZEN requests metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthzenLabels {
+    /// The endpoint, such as `evaluation` or `search_subject`, or `other`.
+    endpoint: &'static str,
+    /// The HTTP status code.
+    status: u16,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,7 +115,18 @@ impl Metrics {
             "Invitation email attempts that failed in this process (each is retried or marked failed)",
             delivery_failures.clone(),
         );
-        Self { registry, calls, call_seconds, decisions, delivery_failures }
+        let authzen = Family::<AuthzenLabels, Counter>::default();
+        registry.register(
+            "authzen_requests",
+            "AuthZEN API requests answered, by endpoint and HTTP status",
+            authzen.clone(),
+        );
+        Self { registry, calls, call_seconds, decisions, delivery_failures, authzen }
+    }
+
+    /// Records an answered AuthZEN request.
+    pub fn record_authzen(&self, endpoint: &'static str, status: tonic::codegen::http::StatusCode) {
+        self.authzen.get_or_create(&AuthzenLabels { endpoint, status: status.as_u16() }).inc();
     }
 
     /// Records a finished call of `method`, a label from [`method_label`].

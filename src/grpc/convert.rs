@@ -269,6 +269,13 @@ pub fn decision(d: Decision) -> pb::AuthorizeResponse {
     }
 }
 
+/// The wire name of a decision's reason (`DECISION_REASON_DENIED_READ_ONLY`), as Envoy's
+/// headers and AuthZEN decisions carry it.
+pub fn reason_name(d: Decision) -> &'static str {
+    pb::DecisionReason::try_from(decision(d).reason)
+        .map_or("DECISION_REASON_UNSPECIFIED", |r| r.as_str_name())
+}
+
 /// Permission to the wire.
 pub fn permission(p: domain::Permission) -> pb::Permission {
     pb::Permission {

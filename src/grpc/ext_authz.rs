@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::access;
 use super::batch::CheckFields;
 use super::identify;
-use crate::domain::{Access, Decision};
+use crate::domain::Access;
 use crate::error::Violations;
 use crate::metrics::Metrics;
 use crate::pb;
@@ -93,11 +93,6 @@ fn access_name(access: Option<Access>) -> &'static str {
     }
 }
 
-fn reason_name(decision: &Decision) -> &'static str {
-    let reason = crate::grpc::convert::decision(*decision).reason;
-    pb::DecisionReason::try_from(reason).map_or("DECISION_REASON_UNSPECIFIED", |r| r.as_str_name())
-}
-
 #[tonic::async_trait]
 impl Authorization for ExtAuthzApi {
     async fn check(
@@ -166,7 +161,7 @@ impl Authorization for ExtAuthzApi {
         let decision = self.services.authorize(&check).await?;
         self.metrics.record_decision(check.permission, decision.allowed);
         span.record("decision", if decision.allowed { "allowed" } else { "denied" });
-        let reason = reason_name(&decision);
+        let reason = crate::grpc::convert::reason_name(decision);
         if !decision.allowed {
             return Ok(Response::new(denied(
                 Http::Forbidden,

@@ -80,3 +80,59 @@ impl Services {
         Ok(page::finish("accessible", items, page.size, |w| w.id.to_string()))
     }
 }
+
+/// Members read from the database per step of a subject search.
+const SUBJECT_SEARCH_STEP: u64 = 500;
+/// Members a subject search looks at for one page at most; a page that did not fill by then
+/// ends early with a token, so that a sparse search of a large organization is answered in
+/// bounded time.
+const SUBJECT_SEARCH_SCAN: usize = 10_000;
+
+impl Services {
+    /// The members of an organization who hold `permission` (on `workspace_id`, for a workspace
+    /// permission), by user id; each is decided as Authorize decides it.
+    #[instrument(skip_all, fields(organization = %org, permission = permission.name()))]
+    pub async fn search_subjects(
+        &self,
+        org: OrganizationId,
+        workspace_id: Option<WorkspaceId>,
+        permission: Permission,
+        freshness: Freshness,
+        page: PageRequest,
+    ) -> Result<Page<UserId>, Error> {
+        let db = self.store.reader();
+        let mut after = page.after;
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let step = repo::list_members(db, org, after.as_deref(), SUBJECT_SEARCH_STEP).await?;
+            let last_step = (step.len() as u64) < SUBJECT_SEARCH_STEP;
+            for member in step {
+                scanned += 1;
+                let user = member.user_id;
+                let (role, facts) =
+                    self.index.facts(org, (&user).into(), workspace_id, freshness).await?;
+                let allowed = authz::decide(role, facts, permission).allowed;
+                after = Some(user.as_str().to_owned());
+                if allowed {
+                    found.push(user);
+                    // One more than the page, so that a full page knows whether more follow.
+                    if found.len() as u64 > page.size {
+                        return Ok(page::finish("subjects", found, page.size, |u| {
+                            u.as_str().to_owned()
+                        }));
+                    }
+                }
+            }
+            if last_step {
+                return Ok(Page { items: found, next_page_token: String::new() });
+            }
+            if scanned >= SUBJECT_SEARCH_SCAN {
+                // The page ends where the scan stopped: the next one goes on from there.
+                let next_page_token =
+                    after.map(|a| page::token("subjects", &a)).unwrap_or_default();
+                return Ok(Page { items: found, next_page_token });
+            }
+        }
+    }
+}

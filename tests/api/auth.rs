@@ -70,7 +70,7 @@ pub(crate) fn bearer<T>(token: &str, message: T) -> Request<T> {
 }
 
 pub(crate) struct JwtSetup {
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     pub(crate) service_token: String,
 }
 

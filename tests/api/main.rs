@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod auth;
+mod authzen;
 mod batch_invitations;
 mod boundary;
 mod changelog;

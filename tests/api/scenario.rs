@@ -10,7 +10,7 @@ use crate::db_tests;
 db_tests!(production_environment_control);
 
 /// Who may do what on production, straight from the product's permission tables.
-const EXPECTED: &[(&str, [bool; 5])] = &[
+pub(crate) const EXPECTED: &[(&str, [bool; 5])] = &[
     // permission               owner  admin  senior junior analyst
     ("workspace.read", [true, false, true, true, true]),
     ("sources.read", [true, false, true, true, true]),
@@ -24,7 +24,7 @@ const EXPECTED: &[(&str, [bool; 5])] = &[
     ("syncs.trigger", [true, false, true, false, false]),
 ];
 
-const ORGANIZATION_EXPECTED: &[(&str, [bool; 5])] = &[
+pub(crate) const ORGANIZATION_EXPECTED: &[(&str, [bool; 5])] = &[
     ("organization.read", [true, true, true, true, true]),
     ("members.invite", [true, true, false, false, false]),
     ("workspace_access.manage", [true, true, false, false, false]),

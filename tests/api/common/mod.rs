@@ -102,6 +102,8 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     /// Where Prometheus metrics are served, when the test asked for them.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the AuthZEN API is served, when the test asked for it.
+    pub authzen_addr: Option<std::net::SocketAddr>,
     running: Option<Running>,
     pg_database: Option<String>,
     _dir: tempfile::TempDir,
@@ -284,6 +286,7 @@ pub async fn spawn_app_on(
     let metrics_addr = running.metrics_addr;
     TestApp {
         metrics_addr,
+        authzen_addr: running.authzen_addr,
         addr,
         team: TeamServiceClient::new(channel.clone()),
         access: AccessServiceClient::new(channel.clone()),

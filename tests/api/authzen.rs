@@ -1,0 +1,1106 @@
+//! The AuthZEN 1.0 Authorization API on `--authzen-listen`, over real HTTP: decisions as
+//! Authorize makes them, boxcars with their defaults and semantics, the three searches paged
+//! under concurrent changes, the metadata, and the specification's error cases. Every request
+//! the tests send as valid, and every answer, is checked against the shapes the specification
+//! gives (the schemas below, written from its text).
+
+use serde_json::{Value, json};
+use tonic::codegen::http::Method;
+
+use crate::auth::{JwtSetup, SECRET, claims, sign_hs};
+use crate::common::web::{Reply, http1};
+use crate::common::{Backend, TestApp, User, scrape, set_access, spawn_app_with};
+use crate::db_tests;
+use crate::scenario::{EXPECTED, ORGANIZATION_EXPECTED};
+use roster::pb::{self, OrganizationRole as R, WorkspaceAccess as A};
+
+db_tests!(
+    evaluations_are_decided_as_authorize_decides_them_for_every_role,
+    boxcars_take_top_level_defaults_and_honour_each_semantic,
+    each_malformed_request_is_refused_with_the_status_the_specification_gives,
+    searches_page_through_every_result_exactly_once_while_the_team_changes,
+    action_search_lists_what_the_user_holds_and_metadata_names_every_endpoint,
+    only_service_credentials_may_ask,
+);
+
+/// The shapes of the specification (AuthZEN Authorization API 1.0, sections 5 to 9 and 10.2),
+/// as JSON Schema: what a request and an answer of each endpoint must hold.
+mod schema {
+    use serde_json::{Value, json};
+
+    fn entity(id_required: bool) -> Value {
+        let required = if id_required { json!(["type", "id"]) } else { json!(["type"]) };
+        json!({
+            "type": "object",
+            "required": required,
+            "properties": {
+                "type": {"type": "string"},
+                "id": {"type": "string"},
+                "properties": {"type": "object"},
+            },
+        })
+    }
+
+    fn action() -> Value {
+        json!({
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "properties": {"type": "object"}},
+        })
+    }
+
+    fn page_request() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "token": {"type": "string"},
+                "limit": {"type": "integer", "minimum": 0},
+                "properties": {"type": "object"},
+            },
+        })
+    }
+
+    pub fn evaluation_request() -> Value {
+        json!({
+            "type": "object",
+            "required": ["subject", "action", "resource"],
+            "properties": {
+                "subject": entity(true),
+                "action": action(),
+                "resource": entity(true),
+                "context": {"type": "object"},
+            },
+        })
+    }
+
+    pub fn decision() -> Value {
+        json!({
+            "type": "object",
+            "required": ["decision"],
+            "properties": {"decision": {"type": "boolean"}, "context": {"type": "object"}},
+        })
+    }
+
+    pub fn evaluations_request() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "subject": entity(true),
+                "action": action(),
+                "resource": entity(true),
+                "context": {"type": "object"},
+                "options": {
+                    "type": "object",
+                    "properties": {
+                        "evaluations_semantic": {
+                            "enum": ["execute_all", "deny_on_first_deny", "permit_on_first_permit"],
+                        },
+                    },
+                },
+                "evaluations": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "subject": entity(true),
+                            "action": action(),
+                            "resource": entity(true),
+                            "context": {"type": "object"},
+                        },
+                    },
+                },
+            },
+        })
+    }
+
+    pub fn evaluations_response() -> Value {
+        json!({
+            "type": "object",
+            "required": ["evaluations"],
+            "properties": {"evaluations": {"type": "array", "items": decision()}},
+        })
+    }
+
+    pub fn subject_search() -> Value {
+        json!({
+            "type": "object",
+            "required": ["subject", "action", "resource"],
+            "properties": {
+                "subject": entity(false),
+                "action": action(),
+                "resource": entity(true),
+                "context": {"type": "object"},
+                "page": page_request(),
+            },
+        })
+    }
+
+    pub fn resource_search() -> Value {
+        json!({
+            "type": "object",
+            "required": ["subject", "action", "resource"],
+            "properties": {
+                "subject": entity(true),
+                "action": action(),
+                "resource": entity(false),
+                "context": {"type": "object"},
+                "page": page_request(),
+            },
+        })
+    }
+
+    pub fn action_search() -> Value {
+        json!({
+            "type": "object",
+            "required": ["subject", "resource"],
+            "properties": {
+                "subject": entity(true),
+                "resource": entity(true),
+                "context": {"type": "object"},
+                "page": page_request(),
+            },
+        })
+    }
+
+    /// A search answer holding `results` of the given shape.
+    pub fn search_response(result: Value) -> Value {
+        json!({
+            "type": "object",
+            "required": ["results"],
+            "properties": {
+                "page": {
+                    "type": "object",
+                    "required": ["next_token"],
+                    "properties": {
+                        "next_token": {"type": "string"},
+                        "count": {"type": "integer", "minimum": 0},
+                        "total": {"type": "integer", "minimum": 0},
+                        "properties": {"type": "object"},
+                    },
+                },
+                "context": {"type": "object"},
+                "results": {"type": "array", "items": result},
+            },
+        })
+    }
+
+    pub fn entity_result() -> Value {
+        entity(true)
+    }
+
+    pub fn action_result() -> Value {
+        action()
+    }
+
+    pub fn metadata() -> Value {
+        let url = json!({"type": "string", "pattern": "^https?://"});
+        json!({
+            "type": "object",
+            "required": ["policy_decision_point", "access_evaluation_endpoint"],
+            "properties": {
+                "policy_decision_point": url,
+                "access_evaluation_endpoint": url,
+                "access_evaluations_endpoint": url,
+                "search_subject_endpoint": url,
+                "search_resource_endpoint": url,
+                "search_action_endpoint": url,
+                "capabilities": {"type": "array", "items": {"type": "string"}},
+            },
+        })
+    }
+
+    /// Checks `value` against the subset of JSON Schema the schemas above use; the first
+    /// problem, named by its path.
+    pub fn check(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+        if let Some(kind) = schema.get("type").and_then(Value::as_str) {
+            let fits = match kind {
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                "string" => value.is_string(),
+                "boolean" => value.is_boolean(),
+                "integer" => value.is_u64() || value.is_i64(),
+                other => return Err(format!("the schema uses the unknown type {other}")),
+            };
+            if !fits {
+                return Err(format!("{at} must be of type {kind}: {value}"));
+            }
+        }
+        if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+            && !allowed.contains(value)
+        {
+            return Err(format!("{at} must be one of {allowed:?}: {value}"));
+        }
+        if let Some(minimum) = schema.get("minimum").and_then(Value::as_i64)
+            && value.as_i64().is_some_and(|n| n < minimum)
+        {
+            return Err(format!("{at} must be at least {minimum}"));
+        }
+        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+            // The one pattern used: a URL's scheme.
+            assert_eq!(pattern, "^https?://");
+            let text = value.as_str().unwrap_or_default();
+            if !(text.starts_with("http://") || text.starts_with("https://")) {
+                return Err(format!("{at} must be an http(s) URL: {value}"));
+            }
+        }
+        if let Some(required) = schema.get("required").and_then(Value::as_array) {
+            for key in required.iter().filter_map(Value::as_str) {
+                if value.get(key).is_none() {
+                    return Err(format!("{at}.{key} is required"));
+                }
+            }
+        }
+        if let (Some(properties), Some(object)) =
+            (schema.get("properties").and_then(Value::as_object), value.as_object())
+        {
+            for (key, inner) in properties {
+                if let Some(member) = object.get(key) {
+                    check(inner, member, &format!("{at}.{key}"))?;
+                }
+            }
+        }
+        if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+            for (i, item) in array.iter().enumerate() {
+                check(items, item, &format!("{at}[{i}]"))?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_checker_refuses_what_the_schemas_forbid() {
+        let request = evaluation_request();
+        let good = json!({
+            "subject": {"type": "user", "id": "a"},
+            "action": {"name": "read"},
+            "resource": {"type": "doc", "id": "1"},
+        });
+        assert_eq!(check(&request, &good, "$"), Ok(()));
+        let mut no_id = good.clone();
+        no_id["subject"].as_object_mut().unwrap().remove("id");
+        assert_eq!(check(&request, &no_id, "$"), Err("$.subject.id is required".to_owned()));
+        let mut wrong = good.clone();
+        wrong["action"]["name"] = json!(3);
+        assert!(check(&request, &wrong, "$").is_err());
+        assert!(check(&decision(), &json!({"decision": "yes"}), "$").is_err());
+        assert!(check(&search_response(entity_result()), &json!({"page": {}}), "$").is_err());
+        let bad_semantic = json!({"options": {"evaluations_semantic": "all"}});
+        assert!(check(&evaluations_request(), &bad_semantic, "$").is_err());
+    }
+}
+
+async fn app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |config| {
+        config.authzen_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await
+}
+
+/// Posts `body` to `path` with `headers`, as it is.
+async fn post_raw(app: &TestApp, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+    http1(app.authzen_addr.expect("the AuthZEN listener"), Method::POST, path, headers, body).await
+}
+
+/// A valid request: checked against `request_schema` first, sent as JSON, answered 200 with a
+/// body that fits `response_schema`.
+async fn ask(
+    app: &TestApp,
+    path: &str,
+    request_schema: Value,
+    response_schema: Value,
+    body: Value,
+) -> Value {
+    schema::check(&request_schema, &body, "request").unwrap_or_else(|e| panic!("{e}"));
+    let reply = post_raw(
+        app,
+        path,
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{path} {body}: {}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let answer: Value = serde_json::from_slice(&reply.body).expect("a JSON answer");
+    schema::check(&response_schema, &answer, "answer").unwrap_or_else(|e| panic!("{e}: {answer}"));
+    answer
+}
+
+async fn evaluate(app: &TestApp, body: Value) -> Value {
+    ask(app, "/access/v1/evaluation", schema::evaluation_request(), schema::decision(), body).await
+}
+
+async fn evaluations(app: &TestApp, body: Value) -> Vec<Value> {
+    let answer = ask(
+        app,
+        "/access/v1/evaluations",
+        schema::evaluations_request(),
+        schema::evaluations_response(),
+        body,
+    )
+    .await;
+    answer["evaluations"].as_array().unwrap().clone()
+}
+
+fn user(id: &str) -> Value {
+    json!({"type": "user", "id": id})
+}
+
+fn workspace(org: &str, id: &str) -> Value {
+    json!({"type": "workspace", "id": id, "properties": {"organization_id": org}})
+}
+
+fn organization(id: &str) -> Value {
+    json!({"type": "organization", "id": id})
+}
+
+fn action(name: &str) -> Value {
+    json!({"name": name})
+}
+
+/// The production-environment team: owner, admin, senior (WRITE), junior and analyst (READ).
+struct Team {
+    org: String,
+    production: String,
+    people: [User; 5],
+}
+
+async fn team(app: &TestApp) -> Team {
+    let people = ["owner", "admin", "senior", "junior", "analyst"].map(User::new);
+    let [owner, admin, senior, junior, analyst] = &people;
+    let org = app.create_org(owner, "Acme Data").await;
+    let production = app.create_workspace(owner, &org, "production").await;
+    app.join(owner, &org, admin, R::Admin, &[]).await;
+    app.join(admin, &org, senior, R::Member, &[(&production, A::Write)]).await;
+    app.join(admin, &org, junior, R::Member, &[(&production, A::Read)]).await;
+    app.join(admin, &org, analyst, R::Member, &[(&production, A::Read)]).await;
+    Team { org, production, people }
+}
+
+async fn evaluations_are_decided_as_authorize_decides_them_for_every_role(backend: Backend) {
+    let app = app(backend).await;
+    let Team { org, production, people } = team(&app).await;
+    let tables = EXPECTED
+        .iter()
+        .map(|(p, e)| (p, e, workspace(&org, &production), production.as_str()))
+        .chain(ORGANIZATION_EXPECTED.iter().map(|(p, e)| (p, e, organization(&org), "")));
+    let mut asked = 0;
+    for (permission, expected, resource, ws) in tables {
+        for (person, allowed) in people.iter().zip(expected) {
+            let answer = evaluate(
+                &app,
+                json!({"subject": user(&person.id), "action": action(permission), "resource": resource}),
+            )
+            .await;
+            assert_eq!(answer["decision"], json!(allowed), "{} / {permission}", person.id);
+            // The same decision Authorize makes, with its reason and the role.
+            let authorized = app.authorize(&person.id, &org, ws, permission).await;
+            let reason = pb::DecisionReason::try_from(authorized.reason).unwrap().as_str_name();
+            assert_eq!(answer["context"]["reason"], json!(reason));
+            asked += 1;
+        }
+    }
+    assert_eq!(asked, 5 * (EXPECTED.len() + ORGANIZATION_EXPECTED.len()));
+    let admin_view = evaluate(
+        &app,
+        json!({"subject": user("admin"), "action": action("members.invite"), "resource": organization(&org)}),
+    )
+    .await;
+    assert_eq!(admin_view["context"]["role"], json!("admin"));
+    let junior_write = json!({
+        "subject": user("junior"),
+        "action": action("sources.create"),
+        "resource": workspace(&org, &production),
+    });
+    let denied = evaluate(&app, junior_write.clone()).await;
+    assert_eq!(denied["context"]["reason"], json!("DECISION_REASON_DENIED_READ_ONLY"));
+    assert_eq!(denied["context"]["workspace_access"], json!("read"));
+
+    // A consistency token in the context: the answer includes the change it names.
+    let owner = &people[0];
+    let raised = app
+        .team
+        .clone()
+        .set_workspace_access(set_access(owner, &org, &production, &people[3], A::Write))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fresh = junior_write.clone();
+    fresh["context"] = json!({"consistency_token": raised.consistency_token});
+    assert_eq!(evaluate(&app, fresh).await["decision"], json!(true));
+
+    // Counted in Authorize's decision metric and in the listener's own.
+    let metrics = scrape(app.metrics_addr.unwrap()).await;
+    assert!(
+        metrics.contains("roster_authzen_requests_total{endpoint=\"evaluation\",status=\"200\"}")
+    );
+    assert!(metrics.contains("roster_authorize_decisions_total{permission=\"sources.create\""));
+    app.stop().await;
+}
+
+async fn boxcars_take_top_level_defaults_and_honour_each_semantic(backend: Backend) {
+    let app = app(backend).await;
+    let Team { org, production, .. } = team(&app).await;
+    let ws = workspace(&org, &production);
+    // For the junior: read allowed, create denied, read allowed, a malformed one, delete denied.
+    let items = json!([
+        {"action": action("sources.read")},
+        {"action": action("sources.create")},
+        {"action": action("datasets.read")},
+        {"action": action("sources.launch")},
+        {"action": action("sources.delete")},
+    ]);
+    let boxcar = |semantic: Option<&str>, items: &Value| {
+        let mut body = json!({"subject": user("junior"), "resource": ws, "evaluations": items});
+        if let Some(semantic) = semantic {
+            body["options"] = json!({"evaluations_semantic": semantic});
+        }
+        body
+    };
+    let decisions = |results: &[Value]| -> Vec<bool> {
+        results.iter().map(|r| r["decision"].as_bool().unwrap()).collect()
+    };
+    for semantic in [None, Some("execute_all")] {
+        let results = evaluations(&app, boxcar(semantic, &items)).await;
+        assert_eq!(decisions(&results), [true, false, true, false, false], "{semantic:?}");
+        // The malformed one fails alone, with its error in its context.
+        assert_eq!(results[3]["context"]["error"]["status"], json!(400));
+        let message = results[3]["context"]["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("evaluations[3].action.name"), "{message}");
+    }
+    let results = evaluations(&app, boxcar(Some("deny_on_first_deny"), &items)).await;
+    assert_eq!(decisions(&results), [true, false]);
+    let results = evaluations(&app, boxcar(Some("permit_on_first_permit"), &items)).await;
+    assert_eq!(decisions(&results), [true]);
+    let denials_first = json!([
+        {"action": action("sources.create")},
+        {"action": action("sources.launch")},
+        {"action": action("datasets.read")},
+        {"action": action("sources.read")},
+    ]);
+    let results = evaluations(&app, boxcar(Some("permit_on_first_permit"), &denials_first)).await;
+    assert_eq!(decisions(&results), [false, false, true]);
+    // A failure is a denial for deny_on_first_deny.
+    let failure_first =
+        json!([{"action": action("sources.launch")}, {"action": action("sources.read")}]);
+    let results = evaluations(&app, boxcar(Some("deny_on_first_deny"), &failure_first)).await;
+    assert_eq!(decisions(&results), [false]);
+
+    // Each member of an evaluation overrides the top level's: other subjects, other resources.
+    let results = evaluations(
+        &app,
+        json!({
+            "subject": user("junior"),
+            "action": action("organization.delete"),
+            "resource": organization(&org),
+            "evaluations": [
+                {},
+                {"subject": user("owner")},
+                {"action": action("sources.read"), "resource": ws},
+                {"subject": user("outsider"), "action": action("sources.read"), "resource": ws},
+            ],
+        }),
+    )
+    .await;
+    assert_eq!(decisions(&results), [false, true, true, false]);
+    assert_eq!(results[3]["context"]["reason"], json!("DECISION_REASON_DENIED_NOT_A_MEMBER"));
+
+    // Without evaluations, the request is one evaluation, answered as one.
+    let single = ask(
+        &app,
+        "/access/v1/evaluations",
+        schema::evaluations_request(),
+        schema::decision(),
+        json!({"subject": user("senior"), "action": action("sources.create"), "resource": ws, "evaluations": []}),
+    )
+    .await;
+    assert_eq!(single["decision"], json!(true));
+    app.stop().await;
+}
+
+/// The status and message of a refused request.
+async fn refused(
+    app: &TestApp,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let headers: Vec<(&str, &str)> =
+        content_type.map(|c| ("content-type", c)).into_iter().collect();
+    let reply = post_raw(app, path, &headers, body.to_vec()).await;
+    let message = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_ne!(reply.status, 200, "{path} {}: {message}", String::from_utf8_lossy(body));
+    assert!(reply.header("content-type").unwrap().starts_with("text/plain"), "{message}");
+    (reply.status, message)
+}
+
+async fn each_malformed_request_is_refused_with_the_status_the_specification_gives(
+    backend: Backend,
+) {
+    let app = app(backend).await;
+    let Team { org, production, .. } = team(&app).await;
+    let before = app.snapshot().await;
+    let good = json!({
+        "subject": user("junior"),
+        "action": action("sources.read"),
+        "resource": workspace(&org, &production),
+    });
+    let json_type = Some("application/json");
+    let send = |body: &Value| serde_json::to_vec(body).unwrap();
+
+    // Each required member left out, at each level: 400, naming it.
+    for path in [
+        "subject",
+        "action",
+        "resource",
+        "subject.type",
+        "subject.id",
+        "action.name",
+        "resource.type",
+        "resource.id",
+        "resource.properties.organization_id",
+    ] {
+        let mut body = good.clone();
+        let (parent, key) = match path.rsplit_once('.') {
+            Some((parent, key)) => (parent.split('.').fold(&mut body, |v, k| &mut v[k]), key),
+            None => (&mut body, path),
+        };
+        parent.as_object_mut().unwrap().remove(key);
+        assert!(
+            schema::check(&schema::evaluation_request(), &body, "$").is_err()
+                || path.contains("properties")
+        );
+        let (status, message) =
+            refused(&app, "/access/v1/evaluation", json_type, &send(&body)).await;
+        assert_eq!(status, 400, "without {path}: {message}");
+        assert!(message.starts_with(path), "without {path}: {message}");
+    }
+    // Wrong types: 400, naming the member.
+    for (path, value) in [
+        ("subject", json!("junior")),
+        ("subject.id", json!(42)),
+        ("subject.type", json!(["user"])),
+        ("subject.properties", json!("x")),
+        ("action.name", json!(true)),
+        ("resource.id", json!(null)),
+        ("context", json!([1])),
+    ] {
+        let mut body = good.clone();
+        let mut target = &mut body;
+        for key in path.split('.') {
+            target = &mut target[key];
+        }
+        *target = value;
+        assert!(schema::check(&schema::evaluation_request(), &body, "$").is_err(), "{path}");
+        let (status, message) =
+            refused(&app, "/access/v1/evaluation", json_type, &send(&body)).await;
+        assert_eq!(status, 400, "{path}: {message}");
+        assert!(message.starts_with(path), "{path}: {message}");
+    }
+    // Well shaped, but nothing Roster can check: 400 for a single evaluation.
+    for (path, value) in [
+        ("subject.type", json!("group")),
+        ("resource.type", json!("document")),
+        ("resource.id", json!("not-a-uuid")),
+        ("action.name", json!("organization.delete")),
+    ] {
+        let mut body = good.clone();
+        let mut target = &mut body;
+        for key in path.split('.') {
+            target = &mut target[key];
+        }
+        *target = value;
+        let (status, message) =
+            refused(&app, "/access/v1/evaluation", json_type, &send(&body)).await;
+        assert_eq!(status, 400, "{path}: {message}");
+        assert!(message.starts_with(path), "{path}: {message}");
+    }
+    // Content types, bodies that are not JSON objects.
+    let good_bytes = send(&good);
+    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let (status, _) = refused(&app, "/access/v1/evaluation", content_type, &good_bytes).await;
+        assert_eq!(status, 415, "{content_type:?}");
+    }
+    let reply = post_raw(
+        &app,
+        "/access/v1/evaluation",
+        &[("content-type", "Application/JSON; charset=utf-8")],
+        good_bytes.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "a JSON content type with a parameter is JSON");
+    for (body, words) in [
+        (&b""[..], "empty"),
+        (b"   ", "empty"),
+        (b"{\"subject\": ", "not valid JSON"),
+        (b"{'subject': 1}", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (b"\"text\"", "JSON object"),
+        (b"null", "JSON object"),
+    ] {
+        let (status, message) = refused(&app, "/access/v1/evaluation", json_type, body).await;
+        assert_eq!(status, 400, "{body:?}");
+        assert!(message.contains(words), "{body:?}: {message}");
+    }
+    // Boxcars: a missing member with no default, an item that is not an object, an unknown
+    // semantic, too many evaluations.
+    for (body, words) in [
+        (
+            json!({"evaluations": [{"action": action("sources.read")}]}),
+            "evaluations[0].subject is required",
+        ),
+        (
+            json!({"subject": user("junior"), "resource": organization(&org), "evaluations": [7]}),
+            "evaluations[0] must be an object",
+        ),
+        (json!({"evaluations": {}}), "evaluations must be an array"),
+        (
+            json!({"evaluations": [good], "options": {"evaluations_semantic": "all"}}),
+            "options.evaluations_semantic",
+        ),
+        (json!({"evaluations": vec![good.clone(); 1001]}), "at most 1000"),
+    ] {
+        let (status, message) =
+            refused(&app, "/access/v1/evaluations", json_type, &send(&body)).await;
+        assert_eq!(status, 400, "{words}: {message}");
+        assert!(message.contains(words), "{words}: {message}");
+    }
+    // Searches: missing members and bad pages.
+    let resource_search = json!({
+        "subject": user("junior"),
+        "action": action("sources.read"),
+        "resource": {"type": "workspace", "properties": {"organization_id": org}},
+    });
+    for (mutate, words) in [
+        (json!({"subject": null}), "subject"),
+        (json!({"action": null}), "action"),
+        (json!({"resource": {"type": "workspace"}}), "resource.properties.organization_id"),
+        (json!({"page": {"limit": -1}}), "page.limit"),
+        (json!({"page": {"limit": "3"}}), "page.limit"),
+        (json!({"page": {"token": "forged"}}), "page.token"),
+    ] {
+        let mut body = resource_search.clone();
+        for (key, value) in mutate.as_object().unwrap() {
+            if value.is_null() {
+                body.as_object_mut().unwrap().remove(key);
+            } else {
+                body[key] = value.clone();
+            }
+        }
+        let (status, message) =
+            refused(&app, "/access/v1/search/resource", json_type, &send(&body)).await;
+        assert_eq!(status, 400, "{words}: {message}");
+        assert!(message.starts_with(words), "{words}: {message}");
+    }
+    // The method, the path, the body's size.
+    let reply =
+        http1(app.authzen_addr.unwrap(), Method::GET, "/access/v1/evaluation", &[], vec![]).await;
+    assert_eq!((reply.status, reply.header("allow")), (405, Some("POST")));
+    let (status, _) = refused(&app, "/access/v2/evaluation", json_type, &good_bytes).await;
+    assert_eq!(status, 404);
+    let huge = format!("{{\"context\": {{\"pad\": \"{}\"}}}}", "x".repeat(70 * 1024));
+    let (status, _) = refused(&app, "/access/v1/evaluation", json_type, huge.as_bytes()).await;
+    assert_eq!(status, 413);
+
+    assert_eq!(app.snapshot().await, before, "a refused request changes nothing");
+    app.stop().await;
+}
+
+/// Every result of a search, page after page of `limit`, as (type, id) pairs.
+async fn every_page(
+    app: &TestApp,
+    path: &str,
+    request_schema: Value,
+    mut body: Value,
+    limit: u64,
+) -> Vec<String> {
+    body["page"] = json!({"limit": limit});
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        let answer = ask(
+            app,
+            path,
+            request_schema.clone(),
+            schema::search_response(schema::entity_result()),
+            body.clone(),
+        )
+        .await;
+        let results = answer["results"].as_array().unwrap();
+        assert!(results.len() as u64 <= limit, "{answer}");
+        assert_eq!(answer["page"]["count"], json!(results.len()));
+        seen.extend(results.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+        let next = answer["page"]["next_token"].as_str().unwrap();
+        if next.is_empty() {
+            return seen;
+        }
+        body["page"] = json!({"token": next, "limit": limit});
+    }
+    panic!("the search never ended");
+}
+
+async fn searches_page_through_every_result_exactly_once_while_the_team_changes(backend: Backend) {
+    let app = app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let analyst = User::new("analyst");
+    app.join(&owner, &org, &analyst, R::Member, &[]).await;
+    let mut stable = Vec::new();
+    for i in 0..9 {
+        let ws = app.create_workspace(&owner, &org, &format!("stable-{i}")).await;
+        app.team
+            .clone()
+            .set_workspace_access(set_access(&owner, &org, &ws, &analyst, A::Read))
+            .await
+            .unwrap();
+        stable.push(ws);
+    }
+    let hub = stable[0].clone();
+    let mut readers = vec![owner.id.clone(), analyst.id.clone()];
+    for i in 0..7 {
+        let reader = User::new(&format!("reader-{i}"));
+        app.join(&owner, &org, &reader, R::Member, &[(&hub, A::Read)]).await;
+        readers.push(reader.id);
+    }
+    let bystanders: Vec<User> = (0..4).map(|i| User::new(&format!("bystander-{i}"))).collect();
+    for bystander in &bystanders {
+        app.join(&owner, &org, bystander, R::Member, &[]).await;
+    }
+
+    // Meanwhile: workspaces the analyst can read come and go, and bystanders gain and lose
+    // access to the hub.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (team, org, owner, analyst, hub, stop) = (
+            app.team.clone(),
+            org.clone(),
+            owner.clone(),
+            analyst.clone(),
+            hub.clone(),
+            stop.clone(),
+        );
+        let bystanders = bystanders.clone();
+        tokio::spawn(async move {
+            let mut made = Vec::new();
+            let mut round = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && round < 200 {
+                let mut team = team.clone();
+                let ws = crate::common::try_create_workspace_with(
+                    &mut team,
+                    &owner,
+                    &org,
+                    &format!("churn-{round}"),
+                )
+                .await
+                .unwrap();
+                team.set_workspace_access(set_access(&owner, &org, &ws, &analyst, A::Read))
+                    .await
+                    .unwrap();
+                if round % 2 == 1 {
+                    let request = pb::DeleteWorkspaceRequest {
+                        organization_id: org.clone(),
+                        workspace_id: ws.clone(),
+                        ..Default::default()
+                    };
+                    team.delete_workspace(owner.req(request)).await.unwrap();
+                } else {
+                    made.push(ws);
+                }
+                let bystander = &bystanders[round % bystanders.len()];
+                let access = if round % 4 < 2 { A::Write } else { A::None };
+                team.set_workspace_access(set_access(&owner, &org, &hub, bystander, access))
+                    .await
+                    .unwrap();
+                round += 1;
+            }
+            (made, round)
+        })
+    };
+    let mut rounds = 0;
+    for limit in [1, 2, 4] {
+        let found = every_page(
+            &app,
+            "/access/v1/search/resource",
+            schema::resource_search(),
+            json!({
+                "subject": user(&analyst.id),
+                "action": action("sources.read"),
+                "resource": {"type": "workspace", "properties": {"organization_id": org}},
+            }),
+            limit,
+        )
+        .await;
+        assert_unique_and_covering(&found, &stable, "workspaces");
+        let found = every_page(
+            &app,
+            "/access/v1/search/subject",
+            schema::subject_search(),
+            json!({
+                "subject": {"type": "user"},
+                "action": action("sources.read"),
+                "resource": workspace(&org, &hub),
+            }),
+            limit,
+        )
+        .await;
+        assert_unique_and_covering(&found, &readers, "readers");
+        assert!(found.iter().all(|id| readers.contains(id) || id.starts_with("bystander-")));
+        rounds += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (made, churned) = churn.await.unwrap();
+    assert!(churned > 0 && rounds == 3);
+
+    // Once still, a search finds exactly what Authorize allows.
+    let mut expected: Vec<String> = stable.iter().chain(&made).cloned().collect();
+    expected.sort();
+    let mut found = every_page(
+        &app,
+        "/access/v1/search/resource",
+        schema::resource_search(),
+        json!({
+            "subject": user(&analyst.id),
+            "action": action("sources.read"),
+            "resource": {"type": "workspace", "properties": {"organization_id": org}},
+        }),
+        3,
+    )
+    .await;
+    found.sort();
+    assert_eq!(found, expected);
+    for ws in &found {
+        assert!(app.allowed(&analyst.id, &org, ws, "sources.read").await);
+    }
+    // Write on the hub: the Owner and the bystanders holding WRITE now.
+    let mut writers = vec![owner.id.clone()];
+    for bystander in &bystanders {
+        if app.allowed(&bystander.id, &org, &hub, "sources.create").await {
+            writers.push(bystander.id.clone());
+        }
+    }
+    writers.sort();
+    let mut found = every_page(
+        &app,
+        "/access/v1/search/subject",
+        schema::subject_search(),
+        json!({"subject": {"type": "user"}, "action": action("sources.create"), "resource": workspace(&org, &hub)}),
+        2,
+    )
+    .await;
+    found.sort();
+    assert_eq!(found, writers);
+    // A token is bound to its search: another action with it is refused.
+    let first = ask(
+        &app,
+        "/access/v1/search/subject",
+        schema::subject_search(),
+        schema::search_response(schema::entity_result()),
+        json!({"subject": {"type": "user"}, "action": action("sources.read"), "resource": workspace(&org, &hub), "page": {"limit": 1}}),
+    )
+    .await;
+    let token = first["page"]["next_token"].as_str().unwrap();
+    assert!(!token.is_empty());
+    let other = json!({"subject": {"type": "user"}, "action": action("sources.create"), "resource": workspace(&org, &hub), "page": {"limit": 1, "token": token}});
+    let (status, message) = refused(
+        &app,
+        "/access/v1/search/subject",
+        Some("application/json"),
+        &serde_json::to_vec(&other).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(message.starts_with("page.token"), "{message}");
+    app.stop().await;
+}
+
+fn assert_unique_and_covering(found: &[String], stable: &[String], what: &str) {
+    let mut sorted = found.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), found.len(), "{what}: a result came twice: {found:?}");
+    for id in stable {
+        assert!(found.contains(id), "{what}: {id} was never returned: {found:?}");
+    }
+}
+
+async fn action_search_lists_what_the_user_holds_and_metadata_names_every_endpoint(
+    backend: Backend,
+) {
+    let app = app(backend).await;
+    let Team { org, production, .. } = team(&app).await;
+    let search = |subject: &str, resource: Value, limit: Option<u64>, token: Option<String>| {
+        let mut body = json!({"subject": user(subject), "resource": resource});
+        if let Some(limit) = limit {
+            body["page"] = json!({"limit": limit});
+        }
+        if let Some(token) = token {
+            body["page"]["token"] = json!(token);
+        }
+        body
+    };
+    for (subject, resource, ws) in [
+        ("junior", workspace(&org, &production), production.as_str()),
+        ("senior", workspace(&org, &production), production.as_str()),
+        ("admin", organization(&org), ""),
+        ("owner", organization(&org), ""),
+    ] {
+        let mut names = Vec::new();
+        let mut token = None;
+        loop {
+            let answer = ask(
+                &app,
+                "/access/v1/search/action",
+                schema::action_search(),
+                schema::search_response(schema::action_result()),
+                search(subject, resource.clone(), Some(3), token.clone()),
+            )
+            .await;
+            names.extend(
+                answer["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["name"].as_str().unwrap().to_owned()),
+            );
+            let next = answer["page"]["next_token"].as_str().unwrap().to_owned();
+            if next.is_empty() {
+                break;
+            }
+            token = Some(next);
+        }
+        let granted = app
+            .access
+            .clone()
+            .list_granted_permissions(pb::ListGrantedPermissionsRequest {
+                user_id: subject.to_owned(),
+                organization_id: org.clone(),
+                workspace_id: ws.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .permissions;
+        assert!(!granted.is_empty(), "{subject}");
+        assert_eq!(names, granted, "{subject}");
+        // Each listed action, evaluated, is allowed.
+        for name in &names {
+            let answer = evaluate(
+                &app,
+                json!({"subject": user(subject), "action": action(name), "resource": resource}),
+            )
+            .await;
+            assert_eq!(answer["decision"], json!(true), "{subject} {name}");
+        }
+    }
+    let outsider = ask(
+        &app,
+        "/access/v1/search/action",
+        schema::action_search(),
+        schema::search_response(schema::action_result()),
+        search("outsider", organization(&org), None, None),
+    )
+    .await;
+    assert_eq!(outsider["results"], json!([]));
+
+    // The metadata: every endpoint, under the identifier formed from the request.
+    let addr = app.authzen_addr.unwrap();
+    let reply = http1(addr, Method::GET, "/.well-known/authzen-configuration", &[], vec![]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let metadata: Value = serde_json::from_slice(&reply.body).unwrap();
+    schema::check(&schema::metadata(), &metadata, "metadata").unwrap();
+    let base = metadata["policy_decision_point"].as_str().unwrap();
+    assert_eq!(base, format!("http://{addr}"));
+    for (key, path) in [
+        ("access_evaluation_endpoint", "/access/v1/evaluation"),
+        ("access_evaluations_endpoint", "/access/v1/evaluations"),
+        ("search_subject_endpoint", "/access/v1/search/subject"),
+        ("search_resource_endpoint", "/access/v1/search/resource"),
+        ("search_action_endpoint", "/access/v1/search/action"),
+    ] {
+        assert_eq!(metadata[key], json!(format!("{base}{path}")));
+    }
+    // X-Request-ID: the caller's echoed as sent, one made when none came.
+    let body = serde_json::to_vec(&json!({
+        "subject": user("junior"), "action": action("sources.read"), "resource": workspace(&org, &production),
+    }))
+    .unwrap();
+    let sent = "bfe9eb29 ab87/4ca3:be83";
+    let reply = post_raw(
+        &app,
+        "/access/v1/evaluation",
+        &[("content-type", "application/json"), ("x-request-id", sent)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!((reply.status, reply.header("x-request-id")), (200, Some(sent)));
+    let reply = post_raw(
+        &app,
+        "/access/v1/evaluation",
+        &[("content-type", "text/plain"), ("x-request-id", sent)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!((reply.status, reply.header("x-request-id")), (415, Some(sent)));
+    let reply =
+        post_raw(&app, "/access/v1/evaluation", &[("content-type", "application/json")], body)
+            .await;
+    let made = reply.header("x-request-id").unwrap();
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+    app.stop().await;
+}
+
+async fn only_service_credentials_may_ask(backend: Backend) {
+    let setup = JwtSetup::new();
+    let secret = setup.dir.path().join("secret");
+    let app = setup
+        .spawn(backend, |config| {
+            config.jwt_secret_file = Some(secret);
+            config.authzen_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let body = serde_json::to_vec(&json!({
+        "subject": user("someone"),
+        "action": action("organization.read"),
+        "resource": organization("01900000-0000-7000-8000-000000000001"),
+    }))
+    .unwrap();
+    let service = format!("Bearer {}", setup.service_token);
+    let reply = post_raw(
+        &app,
+        "/access/v1/evaluation",
+        &[("content-type", "application/json"), ("authorization", &service)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+
+    let user_token =
+        format!("Bearer {}", sign_hs(&claims("someone", "someone@example.com"), SECRET));
+    for (credential, status) in [
+        (None, 401),
+        (Some("Bearer rst_not-a-token"), 401),
+        (Some("Basic c2VydmljZTpwYXNz"), 401),
+        (Some(user_token.as_str()), 403),
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(credential.map(|c| ("authorization", c)));
+        let reply = post_raw(&app, "/access/v1/evaluation", &headers, body.clone()).await;
+        assert_eq!(
+            reply.status,
+            status,
+            "{credential:?}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        if status == 401 {
+            assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        }
+    }
+    // A stranger's body is never read: refused on its headers alone, even a huge one.
+    let huge = vec![b' '; 100 * 1024];
+    let reply =
+        post_raw(&app, "/access/v1/evaluation", &[("content-type", "application/json")], huge)
+            .await;
+    assert_eq!(reply.status, 401);
+    app.stop().await;
+}
