@@ -23,6 +23,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use rand::{Rng as _, SeedableRng as _};
 use roster::pb::access_service_client::AccessServiceClient;
+use roster::pb::envoy::{self, authorization_client::AuthorizationClient};
 use roster::pb::team_service_client::TeamServiceClient;
 use roster::pb::watch_service_client::WatchServiceClient;
 use roster::pb::{self, WorkspaceAccess};
@@ -126,6 +127,11 @@ struct Args {
     /// Changes written straight into the change log before the servers start, for the replay.
     #[arg(long, default_value_t = 100_000)]
     watch_history: u64,
+    /// Measure the standard ways to ask instead of the read phases: Envoy's ext_authz Check
+    /// (gRPC) and AuthZEN's access evaluation (HTTP/1.1 JSON, on the server's
+    /// `--authzen-listen`), each against Authorize on the same checks, in server CPU per call.
+    #[arg(long)]
+    standard_apis: bool,
     /// Serve the floor on this address instead of benchmarking (started by the benchmark
     /// itself).
     #[arg(long, hide = true)]
@@ -370,6 +376,10 @@ enum Phase {
     Batch,
     /// Authorize sent to the floor server.
     Floor,
+    /// The same checks as Envoy's ext_authz Check.
+    ExtAuthz,
+    /// The same checks as AuthZEN access evaluations.
+    Authzen,
 }
 
 impl Phase {
@@ -379,6 +389,8 @@ impl Phase {
             Phase::Authorize => "authorize",
             Phase::Batch => "batch(100)",
             Phase::Floor => "floor",
+            Phase::ExtAuthz => "ext_authz",
+            Phase::Authzen => "authzen",
         }
     }
 }
@@ -453,6 +465,58 @@ impl Outcome {
 struct Pools {
     checks: Vec<pb::AuthorizeRequest>,
     batches: Vec<pb::BatchAuthorizeRequest>,
+    /// The first checks as Envoy sends them, with `--standard-apis`.
+    envoy: Vec<envoy::CheckRequest>,
+    /// The first checks as AuthZEN evaluation bodies, with `--standard-apis`.
+    authzen: Vec<Vec<u8>>,
+    /// Where AuthZEN is served, with `--standard-apis`.
+    authzen_addr: Option<String>,
+}
+
+/// A check as Envoy's ext_authz filter sends it for a route guarded by its permission: the
+/// user in the JWT filter's verified payload, the scope in the route's context extensions.
+fn envoy_check(check: &pb::AuthorizeRequest) -> envoy::CheckRequest {
+    use prost_types::{Struct, Value, value::Kind};
+    let text = |s: &str| Value { kind: Some(Kind::StringValue(s.to_owned())) };
+    let payload = Struct { fields: [("sub".to_owned(), text(&check.user_id))].into() };
+    let namespace = Struct {
+        fields: [("jwt_payload".to_owned(), Value { kind: Some(Kind::StructValue(payload)) })]
+            .into(),
+    };
+    envoy::CheckRequest {
+        attributes: Some(envoy::AttributeContext {
+            request: Some(envoy::attribute_context::Request {
+                http: Some(envoy::attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/sources".into(),
+                    ..Default::default()
+                }),
+            }),
+            context_extensions: [
+                ("permission".to_owned(), check.permission.clone()),
+                ("organization_id".to_owned(), check.organization_id.clone()),
+                ("workspace_id".to_owned(), check.workspace_id.clone()),
+            ]
+            .into(),
+            metadata_context: Some(envoy::Metadata {
+                filter_metadata: [("envoy.filters.http.jwt_authn".to_owned(), namespace)].into(),
+            }),
+        }),
+    }
+}
+
+/// A check as an AuthZEN access evaluation body.
+fn authzen_body(check: &pb::AuthorizeRequest) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "subject": {"type": "user", "id": check.user_id},
+        "action": {"name": check.permission},
+        "resource": {
+            "type": "workspace",
+            "id": check.workspace_id,
+            "properties": {"organization_id": check.organization_id},
+        },
+    }))
+    .unwrap_or_default()
 }
 
 fn build_pools(data: &DataSet) -> Pools {
@@ -465,7 +529,50 @@ fn build_pools(data: &DataSet) -> Pools {
             checks: checks[b * 100..(b + 1) * 100].to_vec(),
         })
         .collect();
-    Pools { checks, batches }
+    Pools { checks, batches, envoy: Vec::new(), authzen: Vec::new(), authzen_addr: None }
+}
+
+/// Checks of the standard ways to ask, built from the first of `pools`' checks.
+fn add_standard_pools(pools: &mut Pools, authzen_addr: String) {
+    let some = &pools.checks[..20_000.min(pools.checks.len())];
+    pools.envoy = some.iter().map(envoy_check).collect();
+    pools.authzen = some.iter().map(authzen_body).collect();
+    pools.authzen_addr = Some(authzen_addr);
+}
+
+/// An HTTP/1.1 connection to the AuthZEN listener, kept open between requests.
+async fn authzen_connection(
+    addr: &str,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>>
+{
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// One AuthZEN evaluation on `sender`; its decision, or `None` for a failure.
+async fn authzen_evaluate(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    addr: &str,
+    body: &[u8],
+) -> Option<bool> {
+    use http_body_util::BodyExt as _;
+    sender.ready().await.ok()?;
+    let request = hyper::Request::post("/access/v1/evaluation")
+        .header("host", addr)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::copy_from_slice(body)))
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    if response.status() != hyper::StatusCode::OK {
+        return None;
+    }
+    let bytes = response.into_body().collect().await.ok()?.to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    answer.get("decision")?.as_bool()
 }
 
 /// Whether the server's metrics at `addr` say its Authorize index is in use.
@@ -515,7 +622,13 @@ async fn drive(
         tasks.spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(worker as u64 + 1);
             let mut health = HealthClient::new(channel.clone());
+            let mut envoy = AuthorizationClient::new(channel.clone());
             let mut access = AccessServiceClient::new(channel);
+            let authzen_addr = pools.authzen_addr.clone().unwrap_or_default();
+            let mut authzen = match phase {
+                Phase::Authzen => authzen_connection(&authzen_addr).await.ok(),
+                _ => None,
+            };
             let (mut latencies, mut allowed, mut decisions, mut errors) = (Vec::new(), 0, 0, 0);
             while Instant::now() < deadline {
                 let started = Instant::now();
@@ -536,6 +649,35 @@ async fn drive(
                         Ok(_) => true,
                         Err(_) => false,
                     },
+                    Phase::ExtAuthz => {
+                        let check = pools.envoy[rng.random_range(0..pools.envoy.len())].clone();
+                        match envoy.check(check).await {
+                            Ok(r) => {
+                                decisions += 1;
+                                let ok = matches!(
+                                    r.into_inner().http_response,
+                                    Some(envoy::check_response::HttpResponse::OkResponse(_))
+                                );
+                                allowed += usize::from(ok);
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                    Phase::Authzen => {
+                        let body = &pools.authzen[rng.random_range(0..pools.authzen.len())];
+                        let decided = match authzen.as_mut() {
+                            Some(sender) => authzen_evaluate(sender, &authzen_addr, body).await,
+                            None => None,
+                        };
+                        if decided.is_none() {
+                            // A broken connection is replaced for the next request.
+                            authzen = authzen_connection(&authzen_addr).await.ok();
+                        }
+                        decisions += usize::from(decided.is_some());
+                        allowed += usize::from(decided == Some(true));
+                        decided.is_some()
+                    }
                     Phase::Batch => {
                         let batch = pools.batches[rng.random_range(0..pools.batches.len())].clone();
                         match access.batch_authorize(batch).await {
@@ -678,6 +820,7 @@ fn start_server(
     dir: &std::path::Path,
     args: &Args,
     cpu: Option<u32>,
+    authzen: Option<&str>,
 ) -> anyhow::Result<Child> {
     let binary = std::env::current_exe()?.with_file_name("roster");
     if !binary.exists() {
@@ -698,6 +841,9 @@ fn start_server(
         command.args(["--authz-cache-entries", &entries.to_string()]);
     }
     command.args(["--grpc-web", &args.grpc_web.to_string()]);
+    if let Some(authzen) = authzen {
+        command.args(["--authzen-listen", authzen]);
+    }
     command
         .args(["--listen", addr, "--metrics-listen", metrics])
         .args(["--database-url", database_url, "--mail-dir"])
@@ -900,7 +1046,7 @@ impl Target {
     ) -> anyhow::Result<Self> {
         let database_url = fresh_database(args, &dir, database).await?;
         let data = Arc::new(seed(&database_url, shape).await?);
-        let pools = Arc::new(build_pools(&data));
+        let mut pools = build_pools(&data);
 
         let free_port = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -908,7 +1054,13 @@ impl Target {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
         let cpu = args.pin.then_some(1);
-        let mut server = start_server(&database_url, &addr, &metrics, &dir, args, cpu)?;
+        let authzen = format!("127.0.0.1:{}", free_port()?);
+        let authzen = args.standard_apis.then_some(authzen.as_str());
+        let mut server = start_server(&database_url, &addr, &metrics, &dir, args, cpu, authzen)?;
+        if let Some(authzen) = authzen {
+            add_standard_pools(&mut pools, authzen.to_owned());
+        }
+        let pools = Arc::new(pools);
         let endpoint = format!("http://{addr}");
         let mut channels = Vec::new();
         for _ in 0..100 {
@@ -1056,6 +1208,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(callers) = args.write_cost {
         return write_cost(&mut targets, callers, Duration::from_secs(args.duration_secs)).await;
     }
+    if args.standard_apis {
+        return standard_apis(&mut targets, &args).await;
+    }
     let mut floor = Floor::start(&args).await?;
     println!(
         "load: {} callers over {} HTTP/2 connections, {} s per phase after {} s warm-up, {} grant writes/s{}",
@@ -1155,6 +1310,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
             change(small_authorize.percentile(0.99), authorize.percentile(0.99)),
             change(small_batch.rps(), batch.rps()),
             change(small_batch.percentile(0.99), batch.percentile(0.99)),
+        );
+    }
+    Ok(())
+}
+
+/// Runs Authorize, ext_authz Check and AuthZEN evaluation on the same checks, in turn for each
+/// round, and prints what each costs the server against Authorize.
+async fn standard_apis(targets: &mut [Target], args: &Args) -> anyhow::Result<()> {
+    let measure = Duration::from_secs(args.duration_secs);
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let phases = [Phase::Authorize, Phase::ExtAuthz, Phase::Authzen];
+    for target in targets {
+        let mut totals: [Option<Outcome>; 3] = Default::default();
+        for round in 1..=args.rounds.max(1) {
+            for (phase, total) in phases.into_iter().zip(&mut totals) {
+                if round == 1 && !warmup.is_zero() {
+                    drive(phase, &target.channels, &target.pools, args, warmup).await;
+                }
+                let cpu_before = server_cpu(target.server.id());
+                let mut outcome =
+                    drive(phase, &target.channels, &target.pools, args, measure).await;
+                outcome.server_cpu = server_cpu(target.server.id()).saturating_sub(cpu_before);
+                if args.rounds > 1 {
+                    print!("round {round:<3} ");
+                }
+                outcome.print(phase.name());
+                *total = Some(match total.take() {
+                    Some(sum) => sum.merge(outcome),
+                    None => outcome,
+                });
+            }
+        }
+        let [Some(authorize), Some(ext_authz), Some(authzen)] = &totals else {
+            bail!("no phase ran");
+        };
+        if args.rounds > 1 {
+            println!("all rounds, {}:", target.name());
+            for (phase, outcome) in phases.iter().zip([authorize, ext_authz, authzen]) {
+                outcome.print(phase.name());
+            }
+        }
+        // The mix is the same in all three, so the allowed shares must agree too.
+        println!(
+            "ratio ext_authz/authorize server CPU per call: {:.2} ({:.1} µs against {:.1} µs; target about 1)",
+            ext_authz.cpu_per_request_us() / authorize.cpu_per_request_us(),
+            ext_authz.cpu_per_request_us(),
+            authorize.cpu_per_request_us(),
+        );
+        println!(
+            "ratio authzen/authorize server CPU per call:   {:.2} ({:.1} µs against {:.1} µs, HTTP/1.1 JSON against gRPC)",
+            authzen.cpu_per_request_us() / authorize.cpu_per_request_us(),
+            authzen.cpu_per_request_us(),
+            authorize.cpu_per_request_us(),
         );
     }
     Ok(())
@@ -1327,7 +1535,7 @@ impl WatchServer {
         };
         let addr = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
-        let mut server = start_server(database_url, &addr, &metrics, dir, args, None)?;
+        let mut server = start_server(database_url, &addr, &metrics, dir, args, None, None)?;
         for _ in 0..100 {
             if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))?.connect().await {
                 return Ok(Self { server, channel, metrics });

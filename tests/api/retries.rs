@@ -41,15 +41,32 @@ fn invite(org: &str, email: &str, request_id: &str) -> pb::CreateInvitationReque
     }
 }
 
+fn new_org(name: &str, request_id: &str) -> pb::CreateOrganizationRequest {
+    pb::CreateOrganizationRequest { display_name: name.into(), request_id: request_id.into() }
+}
+
+fn new_workspace(org: &str, name: &str, request_id: &str) -> pb::CreateWorkspaceRequest {
+    pb::CreateWorkspaceRequest {
+        organization_id: org.to_owned(),
+        display_name: name.into(),
+        request_id: request_id.into(),
+    }
+}
+
+/// An UpdateMemberRole request; `request_id` empty for none.
+fn new_role(org: &str, user: &str, role: R, request_id: &str) -> pb::UpdateMemberRoleRequest {
+    pb::UpdateMemberRoleRequest {
+        organization_id: org.to_owned(),
+        user_id: user.into(),
+        role: role as i32,
+        request_id: request_id.into(),
+    }
+}
+
 async fn a_retry_returns_the_first_answer_and_makes_no_second_change_or_email(backend: Backend) {
     let app = app(backend).await;
     let owner = User::new("owner");
-    let create = || {
-        owner.req(pb::CreateOrganizationRequest {
-            display_name: "Acme".into(),
-            request_id: ID.into(),
-        })
-    };
+    let create = || owner.req(new_org("Acme", ID));
     let first = app.team.clone().create_organization(create()).await.unwrap().into_inner();
     let again = app.team.clone().create_organization(create()).await.unwrap().into_inner();
     assert_eq!(first, again, "the first answer, ids and token included");
@@ -139,24 +156,12 @@ async fn a_retried_change_that_changed_nothing_does_not_apply_after_a_later_chan
     let org = app.create_org(&owner, "Acme").await;
     let carol = User::new("carol");
     app.join(&owner, &org, &carol, R::Member, &[]).await;
-    let keep_member = || {
-        owner.req(pb::UpdateMemberRoleRequest {
-            organization_id: org.clone(),
-            user_id: "carol".into(),
-            role: R::Member as i32,
-            request_id: ID.into(),
-        })
-    };
+    let keep_member = || owner.req(new_role(&org, "carol", R::Member, ID));
     // Carol is a Member already: the first call changes nothing.
     let first = app.team.clone().update_member_role(keep_member()).await.unwrap().into_inner();
     app.team
         .clone()
-        .update_member_role(owner.req(pb::UpdateMemberRoleRequest {
-            organization_id: org.clone(),
-            user_id: "carol".into(),
-            role: R::Admin as i32,
-            ..Default::default()
-        }))
+        .update_member_role(owner.req(new_role(&org, "carol", R::Admin, "")))
         .await
         .unwrap();
     let retried = app.team.clone().update_member_role(keep_member()).await.unwrap().into_inner();
@@ -179,13 +184,7 @@ async fn the_same_request_id_on_another_request_is_refused_and_changes_nothing(b
     let app = app(backend).await;
     let owner = User::new("owner");
     let org = app.create_org(&owner, "Acme").await;
-    let workspace = |name: &str, request_id: &str| {
-        owner.req(pb::CreateWorkspaceRequest {
-            organization_id: org.clone(),
-            display_name: name.into(),
-            request_id: request_id.into(),
-        })
-    };
+    let workspace = |name: &str, request_id: &str| owner.req(new_workspace(&org, name, request_id));
     app.team.clone().create_workspace(workspace("a", ID)).await.unwrap();
     let before = app.snapshot().await;
     let reused = app.team.clone().create_workspace(workspace("b", ID)).await;
@@ -200,10 +199,7 @@ async fn the_same_request_id_on_another_request_is_refused_and_changes_nothing(b
     let theirs = app
         .team
         .clone()
-        .create_organization(other.req(pb::CreateOrganizationRequest {
-            display_name: "Theirs".into(),
-            request_id: ID.into(),
-        }))
+        .create_organization(other.req(new_org("Theirs", ID)))
         .await
         .unwrap()
         .into_inner();
@@ -233,10 +229,7 @@ async fn concurrent_calls_with_one_request_id_make_one_change(backend: Backend) 
     let mut calls = Vec::new();
     for _ in 0..8 {
         let mut team = app.team.clone();
-        let request = owner.req(pb::CreateOrganizationRequest {
-            display_name: "Twin".into(),
-            request_id: OTHER_ID.into(),
-        });
+        let request = owner.req(new_org("Twin", OTHER_ID));
         calls.push(tokio::spawn(async move { team.create_organization(request).await }));
     }
     let mut ids = Vec::new();
@@ -255,23 +248,12 @@ async fn a_failed_call_is_not_remembered_and_a_malformed_request_id_is_refused(b
     let org = app.create_org(&owner, "Acme").await;
     let admin = User::new("admin");
     app.join(&owner, &org, &admin, R::Member, &[]).await;
-    let create = || {
-        admin.req(pb::CreateWorkspaceRequest {
-            organization_id: org.clone(),
-            display_name: "staging".into(),
-            request_id: ID.into(),
-        })
-    };
+    let create = || admin.req(new_workspace(&org, "staging", ID));
     // Refused (a Member may not create workspaces): nothing is remembered...
     assert_code(app.team.clone().create_workspace(create()).await, Code::PermissionDenied, None);
     app.team
         .clone()
-        .update_member_role(owner.req(pb::UpdateMemberRoleRequest {
-            organization_id: org.clone(),
-            user_id: "admin".into(),
-            role: R::Admin as i32,
-            ..Default::default()
-        }))
+        .update_member_role(owner.req(new_role(&org, "admin", R::Admin, "")))
         .await
         .unwrap();
     // ...so the same request, once allowed, is made.
@@ -279,15 +261,8 @@ async fn a_failed_call_is_not_remembered_and_a_malformed_request_id_is_refused(b
     assert_eq!(made.workspace.unwrap().display_name, "staging");
 
     let before = app.snapshot().await;
-    let malformed = app
-        .team
-        .clone()
-        .create_workspace(owner.req(pb::CreateWorkspaceRequest {
-            organization_id: org.clone(),
-            display_name: "x".into(),
-            request_id: "retry-1".into(),
-        }))
-        .await;
+    let malformed =
+        app.team.clone().create_workspace(owner.req(new_workspace(&org, "x", "retry-1"))).await;
     assert_code(malformed, Code::InvalidArgument, Some("request_id"));
     assert_eq!(app.snapshot().await, before);
     app.stop().await;
@@ -328,13 +303,7 @@ async fn a_retry_whose_first_answer_was_lost_is_told_so_and_changes_nothing(back
     let app = app(backend).await;
     let owner = User::new("owner");
     let org = app.create_org(&owner, "Acme").await;
-    let create = || {
-        owner.req(pb::CreateWorkspaceRequest {
-            organization_id: org.clone(),
-            display_name: "prod".into(),
-            request_id: ID.into(),
-        })
-    };
+    let create = || owner.req(new_workspace(&org, "prod", ID));
     app.team.clone().create_workspace(create()).await.unwrap();
     // As if the first call had been cut off between its commit and keeping its answer, long ago.
     app.execute("UPDATE request_ids SET response = NULL, create_time = 0").await;

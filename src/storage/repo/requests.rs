@@ -40,6 +40,16 @@ pub async fn find_request(
     }))
 }
 
+/// The bound values of a row's key columns: user, id, method, fingerprint.
+fn key_values(key: &RequestKey) -> Vec<Value> {
+    vec![
+        key.user_id.as_str().into(),
+        key.request_id.as_uuid().into(),
+        key.method.into(),
+        key.fingerprint.to_vec().into(),
+    ]
+}
+
 /// Records, in a change's transaction, that the change of `key` is being made. A row already
 /// there (a concurrent call with the same id committed first) is REQUEST_IN_PROGRESS, which the
 /// edge answers with that call's response.
@@ -50,13 +60,8 @@ pub async fn insert_request(
 ) -> Result<(), Error> {
     let sql = "INSERT INTO request_ids (user_id, request_id, method, fingerprint, create_time) \
                VALUES (?, ?, ?, ?, ?)";
-    let values = vec![
-        key.user_id.as_str().into(),
-        key.request_id.as_uuid().into(),
-        key.method.into(),
-        key.fingerprint.to_vec().into(),
-        now.as_micros().into(),
-    ];
+    let mut values = key_values(key);
+    values.push(now.as_micros().into());
     match db.execute_raw(statement(db.get_database_backend(), sql, values)).await {
         Ok(_) => Ok(()),
         Err(err) if violates(&err, Unique::RequestId) => Err(in_progress()),
@@ -73,13 +78,8 @@ pub async fn insert_request_if_absent(
 ) -> Result<bool, Error> {
     let sql = "INSERT INTO request_ids (user_id, request_id, method, fingerprint, create_time) \
                VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, request_id) DO NOTHING";
-    let values = vec![
-        key.user_id.as_str().into(),
-        key.request_id.as_uuid().into(),
-        key.method.into(),
-        key.fingerprint.to_vec().into(),
-        now.as_micros().into(),
-    ];
+    let mut values = key_values(key);
+    values.push(now.as_micros().into());
     let done = db.execute_raw(statement(db.get_database_backend(), sql, values)).await?;
     Ok(done.rows_affected() == 1)
 }
@@ -106,14 +106,8 @@ pub async fn save_response(
                VALUES (?, ?, ?, ?, ?, ?) \
                ON CONFLICT (user_id, request_id) DO UPDATE SET response = excluded.response \
                WHERE request_ids.response IS NULL AND request_ids.fingerprint = excluded.fingerprint";
-    let values = vec![
-        key.user_id.as_str().into(),
-        key.request_id.as_uuid().into(),
-        key.method.into(),
-        key.fingerprint.to_vec().into(),
-        response.to_vec().into(),
-        now.as_micros().into(),
-    ];
+    let mut values = key_values(key);
+    values.extend([response.to_vec().into(), now.as_micros().into()]);
     db.execute_raw(statement(db.get_database_backend(), sql, values)).await?;
     Ok(())
 }
