@@ -355,7 +355,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             tracing::info!(addr = %at, "serving the AuthZEN API");
             let task = tokio::spawn(listener::serve(
                 bound,
-                tls.clone(),
+                tls.as_ref().map(TlsAcceptor::with_http1),
                 api,
                 listener_settings(true),
                 Arc::new(ListenerStats::default()),

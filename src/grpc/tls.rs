@@ -63,6 +63,14 @@ impl TlsAcceptor {
         Ok(Some(Self(tokio_rustls::TlsAcceptor::from(Arc::new(server)))))
     }
 
+    /// The same identity offering HTTP/1.1 besides HTTP/2, for a listener of plain HTTP
+    /// clients (the AuthZEN API) whatever the main port offers.
+    pub fn with_http1(&self) -> Self {
+        let mut server = ServerConfig::clone(self.0.config());
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+    }
+
     /// Runs the server's side of a handshake.
     pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         self.0.accept(stream).await

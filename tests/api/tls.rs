@@ -15,6 +15,7 @@ use crate::db_tests;
 db_tests!(
     services_may_prove_themselves_with_a_client_certificate,
     a_browser_speaking_http1_over_tls_reaches_grpc_web,
+    authzen_over_tls_takes_a_client_certificate_as_a_service_credential,
 );
 
 struct Pki {
@@ -186,5 +187,81 @@ async fn a_browser_speaking_http1_over_tls_reaches_grpc_web(backend: Backend) {
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("grpc-status:0"), "{text}");
     assert_eq!(app.count("organizations").await, 1);
+    app.stop().await;
+}
+
+/// One AuthZEN evaluation over TLS and HTTP/1.1, with `client` as the client certificate;
+/// the HTTP status.
+async fn authzen_over_tls(
+    addr: std::net::SocketAddr,
+    ca: &str,
+    client: Option<&(String, String)>,
+) -> u16 {
+    use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer, pki_types::pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    // A plain HTTP client, as AuthZEN callers are: HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("the handshake agrees on http/1.1");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let body = r#"{"subject": {"type": "user", "id": "nobody"}, "action": {"name": "organization.read"},
+        "resource": {"type": "organization", "id": "01900000-0000-7000-8000-000000000000"}}"#;
+    let request = hyper::Request::post("/access/v1/evaluation")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+        .unwrap();
+    sender.send_request(request).await.unwrap().status().as_u16()
+}
+
+async fn authzen_over_tls_takes_a_client_certificate_as_a_service_credential(backend: Backend) {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert, key, ca, secret) = (
+        write("server.pem", &pki.server.0),
+        write("server.key", &pki.server.1),
+        write("ca.pem", &pki.ca_pem),
+        write("secret", "a-test-secret-of-at-least-thirty-two-bytes"),
+    );
+    let app = spawn_app_with(backend, |config| {
+        config.auth = AuthMode::Jwt;
+        config.jwt_secret_file = Some(secret);
+        config.jwt_issuer = Some("https://login.example.com/".into());
+        config.jwt_audience = Some("roster".into());
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+        config.tls_client_ca = Some(ca);
+        config.authzen_listen = Some("127.0.0.1:0".parse().unwrap());
+        // The main port then offers HTTP/2 only; the AuthZEN port still speaks HTTP/1.1.
+        config.grpc_web = false;
+    })
+    .await;
+    let addr = app.authzen_addr.unwrap();
+    assert_eq!(authzen_over_tls(addr, &pki.ca_pem, Some(&pki.client)).await, 200);
+    assert_eq!(authzen_over_tls(addr, &pki.ca_pem, None).await, 401);
     app.stop().await;
 }
