@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests use as real parts: libfaketime (the server's clock moved across a
-# grant's end) and Chromium (the team page driven in a real browser). Installed only when
-# missing; needs root or sudo then.
+# grant's end), Chromium (the team page driven in a real browser) and wrk (requests per second
+# through Envoy, in .ci/envoy-gateway.py --measure). Installed only when missing; needs root or
+# sudo then.
 set -euo pipefail
 needed=()
 dpkg-query -W -f='${Status}' libfaketime 2>/dev/null | grep -q 'install ok installed' || needed+=(faketime)
 dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q 'install ok installed' || needed+=(chromium)
+dpkg-query -W -f='${Status}' wrk 2>/dev/null | grep -q 'install ok installed' || needed+=(wrk)
 [ ${#needed[@]} -eq 0 ] && exit 0
 as_root=(env DEBIAN_FRONTEND=noninteractive)
 [ "$(id -u)" -eq 0 ] || as_root=(sudo -n env DEBIAN_FRONTEND=noninteractive)
