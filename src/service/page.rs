@@ -42,7 +42,9 @@ pub fn parse(kind: &str, page_size: i32, page_token: &str) -> Result<PageRequest
     let bytes = URL_SAFE_NO_PAD.decode(page_token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (token_kind, after) = text.split_once(':').ok_or_else(invalid)?;
-    if token_kind != kind || after.is_empty() {
+    // Every key a list returns is printable; a control character (PostgreSQL refuses a NUL in
+    // text) can only come from a forged token.
+    if token_kind != kind || after.is_empty() || after.chars().any(char::is_control) {
         return Err(invalid());
     }
     Ok(PageRequest { size, after: Some(after.to_owned()) })

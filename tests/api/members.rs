@@ -10,6 +10,7 @@ db_tests!(
     transfer_ownership_makes_the_target_owner_and_the_caller_admin,
     removing_a_member_removes_their_grants_and_access_at_once,
     members_are_listed_in_pages,
+    a_forged_page_token_with_control_characters_is_invalid_argument,
     role_changes_are_audited_and_no_op_changes_are_not,
     a_stored_row_that_does_not_read_back_fails_the_list_rather_than_vanishing_from_it,
 );
@@ -283,6 +284,30 @@ async fn members_are_listed_in_pages(backend: Backend) {
     })
     .await;
     assert_eq!(seen, expected);
+    app.stop().await;
+}
+
+async fn a_forged_page_token_with_control_characters_is_invalid_argument(backend: Backend) {
+    use base64::Engine as _;
+    let app = spawn_app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let before = app.snapshot().await;
+    for cursor in ["\0", "a\0b", "x\u{1}", "\n"] {
+        let token =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("members:{cursor}"));
+        let listed = app
+            .team
+            .clone()
+            .list_members(owner.req(pb::ListMembersRequest {
+                organization_id: org.clone(),
+                page_size: 2,
+                page_token: token,
+            }))
+            .await;
+        assert_code(listed, Code::InvalidArgument, Some("page_token"));
+    }
+    assert_eq!(app.snapshot().await, before);
     app.stop().await;
 }
 
