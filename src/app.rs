@@ -71,7 +71,7 @@ impl Running {
         let _ = self.stop.send(true);
         self.server.await.context("server task")?;
         if let Some(authzen) = self.authzen_server {
-            let _ = authzen.await;
+            authzen.await.context("AuthZEN server task")?;
         }
         let _ = self.worker.await;
         let _ = self.readiness.await;
@@ -129,7 +129,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     config.validate()?;
     let identity = Arc::new(Identity::from_config(config)?);
     let tls = TlsAcceptor::from_config(config)?;
-    let max_connections = listener::fit_to_file_limit(config.max_connections);
+    // With the AuthZEN listener, both listeners' caps together must fit the file limit.
+    let listeners = if config.authzen_listen.is_some() { 2 } else { 1 };
+    let max_connections =
+        listener::fit_to_file_limit(config.max_connections * listeners) / listeners;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -296,8 +299,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         reflection_v1: BoxCloneSyncService::new(reflection_v1),
         reflection_v1alpha: BoxCloneSyncService::new(reflection_v1alpha),
     };
-    let (authzen_services, authzen_metrics, authzen_budget) =
-        (services, metrics.clone(), budget.clone());
+    let authzen_parts = authzen::Parts {
+        services,
+        metrics: metrics.clone(),
+        identity: identity.clone(),
+        budget: budget.clone(),
+        permits: limits.permits(),
+        shed: limits.shed_counter(),
+    };
     let body_limits = BodyLimits {
         max_request_bytes: config.max_request_bytes,
         max_batch_request_bytes: config.max_batch_request_bytes,
@@ -320,7 +329,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .layer(limits)
         .layer(BodyGuardLayer::new(body_limits))
         .service(router);
-    let listener_settings = |http1: bool| ListenerSettings {
+    let listener_settings = |http1: bool, date_header: bool| ListenerSettings {
         max_connections,
         // Below the cap even when the file-descriptor limit lowered it, so that newcomers can
         // always push a pending connection out.
@@ -333,31 +342,34 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         max_header_list_bytes: config.max_header_list_bytes,
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
         http1,
+        date_header,
     };
     let (authzen_addr, authzen_server) = match authzen_listener {
         Some(bound) => {
             let api = AuthzenApi::new(
-                authzen_services,
-                authzen_metrics,
-                identity.clone(),
-                authzen_budget,
+                authzen_parts,
                 authzen::Settings {
                     max_request_bytes: config.max_request_bytes,
                     max_batch_request_bytes: config.max_batch_request_bytes,
                     body_timeout: Duration::from_millis(config.request_body_timeout_ms),
                     request_timeout: Duration::from_millis(config.request_timeout_ms),
-                    max_in_flight: config.max_in_flight,
                     base_url: config.authzen_base_url.clone(),
                     tls: tls.is_some(),
                 },
             );
             let at = bound.local_addr()?;
             tracing::info!(addr = %at, "serving the AuthZEN API");
+            if tls.is_none() && !at.ip().is_loopback() {
+                tracing::warn!(
+                    addr = %at,
+                    "the AuthZEN API is served without TLS off loopback: service tokens cross the network in clear text"
+                );
+            }
             let task = tokio::spawn(listener::serve(
                 bound,
                 tls.as_ref().map(TlsAcceptor::with_http1),
                 api,
-                listener_settings(true),
+                listener_settings(true, true),
                 Arc::new(ListenerStats::default()),
                 stopped.clone(),
             ));
@@ -369,7 +381,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         listener,
         tls,
         stack,
-        listener_settings(config.grpc_web),
+        listener_settings(config.grpc_web, false),
         listener_stats,
         stopped,
     ));

@@ -308,9 +308,10 @@ pub struct Config {
     #[arg(long, env = "ROSTER_AUTHZEN_LISTEN", global = true)]
     pub authzen_listen: Option<SocketAddr>,
 
-    /// The AuthZEN Policy Decision Point identifier (`https://pdp.example.com`) published in
-    /// `/.well-known/authzen-configuration`, for a server reached through a proxy; by default
-    /// it is formed from the scheme and the request's Host.
+    /// The AuthZEN Policy Decision Point identifier, a scheme and a host
+    /// (`https://pdp.example.com`), published in `/.well-known/authzen-configuration`, for a
+    /// server reached through a proxy; by default it is formed from the scheme and the
+    /// request's Host.
     #[arg(long, env = "ROSTER_AUTHZEN_BASE_URL", global = true)]
     pub authzen_base_url: Option<String>,
 
@@ -439,17 +440,16 @@ impl Config {
                 anyhow::bail!("--authzen-base-url needs --authzen-listen");
             }
             let rest = base.strip_prefix("https://").or_else(|| base.strip_prefix("http://"));
-            let fine = rest.is_some_and(|rest| {
-                let host = rest.split('/').next().unwrap_or_default();
+            // Scheme and host only: the API is served at the root of the listener, where the
+            // metadata's well-known path and every endpoint's default path begin.
+            let fine = rest.is_some_and(|host| {
                 !host.is_empty()
-                    && !rest.ends_with('/')
-                    && !rest.contains(['?', '#'])
-                    && rest.bytes().all(|b| b.is_ascii_graphic())
+                    && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
             });
             if !fine {
                 anyhow::bail!(
-                    "--authzen-base-url {base:?} must be an http(s) URL without a query, a \
-                     fragment or a trailing slash, such as https://pdp.example.com"
+                    "--authzen-base-url {base:?} must be a scheme and a host, without a path, \
+                     such as https://pdp.example.com"
                 );
             }
         }
@@ -684,9 +684,15 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("--authzen-listen"));
         config.authzen_listen = Some("127.0.0.1:8181".parse().unwrap());
         assert!(config.validate().is_ok());
-        config.authzen_base_url = Some("https://pdp.example.com/authz".to_owned());
+        config.authzen_base_url = Some("https://pdp.example.com:8443".to_owned());
         assert!(config.validate().is_ok());
-        for bad in ["pdp.example.com", "https://pdp.example.com/", "https://x?a=b", "https://"] {
+        for bad in [
+            "pdp.example.com",
+            "https://pdp.example.com/",
+            "https://pdp.example.com/authz",
+            "https://x?a=b",
+            "https://",
+        ] {
             config.authzen_base_url = Some(bad.to_owned());
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains("--authzen-base-url"), "{bad}: {err}");

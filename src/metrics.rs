@@ -48,6 +48,7 @@ pub struct Metrics {
     decisions: Vec<[Counter; 2]>,
     delivery_failures: Counter,
     authzen: Family<AuthzenLabels, Counter>,
+    authzen_seconds: Family<AuthzenLabels, Histogram>,
 }
 
 /// Labels of the AuthZEN requests metric.
@@ -121,12 +122,35 @@ impl Metrics {
             "AuthZEN API requests answered, by endpoint and HTTP status",
             authzen.clone(),
         );
-        Self { registry, calls, call_seconds, decisions, delivery_failures, authzen }
+        let authzen_seconds = Family::<AuthzenLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.5, 13))
+        });
+        registry.register(
+            "authzen_request_duration_seconds",
+            "Time from an AuthZEN request's arrival to its answer, by endpoint and HTTP status",
+            authzen_seconds.clone(),
+        );
+        Self {
+            registry,
+            calls,
+            call_seconds,
+            decisions,
+            delivery_failures,
+            authzen,
+            authzen_seconds,
+        }
     }
 
-    /// Records an answered AuthZEN request.
-    pub fn record_authzen(&self, endpoint: &'static str, status: tonic::codegen::http::StatusCode) {
-        self.authzen.get_or_create(&AuthzenLabels { endpoint, status: status.as_u16() }).inc();
+    /// Records an answered AuthZEN request and how long it took.
+    pub fn record_authzen(
+        &self,
+        endpoint: &'static str,
+        status: tonic::codegen::http::StatusCode,
+        elapsed: Duration,
+    ) {
+        let labels = AuthzenLabels { endpoint, status: status.as_u16() };
+        self.authzen.get_or_create(&labels).inc();
+        self.authzen_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     /// Records a finished call of `method`, a label from [`method_label`].

@@ -11,7 +11,8 @@ mod request;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -25,6 +26,7 @@ use tower::Service;
 
 use crate::domain::{Decision, Permission, UserIdRef};
 use crate::error::{Error, Kind};
+use crate::grpc::access::MAX_BATCH_CHECKS;
 use crate::grpc::auth::Identity;
 use crate::grpc::body::{ByteBudget, HeldBytes};
 use crate::grpc::listener::Peer;
@@ -32,7 +34,7 @@ use crate::index::Check;
 use crate::metrics::Metrics;
 use crate::service::Services;
 use crate::service::page::{self, PageRequest};
-use request::{Evaluation, Id, Object, Parts, Problem, Semantic};
+use request::{Evaluation, Id, Object, Parts as EvaluationParts, Problem, Semantic};
 
 /// The paths of the API, as the specification names them.
 pub mod paths {
@@ -45,7 +47,11 @@ pub mod paths {
 }
 
 /// Most evaluations one boxcar may carry, as BatchAuthorize.
-pub const MAX_EVALUATIONS: usize = crate::grpc::access::MAX_BATCH_CHECKS;
+pub const MAX_EVALUATIONS: usize = MAX_BATCH_CHECKS;
+
+/// The byte budget is charged this many times a body's size: the parsed JSON tree is larger
+/// than its text (about four times for a boxcar of evaluations).
+const PARSED_SIZE_FACTOR: usize = 4;
 
 /// What the listener is bound by.
 #[derive(Debug, Clone)]
@@ -58,8 +64,6 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Longest a request may take as a whole.
     pub request_timeout: Duration,
-    /// Most requests served at once; beyond it they are refused with 503.
-    pub max_in_flight: usize,
     /// The Policy Decision Point identifier; formed from each request when `None`.
     pub base_url: Option<String>,
     /// Whether the listener speaks TLS, for the identifier formed from a request.
@@ -72,49 +76,58 @@ pub struct AuthzenApi {
     inner: Arc<Inner>,
 }
 
+/// What the listener shares with the main port: the use-cases, the metrics, how callers are
+/// identified, and the limits both ports stay within together.
+pub struct Parts {
+    pub services: Services,
+    pub metrics: Arc<Metrics>,
+    pub identity: Arc<Identity>,
+    /// The request byte budget (`--max-buffered-request-bytes`).
+    pub budget: Arc<ByteBudget>,
+    /// The in-flight slots (`--max-in-flight`).
+    pub permits: Arc<Semaphore>,
+    /// Requests refused for want of a slot (`roster_calls_shed_total`).
+    pub shed: Arc<AtomicU64>,
+}
+
 struct Inner {
-    services: Services,
-    metrics: Arc<Metrics>,
-    identity: Arc<Identity>,
-    budget: Arc<ByteBudget>,
-    permits: Semaphore,
+    parts: Parts,
     settings: Settings,
 }
 
 impl AuthzenApi {
-    /// The API over the use-cases, identifying callers with `identity` and holding request
-    /// bodies within `budget` (the main port's).
-    pub fn new(
-        services: Services,
-        metrics: Arc<Metrics>,
-        identity: Arc<Identity>,
-        budget: Arc<ByteBudget>,
-        settings: Settings,
-    ) -> Self {
-        let permits = Semaphore::new(settings.max_in_flight);
-        Self { inner: Arc::new(Inner { services, metrics, identity, budget, permits, settings }) }
+    /// The API over the main port's use-cases and limits.
+    pub fn new(parts: Parts, settings: Settings) -> Self {
+        Self { inner: Arc::new(Inner { parts, settings }) }
     }
 }
 
 /// Which endpoint a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
+    /// One of the POST endpoints.
+    Ask(Question),
+    Metadata,
+}
+
+/// The POST endpoints: the questions a caller asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Question {
     Evaluation,
     Evaluations,
     SearchSubject,
     SearchResource,
     SearchAction,
-    Metadata,
 }
 
 impl Endpoint {
     fn of(path: &str) -> Option<Self> {
         Some(match path {
-            paths::EVALUATION => Endpoint::Evaluation,
-            paths::EVALUATIONS => Endpoint::Evaluations,
-            paths::SEARCH_SUBJECT => Endpoint::SearchSubject,
-            paths::SEARCH_RESOURCE => Endpoint::SearchResource,
-            paths::SEARCH_ACTION => Endpoint::SearchAction,
+            paths::EVALUATION => Endpoint::Ask(Question::Evaluation),
+            paths::EVALUATIONS => Endpoint::Ask(Question::Evaluations),
+            paths::SEARCH_SUBJECT => Endpoint::Ask(Question::SearchSubject),
+            paths::SEARCH_RESOURCE => Endpoint::Ask(Question::SearchResource),
+            paths::SEARCH_ACTION => Endpoint::Ask(Question::SearchAction),
             paths::METADATA => Endpoint::Metadata,
             _ => return None,
         })
@@ -123,11 +136,11 @@ impl Endpoint {
     /// The metric label.
     fn label(self) -> &'static str {
         match self {
-            Endpoint::Evaluation => "evaluation",
-            Endpoint::Evaluations => "evaluations",
-            Endpoint::SearchSubject => "search_subject",
-            Endpoint::SearchResource => "search_resource",
-            Endpoint::SearchAction => "search_action",
+            Endpoint::Ask(Question::Evaluation) => "evaluation",
+            Endpoint::Ask(Question::Evaluations) => "evaluations",
+            Endpoint::Ask(Question::SearchSubject) => "search_subject",
+            Endpoint::Ask(Question::SearchResource) => "search_resource",
+            Endpoint::Ask(Question::SearchAction) => "search_action",
             Endpoint::Metadata => "metadata",
         }
     }
@@ -137,17 +150,25 @@ impl Endpoint {
 struct Answer {
     status: StatusCode,
     body: Result<Value, String>,
-    /// `Allow` for a 405, `Retry-After` for a 503, `WWW-Authenticate` for a 401.
-    extra: Option<(header::HeaderName, &'static str)>,
+    /// Headers an answer of this status carries: `Allow` for a 405, `Retry-After` for a 503,
+    /// `WWW-Authenticate` for a 401, caching for the metadata.
+    extra: Vec<(header::HeaderName, &'static str)>,
+    /// The cause of a 500, logged once with the request id; never sent.
+    cause: Option<String>,
 }
 
 impl Answer {
     fn json(body: Value) -> Self {
-        Answer { status: StatusCode::OK, body: Ok(body), extra: None }
+        Answer { status: StatusCode::OK, body: Ok(body), extra: Vec::new(), cause: None }
     }
 
     fn error(status: StatusCode, message: impl Into<String>) -> Self {
-        Answer { status, body: Err(message.into()), extra: None }
+        let extra = match status {
+            StatusCode::SERVICE_UNAVAILABLE => vec![(header::RETRY_AFTER, "1")],
+            StatusCode::UNAUTHORIZED => vec![(header::WWW_AUTHENTICATE, "Bearer")],
+            _ => Vec::new(),
+        };
+        Answer { status, body: Err(message.into()), extra, cause: None }
     }
 
     fn bad(problem: Problem) -> Self {
@@ -155,33 +176,37 @@ impl Answer {
     }
 
     fn with(mut self, name: header::HeaderName, value: &'static str) -> Self {
-        self.extra = Some((name, value));
+        self.extra.push((name, value));
         self
     }
 
-    /// The answer for a failure of Roster's own use-cases.
+    /// The answer for a failure of Roster's own use-cases, by the kind of its reason.
     fn failed(err: Error) -> Self {
         let status = match &err {
             Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "AuthZEN request failed");
-                return Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                let mut answer = Answer::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; it has been logged",
+                );
+                answer.cause = Some(format!("{cause:#}"));
+                return answer;
             }
             Error::Refused { reason, .. } => match reason.kind() {
+                Kind::InvalidArgument | Kind::OutOfRange | Kind::FailedPrecondition => {
+                    StatusCode::BAD_REQUEST
+                }
                 Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
                 Kind::PermissionDenied => StatusCode::FORBIDDEN,
-                Kind::ResourceExhausted | Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-                Kind::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_REQUEST,
+                Kind::AlreadyExists => StatusCode::CONFLICT,
+                Kind::Unimplemented => StatusCode::NOT_FOUND,
+                Kind::DeadlineExceeded | Kind::ResourceExhausted | Kind::Unavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
         };
-        let answer = Answer::error(status, err.to_string());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            answer.with(header::RETRY_AFTER, "1")
-        } else {
-            answer
-        }
+        Answer::error(status, err.to_string())
     }
 }
 
@@ -224,11 +249,13 @@ fn is_json(value: Option<&HeaderValue>) -> bool {
 
 impl Inner {
     async fn answer(&self, request: http::Request<Body>) -> http::Response<Body> {
+        let started = Instant::now();
         let id = request_id(&request);
         let endpoint = Endpoint::of(request.uri().path());
+        let label = endpoint.map_or("other", Endpoint::label);
         let span = tracing::debug_span!(
             "authzen",
-            endpoint = endpoint.map_or("other", Endpoint::label),
+            endpoint = label,
             request_id = id.to_str().unwrap_or_default(),
             caller = tracing::field::Empty,
             status = tracing::field::Empty,
@@ -236,30 +263,48 @@ impl Inner {
         let answer =
             tracing::Instrument::instrument(self.route(endpoint, request), span.clone()).await;
         span.record("status", answer.status.as_u16());
-        self.metrics.record_authzen(endpoint.map_or("other", Endpoint::label), answer.status);
+        self.parts.metrics.record_authzen(label, answer.status, started.elapsed());
         if answer.status.is_server_error() {
-            tracing::warn!(
-                request_id = id.to_str().unwrap_or_default(),
-                status = answer.status.as_u16(),
-                message = answer.body.as_ref().err().map(String::as_str).unwrap_or_default(),
-                "AuthZEN request failed"
-            );
+            let message = answer.body.as_ref().err().map(String::as_str).unwrap_or_default();
+            let request_id = id.to_str().unwrap_or_default();
+            match &answer.cause {
+                Some(cause) => tracing::error!(
+                    request_id,
+                    endpoint = label,
+                    error = cause.as_str(),
+                    "AuthZEN request failed"
+                ),
+                None => tracing::warn!(
+                    request_id,
+                    endpoint = label,
+                    status = answer.status.as_u16(),
+                    message,
+                    "AuthZEN request refused"
+                ),
+            }
         }
         respond(answer, id)
     }
 
     async fn route(&self, endpoint: Option<Endpoint>, request: http::Request<Body>) -> Answer {
-        let Some(endpoint) = endpoint else {
-            return Answer::error(StatusCode::NOT_FOUND, "no such endpoint of the AuthZEN API");
-        };
-        if endpoint == Endpoint::Metadata {
-            // Discovery needs no credential: it tells nothing a caller could not guess.
-            if request.method() != Method::GET && request.method() != Method::HEAD {
-                return Answer::error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
-                    .with(header::ALLOW, "GET, HEAD");
+        let question = match endpoint {
+            None => {
+                return Answer::error(StatusCode::NOT_FOUND, "no such endpoint of the AuthZEN API");
             }
-            return Answer::json(self.metadata(&request));
-        }
+            Some(Endpoint::Metadata) => {
+                // Discovery needs no credential: it tells nothing a caller could not guess.
+                if request.method() != Method::GET && request.method() != Method::HEAD {
+                    return Answer::error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+                        .with(header::ALLOW, "GET, HEAD");
+                }
+                // Metadata may be cached, as the specification expects of it; formed from the
+                // request's Host unless configured, it varies with it.
+                return Answer::json(self.metadata(&request))
+                    .with(header::CACHE_CONTROL, "max-age=300")
+                    .with(header::VARY, "host");
+            }
+            Some(Endpoint::Ask(question)) => question,
+        };
         if request.method() != Method::POST {
             return Answer::error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
                 .with(header::ALLOW, "POST");
@@ -267,24 +312,17 @@ impl Inner {
         // The credential, from the headers alone, before anything is taken for the request.
         let peer = request.extensions().get::<Peer>();
         let certificate = peer.is_some_and(|p| p.client_certificate);
-        let caller = match self.identity.service(request.headers(), certificate) {
+        let caller = match self.parts.identity.service(request.headers(), certificate) {
             Ok(caller) => caller,
-            Err(err) => {
-                let answer = Answer::failed(err);
-                return if answer.status == StatusCode::UNAUTHORIZED {
-                    answer.with(header::WWW_AUTHENTICATE, "Bearer")
-                } else {
-                    answer
-                };
-            }
+            Err(err) => return Answer::failed(err),
         };
         if let Some(peer) = peer {
             peer.mark_identified();
         }
         tracing::Span::current().record("caller", tracing::field::display(&caller));
-        let Ok(_permit) = self.permits.try_acquire() else {
-            return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "overloaded: retry shortly")
-                .with(header::RETRY_AFTER, "1");
+        let Ok(_permit) = self.parts.permits.try_acquire() else {
+            self.parts.shed.fetch_add(1, Ordering::Relaxed);
+            return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "overloaded: retry shortly");
         };
         if !is_json(request.headers().get(header::CONTENT_TYPE)) {
             return Answer::error(
@@ -292,7 +330,7 @@ impl Inner {
                 "Content-Type must be application/json",
             );
         }
-        let limit = if endpoint == Endpoint::Evaluations {
+        let limit = if question == Question::Evaluations {
             self.settings.max_batch_request_bytes
         } else {
             self.settings.max_request_bytes
@@ -301,8 +339,8 @@ impl Inner {
             Ok(read) => read,
             Err(answer) => return answer,
         };
-        let body = match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Object(body)) => body,
+        let body = match serde_json::from_slice::<request::Unique>(&body) {
+            Ok(request::Unique(Value::Object(body))) => body,
             Ok(_) => {
                 return Answer::error(StatusCode::BAD_REQUEST, "the body must be a JSON object");
             }
@@ -320,33 +358,37 @@ impl Inner {
             }
         };
         let work = async {
-            match endpoint {
-                Endpoint::Evaluation => self.evaluation(&body).await,
-                Endpoint::Evaluations => self.evaluations(&body).await,
-                Endpoint::SearchSubject => self.search_subject(&body).await,
-                Endpoint::SearchResource => self.search_resource(&body).await,
-                Endpoint::SearchAction => self.search_action(&body).await,
-                Endpoint::Metadata => unreachable!("answered above"),
+            match question {
+                Question::Evaluation => self.evaluation(&body).await,
+                Question::Evaluations => self.evaluations(&body).await,
+                Question::SearchSubject => self.search_subject(&body).await,
+                Question::SearchResource => self.search_resource(&body).await,
+                Question::SearchAction => self.search_action(&body).await,
             }
         };
         match tokio::time::timeout(self.settings.request_timeout, work).await {
             Ok(answer) => answer,
-            Err(_) => Answer::error(StatusCode::SERVICE_UNAVAILABLE, "the request timed out")
-                .with(header::RETRY_AFTER, "1"),
+            Err(_) => Answer::error(StatusCode::SERVICE_UNAVAILABLE, "the request timed out"),
         }
     }
 
-    /// The body, read within `limit` bytes, the body timeout and the byte budget.
+    /// The body, read within `limit` bytes, the body timeout and the byte budget, which is
+    /// charged for the parsed tree as well.
     async fn read_body(
         &self,
         mut body: Body,
         limit: usize,
     ) -> Result<(Vec<u8>, HeldBytes), Answer> {
+        use http_body::Body as _;
         let too_large = || {
             Answer::error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body exceeds {limit} bytes"))
         };
-        let mut held = HeldBytes::default();
-        let mut bytes = Vec::new();
+        let declared = body.size_hint().exact().and_then(|n| usize::try_from(n).ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut held = HeldBytes::new(self.parts.budget.clone());
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
         let deadline = tokio::time::Instant::now() + self.settings.body_timeout;
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -366,12 +408,11 @@ impl Inner {
             if bytes.len() + data.len() > limit {
                 return Err(too_large());
             }
-            if !self.budget.grow(&mut held, data.len()) {
+            if !held.grow(data.len() * PARSED_SIZE_FACTOR) {
                 return Err(Answer::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the server holds too many request bytes: retry shortly",
-                )
-                .with(header::RETRY_AFTER, "1"));
+                ));
             }
             bytes.extend_from_slice(&data);
         }
@@ -404,17 +445,16 @@ impl Inner {
     }
 
     async fn evaluation(&self, body: &Object) -> Answer {
-        let check = match Parts::read(body, "").and_then(|p| p.over(Parts::default(), "")) {
-            Ok(evaluation) => evaluation.check(),
-            Err(problem) => return Answer::bad(problem),
-        };
+        let check = EvaluationParts::read(body, "")
+            .and_then(|p| p.over(EvaluationParts::default(), ""))
+            .and_then(|evaluation| evaluation.check());
         let check = match check {
             Ok(check) => check,
             Err(problem) => return Answer::bad(problem),
         };
-        match self.services.authorize(&check).await {
+        match self.parts.services.authorize(&check).await {
             Ok(decision) => {
-                self.metrics.record_decision(check.permission, decision.allowed);
+                self.parts.metrics.record_decision(check.permission, decision.allowed);
                 Answer::json(decision_json(decision))
             }
             Err(err) => Answer::failed(err),
@@ -442,7 +482,8 @@ impl Inner {
             Ok(semantic) => semantic,
             Err(problem) => return Answer::bad(problem),
         };
-        let defaults = match Parts::read(body, "") {
+        // The defaults' shapes are checked once, and named at the top level.
+        let defaults = match EvaluationParts::read(body, "").and_then(|d| d.checked_defaults()) {
             Ok(defaults) => defaults,
             Err(problem) => return Answer::bad(problem),
         };
@@ -455,28 +496,61 @@ impl Inner {
                     format!("{} must be an object", place.trim_end_matches('.')),
                 );
             };
-            match Parts::read(item, place).and_then(|p| p.over(defaults, place)) {
+            match EvaluationParts::read(item, place).and_then(|p| p.over(defaults, place)) {
                 Ok(evaluation) => evaluations.push(evaluation),
                 Err(problem) => return Answer::bad(problem),
             }
         }
-        // Each evaluation that cannot be checked is denied with its error; the rest are
-        // decided together.
+        // Each evaluation that cannot be checked is denied with its error.
         let checks: Vec<Result<Check<'_>, Problem>> =
             evaluations.iter().map(Evaluation::check).collect();
-        let valid: Vec<Check<'_>> =
-            checks.iter().filter_map(|c| c.as_ref().ok()).cloned().collect();
-        let decisions = match self.services.batch_authorize(&valid).await {
-            Ok(decisions) => decisions,
-            Err(err) => return Answer::failed(err),
+        let decided = match semantic {
+            // Decided together, as BatchAuthorize decides.
+            Semantic::ExecuteAll => {
+                let valid: Vec<Check<'_>> =
+                    checks.iter().filter_map(|c| c.as_ref().ok()).cloned().collect();
+                match self.parts.services.batch_authorize(&valid).await {
+                    Ok(decisions) if decisions.len() == valid.len() => decisions,
+                    Ok(_) => {
+                        return Answer::failed(Error::internal(anyhow::anyhow!(
+                            "a batch of checks was answered with another number of decisions"
+                        )));
+                    }
+                    Err(err) => return Answer::failed(err),
+                }
+            }
+            // In order, up to the first that decides the answer: nothing after it is read.
+            Semantic::DenyOnFirstDeny | Semantic::PermitOnFirstPermit => {
+                let stop_at = semantic == Semantic::PermitOnFirstPermit;
+                let mut decisions = Vec::new();
+                for check in &checks {
+                    let Ok(check) = check else {
+                        if !stop_at {
+                            break;
+                        }
+                        continue;
+                    };
+                    match self.parts.services.authorize(check).await {
+                        Ok(decision) => {
+                            decisions.push(decision);
+                            if decision.allowed == stop_at {
+                                break;
+                            }
+                        }
+                        Err(err) => return Answer::failed(err),
+                    }
+                }
+                decisions
+            }
         };
-        let mut decided = valid.iter().zip(decisions);
+        let mut decided = decided.into_iter();
         let mut results = Vec::with_capacity(checks.len());
         for check in &checks {
             let (result, allowed) = match check {
-                Ok(_) => {
-                    let Some((check, decision)) = decided.next() else { break };
-                    self.metrics.record_decision(check.permission, decision.allowed);
+                Ok(check) => {
+                    // Only a short-circuited evaluation has no decision: the answer ends before it.
+                    let Some(decision) = decided.next() else { break };
+                    self.parts.metrics.record_decision(check.permission, decision.allowed);
                     (decision_json(decision), decision.allowed)
                 }
                 Err(problem) => (
@@ -505,22 +579,24 @@ impl Inner {
                 return Err(Problem("resource.type must be \"workspace\"".to_owned()));
             }
             let org = request::organization_of(&resource, "resource")?;
-            let permission = request::permission(action.unwrap_or_default(), "action", true)?;
-            let asked = request::page(body)?;
-            Ok((user, org, permission, asked))
+            let permission = request::permission(action, "action", true)?;
+            // The workspaces are read from the database, which is at least as fresh as any
+            // token; a token is still checked, as everywhere.
+            let context = request::object(body, "context", "context")?;
+            request::freshness(context, "context", org)?;
+            Ok((user, org, permission, request::consistency_text(context), request::page(body)?))
         };
-        let (user, org, permission, asked) = match read() {
+        let (user, org, permission, token, asked) = match read() {
             Ok(read) => read,
             Err(problem) => return Answer::bad(problem),
         };
-        let binding =
-            format!("resource|{}|{org}|{}|{}", user.as_str(), permission.name(), asked.limit);
-        let page = match open_page(&binding, "accessible", asked) {
+        let binding = format!("resource|{}|{org}|{}|{token}", user.as_str(), permission.name());
+        let (page, size) = match open_page(&binding, "accessible", asked) {
             Ok(page) => page,
             Err(answer) => return answer,
         };
         let user = user.to_user_id();
-        match self.services.list_accessible_workspaces(&user, org, permission, page).await {
+        match self.parts.services.list_accessible_workspaces(&user, org, permission, page).await {
             Ok(found) => {
                 let results: Vec<Value> = found
                     .items
@@ -533,7 +609,7 @@ impl Inner {
                         })
                     })
                     .collect();
-                search_answer(&binding, results, &found.next_page_token)
+                search_answer(&binding, size, results, &found.next_page_token)
             }
             Err(err) => Answer::failed(err),
         }
@@ -544,40 +620,34 @@ impl Inner {
             let (subject, action, resource) = search_parts(body, Id::Ignored, Id::Required)?;
             request::user(&subject, "subject")?;
             let target = request::target(&resource, "resource")?;
-            let permission = request::permission(
-                action.unwrap_or_default(),
-                "action",
-                target.workspace_id.is_some(),
-            )?;
+            let permission = request::permission(action, "action", target.workspace_id.is_some())?;
+            // Decided on what the database holds now, at least as fresh as any token.
             let context = request::object(body, "context", "context")?;
-            let freshness = request::freshness(context, "context", target.organization_id)?;
-            let asked = request::page(body)?;
-            Ok((target, permission, freshness, asked))
+            request::freshness(context, "context", target.organization_id)?;
+            Ok((target, permission, request::consistency_text(context), request::page(body)?))
         };
-        let (target, permission, freshness, asked) = match read() {
+        let (target, permission, token, asked) = match read() {
             Ok(read) => read,
             Err(problem) => return Answer::bad(problem),
         };
         let binding = format!(
-            "subject|{}|{}|{}|{}",
+            "subject|{}|{}|{}|{token}",
             target.organization_id,
             target.workspace_id.map(|w| w.to_string()).unwrap_or_default(),
             permission.name(),
-            asked.limit
         );
-        let page = match open_page(&binding, "subjects", asked) {
+        let (page, size) = match open_page(&binding, "subjects", asked) {
             Ok(page) => page,
             Err(answer) => return answer,
         };
+        // The cursor is a user id; anything else came from a forged token.
+        if page.after.as_deref().is_some_and(|a| UserIdRef::parse(a).is_err()) {
+            return Answer::error(StatusCode::BAD_REQUEST, STALE_TOKEN);
+        }
         let found = self
+            .parts
             .services
-            .search_subjects(
-                target.organization_id,
-                target.workspace_id,
-                permission,
-                freshness,
-                page,
-            )
+            .search_subjects(target.organization_id, target.workspace_id, permission, page)
             .await;
         match found {
             Ok(found) => {
@@ -586,7 +656,7 @@ impl Inner {
                     .iter()
                     .map(|user| json!({"type": request::USER, "id": user.as_str()}))
                     .collect();
-                search_answer(&binding, results, &found.next_page_token)
+                search_answer(&binding, size, results, &found.next_page_token)
             }
             Err(err) => Answer::failed(err),
         }
@@ -602,26 +672,26 @@ impl Inner {
             let target = request::target(&resource, "resource")?;
             let context = request::object(body, "context", "context")?;
             let freshness = request::freshness(context, "context", target.organization_id)?;
-            let asked = request::page(body)?;
-            Ok((user, target, freshness, asked))
+            let token = request::consistency_text(context);
+            Ok((user, target, freshness, token, request::page(body)?))
         };
-        let (user, target, freshness, asked) = match read() {
+        let (user, target, freshness, token, asked) = match read() {
             Ok(read) => read,
             Err(problem) => return Answer::bad(problem),
         };
         let binding = format!(
-            "action|{}|{}|{}|{}",
+            "action|{}|{}|{}|{token}",
             user.as_str(),
             target.organization_id,
             target.workspace_id.map(|w| w.to_string()).unwrap_or_default(),
-            asked.limit
         );
-        let page = match open_page(&binding, "actions", asked) {
+        let (page, size) = match open_page(&binding, "actions", asked) {
             Ok(page) => page,
             Err(answer) => return answer,
         };
         let user = user.to_user_id();
         let granted = self
+            .parts
             .services
             .list_granted_permissions(&user, target.organization_id, target.workspace_id, freshness)
             .await;
@@ -632,21 +702,18 @@ impl Inner {
         // The catalogue is small: a page is a stretch of it after the last name returned.
         let start = match page.after.as_deref() {
             None => 0,
-            Some(last) => match granted.iter().position(|p| p.name() == last) {
-                Some(i) => i + 1,
-                None => match Permission::from_name(last) {
-                    // Taken away since the last page: go on after where it stood.
-                    Some(gone) => {
-                        granted.iter().take_while(|p| (**p as usize) < gone as usize).count()
-                    }
-                    None => return Answer::error(StatusCode::BAD_REQUEST, STALE_TOKEN),
-                },
+            Some(last) => match Permission::from_name(last) {
+                // Whether or not it is still held, the page goes on after where it stands.
+                Some(last) => {
+                    granted.iter().take_while(|p| (**p as usize) <= last as usize).count()
+                }
+                None => return Answer::error(StatusCode::BAD_REQUEST, STALE_TOKEN),
             },
         };
         let rest: Vec<Permission> = granted.into_iter().skip(start).collect();
         let found = page::finish("actions", rest, page.size, |p| p.name().to_owned());
         let results: Vec<Value> = found.items.iter().map(|p| json!({"name": p.name()})).collect();
-        search_answer(&binding, results, &found.next_page_token)
+        search_answer(&binding, size, results, &found.next_page_token)
     }
 }
 
@@ -665,46 +732,60 @@ fn search_parts<'a>(
     body: &'a Object,
     subject_id: Id,
     resource_id: Id,
-) -> Result<(request::Entity<'a>, Option<&'a str>, request::Entity<'a>), Problem> {
+) -> Result<(request::Entity<'a>, &'a str, request::Entity<'a>), Problem> {
     let subject = request::entity(required_object(body, "subject")?, "subject", subject_id)?;
     let action = request::action(required_object(body, "action")?, "action")?;
     let resource = request::entity(required_object(body, "resource")?, "resource", resource_id)?;
-    Ok((subject, Some(action), resource))
+    Ok((subject, action, resource))
 }
 
-/// The first bytes of a digest of what a search asks, bound into its page tokens, so that a
-/// token is refused with anything but the request it came from.
+/// The first bytes of a digest of what a search asks, put in its page tokens so that a token
+/// sent with another search (other members, or another consistency token) is refused, as the
+/// specification asks. It is a guard against mistakes, not a secret: a token is only a place
+/// in a list the caller may read whole.
 fn fingerprint(binding: &str) -> String {
     let digest = Sha256::digest(binding.as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The page a search asks for: its size, and where the previous page ended.
+/// The page a search asks for and its size: a later page keeps the first one's `page.limit`,
+/// which it may repeat or leave out.
 fn open_page(
     binding: &str,
     kind: &str,
     asked: request::PageAsked<'_>,
-) -> Result<PageRequest, Answer> {
-    let size = i32::try_from(asked.limit).unwrap_or(i32::MAX);
-    if asked.token.is_empty() {
-        return page::parse(kind, size, "").map_err(Answer::failed);
-    }
+) -> Result<(PageRequest, u64), Answer> {
     let stale = || Answer::error(StatusCode::BAD_REQUEST, STALE_TOKEN);
-    let decoded = URL_SAFE_NO_PAD.decode(asked.token).map_err(|_| stale())?;
-    let text = String::from_utf8(decoded).map_err(|_| stale())?;
-    let (print, inner) = text.split_once('.').ok_or_else(stale)?;
-    if print != fingerprint(binding) {
-        return Err(stale());
-    }
-    page::parse(kind, size, inner).map_err(|_| stale())
+    let (limit, inner) = if asked.token.is_empty() {
+        (asked.limit.unwrap_or(0), String::new())
+    } else {
+        let decoded = URL_SAFE_NO_PAD.decode(asked.token).map_err(|_| stale())?;
+        let text = String::from_utf8(decoded).map_err(|_| stale())?;
+        let mut fields = text.splitn(3, '.');
+        let (Some(print), Some(limit), Some(inner)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(stale());
+        };
+        let limit: u64 = limit.parse().map_err(|_| stale())?;
+        if print != fingerprint(binding) || asked.limit.is_some_and(|asked| asked != limit) {
+            return Err(stale());
+        }
+        (limit, inner.to_owned())
+    };
+    let size = i32::try_from(limit).unwrap_or(i32::MAX);
+    let page = page::parse(kind, size, &inner).map_err(|err| match inner.is_empty() {
+        true => Answer::failed(err),
+        false => stale(),
+    })?;
+    Ok((page, limit))
 }
 
 /// A search's answer: the page first, as the specification recommends, then the results.
-fn search_answer(binding: &str, results: Vec<Value>, inner_token: &str) -> Answer {
+fn search_answer(binding: &str, limit: u64, results: Vec<Value>, inner_token: &str) -> Answer {
     let next_token = if inner_token.is_empty() {
         String::new()
     } else {
-        URL_SAFE_NO_PAD.encode(format!("{}.{inner_token}", fingerprint(binding)))
+        URL_SAFE_NO_PAD.encode(format!("{}.{limit}.{inner_token}", fingerprint(binding)))
     };
     Answer::json(json!({
         "page": {"next_token": next_token, "count": results.len()},
@@ -738,10 +819,10 @@ fn respond(answer: Answer, id: HeaderValue) -> http::Response<Body> {
     *response.status_mut() = answer.status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // Decisions change with the team: no cache may keep one.
+    // Decisions change with the team: no cache may keep one (the metadata says otherwise).
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-request-id", id);
-    if let Some((name, value)) = answer.extra {
+    for (name, value) in answer.extra {
         headers.insert(name, HeaderValue::from_static(value));
     }
     response

@@ -13,6 +13,75 @@ use crate::index::{Check, Freshness};
 /// A JSON object.
 pub type Object = Map<String, Value>;
 
+/// A JSON value whose objects name each member once. A body naming one twice is refused rather
+/// than read as its last: a proxy or an audit log in front may read the first, and decide or
+/// record another question than the one answered.
+pub struct Unique(pub Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Object::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("the member {key:?} appears twice")));
+            }
+            let Unique(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 /// Why a request, or one evaluation of it, cannot be answered: a message for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem(pub String);
@@ -109,6 +178,21 @@ impl<'a> Parts<'a> {
             resource: object(value, "resource", &format!("{place}resource"))?,
             context: object(value, "context", &format!("{place}context"))?,
         })
+    }
+
+    /// These parts as the defaults of a boxcar, each present one's shape checked and named at
+    /// the top level.
+    pub fn checked_defaults(self) -> Read<Self> {
+        if let Some(subject) = self.subject {
+            entity(subject, "subject", Id::Required)?;
+        }
+        if let Some(value) = self.action {
+            action(value, "action")?;
+        }
+        if let Some(resource) = self.resource {
+            entity(resource, "resource", Id::Required)?;
+        }
+        Ok(self)
     }
 
     /// These parts, each missing one taken from `defaults` (the top level of a boxcar); the
@@ -298,30 +382,33 @@ pub fn semantic(body: &Object) -> Read<Semantic> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PageAsked<'a> {
     pub token: &'a str,
-    /// 0 when not given.
-    pub limit: u64,
+    /// `None` when not given: the default on a first page, the first page's on later ones.
+    pub limit: Option<u64>,
 }
-
-/// Largest `page.limit`.
-pub const MAX_LIMIT: u64 = 1000;
 
 /// Reads a search's `page`.
 pub fn page(body: &Object) -> Read<PageAsked<'_>> {
+    use crate::service::page::MAX_PAGE_SIZE;
     let Some(page) = object(body, "page", "page")? else {
         return Ok(PageAsked::default());
     };
     let token = string(page, "token", "page.token")?.unwrap_or_default();
     let limit = match page.get("limit") {
-        None => 0,
+        None => None,
         Some(Value::Number(n)) => match n.as_u64() {
-            Some(n) if n <= MAX_LIMIT => n,
-            Some(_) => return Err(Problem(format!("page.limit must be at most {MAX_LIMIT}"))),
+            Some(n) if n <= MAX_PAGE_SIZE => Some(n),
+            Some(_) => return Err(Problem(format!("page.limit must be at most {MAX_PAGE_SIZE}"))),
             None => return Err(Problem("page.limit must be a non-negative integer".to_owned())),
         },
         Some(_) => return Err(Problem("page.limit must be a non-negative integer".to_owned())),
     };
     object(page, "properties", "page.properties")?;
     Ok(PageAsked { token, limit })
+}
+
+/// The consistency token of a context as sent, for binding page tokens to it.
+pub fn consistency_text(context: Option<&Object>) -> &str {
+    context.and_then(|c| c.get("consistency_token")).and_then(Value::as_str).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -394,8 +481,26 @@ mod tests {
     }
 
     #[test]
+    fn a_member_named_twice_is_refused_at_any_depth() {
+        let read = |text: &str| serde_json::from_str::<Unique>(text).map(|u| u.0);
+        assert_eq!(
+            read(r#"{"a": [1, {"b": true}], "c": null}"#).unwrap(),
+            json!({"a": [1, {"b": true}], "c": null})
+        );
+        for text in [
+            r#"{"a": 1, "a": 2}"#,
+            r#"{"x": [{"b": 1, "b": 1}]}"#,
+            r#"{"s": {"id": "u", "id": "v"}}"#,
+        ] {
+            let err = read(text).unwrap_err().to_string();
+            assert!(err.contains("appears twice"), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn a_page_limit_must_be_a_small_non_negative_integer() {
-        assert_eq!(page(&obj(json!({"page": {"limit": 5}}))).unwrap().limit, 5);
+        assert_eq!(page(&obj(json!({"page": {"limit": 5}}))).unwrap().limit, Some(5));
+        assert_eq!(page(&obj(json!({"page": {}}))).unwrap().limit, None);
         for bad in [json!(-1), json!(2.5), json!("5"), json!(1001)] {
             assert!(page(&obj(json!({"page": {"limit": bad}}))).is_err(), "{bad}");
         }

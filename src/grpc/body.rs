@@ -73,34 +73,35 @@ impl ByteBudget {
     fn release(&self, bytes: usize) {
         self.held.fetch_sub(bytes, Ordering::AcqRel);
     }
-
-    /// Holds `bytes` more of the budget until `held` is dropped; `false` (nothing taken) when
-    /// they do not fit.
-    pub fn grow(self: &Arc<Self>, held: &mut HeldBytes, bytes: usize) -> bool {
-        if !self.reserve(bytes) {
-            return false;
-        }
-        if held.budget.is_none() {
-            held.budget = Some(self.clone());
-        }
-        held.bytes += bytes;
-        true
-    }
 }
 
 /// Bytes held of a [`ByteBudget`] by one reader of a request that is not a gRPC message (the
 /// AuthZEN listener's JSON bodies); given back when dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HeldBytes {
-    budget: Option<Arc<ByteBudget>>,
+    budget: Arc<ByteBudget>,
     bytes: usize,
+}
+
+impl HeldBytes {
+    /// Nothing held yet of `budget`.
+    pub fn new(budget: Arc<ByteBudget>) -> Self {
+        Self { budget, bytes: 0 }
+    }
+
+    /// Holds `bytes` more until dropped; `false` (nothing taken) when they do not fit.
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        if !self.budget.reserve(bytes) {
+            return false;
+        }
+        self.bytes += bytes;
+        true
+    }
 }
 
 impl Drop for HeldBytes {
     fn drop(&mut self) {
-        if let Some(budget) = &self.budget {
-            budget.release(self.bytes);
-        }
+        self.budget.release(self.bytes);
     }
 }
 

@@ -51,6 +51,12 @@ impl LimitLayer {
         }
     }
 
+    /// The in-flight slots, shared with the AuthZEN listener so that both ports together stay
+    /// within `--max-in-flight`.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
+
     /// Streams refused at the stream limit so far, for metrics.
     pub fn streams_refused_counter(&self) -> Arc<AtomicU64> {
         self.streams_refused.clone()

@@ -60,8 +60,10 @@ pub struct ListenerSettings {
     pub max_header_list_bytes: u32,
     /// How long connections may finish their calls once the server stops.
     pub shutdown_grace: Duration,
-    /// Whether HTTP/1.1 is accepted (for gRPC-Web) besides HTTP/2.
+    /// Whether HTTP/1.1 is accepted (for gRPC-Web, or the AuthZEN API) besides HTTP/2.
     pub http1: bool,
+    /// Whether HTTP/1.1 answers carry a Date header (an HTTP API's do; gRPC-Web's need none).
+    pub date_header: bool,
 }
 
 /// How long a connection told to go away may finish its calls before it is dropped.
@@ -340,8 +342,8 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
 }
 
 fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
-    // HTTP/1.1 is accepted for gRPC-Web (browsers); anything else over it is refused by the
-    // web layer, before identification.
+    // HTTP/1.1 is accepted for gRPC-Web (browsers) on the main port, where anything else over
+    // it is refused by the web layer before identification, and for the AuthZEN API.
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if !settings.http1 {
         builder = builder.http2_only();
@@ -354,7 +356,8 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
         // Headers beyond the HTTP/2 bound are refused here as well (hyper needs at least 8 KiB).
         .max_buf_size((settings.max_header_list_bytes as usize).max(8 * 1024))
         .max_headers(100)
-        .auto_date_header(false);
+        // An HTTP API's answers carry the Date RFC 9110 asks for; gRPC-Web needs none.
+        .auto_date_header(settings.date_header);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -9,7 +9,7 @@ use tonic::codegen::http::Method;
 
 use crate::auth::{JwtSetup, SECRET, claims, sign_hs};
 use crate::common::web::{Reply, http1};
-use crate::common::{Backend, TestApp, User, scrape, set_access, spawn_app_with};
+use crate::common::{Backend, TestApp, User, sample, scrape, set_access, spawn_app_with};
 use crate::db_tests;
 use crate::scenario::{EXPECTED, ORGANIZATION_EXPECTED};
 use roster::pb::{self, OrganizationRole as R, WorkspaceAccess as A};
@@ -293,6 +293,9 @@ async fn app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |config| {
         config.authzen_listen = Some("127.0.0.1:0".parse().unwrap());
         config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        // Small enough for a test to cross: a boxcar's limit, and a body's time to arrive.
+        config.max_batch_request_bytes = 256 * 1024;
+        config.request_body_timeout_ms = 300;
     })
     .await
 }
@@ -416,6 +419,16 @@ async fn evaluations_are_decided_as_authorize_decides_them_for_every_role(backen
     assert_eq!(denied["context"]["reason"], json!("DECISION_REASON_DENIED_READ_ONLY"));
     assert_eq!(denied["context"]["workspace_access"], json!("read"));
 
+    // Counted in Authorize's decision metric: AuthZEN's own evaluations, none other meanwhile.
+    let series =
+        "roster_authorize_decisions_total{permission=\"sources.create\",decision=\"denied\"}";
+    let before = sample(&scrape(app.metrics_addr.unwrap()).await, series).unwrap_or(0.0);
+    for _ in 0..3 {
+        evaluate(&app, junior_write.clone()).await;
+    }
+    let after = sample(&scrape(app.metrics_addr.unwrap()).await, series).unwrap_or(0.0);
+    assert_eq!(after - before, 3.0);
+
     // A consistency token in the context: the answer includes the change it names.
     let owner = &people[0];
     let raised = app
@@ -429,12 +442,47 @@ async fn evaluations_are_decided_as_authorize_decides_them_for_every_role(backen
     fresh["context"] = json!({"consistency_token": raised.consistency_token});
     assert_eq!(evaluate(&app, fresh).await["decision"], json!(true));
 
-    // Counted in Authorize's decision metric and in the listener's own.
+    // A token must be one of a change of the resource's organization.
+    let other_org = app.create_org(owner, "Other").await;
+    let elsewhere = app
+        .team
+        .clone()
+        .create_workspace(owner.req(pb::CreateWorkspaceRequest {
+            organization_id: other_org.clone(),
+            display_name: "elsewhere".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .consistency_token;
+    for (token, words) in [
+        (elsewhere.as_str(), "another organization"),
+        ("not-a-token", "consistency_token returned by a TeamService change"),
+    ] {
+        let mut body = junior_write.clone();
+        body["context"] = json!({"consistency_token": token});
+        let (status, message) = refused(
+            &app,
+            "/access/v1/evaluation",
+            Some("application/json"),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{message}");
+        assert!(message.starts_with("context.consistency_token"), "{message}");
+        assert!(message.contains(words), "{message}");
+    }
+
+    // The listener's own metric, by endpoint and status.
     let metrics = scrape(app.metrics_addr.unwrap()).await;
-    assert!(
-        metrics.contains("roster_authzen_requests_total{endpoint=\"evaluation\",status=\"200\"}")
-    );
-    assert!(metrics.contains("roster_authorize_decisions_total{permission=\"sources.create\""));
+    let count = |status: u16| {
+        let series =
+            format!("roster_authzen_requests_total{{endpoint=\"evaluation\",status=\"{status}\"}}");
+        sample(&metrics, &series)
+    };
+    assert_eq!(count(200), Some((asked + 6) as f64));
+    assert_eq!(count(400), Some(2.0));
     app.stop().await;
 }
 
@@ -637,6 +685,8 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
         (b"[]", "JSON object"),
         (b"\"text\"", "JSON object"),
         (b"null", "JSON object"),
+        (br#"{"subject": {"type": "user", "id": "owner"}, "subject": {"type": "user", "id": "x"}}"#, "appears twice"),
+        (br#"{"resource": {"type": "organization", "id": "a", "id": "b"}}"#, "appears twice"),
     ] {
         let (status, message) = refused(&app, "/access/v1/evaluation", json_type, body).await;
         assert_eq!(status, 400, "{body:?}");
@@ -659,6 +709,21 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
             "options.evaluations_semantic",
         ),
         (json!({"evaluations": vec![good.clone(); 1001]}), "at most 1000"),
+        (
+            json!({"evaluations": [{"context": [1], "subject": user("junior"), "action": action("sources.read"), "resource": organization(&org)}]}),
+            "evaluations[0].context must be an object",
+        ),
+        // A default of the wrong shape is named once, at the top level.
+        (json!({"subject": "junior", "evaluations": [good]}), "subject must be an object"),
+        (
+            json!({"subject": {"type": "user"}, "evaluations": [{"action": action("sources.read"), "resource": organization(&org)}]}),
+            "subject.id is required",
+        ),
+        (json!({"evaluations": [good], "options": 3}), "options must be an object"),
+        (
+            json!({"evaluations": [good], "options": {"evaluations_semantic": 1}}),
+            "options.evaluations_semantic must be a string",
+        ),
     ] {
         let (status, message) =
             refused(&app, "/access/v1/evaluations", json_type, &send(&body)).await;
@@ -678,6 +743,10 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
         (json!({"page": {"limit": -1}}), "page.limit"),
         (json!({"page": {"limit": "3"}}), "page.limit"),
         (json!({"page": {"token": "forged"}}), "page.token"),
+        (json!({"page": "first"}), "page must be an object"),
+        (json!({"page": {"token": 5}}), "page.token must be a string"),
+        (json!({"context": {"consistency_token": "nope"}}), "context.consistency_token"),
+        (json!({"context": "fresh"}), "context must be an object"),
     ] {
         let mut body = resource_search.clone();
         for (key, value) in mutate.as_object().unwrap() {
@@ -692,18 +761,99 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
         assert_eq!(status, 400, "{words}: {message}");
         assert!(message.starts_with(words), "{words}: {message}");
     }
-    // The method, the path, the body's size.
-    let reply =
-        http1(app.authzen_addr.unwrap(), Method::GET, "/access/v1/evaluation", &[], vec![]).await;
+    // The subject search: a subject type and no id, a resource with one.
+    let subject_search = json!({
+        "subject": {"type": "user"},
+        "action": action("sources.read"),
+        "resource": workspace(&org, &production),
+    });
+    for (mutate, words) in [
+        (json!({"subject": {}}), "subject.type is required"),
+        (json!({"subject": {"type": "group"}}), "subject.type must be \"user\""),
+        (json!({"action": null}), "action is required"),
+        (
+            json!({"resource": {"type": "workspace", "properties": {"organization_id": org}}}),
+            "resource.id is required",
+        ),
+        (
+            json!({"resource": {"type": "workspace", "id": production}}),
+            "resource.properties.organization_id",
+        ),
+        (
+            json!({"resource": {"type": "organization", "id": org}}),
+            "action.name is a workspace permission",
+        ),
+    ] {
+        let mut body = subject_search.clone();
+        for (key, value) in mutate.as_object().unwrap() {
+            if value.is_null() {
+                body.as_object_mut().unwrap().remove(key);
+            } else {
+                body[key] = value.clone();
+            }
+        }
+        let (status, message) =
+            refused(&app, "/access/v1/search/subject", json_type, &send(&body)).await;
+        assert_eq!(status, 400, "{words}: {message}");
+        assert!(message.starts_with(words), "{words}: {message}");
+    }
+    // The action search: a subject and a resource, both with ids.
+    for (body, words) in [
+        (json!({"resource": organization(&org)}), "subject is required"),
+        (json!({"subject": user("junior")}), "resource is required"),
+        (
+            json!({"subject": user("junior"), "resource": {"type": "document", "id": "1"}}),
+            "resource.type",
+        ),
+        (
+            json!({"subject": user("junior"), "resource": {"type": "organization"}}),
+            "resource.id is required",
+        ),
+    ] {
+        let (status, message) =
+            refused(&app, "/access/v1/search/action", json_type, &send(&body)).await;
+        assert_eq!(status, 400, "{words}: {message}");
+        assert!(message.starts_with(words), "{words}: {message}");
+    }
+    // The method, the path, the body's size, its time to arrive; each answer echoes the id.
+    let addr = app.authzen_addr.unwrap();
+    let id = [("x-request-id", "req-1")];
+    let reply = http1(addr, Method::GET, "/access/v1/evaluation", &id, vec![]).await;
     assert_eq!((reply.status, reply.header("allow")), (405, Some("POST")));
-    let (status, _) = refused(&app, "/access/v2/evaluation", json_type, &good_bytes).await;
-    assert_eq!(status, 404);
+    assert_eq!(reply.header("x-request-id"), Some("req-1"));
+    let reply = http1(addr, Method::POST, "/access/v2/evaluation", &id, good_bytes.clone()).await;
+    assert_eq!((reply.status, reply.header("x-request-id")), (404, Some("req-1")));
     let huge = format!("{{\"context\": {{\"pad\": \"{}\"}}}}", "x".repeat(70 * 1024));
     let (status, _) = refused(&app, "/access/v1/evaluation", json_type, huge.as_bytes()).await;
     assert_eq!(status, 413);
+    // A boxcar may be larger, up to its own limit (256 KiB here).
+    let (status, _) = refused(&app, "/access/v1/evaluations", json_type, huge.as_bytes()).await;
+    assert_eq!(status, 400, "a 70 KiB boxcar is read, and found wanting");
+    let huger = format!("{{\"context\": {{\"pad\": \"{}\"}}}}", "x".repeat(300 * 1024));
+    let (status, _) = refused(&app, "/access/v1/evaluations", json_type, huger.as_bytes()).await;
+    assert_eq!(status, 413);
+    assert_eq!(slow_body_status(addr).await, 408);
 
     assert_eq!(app.snapshot().await, before, "a refused request changes nothing");
     app.stop().await;
+}
+
+/// The status of an evaluation whose body stops arriving half-way (the test server waits
+/// 300 ms for a body).
+async fn slow_body_status(addr: std::net::SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /access/v1/evaluation HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"subject\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered before the test's own limit")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..read]);
+    text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
 }
 
 /// Every result of a search, page after page of `limit`, as (type, id) pairs.
@@ -733,7 +883,10 @@ async fn every_page(
         if next.is_empty() {
             return seen;
         }
-        body["page"] = json!({"token": next, "limit": limit});
+        // Later pages send the token alone, as the specification's example does: the limit
+        // is the first page's. A pause lets the team change between pages.
+        body["page"] = json!({"token": next});
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("the search never ended");
 }
@@ -765,10 +918,17 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
     for bystander in &bystanders {
         app.join(&owner, &org, bystander, R::Member, &[]).await;
     }
+    // Readers who leave while the searches page: their ids sort before and after the others.
+    let leavers: Vec<User> =
+        ["a-leaver", "b-leaver", "y-leaver", "z-leaver"].map(User::new).to_vec();
+    for leaver in &leavers {
+        app.join(&owner, &org, leaver, R::Member, &[(&hub, A::Read)]).await;
+    }
 
-    // Meanwhile: workspaces the analyst can read come and go, and bystanders gain and lose
-    // access to the hub.
+    // Meanwhile: workspaces the analyst can read come and go, bystanders gain and lose access
+    // to the hub, and the leavers are removed one by one.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rounds_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let churn = {
         let (team, org, owner, analyst, hub, stop) = (
             app.team.clone(),
@@ -778,11 +938,12 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
             hub.clone(),
             stop.clone(),
         );
-        let bystanders = bystanders.clone();
+        let (bystanders, leavers, rounds_done) =
+            (bystanders.clone(), leavers.clone(), rounds_done.clone());
         tokio::spawn(async move {
             let mut made = Vec::new();
             let mut round = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && round < 200 {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && round < 2000 {
                 let mut team = team.clone();
                 let ws = crate::common::try_create_workspace_with(
                     &mut team,
@@ -795,7 +956,8 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
                 team.set_workspace_access(set_access(&owner, &org, &ws, &analyst, A::Read))
                     .await
                     .unwrap();
-                if round % 2 == 1 {
+                // Ten stay; the rest go again at once, so the list stays finite to page through.
+                if round % 2 == 1 || round >= 20 {
                     let request = pb::DeleteWorkspaceRequest {
                         organization_id: org.clone(),
                         workspace_id: ws.clone(),
@@ -810,13 +972,25 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
                 team.set_workspace_access(set_access(&owner, &org, &hub, bystander, access))
                     .await
                     .unwrap();
+                if round % 3 == 2
+                    && let Some(leaver) = leavers.get(round / 3)
+                {
+                    let request = pb::RemoveMemberRequest {
+                        organization_id: org.clone(),
+                        user_id: leaver.id.clone(),
+                        ..Default::default()
+                    };
+                    team.remove_member(owner.req(request)).await.unwrap();
+                }
                 round += 1;
+                rounds_done.store(round, std::sync::atomic::Ordering::Relaxed);
             }
             (made, round)
         })
     };
     let mut rounds = 0;
     for limit in [1, 2, 4] {
+        let churned_before = rounds_done.load(std::sync::atomic::Ordering::Relaxed);
         let found = every_page(
             &app,
             "/access/v1/search/resource",
@@ -843,7 +1017,11 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
         )
         .await;
         assert_unique_and_covering(&found, &readers, "readers");
-        assert!(found.iter().all(|id| readers.contains(id) || id.starts_with("bystander-")));
+        let transient = |id: &String| id.starts_with("bystander-") || id.ends_with("-leaver");
+        assert!(found.iter().all(|id| readers.contains(id) || transient(id)), "{found:?}");
+        // The team did change while these pages were read.
+        let churned_after = rounds_done.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(churned_after > churned_before, "no change during the paging at limit {limit}");
         rounds += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -909,6 +1087,32 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
     .await;
     assert_eq!(status, 400);
     assert!(message.starts_with("page.token"), "{message}");
+    // Nor with another limit than its first page's, nor on another search.
+    let same = |page: Value| json!({"subject": {"type": "user"}, "action": action("sources.read"), "resource": workspace(&org, &hub), "page": page});
+    let again = ask(
+        &app,
+        "/access/v1/search/subject",
+        schema::subject_search(),
+        schema::search_response(schema::entity_result()),
+        same(json!({"limit": 1, "token": token})),
+    )
+    .await;
+    assert_eq!(again["results"].as_array().unwrap().len(), 1);
+    for (path, body) in [
+        ("/access/v1/search/subject", same(json!({"limit": 2, "token": token}))),
+        (
+            "/access/v1/search/resource",
+            json!({"subject": user(&analyst.id), "action": action("sources.read"),
+                   "resource": {"type": "workspace", "properties": {"organization_id": org}},
+                   "page": {"token": token}}),
+        ),
+    ] {
+        let (status, message) =
+            refused(&app, path, Some("application/json"), &serde_json::to_vec(&body).unwrap())
+                .await;
+        assert_eq!(status, 400, "{path}");
+        assert!(message.starts_with("page.token"), "{message}");
+    }
     app.stop().await;
 }
 
@@ -1057,6 +1261,8 @@ async fn only_service_credentials_may_ask(backend: Backend) {
         .spawn(backend, |config| {
             config.jwt_secret_file = Some(secret);
             config.authzen_listen = Some("127.0.0.1:0".parse().unwrap());
+            // As behind a proxy: the identifier the metadata publishes is the configured one.
+            config.authzen_base_url = Some("https://pdp.example.com".to_owned());
         })
         .await;
     let body = serde_json::to_vec(&json!({
@@ -1096,6 +1302,26 @@ async fn only_service_credentials_may_ask(backend: Backend) {
             assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
         }
     }
+    // Refusals echo the caller's request id too.
+    let reply = post_raw(
+        &app,
+        "/access/v1/evaluation",
+        &[("content-type", "application/json"), ("x-request-id", "who-am-i")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!((reply.status, reply.header("x-request-id")), (401, Some("who-am-i")));
+    // Discovery needs no credential, and names the configured identifier.
+    let addr = app.authzen_addr.unwrap();
+    let reply = http1(addr, Method::GET, "/.well-known/authzen-configuration", &[], vec![]).await;
+    assert_eq!(reply.status, 200);
+    let metadata: Value = serde_json::from_slice(&reply.body).unwrap();
+    schema::check(&schema::metadata(), &metadata, "metadata").unwrap();
+    assert_eq!(metadata["policy_decision_point"], json!("https://pdp.example.com"));
+    assert_eq!(
+        metadata["search_subject_endpoint"],
+        json!("https://pdp.example.com/access/v1/search/subject")
+    );
     // A stranger's body is never read: refused on its headers alone, even a huge one.
     let huge = vec![b' '; 100 * 1024];
     let reply =

@@ -218,6 +218,25 @@ pub async fn find_grant(
     Ok(found.map(|m| m.access))
 }
 
+/// The grants in force now on a workspace of each of `users` that holds one.
+pub async fn list_grants_of_members(
+    db: &impl ConnectionTrait,
+    org: OrganizationId,
+    workspace_id: WorkspaceId,
+    users: &[&str],
+) -> Result<Vec<(UserId, Access)>, Error> {
+    Ok(workspace_grant::Entity::find()
+        .filter(workspace_grant::Column::OrganizationId.eq(org.as_uuid()))
+        .filter(workspace_grant::Column::WorkspaceId.eq(workspace_id.as_uuid()))
+        .filter(workspace_grant::Column::UserId.is_in(users.iter().copied()))
+        .filter(in_force(Timestamp::now()))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.user_id, m.access))
+        .collect())
+}
+
 /// Creates or changes a grant.
 pub async fn upsert_grant(
     db: &impl ConnectionTrait,
