@@ -19,6 +19,7 @@ db_tests!(
     boxcars_take_top_level_defaults_and_honour_each_semantic,
     each_malformed_request_is_refused_with_the_status_the_specification_gives,
     searches_page_through_every_result_exactly_once_while_the_team_changes,
+    a_sparse_subject_search_of_a_large_organization_ends_its_pages_early,
     action_search_lists_what_the_user_holds_and_metadata_names_every_endpoint,
     only_service_credentials_may_ask,
 );
@@ -1113,6 +1114,52 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
         assert_eq!(status, 400, "{path}");
         assert!(message.starts_with("page.token"), "{message}");
     }
+    app.stop().await;
+}
+
+async fn a_sparse_subject_search_of_a_large_organization_ends_its_pages_early(backend: Backend) {
+    let app = app(backend).await;
+    let owner = User::new("owner");
+    let org = app.create_org(&owner, "Acme").await;
+    let ws = app.create_workspace(&owner, &org, "production").await;
+    // 10,050 members without access, m100001 to m110050, sorting before the Owner.
+    app.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10050) \
+         INSERT INTO members (organization_id, user_id, email, role, create_time) \
+         SELECT m.organization_id, 'm' || (100000 + i), 'm' || i || '@example.com', 'member', \
+         m.create_time FROM n, members m WHERE m.user_id = 'owner'",
+    )
+    .await;
+    // One of them, past the first 10,000, may read the workspace.
+    let reader = User::new("m110040");
+    app.team
+        .clone()
+        .set_workspace_access(set_access(&owner, &org, &ws, &reader, A::Read))
+        .await
+        .unwrap();
+    let search = |page: Value| {
+        json!({"subject": {"type": "user"}, "action": action("sources.read"),
+               "resource": workspace(&org, &ws), "page": page})
+    };
+    let ask_page = |page: Value| {
+        ask(
+            &app,
+            "/access/v1/search/subject",
+            schema::subject_search(),
+            schema::search_response(schema::entity_result()),
+            search(page),
+        )
+    };
+    // The first page looks at 10,000 members, finds nobody, and says where to go on.
+    let first = ask_page(json!({"limit": 10})).await;
+    assert_eq!(first["results"], json!([]));
+    let token = first["page"]["next_token"].as_str().unwrap().to_owned();
+    assert!(!token.is_empty());
+    let second = ask_page(json!({"token": token})).await;
+    let ids: Vec<&str> =
+        second["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m110040", "owner"]);
+    assert_eq!(second["page"]["next_token"], json!(""));
     app.stop().await;
 }
 
