@@ -79,9 +79,13 @@ class Failure(Exception):
 _children: list[subprocess.Popen] = []
 
 
+# Loaded once here, so that the child between fork and exec only makes the one call.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: the kernel kills the child if this script dies, even by SIGKILL.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    _LIBC.prctl(1, signal.SIGKILL)
 
 
 def spawn(args: list[str], log: pathlib.Path, **kwargs) -> subprocess.Popen:

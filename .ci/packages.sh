@@ -8,6 +8,9 @@ needed=()
 dpkg-query -W -f='${Status}' libfaketime 2>/dev/null | grep -q 'install ok installed' || needed+=(faketime)
 dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q 'install ok installed' || needed+=(chromium)
 dpkg-query -W -f='${Status}' wrk 2>/dev/null | grep -q 'install ok installed' || needed+=(wrk)
+# curl sends the Envoy test's requests; Envoy reads the system's CA bundle.
+dpkg-query -W -f='${Status}' curl 2>/dev/null | grep -q 'install ok installed' || needed+=(curl)
+dpkg-query -W -f='${Status}' ca-certificates 2>/dev/null | grep -q 'install ok installed' || needed+=(ca-certificates)
 [ ${#needed[@]} -eq 0 ] && exit 0
 as_root=(env DEBIAN_FRONTEND=noninteractive)
 [ "$(id -u)" -eq 0 ] || as_root=(sudo -n env DEBIAN_FRONTEND=noninteractive)

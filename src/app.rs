@@ -132,7 +132,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // With the AuthZEN listener, both listeners' caps together must fit the file limit.
     let listeners = if config.authzen_listen.is_some() { 2 } else { 1 };
     let max_connections =
-        listener::fit_to_file_limit(config.max_connections * listeners) / listeners;
+        (listener::fit_to_file_limit(config.max_connections.saturating_mul(listeners)) / listeners)
+            .max(1);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -443,7 +443,7 @@ impl Config {
             // Scheme and host only: the API is served at the root of the listener, where the
             // metadata's well-known path and every endpoint's default path begin.
             let fine = rest.is_some_and(|host| {
-                !host.is_empty()
+                host.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'[')
                     && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
             });
             if !fine {
@@ -480,6 +480,15 @@ impl Config {
         if self.max_buffered_request_bytes < self.max_batch_request_bytes {
             anyhow::bail!(
                 "--max-buffered-request-bytes must hold at least one message of --max-batch-request-bytes"
+            );
+        }
+        // An AuthZEN boxcar is charged four times its size, for its parsed form.
+        if self.authzen_listen.is_some()
+            && self.max_buffered_request_bytes / 4 < self.max_batch_request_bytes
+        {
+            anyhow::bail!(
+                "--authzen-listen needs --max-buffered-request-bytes of at least four times \
+                 --max-batch-request-bytes: an AuthZEN body is held with its parsed form"
             );
         }
         if self.max_header_list_bytes < 1024 {
@@ -692,6 +701,7 @@ mod tests {
             "https://pdp.example.com/authz",
             "https://x?a=b",
             "https://",
+            "https://:",
         ] {
             config.authzen_base_url = Some(bad.to_owned());
             let err = config.validate().unwrap_err().to_string();

@@ -24,7 +24,7 @@ use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderValue, Method, StatusCode, header};
 use tower::Service;
 
-use crate::domain::{Decision, Permission, UserIdRef};
+use crate::domain::{Decision, Permission, UserIdRef, WorkspaceId};
 use crate::error::{Error, Kind};
 use crate::grpc::access::MAX_BATCH_CHECKS;
 use crate::grpc::auth::Identity;
@@ -350,6 +350,12 @@ impl Inner {
                     "the body is empty: send a JSON object",
                 );
             }
+            Err(err) if err.is_data() => {
+                return Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is refused: {err}"),
+                );
+            }
             Err(err) => {
                 return Answer::error(
                     StatusCode::BAD_REQUEST,
@@ -388,7 +394,8 @@ impl Inner {
             return Err(too_large());
         }
         let mut held = HeldBytes::new(self.parts.budget.clone());
-        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+        // Not more room ahead than a small body needs: the rest is taken as it is charged.
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(16 * 1024));
         let deadline = tokio::time::Instant::now() + self.settings.body_timeout;
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -595,6 +602,10 @@ impl Inner {
             Ok(page) => page,
             Err(answer) => return answer,
         };
+        // The cursor is a workspace id; anything else came from a forged token.
+        if page.after.as_deref().is_some_and(|a| WorkspaceId::parse(a).is_err()) {
+            return Answer::error(StatusCode::BAD_REQUEST, STALE_TOKEN);
+        }
         let user = user.to_user_id();
         match self.parts.services.list_accessible_workspaces(&user, org, permission, page).await {
             Ok(found) => {

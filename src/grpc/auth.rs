@@ -260,7 +260,7 @@ impl Identity {
         if verifier.verify(token).is_ok() {
             return Err(Error::refused(
                 ErrorReason::WrongCredentialKind,
-                "end-user tokens cannot call AccessService; use a service token",
+                "an end-user token cannot act as a service here; use a service token or a client certificate",
             ));
         }
         Err(invalid_credentials("the bearer token is not a known service token"))

@@ -367,8 +367,9 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
         .keep_alive_timeout(settings.keepalive_timeout)
         // Clients that open streams and reset them at once are cut off (CVE-2023-44487).
         .max_pending_accept_reset_streams(64)
-        // gRPC has no use for the Date header; it costs a little on every reply.
-        .auto_date_header(false);
+        // gRPC has no use for the Date header, which costs a little on every reply; an HTTP
+        // API's answers carry it.
+        .auto_date_header(settings.date_header);
     builder
 }
 
