@@ -609,20 +609,12 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
         "resource.id",
         "resource.properties.organization_id",
     ] {
-        let mut body = good.clone();
-        let (parent, key) = match path.rsplit_once('.') {
-            Some((parent, key)) => (parent.split('.').fold(&mut body, |v, k| &mut v[k]), key),
-            None => (&mut body, path),
-        };
-        parent.as_object_mut().unwrap().remove(key);
+        let body = at_path(&good, path, None);
         assert!(
             schema::check(&schema::evaluation_request(), &body, "$").is_err()
                 || path.contains("properties")
         );
-        let (status, message) =
-            refused(&app, "/access/v1/evaluation", json_type, &send(&body)).await;
-        assert_eq!(status, 400, "without {path}: {message}");
-        assert!(message.starts_with(path), "without {path}: {message}");
+        refused_naming(&app, "/access/v1/evaluation", &body, path).await;
     }
     // Wrong types: 400, naming the member.
     for (path, value) in [
@@ -634,17 +626,9 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
         ("resource.id", json!(null)),
         ("context", json!([1])),
     ] {
-        let mut body = good.clone();
-        let mut target = &mut body;
-        for key in path.split('.') {
-            target = &mut target[key];
-        }
-        *target = value;
+        let body = at_path(&good, path, Some(value));
         assert!(schema::check(&schema::evaluation_request(), &body, "$").is_err(), "{path}");
-        let (status, message) =
-            refused(&app, "/access/v1/evaluation", json_type, &send(&body)).await;
-        assert_eq!(status, 400, "{path}: {message}");
-        assert!(message.starts_with(path), "{path}: {message}");
+        refused_naming(&app, "/access/v1/evaluation", &body, path).await;
     }
     // Well shaped, but nothing Roster can check: 400 for a single evaluation.
     for (path, value) in [
@@ -653,16 +637,8 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
         ("resource.id", json!("not-a-uuid")),
         ("action.name", json!("organization.delete")),
     ] {
-        let mut body = good.clone();
-        let mut target = &mut body;
-        for key in path.split('.') {
-            target = &mut target[key];
-        }
-        *target = value;
-        let (status, message) =
-            refused(&app, "/access/v1/evaluation", json_type, &send(&body)).await;
-        assert_eq!(status, 400, "{path}: {message}");
-        assert!(message.starts_with(path), "{path}: {message}");
+        refused_naming(&app, "/access/v1/evaluation", &at_path(&good, path, Some(value)), path)
+            .await;
     }
     // Content types, bodies that are not JSON objects.
     let good_bytes = send(&good);
@@ -749,18 +725,8 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
         (json!({"context": {"consistency_token": "nope"}}), "context.consistency_token"),
         (json!({"context": "fresh"}), "context must be an object"),
     ] {
-        let mut body = resource_search.clone();
-        for (key, value) in mutate.as_object().unwrap() {
-            if value.is_null() {
-                body.as_object_mut().unwrap().remove(key);
-            } else {
-                body[key] = value.clone();
-            }
-        }
-        let (status, message) =
-            refused(&app, "/access/v1/search/resource", json_type, &send(&body)).await;
-        assert_eq!(status, 400, "{words}: {message}");
-        assert!(message.starts_with(words), "{words}: {message}");
+        let body = with_members(&resource_search, &mutate);
+        refused_naming(&app, "/access/v1/search/resource", &body, words).await;
     }
     // The subject search: a subject type and no id, a resource with one.
     let subject_search = json!({
@@ -785,18 +751,8 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
             "action.name is a workspace permission",
         ),
     ] {
-        let mut body = subject_search.clone();
-        for (key, value) in mutate.as_object().unwrap() {
-            if value.is_null() {
-                body.as_object_mut().unwrap().remove(key);
-            } else {
-                body[key] = value.clone();
-            }
-        }
-        let (status, message) =
-            refused(&app, "/access/v1/search/subject", json_type, &send(&body)).await;
-        assert_eq!(status, 400, "{words}: {message}");
-        assert!(message.starts_with(words), "{words}: {message}");
+        let body = with_members(&subject_search, &mutate);
+        refused_naming(&app, "/access/v1/search/subject", &body, words).await;
     }
     // The action search: a subject and a resource, both with ids.
     for (body, words) in [
@@ -811,10 +767,7 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
             "resource.id is required",
         ),
     ] {
-        let (status, message) =
-            refused(&app, "/access/v1/search/action", json_type, &send(&body)).await;
-        assert_eq!(status, 400, "{words}: {message}");
-        assert!(message.starts_with(words), "{words}: {message}");
+        refused_naming(&app, "/access/v1/search/action", &body, words).await;
     }
     // The method, the path, the body's size, its time to arrive; each answer echoes the id.
     let addr = app.authzen_addr.unwrap();
@@ -837,6 +790,44 @@ async fn each_malformed_request_is_refused_with_the_status_the_specification_giv
 
     assert_eq!(app.snapshot().await, before, "a refused request changes nothing");
     app.stop().await;
+}
+
+/// `body` with the member at the dotted `path` set to `value`, or removed.
+fn at_path(body: &Value, path: &str, value: Option<Value>) -> Value {
+    let mut body = body.clone();
+    let (parent, key) = match path.rsplit_once('.') {
+        Some((parent, key)) => (parent.split('.').fold(&mut body, |v, k| &mut v[k]), key),
+        None => (&mut body, path),
+    };
+    match value {
+        Some(value) => parent[key] = value,
+        None => {
+            parent.as_object_mut().unwrap().remove(key);
+        }
+    }
+    body
+}
+
+/// `body` with each top-level member of `changes` set, or removed where it is null.
+fn with_members(body: &Value, changes: &Value) -> Value {
+    let mut body = body.clone();
+    for (key, value) in changes.as_object().unwrap() {
+        if value.is_null() {
+            body.as_object_mut().unwrap().remove(key);
+        } else {
+            body[key] = value.clone();
+        }
+    }
+    body
+}
+
+/// Asserts that `body` sent to `path` is refused with 400 and a message starting with `words`
+/// (the member at fault).
+async fn refused_naming(app: &TestApp, path: &str, body: &Value, words: &str) {
+    let (status, message) =
+        refused(app, path, Some("application/json"), &serde_json::to_vec(body).unwrap()).await;
+    assert_eq!(status, 400, "{path} {words}: {message}");
+    assert!(message.starts_with(words), "{path} {words}: {message}");
 }
 
 /// The status of an evaluation whose body stops arriving half-way (the test server waits

@@ -68,30 +68,42 @@ async fn channel(
     Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls)?.connect().await
 }
 
-async fn services_may_prove_themselves_with_a_client_certificate(backend: Backend) {
-    let pki = pki();
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let (cert, key, ca, secret) = (
-        write("server.pem", &pki.server.0),
-        write("server.key", &pki.server.1),
-        write("ca.pem", &pki.ca_pem),
-        write("secret", "a-test-secret-of-at-least-thirty-two-bytes"),
-    );
-    let app = spawn_app_with(backend, |config| {
+/// The server's files in a folder of their own: its identity, the client CA, a JWT secret.
+struct MtlsFiles {
+    dir: tempfile::TempDir,
+}
+
+impl MtlsFiles {
+    fn write(pki: &Pki) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("server.pem", pki.server.0.as_str()),
+            ("server.key", &pki.server.1),
+            ("ca.pem", &pki.ca_pem),
+            ("secret", "a-test-secret-of-at-least-thirty-two-bytes"),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        MtlsFiles { dir }
+    }
+
+    /// Jwt mode, TLS, and client certificates from the test CA as service identity.
+    fn apply(&self, config: &mut roster::config::Config) {
+        let path = |name: &str| Some(self.dir.path().join(name));
         config.auth = AuthMode::Jwt;
-        config.jwt_secret_file = Some(secret);
+        config.jwt_secret_file = path("secret");
         config.jwt_issuer = Some("https://login.example.com/".into());
         config.jwt_audience = Some("roster".into());
-        config.tls_cert = Some(cert);
-        config.tls_key = Some(key);
-        config.tls_client_ca = Some(ca);
-    })
-    .await;
+        config.tls_cert = path("server.pem");
+        config.tls_key = path("server.key");
+        config.tls_client_ca = path("ca.pem");
+    }
+}
+
+async fn services_may_prove_themselves_with_a_client_certificate(backend: Backend) {
+    let pki = pki();
+    let files = MtlsFiles::write(&pki);
+    let app = spawn_app_with(backend, |config| files.apply(config)).await;
     let check = || pb::AuthorizeRequest {
         consistency: None,
         user_id: "nobody".into(),
@@ -235,26 +247,9 @@ async fn authzen_over_tls(
 
 async fn authzen_over_tls_takes_a_client_certificate_as_a_service_credential(backend: Backend) {
     let pki = pki();
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let (cert, key, ca, secret) = (
-        write("server.pem", &pki.server.0),
-        write("server.key", &pki.server.1),
-        write("ca.pem", &pki.ca_pem),
-        write("secret", "a-test-secret-of-at-least-thirty-two-bytes"),
-    );
+    let files = MtlsFiles::write(&pki);
     let app = spawn_app_with(backend, |config| {
-        config.auth = AuthMode::Jwt;
-        config.jwt_secret_file = Some(secret);
-        config.jwt_issuer = Some("https://login.example.com/".into());
-        config.jwt_audience = Some("roster".into());
-        config.tls_cert = Some(cert);
-        config.tls_key = Some(key);
-        config.tls_client_ca = Some(ca);
+        files.apply(config);
         config.authzen_listen = Some("127.0.0.1:0".parse().unwrap());
         // The main port then offers HTTP/2 only; the AuthZEN port still speaks HTTP/1.1.
         config.grpc_web = false;
