@@ -6,8 +6,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::domain::change::{ChangeToken, TokenError};
 use crate::domain::{OrganizationId, Permission, Scope, UserIdRef, WorkspaceId};
+use crate::grpc::convert::at_least_as_fresh;
 use crate::index::{Check, Freshness};
 
 /// A JSON object.
@@ -315,18 +315,12 @@ pub fn freshness(context: Option<&Object>, field: &str, org: OrganizationId) -> 
     else {
         return Ok(Freshness::MinimizeLatency);
     };
-    match ChangeToken::parse(token) {
-        Ok(ChangeToken { organization: Some((named, revision)), .. }) if named == org => {
-            Ok(Freshness::AtLeast(revision))
-        }
-        Ok(ChangeToken { organization: Some(_), .. }) => {
+    let requirement = at_least_as_fresh(token).map_err(|what| Problem::at(&field, what))?;
+    match requirement.organization {
+        Some(named) if named != org => {
             Err(Problem::at(&field, "names a change of another organization than the resource's"))
         }
-        Ok(ChangeToken { organization: None, .. }) | Err(TokenError::Malformed) => {
-            Err(Problem::at(&field, "must be a consistency_token returned by a TeamService change"))
-        }
-        // The previous release's tokens named a time; the database answers them.
-        Err(TokenError::Legacy) => Ok(Freshness::Full),
+        _ => Ok(requirement.freshness),
     }
 }
 

@@ -320,6 +320,26 @@ impl Requirement {
     }
 }
 
+/// The requirement of a consistency token (AT_LEAST_AS_FRESH, or AuthZEN's
+/// `context.consistency_token`): a state that includes the change it names.
+pub fn at_least_as_fresh(token: &str) -> Result<Requirement, &'static str> {
+    match ChangeToken::parse(token) {
+        Ok(ChangeToken { organization: Some((org, revision)), .. }) => {
+            Ok(Requirement { freshness: Freshness::AtLeast(revision), organization: Some(org) })
+        }
+        Ok(ChangeToken { organization: None, .. }) => Err(
+            "names no organization: use a consistency_token from a change, or a token from a Watch of one organization",
+        ),
+        // The previous release's tokens named a time; the database answers them.
+        Err(TokenError::Legacy) => {
+            Ok(Requirement { freshness: Freshness::Full, organization: None })
+        }
+        Err(TokenError::Malformed) => {
+            Err("must be a consistency_token returned by a TeamService change")
+        }
+    }
+}
+
 /// Reads a consistency requirement.
 pub fn consistency(
     v: &mut Violations,
@@ -338,30 +358,7 @@ pub fn consistency(
         }
         Ok(pb::ConsistencyRequirement::AtLeastAsFresh) => {
             let token_field = format!("{field}.at_least_as_fresh");
-            match ChangeToken::parse(&value.at_least_as_fresh) {
-                Ok(ChangeToken { organization: Some((org, revision)), .. }) => Ok(Requirement {
-                    freshness: Freshness::AtLeast(revision),
-                    organization: Some(org),
-                }),
-                Ok(ChangeToken { organization: None, .. }) => {
-                    v.add(
-                        token_field,
-                        "names no organization: use a consistency_token from a change, or a token from a Watch of one organization",
-                    );
-                    return None;
-                }
-                // The previous release's tokens named a time; the database answers them.
-                Err(TokenError::Legacy) => {
-                    Ok(Requirement { freshness: Freshness::Full, organization: None })
-                }
-                Err(TokenError::Malformed) => {
-                    v.add(
-                        token_field,
-                        "must be a consistency_token returned by a TeamService change",
-                    );
-                    return None;
-                }
-            }
+            return v.check(&token_field, at_least_as_fresh(&value.at_least_as_fresh));
         }
         Err(_) => Err("is not a known consistency requirement"),
     };
