@@ -39,6 +39,12 @@ struct DecisionLabels {
     decision: &'static str,
 }
 
+/// A request latency histogram: 50 µs to about 3 s, so that a decision answered from memory
+/// sits in the first buckets.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.5, 13))
+}
+
 /// Every metric Roster keeps in memory.
 pub struct Metrics {
     registry: Registry,
@@ -82,10 +88,7 @@ impl Metrics {
             "gRPC calls finished, by method and status code",
             calls.clone(),
         );
-        // 50 µs to about 3 s: an Authorize answered from memory sits in the first buckets.
-        let call_seconds = Family::<CallLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_05, 2.5, 13))
-        });
+        let call_seconds = Family::<CallLabels, Histogram>::new_with_constructor(latency);
         registry.register(
             "rpc_duration_seconds",
             "Time from a call's arrival to its last response byte, by method and status code",
@@ -122,9 +125,7 @@ impl Metrics {
             "AuthZEN API requests answered, by endpoint and HTTP status",
             authzen.clone(),
         );
-        let authzen_seconds = Family::<AuthzenLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_05, 2.5, 13))
-        });
+        let authzen_seconds = Family::<AuthzenLabels, Histogram>::new_with_constructor(latency);
         registry.register(
             "authzen_request_duration_seconds",
             "Time from an AuthZEN request's arrival to its answer, by endpoint and HTTP status",
