@@ -282,6 +282,9 @@ async fn changes_through_one_replica_are_patched_into_the_others_index_without_a
     let mut delays =
         vec![until_b_answers(&mut b, engineer_on(&r.workspace), D::DeniedReadOnly).await];
     let second = try_create_workspace_with(&mut team, &r.owner, &r.org, "staging").await.unwrap();
+    // Each change waits for B to follow it, so that B applies it alone: two changes read from
+    // the log in one go are one patch.
+    delays.push(until_b_answers(&mut b, engineer_on(&second), D::DeniedNoWorkspaceAccess).await);
     team.set_workspace_access(set_access(&second, A::Write)).await.unwrap();
     delays.push(until_b_answers(&mut b, engineer_on(&second), D::AllowedByWorkspaceAccess).await);
     team.delete_workspace(r.owner.req(pb::DeleteWorkspaceRequest {
