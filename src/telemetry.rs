@@ -84,7 +84,10 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     // recorded field), which costs more than the call itself. Internal failures log their method
     // instead. At debug, where every decision is logged anyway, log lines carry the call's span.
     let verbose = filter.max_level_hint().is_some_and(|level| level >= LevelFilter::DEBUG);
-    let not_per_call = filter_fn(move |meta| verbose || !crate::grpc::observe::is_call_span(meta));
+    let not_per_call = filter_fn(move |meta| {
+        verbose
+            || !(crate::grpc::observe::is_call_span(meta) || crate::authzen::is_request_span(meta))
+    });
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match format {
         LogFormat::Text => registry.with(fmt.with_filter(not_per_call)).try_init(),

@@ -46,6 +46,15 @@ pub mod paths {
     pub const METADATA: &str = "/.well-known/authzen-configuration";
 }
 
+/// The name of the per-request span.
+const REQUEST_SPAN: &str = "http";
+
+/// Whether `meta` describes the per-request span, which logs leave out as they leave out the
+/// per-call span of gRPC (see `telemetry`).
+pub fn is_request_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.name() == REQUEST_SPAN && meta.target() == module_path!()
+}
+
 /// Most evaluations one boxcar may carry, as BatchAuthorize.
 pub const MAX_EVALUATIONS: usize = MAX_BATCH_CHECKS;
 
@@ -131,6 +140,18 @@ impl Endpoint {
             paths::METADATA => Endpoint::Metadata,
             _ => return None,
         })
+    }
+
+    /// The path, as the span's route.
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Ask(Question::Evaluation) => paths::EVALUATION,
+            Endpoint::Ask(Question::Evaluations) => paths::EVALUATIONS,
+            Endpoint::Ask(Question::SearchSubject) => paths::SEARCH_SUBJECT,
+            Endpoint::Ask(Question::SearchResource) => paths::SEARCH_RESOURCE,
+            Endpoint::Ask(Question::SearchAction) => paths::SEARCH_ACTION,
+            Endpoint::Metadata => paths::METADATA,
+        }
     }
 
     /// The metric label.
@@ -253,16 +274,37 @@ impl Inner {
         let id = request_id(&request);
         let endpoint = Endpoint::of(request.uri().path());
         let label = endpoint.map_or("other", Endpoint::label);
-        let span = tracing::debug_span!(
-            "authzen",
-            endpoint = label,
+        let method = request.method().clone();
+        // Field names follow OpenTelemetry's conventions for HTTP servers; `otel.*` fields are
+        // read by the exporter. caller, organization_id and decision are filled in on the way.
+        let route = endpoint.map(Endpoint::path);
+        let span = tracing::info_span!(
+            REQUEST_SPAN,
+            otel.name = match route {
+                Some(route) => format!("{method} {route}"),
+                None => method.to_string(),
+            },
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method.as_str(),
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+            url.scheme = if self.settings.tls { "https" } else { "http" },
             request_id = id.to_str().unwrap_or_default(),
             caller = tracing::field::Empty,
-            status = tracing::field::Empty,
+            organization_id = tracing::field::Empty,
+            decision = tracing::field::Empty,
         );
+        if let Some(parent) = crate::grpc::observe::caller_trace(request.headers()) {
+            // Fails only when no OpenTelemetry layer is installed; the span then stays local.
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+        }
         let answer =
             tracing::Instrument::instrument(self.route(endpoint, request), span.clone()).await;
-        span.record("status", answer.status.as_u16());
+        span.record("http.response.status_code", answer.status.as_u16());
+        if answer.status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
         self.parts.metrics.record_authzen(label, answer.status, started.elapsed());
         if answer.status.is_server_error() {
             let message = answer.body.as_ref().err().map(String::as_str).unwrap_or_default();
@@ -459,9 +501,12 @@ impl Inner {
             Ok(check) => check,
             Err(problem) => return Answer::bad(problem),
         };
+        let span = tracing::Span::current();
+        span.record("organization_id", tracing::field::display(check.organization_id));
         match self.parts.services.authorize(&check).await {
             Ok(decision) => {
                 self.parts.metrics.record_decision(check.permission, decision.allowed);
+                span.record("decision", if decision.allowed { "allowed" } else { "denied" });
                 Answer::json(decision_json(decision))
             }
             Err(err) => Answer::failed(err),

@@ -99,8 +99,7 @@ where
             decision = Empty,
             request_id = request_id.0.as_str(),
         );
-        if request.headers().contains_key("traceparent") {
-            let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
+        if let Some(parent) = caller_trace(request.headers()) {
             // Fails only when no OpenTelemetry layer is installed; the span then stays local.
             let _ = span.set_parent(parent);
         }
@@ -165,6 +164,13 @@ fn request_id(headers: &http::HeaderMap) -> (RequestId, http::HeaderValue) {
     let echoed = http::HeaderValue::from_str(id.as_str())
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
     (id, echoed)
+}
+
+/// The caller's trace, when the request carries a W3C `traceparent`.
+pub fn caller_trace(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
+    headers
+        .contains_key("traceparent")
+        .then(|| TraceContextPropagator::new().extract(&Headers(headers)))
 }
 
 /// The name of the per-call span.

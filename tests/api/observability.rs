@@ -174,7 +174,9 @@ async fn spans_reach_an_otlp_receiver_inside_the_callers_trace(backend: Backend)
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "roster-under-test"),
     ];
-    let server = Server::start_with_env(&database_url, sink.port, &log, &[], None, &env).await;
+    let authzen = format!("127.0.0.1:{}", free_port());
+    let extra = ["--authzen-listen", authzen.as_str()];
+    let server = Server::start_with_env(&database_url, sink.port, &log, &extra, None, &env).await;
     let owner = User::new("owner");
     let mut team = server.team().await;
     let org = crate::common::create_org_with(&mut team, &owner, "Acme").await;
@@ -193,12 +195,52 @@ async fn spans_reach_an_otlp_receiver_inside_the_callers_trace(backend: Backend)
         .metadata_mut()
         .insert("traceparent", format!("00-{trace_id}-{parent_id}-01").parse().unwrap());
     assert!(!access.authorize(denied).await.unwrap().into_inner().allowed);
+    // An AuthZEN evaluation joins the caller's trace the same way.
+    let evaluation = serde_json::json!({
+        "subject": {"type": "user", "id": "owner"},
+        "action": {"name": "billing.read"},
+        "resource": {"type": "organization", "id": org},
+    });
+    let traceparent = format!("00-{trace_id}-{parent_id}-01");
+    let reply = crate::common::web::http1(
+        authzen.parse().unwrap(),
+        tonic::codegen::http::Method::POST,
+        "/access/v1/evaluation",
+        &[
+            ("content-type", "application/json"),
+            ("traceparent", &traceparent),
+            ("x-request-id", "evaluation-1"),
+        ],
+        serde_json::to_vec(&evaluation).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     // A graceful stop flushes what the batch exporter still holds.
     server.stop();
 
     let spans = receiver.spans();
-    let ours: Vec<_> = spans.iter().filter(|s| hex(&s.trace_id) == trace_id).collect();
+    let (ours, evaluations): (Vec<_>, Vec<_>) = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == trace_id)
+        .partition(|s| s.name != "POST /access/v1/evaluation");
     assert_eq!(ours.len(), 2, "both Authorize calls join the caller's trace: {spans:#?}");
+    let [evaluation] = evaluations.as_slice() else {
+        panic!("the AuthZEN evaluation joins the caller's trace: {spans:#?}");
+    };
+    assert_eq!(hex(&evaluation.parent_span_id), parent_id, "{evaluation:#?}");
+    assert_eq!(evaluation.kind, 2, "{evaluation:#?}");
+    for (key, value) in [
+        ("http.request.method", "POST"),
+        ("http.route", "/access/v1/evaluation"),
+        ("http.response.status_code", "200"),
+        ("url.scheme", "http"),
+        ("request_id", "evaluation-1"),
+        ("organization_id", org.as_str()),
+        ("decision", "allowed"),
+    ] {
+        assert_eq!(attribute(evaluation, key).as_deref(), Some(value), "{key}: {evaluation:#?}");
+    }
+    assert!(attribute(evaluation, "caller").is_some(), "{evaluation:#?}");
     for span in &ours {
         assert_eq!(hex(&span.parent_span_id), parent_id, "{span:#?}");
         assert_eq!(span.name, "roster.v1.AccessService/Authorize");
