@@ -234,6 +234,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     );
     let budget = Arc::new(ByteBudget::new(config.max_buffered_request_bytes));
     let listener_stats = Arc::new(ListenerStats::default());
+    let authzen_stats = authzen_listener.as_ref().map(|_| Arc::new(ListenerStats::default()));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (metrics_addr, metrics_server) = match config.metrics_listen {
         Some(addr) => {
@@ -242,6 +243,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 index: index.clone(),
                 edge: metrics::EdgeSources {
                     listener: listener_stats.clone(),
+                    authzen_listener: authzen_stats.clone(),
                     budget: budget.clone(),
                     shed: limits.shed_counter(),
                 },
@@ -371,7 +373,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 tls.as_ref().map(TlsAcceptor::with_http1),
                 api,
                 listener_settings(true, true),
-                Arc::new(ListenerStats::default()),
+                authzen_stats.clone().unwrap_or_default(),
                 stopped.clone(),
             ));
             (Some(at), Some(task))

@@ -185,6 +185,7 @@ impl Metrics {
                 }
             },
             connections: sources.edge.listener.snapshot(),
+            authzen_connections: sources.edge.authzen_listener.as_ref().map(|l| l.snapshot()),
             buffered_request_bytes: sources.edge.budget.held(),
             shed: sources.edge.shed.load(std::sync::atomic::Ordering::Relaxed),
             watch: WatchSnapshot::read(&sources.watch),
@@ -231,8 +232,10 @@ pub struct WatchSources {
 /// The counters of the server's edge, read at scrape time.
 #[derive(Clone)]
 pub struct EdgeSources {
-    /// The listener's connection counters.
+    /// The gRPC listener's connection counters.
     pub listener: Arc<crate::grpc::listener::ListenerStats>,
+    /// The AuthZEN listener's, when it is served.
+    pub authzen_listener: Option<Arc<crate::grpc::listener::ListenerStats>>,
     /// Request bytes held while messages arrive.
     pub budget: Arc<crate::grpc::body::ByteBudget>,
     /// Calls shed at the in-flight limit.
@@ -246,6 +249,7 @@ struct Snapshot {
     pool: crate::storage::PoolUse,
     outbox: Option<Vec<(&'static str, i64)>>,
     connections: crate::grpc::listener::ListenerSnapshot,
+    authzen_connections: Option<crate::grpc::listener::ListenerSnapshot>,
     buffered_request_bytes: usize,
     shed: u64,
     watch: WatchSnapshot,
@@ -285,6 +289,65 @@ fn encode_one(
     metric: impl EncodeMetric,
 ) -> std::fmt::Result {
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A listener's connection counters, as `{prefix}connections_*`.
+fn encode_connections(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    port: &str,
+    connections: &crate::grpc::listener::ListenerSnapshot,
+) -> std::fmt::Result {
+    let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+    let name = |what: &str| format!("{prefix}connections_{what}");
+    encode_one(
+        encoder,
+        &name("open"),
+        &format!("Client connections open on {port}"),
+        gauge(connections.open),
+    )?;
+    encode_one(
+        encoder,
+        &name("pending"),
+        &format!(
+            "Open connections on {port} that have not yet carried a call with a valid credential"
+        ),
+        gauge(connections.pending),
+    )?;
+    encode_one(
+        encoder,
+        &name("max"),
+        &format!(
+            "The most client connections that may be open on {port} (--max-connections, within the file-descriptor limit)"
+        ),
+        gauge(connections.capacity),
+    )?;
+    encode_one(
+        encoder,
+        &name("refused"),
+        &format!("Connections to {port} closed at accept because --max-connections were open"),
+        ConstCounter::new(connections.refused),
+    )?;
+    encode_one(
+        encoder,
+        &name("evicted"),
+        &format!(
+            "Pending connections to {port} closed to make room for a new one (--max-pending-connections)"
+        ),
+        ConstCounter::new(connections.evicted),
+    )?;
+    encode_one(
+        encoder,
+        &name("timed_out"),
+        &format!("Connections to {port} closed by the handshake or idle timeout"),
+        ConstCounter::new(connections.timed_out),
+    )?;
+    encode_one(
+        encoder,
+        &format!("{prefix}accept_errors"),
+        &format!("Accepts on {port} that failed for lack of resources (file descriptors, memory)"),
+        ConstCounter::new(connections.accept_errors),
+    )
 }
 
 impl prometheus_client::collector::Collector for Snapshot {
@@ -344,50 +407,11 @@ impl prometheus_client::collector::Collector for Snapshot {
             "The most connections the pool opens",
             ConstGauge::new(i64::from(pool.max)),
         )?;
-        let connections = &self.connections;
+        encode_connections(&mut encoder, "", "the gRPC port", &self.connections)?;
+        if let Some(authzen) = &self.authzen_connections {
+            encode_connections(&mut encoder, "authzen_", "the AuthZEN port", authzen)?;
+        }
         let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
-        encode_one(
-            &mut encoder,
-            "connections_open",
-            "Client connections open on the gRPC port",
-            gauge(connections.open),
-        )?;
-        encode_one(
-            &mut encoder,
-            "connections_pending",
-            "Open connections that have not yet carried a call with a valid credential",
-            gauge(connections.pending),
-        )?;
-        encode_one(
-            &mut encoder,
-            "connections_max",
-            "The most client connections that may be open (--max-connections, within the file-descriptor limit)",
-            gauge(connections.capacity),
-        )?;
-        encode_one(
-            &mut encoder,
-            "connections_refused",
-            "Connections closed at accept because --max-connections were open",
-            ConstCounter::new(connections.refused),
-        )?;
-        encode_one(
-            &mut encoder,
-            "connections_evicted",
-            "Pending connections closed to make room for a new one (--max-pending-connections)",
-            ConstCounter::new(connections.evicted),
-        )?;
-        encode_one(
-            &mut encoder,
-            "connections_timed_out",
-            "Connections closed by the handshake or idle timeout",
-            ConstCounter::new(connections.timed_out),
-        )?;
-        encode_one(
-            &mut encoder,
-            "accept_errors",
-            "Accepts that failed for lack of resources (file descriptors, memory)",
-            ConstCounter::new(connections.accept_errors),
-        )?;
         encode_one(
             &mut encoder,
             "request_bytes_buffered",

@@ -484,6 +484,26 @@ async fn evaluations_are_decided_as_authorize_decides_them_for_every_role(backen
     };
     assert_eq!(count(200), Some((asked + 6) as f64));
     assert_eq!(count(400), Some(2.0));
+
+    // The listener's connections, apart from the gRPC port's: one that says nothing is open
+    // and pending until it is closed.
+    let silent = tokio::net::TcpStream::connect(app.authzen_addr.unwrap()).await.unwrap();
+    let connections = |metrics: &str| {
+        let read = |what: &str| sample(metrics, &format!("roster_authzen_connections_{what}"));
+        (read("open"), read("pending"), read("max"))
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let (open, pending, max) = connections(&scrape(app.metrics_addr.unwrap()).await);
+        assert!(max.is_some_and(|max| max > 0.0), "{max:?}");
+        if pending.is_some_and(|pending| pending >= 1.0) {
+            assert!(open >= pending, "{open:?} {pending:?}");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{open:?} {pending:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(silent);
     app.stop().await;
 }
 

@@ -56,6 +56,9 @@ async fn metrics_count_calls_decisions_index_pool_and_outbox(backend: Backend) {
     assert_code(unknown, Code::Unimplemented, None);
 
     let text = scrape(metrics).await;
+    // Without --authzen-listen there is no AuthZEN port to count.
+    assert!(text.contains("roster_connections_open"), "{text}");
+    assert!(!text.contains("roster_authzen_connections"), "{text}");
     let authorize = r#"method="/roster.v1.AccessService/Authorize""#;
     let calls = |code: &str| {
         sample(&text, &format!("roster_rpc_calls_total{{{authorize},code=\"{code}\"}}"))
