@@ -320,11 +320,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let stack = ServiceBuilder::new()
         // Outermost: a gRPC-Web call is translated before anything else sees it, so that every
         // layer below guards it as it guards a native call.
-        .option_layer(
-            config
-                .grpc_web
-                .then(|| WebLayer::new(AllowedOrigins::new(&config.cors_allowed_origins))),
-        )
+        .option_layer(config.grpc_web.then(|| {
+            WebLayer::new(AllowedOrigins::new(&config.cors_allowed_origins), metrics.clone())
+        }))
         // Then, so that refused and shed calls are counted and traced too.
         .layer(ObserveLayer::new(metrics))
         // Before anything is taken for the call: its slot, its body.

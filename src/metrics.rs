@@ -55,6 +55,47 @@ pub struct Metrics {
     delivery_failures: Counter,
     authzen: Family<AuthzenLabels, Counter>,
     authzen_seconds: Family<AuthzenLabels, Histogram>,
+    /// Indexed by [`HttpRefusal`].
+    http_refused: [Counter; HttpRefusal::ALL.len()],
+}
+
+/// Why the main port answered an HTTP request before any gRPC call began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// A gRPC-Web call from a page of an origin not in `--cors-allowed-origin`.
+    OriginNotAllowed,
+    /// A CORS preflight refused: its origin is not allowed, or it asks for a method other
+    /// than POST.
+    PreflightRefused,
+    /// An OPTIONS request without an Origin: no browser's preflight.
+    NotAPreflight,
+    /// HTTP/1.1 that is not gRPC-Web.
+    NotGrpc,
+}
+
+impl HttpRefusal {
+    const ALL: [HttpRefusal; 4] = [
+        HttpRefusal::OriginNotAllowed,
+        HttpRefusal::PreflightRefused,
+        HttpRefusal::NotAPreflight,
+        HttpRefusal::NotGrpc,
+    ];
+
+    /// The metric label.
+    fn label(self) -> &'static str {
+        match self {
+            HttpRefusal::OriginNotAllowed => "origin_not_allowed",
+            HttpRefusal::PreflightRefused => "preflight_refused",
+            HttpRefusal::NotAPreflight => "not_a_preflight",
+            HttpRefusal::NotGrpc => "not_grpc",
+        }
+    }
+}
+
+/// Labels of the HTTP refusals metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
 }
 
 /// Labels of the AuthZEN requests metric.
@@ -131,6 +172,15 @@ impl Metrics {
             "Time from an AuthZEN request's arrival to its answer, by endpoint and HTTP status",
             authzen_seconds.clone(),
         );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "http_refused",
+            "HTTP requests the main port answered before any gRPC call began, by reason: CORS and gRPC-Web refusals",
+            refusals.clone(),
+        );
+        let http_refused = HttpRefusal::ALL.map(|reason| {
+            refusals.get_or_create(&RefusalLabels { reason: reason.label() }).clone()
+        });
         Self {
             registry,
             calls,
@@ -139,6 +189,7 @@ impl Metrics {
             delivery_failures,
             authzen,
             authzen_seconds,
+            http_refused,
         }
     }
 
@@ -152,6 +203,11 @@ impl Metrics {
         let labels = AuthzenLabels { endpoint, status: status.as_u16() };
         self.authzen.get_or_create(&labels).inc();
         self.authzen_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records an HTTP request refused before any gRPC call began.
+    pub fn record_http_refusal(&self, reason: HttpRefusal) {
+        self.http_refused[reason as usize].inc();
     }
 
     /// Records a finished call of `method`, a label from [`method_label`].

@@ -15,6 +15,8 @@ use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderValue, Method, StatusCode, header};
 use tower::{Layer, Service};
 
+use crate::metrics::{HttpRefusal, Metrics};
+
 /// Request headers a page may send: what Connect-ES and grpc-web clients send, the caller's
 /// credentials (a bearer token, or dev mode's user headers), a request id and a trace parent.
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-grpc-web, x-user-agent, \
@@ -53,12 +55,13 @@ impl AllowedOrigins {
 #[derive(Clone)]
 pub struct WebLayer {
     origins: Arc<AllowedOrigins>,
+    metrics: Arc<Metrics>,
 }
 
 impl WebLayer {
-    /// Serves gRPC-Web, and CORS to pages of `origins`.
-    pub fn new(origins: AllowedOrigins) -> Self {
-        Self { origins: Arc::new(origins) }
+    /// Serves gRPC-Web, and CORS to pages of `origins`; counts refusals into `metrics`.
+    pub fn new(origins: AllowedOrigins, metrics: Arc<Metrics>) -> Self {
+        Self { origins: Arc::new(origins), metrics }
     }
 }
 
@@ -66,7 +69,7 @@ impl<S> Layer<S> for WebLayer {
     type Service = Web<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Web { inner, origins: self.origins.clone() }
+        Web { inner, origins: self.origins.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -75,6 +78,7 @@ impl<S> Layer<S> for WebLayer {
 pub struct Web<S> {
     inner: S,
     origins: Arc<AllowedOrigins>,
+    metrics: Arc<Metrics>,
 }
 
 /// What kind of request arrived.
@@ -130,12 +134,31 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         match kind(&request) {
             Kind::Native => WebFuture::Native(self.inner.call(request)),
-            Kind::Preflight => WebFuture::Ready(Some(preflight(&self.origins, &request))),
-            Kind::Unsupported => WebFuture::Ready(Some(plain(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "this port speaks gRPC over HTTP/2, and gRPC-Web (application/grpc-web) over \
-                 HTTP/1.1 or HTTP/2\n",
-            ))),
+            Kind::Preflight => {
+                let answer = preflight(&self.origins, &request);
+                if let Err(refusal) = &answer {
+                    self.metrics.record_http_refusal(*refusal);
+                }
+                WebFuture::Ready(Some(answer.unwrap_or_else(|refusal| match refusal {
+                    HttpRefusal::NotAPreflight => plain(
+                        StatusCode::BAD_REQUEST,
+                        "an OPTIONS request here must be a CORS preflight\n",
+                    ),
+                    _ => plain(
+                        StatusCode::FORBIDDEN,
+                        "this origin may not call the server, or not with this method; see \
+                         --cors-allowed-origin\n",
+                    ),
+                })))
+            }
+            Kind::Unsupported => {
+                self.metrics.record_http_refusal(HttpRefusal::NotGrpc);
+                WebFuture::Ready(Some(plain(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "this port speaks gRPC over HTTP/2, and gRPC-Web (application/grpc-web) over \
+                     HTTP/1.1 or HTTP/2\n",
+                )))
+            }
             Kind::GrpcWeb => {
                 let origin = request.headers().get(header::ORIGIN).cloned();
                 // A page of an origin not allowed is refused before anything runs: its browser
@@ -143,6 +166,7 @@ where
                 if let Some(origin) = &origin
                     && !self.origins.allows(origin)
                 {
+                    self.metrics.record_http_refusal(HttpRefusal::OriginNotAllowed);
                     return WebFuture::Ready(Some(plain(
                         StatusCode::FORBIDDEN,
                         "this origin may not call the server; see --cors-allowed-origin\n",
@@ -165,24 +189,21 @@ where
     }
 }
 
-/// The answer to a CORS preflight: the origin, method and headers a call may use, or a refusal
-/// without any CORS header when the origin is not allowed or the method is not POST.
-fn preflight(origins: &AllowedOrigins, request: &http::Request<Body>) -> http::Response<Body> {
+/// The answer to a CORS preflight: the origin, method and headers a call may use; or why it is
+/// refused (answered without any CORS header) when the origin is not allowed or the method is
+/// not POST.
+fn preflight(
+    origins: &AllowedOrigins,
+    request: &http::Request<Body>,
+) -> Result<http::Response<Body>, HttpRefusal> {
     let headers = request.headers();
     let Some(origin) = headers.get(header::ORIGIN) else {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "an OPTIONS request here must be a CORS preflight\n",
-        );
+        return Err(HttpRefusal::NotAPreflight);
     };
     let method_ok =
         headers.get(header::ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|m| m.as_bytes() == b"POST");
     if !origins.allows(origin) || !method_ok {
-        return plain(
-            StatusCode::FORBIDDEN,
-            "this origin may not call the server, or not with this method; see \
-             --cors-allowed-origin\n",
-        );
+        return Err(HttpRefusal::PreflightRefused);
     }
     let mut response = http::Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -195,7 +216,7 @@ fn preflight(origins: &AllowedOrigins, request: &http::Request<Body>) -> http::R
         header::VARY,
         HeaderValue::from_static("access-control-request-method, access-control-request-headers"),
     );
-    response
+    Ok(response)
 }
 
 /// Names `origin` as allowed; caches must keep answers to different origins apart.

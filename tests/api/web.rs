@@ -191,6 +191,22 @@ async fn only_allowed_origins_get_cors_answers_and_others_are_refused_before_any
     let tool = web::call(app.addr, CREATE_ORG, &dev_headers(&owner), &request).await;
     assert_eq!(tool.code(), Code::Ok);
     assert_eq!(tool.http.header("access-control-allow-origin"), None);
+    // An OPTIONS that is no preflight, and HTTP/1.1 that is not gRPC-Web.
+    let bare = http1(app.addr, Method::OPTIONS, CREATE_ORG, &[], vec![]).await;
+    assert_eq!(bare.status, 400, "{bare:?}");
+    let page = http1(app.addr, Method::GET, "/", &[], vec![]).await;
+    assert_eq!(page.status, 415, "{page:?}");
+    // Each refusal is counted by its reason, for an operator to see what pages run into.
+    let metrics = scrape(app.metrics_addr.unwrap()).await;
+    for (reason, count) in [
+        ("origin_not_allowed", 1.0),
+        ("preflight_refused", 1.0),
+        ("not_a_preflight", 1.0),
+        ("not_grpc", 1.0),
+    ] {
+        let series = format!("roster_http_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&metrics, &series), Some(count), "{series}: {metrics}");
+    }
     app.stop().await;
 
     // With no origin configured (the default), no page of any origin gets a CORS answer.
