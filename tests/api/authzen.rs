@@ -4,6 +4,8 @@
 //! the tests send as valid, and every answer, is checked against the shapes the specification
 //! gives (the schemas below, written from its text).
 
+use std::sync::atomic::Ordering;
+
 use serde_json::{Value, json};
 use tonic::codegen::http::Method;
 
@@ -868,14 +870,18 @@ async fn slow_body_status(addr: std::net::SocketAddr) -> u16 {
     text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
 }
 
-/// Every result of a search, page after page of `limit`, as (type, id) pairs.
+/// Every result of a search, page after page of `limit`, as (type, id) pairs. With `churn`,
+/// a count of changes made meanwhile, the second page is asked only once it has moved, so that
+/// the team changes while the pages are read however busy the machine is.
 async fn every_page(
     app: &TestApp,
     path: &str,
     request_schema: Value,
     mut body: Value,
     limit: u64,
+    churn: Option<&std::sync::atomic::AtomicUsize>,
 ) -> Vec<String> {
+    let mut first = true;
     body["page"] = json!({"limit": limit});
     let mut seen = Vec::new();
     for _ in 0..1000 {
@@ -899,6 +905,14 @@ async fn every_page(
         // is the first page's. A pause lets the team change between pages.
         body["page"] = json!({"token": next});
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if let Some(churn) = churn.filter(|_| first) {
+            let (seen_then, started) = (churn.load(Ordering::Relaxed), std::time::Instant::now());
+            while churn.load(Ordering::Relaxed) == seen_then {
+                assert!(started.elapsed().as_secs() < 30, "the team stopped changing");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        first = false;
     }
     panic!("the search never ended");
 }
@@ -1013,6 +1027,7 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
                 "resource": {"type": "workspace", "properties": {"organization_id": org}},
             }),
             limit,
+            Some(&rounds_done),
         )
         .await;
         assert_unique_and_covering(&found, &stable, "workspaces");
@@ -1026,6 +1041,7 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
                 "resource": workspace(&org, &hub),
             }),
             limit,
+            Some(&rounds_done),
         )
         .await;
         assert_unique_and_covering(&found, &readers, "readers");
@@ -1053,6 +1069,7 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
             "resource": {"type": "workspace", "properties": {"organization_id": org}},
         }),
         3,
+        None,
     )
     .await;
     found.sort();
@@ -1074,6 +1091,7 @@ async fn searches_page_through_every_result_exactly_once_while_the_team_changes(
         schema::subject_search(),
         json!({"subject": {"type": "user"}, "action": action("sources.create"), "resource": workspace(&org, &hub)}),
         2,
+        None,
     )
     .await;
     found.sort();

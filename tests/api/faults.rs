@@ -24,6 +24,8 @@ async fn an_smtp_outage_loses_no_email(backend: Backend) {
     let port = free_port();
     let app = spawn_app_with(backend, |config| {
         config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        // Retried until the mail server is back, however long the test takes to bring it.
+        config.mail_max_attempts = 1000;
     })
     .await;
     let owner = User::new("owner");

@@ -50,7 +50,7 @@ async fn the_end_of_a_grant_is_recorded_once_in_the_change_log_and_the_audit_log
     let org = app.create_org(&owner, "Acme").await;
     let prod = app.create_workspace(&owner, &org, "prod").await;
     app.join(&owner, &org, &engineer, R::Member, &[]).await;
-    let end = micros_from_now(Duration::from_millis(800));
+    let end = micros_from_now(Duration::from_millis(3000));
     app.team
         .clone()
         .set_workspace_access(set_until(
@@ -64,7 +64,9 @@ async fn the_end_of_a_grant_is_recorded_once_in_the_change_log_and_the_audit_log
         ))
         .await
         .unwrap();
-    assert!(audited(&app, &owner, &org, "workspace_access.expired").await.is_empty());
+    // Not before the end (asked only while it is ahead, on a machine too busy to ask in time).
+    let unrecorded = audited(&app, &owner, &org, "workspace_access.expired").await.is_empty();
+    assert!(unrecorded || micros_from_now(Duration::ZERO) > end, "recorded before the end");
     // Recorded within a second or two of the end, by no user, and then never again.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while audited(&app, &owner, &org, "workspace_access.expired").await.is_empty() {
@@ -137,7 +139,7 @@ async fn an_invitations_grant_ends_at_the_instant_fixed_when_it_was_made(backend
     assert_eq!(app.snapshot().await, before);
 
     // WRITE on production until an end fixed now, READ on staging for good.
-    let end = micros_from_now(Duration::from_millis(2500));
+    let end = micros_from_now(Duration::from_millis(6000));
     let created = team
         .create_invitation(invite(
             &engineer.email,
@@ -164,7 +166,7 @@ async fn an_invitations_grant_ends_at_the_instant_fixed_when_it_was_made(backend
     assert!(app.allowed(&engineer.id, &org, &staging, "sources.read").await);
 
     // Accepted after its grant's end: the member joins without that grant.
-    let short = micros_from_now(Duration::from_millis(800));
+    let short = micros_from_now(Duration::from_millis(2000));
     team.create_invitation(invite(
         &late.email,
         vec![offered(&prod, A::Write, Some(short), "call")],
@@ -216,7 +218,7 @@ async fn a_grant_set_with_an_end_grants_until_then_and_setting_it_again_replaces
     assert!(!app.allowed(&engineer.id, &org, &prod, "sources.create").await);
     let mut team = app.team.clone();
 
-    let end = micros_from_now(Duration::from_millis(1500));
+    let end = micros_from_now(Duration::from_millis(5000));
     let set = team
         .set_workspace_access(set_until(
             &owner,
@@ -489,7 +491,7 @@ async fn an_ended_grant_grants_nothing_on_any_path_from_its_end_on(backend: Back
     let prod = app.create_workspace(&owner, &org, "prod").await;
     app.join(&owner, &org, &engineer, R::Member, &[(&prod, A::Write)]).await;
     // Nothing has asked about the organization yet: its first check loads it, end included.
-    let end = micros_from_now(Duration::from_millis(1500));
+    let end = micros_from_now(Duration::from_millis(5000));
     app.execute(&format!("UPDATE workspace_grants SET expire_time = {end}")).await;
 
     let allowed = |reason: Why| format!("{} {}", true, reason as i32);

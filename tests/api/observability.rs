@@ -10,7 +10,7 @@ use crate::common::process::{Server, free_port};
 use crate::common::smtp::SmtpSink;
 use crate::common::{
     Backend, User, assert_code, check, drop_database, fresh_database, http_get, sample, scrape,
-    spawn_app_with,
+    spawn_app_with, wait_for_sample,
 };
 use crate::db_tests;
 
@@ -55,6 +55,10 @@ async fn metrics_count_calls_decisions_index_pool_and_outbox(backend: Backend) {
         .await;
     assert_code(unknown, Code::Unimplemented, None);
 
+    // A call is counted when its last byte is sent, which may come just after the client has
+    // read it: the last one is waited for.
+    let last = r#"roster_rpc_calls_total{method="other",code="UNIMPLEMENTED"}"#;
+    assert!(wait_for_sample(metrics, last, 1.0, Duration::from_secs(10)).await, "{last}");
     let text = scrape(metrics).await;
     // Without --authzen-listen there is no AuthZEN port to count.
     assert!(text.contains("roster_connections_open"), "{text}");

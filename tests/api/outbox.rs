@@ -76,8 +76,10 @@ async fn holding(app: &TestApp, needle: &str) -> Vec<(String, String)> {
 
 async fn no_token_is_stored_while_an_email_is_retried_or_after_it_failed(backend: Backend) {
     let app = spawn_app_with(backend, |config| {
-        config.mail_retry_base_ms = 1500;
-        config.mail_retry_max_ms = 1500;
+        // Long enough between attempts for the test to see the retrying state on a busy
+        // machine.
+        config.mail_retry_base_ms = 4000;
+        config.mail_retry_max_ms = 4000;
         config.mail_max_attempts = 2;
     })
     .await;
@@ -167,8 +169,9 @@ async fn revoked_and_expired_invitations_are_never_mailed(backend: Backend) {
 
 async fn an_accepted_invitation_is_not_mailed_again(backend: Backend) {
     let app = spawn_app_with(backend, |config| {
-        config.mail_retry_base_ms = 2000;
-        config.mail_retry_max_ms = 2000;
+        // Long enough for the acceptance to come before the retry on a busy machine.
+        config.mail_retry_base_ms = 5000;
+        config.mail_retry_max_ms = 5000;
     })
     .await;
     // The first email reaches the invitee, but the server reports a failure, so a retry is

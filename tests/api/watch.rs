@@ -655,7 +655,8 @@ async fn an_idle_stream_gets_a_checkpoint_every_second(backend: Backend) {
         let gap = last.elapsed();
         last = Instant::now();
         assert!(checkpoint.changes.is_empty(), "nothing changed: {checkpoint:?}");
-        assert!(gap < Duration::from_millis(1500), "a checkpoint within a second: {gap:?}");
+        // Sent every 900 ms; the margin is for a busy machine's scheduling.
+        assert!(gap < Duration::from_secs(3), "a checkpoint within a second: {gap:?}");
         tokens.push(checkpoint.token);
     }
     let token = ChangeToken::parse(&tokens[2]).unwrap();
@@ -927,7 +928,8 @@ async fn streams_hold_no_in_flight_slot_outlive_the_call_deadline_and_have_their
 ) {
     let app = spawn_app_with(backend, |config| {
         config.max_in_flight = 1;
-        config.request_timeout_ms = 300;
+        // Long enough for a write on a busy machine; the stream is read well past it.
+        config.request_timeout_ms = 1500;
         config.max_watch_streams = 2;
     })
     .await;
@@ -943,10 +945,10 @@ async fn streams_hold_no_in_flight_slot_outlive_the_call_deadline_and_have_their
     assert_code(snapshot.await.map(|_| ()), Code::ResourceExhausted, None);
     // The single in-flight slot is free for calls.
     app.create_workspace(&owner, &org, "prod").await;
-    // Past the 300 ms deadline the stream goes on.
+    // Past the 1.5 s deadline the stream goes on.
     let started = Instant::now();
     let mut changes = Vec::new();
-    while started.elapsed() < Duration::from_millis(1500) {
+    while started.elapsed() < Duration::from_millis(4000) {
         changes.extend(next(&mut first).await.expect("the stream outlives the deadline").changes);
     }
     assert_eq!(changes.len(), 1, "the workspace's creation");

@@ -8,7 +8,9 @@ use tonic::codegen::http::Method;
 use tonic_types::StatusExt as _;
 
 use crate::common::web::{self, http1};
-use crate::common::{Backend, TestApp, User, assert_code, sample, scrape, spawn_app_with};
+use crate::common::{
+    Backend, TestApp, User, assert_code, sample, scrape, spawn_app_with, wait_for_sample,
+};
 use crate::db_tests;
 
 db_tests!(
@@ -34,6 +36,9 @@ async fn app(backend: Backend) -> TestApp {
 fn dev_headers(user: &User) -> [(&str, &str); 2] {
     [("x-user-id", user.id.as_str()), ("x-user-email", user.email.as_str())]
 }
+
+/// How long a test waits for what the server does after answering.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 const CREATE_ORG: &str = "/roster.v1.TeamService/CreateOrganization";
 
@@ -123,12 +128,15 @@ async fn grpc_web_calls_pass_the_same_identity_limits_and_metrics_as_native_ones
     // Counted under the method, with its code, like any call.
     let ok = web::call(app.addr, CREATE_ORG, &dev_headers(&owner), &request).await;
     assert_eq!(ok.code(), Code::Ok);
-    let metrics = scrape(app.metrics_addr.unwrap()).await;
     let series = |code: &str| {
         format!(
             "roster_rpc_calls_total{{method=\"/roster.v1.TeamService/CreateOrganization\",code=\"{code}\"}}"
         )
     };
+    // Counted once its last byte is sent, which may be just after the page has read it.
+    let counted = wait_for_sample(app.metrics_addr.unwrap(), &series("OK"), 1.0, PATIENCE).await;
+    assert!(counted, "{}", series("OK"));
+    let metrics = scrape(app.metrics_addr.unwrap()).await;
     assert_eq!(sample(&metrics, &series("OK")), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, &series("UNAUTHENTICATED")), Some(1.0), "{metrics}");
     // Plain HTTP/1.1 that is not gRPC-Web is refused before identification.

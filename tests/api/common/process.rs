@@ -100,7 +100,8 @@ impl Server {
             .spawn()
             .unwrap();
         let server = Server { child, addr };
-        for _ in 0..200 {
+        // A debug build migrating a fresh database on a busy machine takes a while.
+        for _ in 0..1200 {
             if let Ok(channel) =
                 Channel::from_shared(format!("http://{addr}")).unwrap().connect().await
             {
