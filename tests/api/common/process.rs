@@ -11,6 +11,21 @@ use tonic::transport::Channel;
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
+    // Below Linux's ephemeral range (32768 and up by default), where the kernel never hands
+    // out a port of its own (to a bind to port 0 or to a connection) between this check and
+    // the program's bind.
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if range > 11000 {
+        for _ in 0..100 {
+            let port = rand::random_range(10000..range);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
