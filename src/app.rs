@@ -371,7 +371,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 tls.as_ref().map(TlsAcceptor::with_http1),
                 api,
                 listener_settings(true, true),
-                authzen_stats.clone().unwrap_or_default(),
+                authzen_stats.clone().expect("made with the AuthZEN listener"),
                 stopped.clone(),
             ));
             (Some(at), Some(task))

@@ -81,6 +81,16 @@ impl HttpRefusal {
         HttpRefusal::NotGrpc,
     ];
 
+    /// Its place in [`HttpRefusal::ALL`].
+    fn index(self) -> usize {
+        match self {
+            HttpRefusal::OriginNotAllowed => 0,
+            HttpRefusal::PreflightRefused => 1,
+            HttpRefusal::NotAPreflight => 2,
+            HttpRefusal::NotGrpc => 3,
+        }
+    }
+
     /// The metric label.
     fn label(self) -> &'static str {
         match self {
@@ -207,7 +217,7 @@ impl Metrics {
 
     /// Records an HTTP request refused before any gRPC call began.
     pub fn record_http_refusal(&self, reason: HttpRefusal) {
-        self.http_refused[reason as usize].inc();
+        self.http_refused[reason.index()].inc();
     }
 
     /// Records a finished call of `method`, a label from [`method_label`].
@@ -366,7 +376,7 @@ fn encode_connections(
         encoder,
         &name("pending"),
         &format!(
-            "Open connections on {port} that have not yet carried a call with a valid credential"
+            "Open connections on {port} that have not yet carried a request with a valid credential"
         ),
         gauge(connections.pending),
     )?;
@@ -692,6 +702,23 @@ mod tests {
         assert_eq!(method_label("/grpc.health.v1.Health/Check"), "/grpc.health.v1.Health/Check");
         assert_eq!(method_label("/roster.v1.AccessService/Nope"), "other");
         assert_eq!(method_label(&"/x".repeat(1000)), "other");
+    }
+
+    #[test]
+    fn each_http_refusal_is_counted_under_its_own_reason() {
+        let metrics = Metrics::new();
+        for (i, reason) in HttpRefusal::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                metrics.record_http_refusal(reason);
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+        for (i, reason) in HttpRefusal::ALL.into_iter().enumerate() {
+            let line =
+                format!("roster_http_refused_total{{reason=\"{}\"}} {}", reason.label(), i + 1);
+            assert!(text.contains(&line), "{line}: {text}");
+        }
     }
 
     #[test]

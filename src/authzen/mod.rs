@@ -154,6 +154,26 @@ impl Endpoint {
         }
     }
 
+    /// The span's name: the method and route for the endpoint's own method, `HTTP` for any
+    /// other, as OpenTelemetry names a request whose name would tell nothing more.
+    fn span_name(self, method: &Method) -> &'static str {
+        let (own, name) = match self {
+            Endpoint::Ask(Question::Evaluation) => (Method::POST, "POST /access/v1/evaluation"),
+            Endpoint::Ask(Question::Evaluations) => (Method::POST, "POST /access/v1/evaluations"),
+            Endpoint::Ask(Question::SearchSubject) => {
+                (Method::POST, "POST /access/v1/search/subject")
+            }
+            Endpoint::Ask(Question::SearchResource) => {
+                (Method::POST, "POST /access/v1/search/resource")
+            }
+            Endpoint::Ask(Question::SearchAction) => {
+                (Method::POST, "POST /access/v1/search/action")
+            }
+            Endpoint::Metadata => (Method::GET, "GET /.well-known/authzen-configuration"),
+        };
+        if *method == own { name } else { "HTTP" }
+    }
+
     /// The metric label.
     fn label(self) -> &'static str {
         match self {
@@ -261,6 +281,25 @@ fn request_id(request: &http::Request<Body>) -> HeaderValue {
     }
 }
 
+/// The longest request id a span carries; a longer one is echoed but not traced.
+const MAX_TRACED_ID: usize = 128;
+
+/// A method as OpenTelemetry records it: one of HTTP's own, or `_OTHER`.
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
 /// Whether a Content-Type is JSON (`application/json`, with any parameters).
 fn is_json(value: Option<&HeaderValue>) -> bool {
     let Some(text) = value.and_then(|v| v.to_str().ok()) else { return false };
@@ -274,23 +313,21 @@ impl Inner {
         let id = request_id(&request);
         let endpoint = Endpoint::of(request.uri().path());
         let label = endpoint.map_or("other", Endpoint::label);
-        let method = request.method().clone();
         // Field names follow OpenTelemetry's conventions for HTTP servers; `otel.*` fields are
         // read by the exporter. caller, organization_id and decision are filled in on the way.
-        let route = endpoint.map(Endpoint::path);
+        // Every value is one of a known few, or the request id, bounded: the span is made
+        // before the caller is identified.
+        let method = request.method();
         let span = tracing::info_span!(
             REQUEST_SPAN,
-            otel.name = match route {
-                Some(route) => format!("{method} {route}"),
-                None => method.to_string(),
-            },
+            otel.name = endpoint.map_or("HTTP", |e| e.span_name(method)),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
-            http.request.method = method.as_str(),
-            http.route = route,
+            http.request.method = method_name(method),
+            http.route = endpoint.map(Endpoint::path),
             http.response.status_code = tracing::field::Empty,
             url.scheme = if self.settings.tls { "https" } else { "http" },
-            request_id = id.to_str().unwrap_or_default(),
+            request_id = id.to_str().ok().filter(|id| id.len() <= MAX_TRACED_ID).unwrap_or("-"),
             caller = tracing::field::Empty,
             organization_id = tracing::field::Empty,
             decision = tracing::field::Empty,
@@ -597,6 +634,7 @@ impl Inner {
         };
         let mut decided = decided.into_iter();
         let mut results = Vec::with_capacity(checks.len());
+        let mut permitted = 0;
         for check in &checks {
             let (result, allowed) = match check {
                 Ok(check) => {
@@ -614,12 +652,17 @@ impl Inner {
                 ),
             };
             results.push(result);
+            permitted += usize::from(allowed);
             match semantic {
                 Semantic::DenyOnFirstDeny if !allowed => break,
                 Semantic::PermitOnFirstPermit if allowed => break,
                 _ => {}
             }
         }
+        tracing::Span::current().record(
+            "decision",
+            tracing::field::display(format_args!("{permitted} of {} allowed", results.len())),
+        );
         Answer::json(json!({ "evaluations": results }))
     }
 

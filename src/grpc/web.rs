@@ -135,21 +135,11 @@ where
         match kind(&request) {
             Kind::Native => WebFuture::Native(self.inner.call(request)),
             Kind::Preflight => {
-                let answer = preflight(&self.origins, &request);
-                if let Err(refusal) = &answer {
-                    self.metrics.record_http_refusal(*refusal);
+                let (answer, refused) = preflight(&self.origins, &request);
+                if let Some(reason) = refused {
+                    self.metrics.record_http_refusal(reason);
                 }
-                WebFuture::Ready(Some(answer.unwrap_or_else(|refusal| match refusal {
-                    HttpRefusal::NotAPreflight => plain(
-                        StatusCode::BAD_REQUEST,
-                        "an OPTIONS request here must be a CORS preflight\n",
-                    ),
-                    _ => plain(
-                        StatusCode::FORBIDDEN,
-                        "this origin may not call the server, or not with this method; see \
-                         --cors-allowed-origin\n",
-                    ),
-                })))
+                WebFuture::Ready(Some(answer))
             }
             Kind::Unsupported => {
                 self.metrics.record_http_refusal(HttpRefusal::NotGrpc);
@@ -189,21 +179,27 @@ where
     }
 }
 
-/// The answer to a CORS preflight: the origin, method and headers a call may use; or why it is
-/// refused (answered without any CORS header) when the origin is not allowed or the method is
-/// not POST.
+/// The answer to a CORS preflight: the origin, method and headers a call may use; or a refusal
+/// without any CORS header, and why, when the origin is not allowed or the method is not POST.
 fn preflight(
     origins: &AllowedOrigins,
     request: &http::Request<Body>,
-) -> Result<http::Response<Body>, HttpRefusal> {
+) -> (http::Response<Body>, Option<HttpRefusal>) {
     let headers = request.headers();
     let Some(origin) = headers.get(header::ORIGIN) else {
-        return Err(HttpRefusal::NotAPreflight);
+        let answer =
+            plain(StatusCode::BAD_REQUEST, "an OPTIONS request here must be a CORS preflight\n");
+        return (answer, Some(HttpRefusal::NotAPreflight));
     };
     let method_ok =
         headers.get(header::ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|m| m.as_bytes() == b"POST");
     if !origins.allows(origin) || !method_ok {
-        return Err(HttpRefusal::PreflightRefused);
+        let answer = plain(
+            StatusCode::FORBIDDEN,
+            "this origin may not call the server, or not with this method; see \
+             --cors-allowed-origin\n",
+        );
+        return (answer, Some(HttpRefusal::PreflightRefused));
     }
     let mut response = http::Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -216,7 +212,7 @@ fn preflight(
         header::VARY,
         HeaderValue::from_static("access-control-request-method, access-control-request-headers"),
     );
-    Ok(response)
+    (response, None)
 }
 
 /// Names `origin` as allowed; caches must keep answers to different origins apart.

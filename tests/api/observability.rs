@@ -209,31 +209,59 @@ async fn spans_reach_an_otlp_receiver_inside_the_callers_trace(backend: Backend)
         "resource": {"type": "organization", "id": org},
     });
     let traceparent = format!("00-{trace_id}-{parent_id}-01");
-    let reply = crate::common::web::http1(
-        authzen.parse().unwrap(),
-        tonic::codegen::http::Method::POST,
-        "/access/v1/evaluation",
-        &[
-            ("content-type", "application/json"),
-            ("traceparent", &traceparent),
-            ("x-request-id", "evaluation-1"),
-        ],
-        serde_json::to_vec(&evaluation).unwrap(),
-    )
-    .await;
+    let post =
+        |method: &'static [u8], path: &'static str, body: serde_json::Value, id: &'static str| {
+            let (authzen, traceparent) = (authzen.parse().unwrap(), traceparent.clone());
+            async move {
+                crate::common::web::http1(
+                    authzen,
+                    tonic::codegen::http::Method::from_bytes(method).unwrap(),
+                    path,
+                    &[
+                        ("content-type", "application/json"),
+                        ("traceparent", &traceparent),
+                        ("x-request-id", id),
+                    ],
+                    serde_json::to_vec(&body).unwrap(),
+                )
+                .await
+            }
+        };
+    let reply = post(b"POST", "/access/v1/evaluation", evaluation.clone(), "evaluation-1").await;
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    // A boxcar says how many of its evaluations were allowed.
+    let stranger = serde_json::json!({"subject": {"type": "user", "id": "stranger"}});
+    let boxcar = serde_json::json!({
+        "action": evaluation["action"],
+        "resource": evaluation["resource"],
+        "evaluations": [{"subject": evaluation["subject"]}, stranger],
+    });
+    let reply = post(b"POST", "/access/v1/evaluations", boxcar, "boxcar-1").await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    // A method of a stranger's making names no span and no attribute.
+    let reply = post(b"BREW", "/access/v1/evaluation", evaluation.clone(), "brew-1").await;
+    assert_eq!(reply.status, 405, "{}", String::from_utf8_lossy(&reply.body));
     // A graceful stop flushes what the batch exporter still holds.
     server.stop();
 
     let spans = receiver.spans();
-    let (ours, evaluations): (Vec<_>, Vec<_>) = spans
+    let (ours, http): (Vec<_>, Vec<_>) = spans
         .iter()
         .filter(|s| hex(&s.trace_id) == trace_id)
-        .partition(|s| s.name != "POST /access/v1/evaluation");
+        .partition(|s| s.name.starts_with("roster.v1."));
     assert_eq!(ours.len(), 2, "both Authorize calls join the caller's trace: {spans:#?}");
-    let [evaluation] = evaluations.as_slice() else {
-        panic!("the AuthZEN evaluation joins the caller's trace: {spans:#?}");
+    let named = |name: &str| {
+        let found: Vec<_> = http.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "one {name} span in the caller's trace: {spans:#?}");
+        found[0]
     };
+    let boxcar = named("POST /access/v1/evaluations");
+    assert_eq!(attribute(boxcar, "decision").as_deref(), Some("1 of 2 allowed"), "{boxcar:#?}");
+    let brewed = named("HTTP");
+    assert_eq!(attribute(brewed, "http.request.method").as_deref(), Some("_OTHER"));
+    assert_eq!(attribute(brewed, "http.response.status_code").as_deref(), Some("405"));
+    assert_eq!(http.len(), 3, "{http:#?}");
+    let evaluation = named("POST /access/v1/evaluation");
     assert_eq!(hex(&evaluation.parent_span_id), parent_id, "{evaluation:#?}");
     assert_eq!(evaluation.kind, 2, "{evaluation:#?}");
     for (key, value) in [
