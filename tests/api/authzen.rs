@@ -489,23 +489,33 @@ async fn evaluations_are_decided_as_authorize_decides_them_for_every_role(backen
 
     // The listener's connections, apart from the gRPC port's: one that says nothing is open
     // and pending until it is closed.
-    let silent = tokio::net::TcpStream::connect(app.authzen_addr.unwrap()).await.unwrap();
-    let connections = |metrics: &str| {
-        let read = |what: &str| sample(metrics, &format!("roster_authzen_connections_{what}"));
-        (read("open"), read("pending"), read("max"))
+    let metrics = app.metrics_addr.unwrap();
+    let pending = |port: &'static str| async move {
+        let text = scrape(metrics).await;
+        let series = format!("roster_{port}connections_pending");
+        (sample(&text, &series).unwrap_or(-1.0), text)
     };
-    let started = std::time::Instant::now();
-    loop {
-        let (open, pending, max) = connections(&scrape(app.metrics_addr.unwrap()).await);
-        assert!(max.is_some_and(|max| max > 0.0), "{max:?}");
-        if pending.is_some_and(|pending| pending >= 1.0) {
-            assert!(open >= pending, "{open:?} {pending:?}");
-            break;
+    let until_pending = |port: &'static str, expected: f64| async move {
+        let started = std::time::Instant::now();
+        loop {
+            let (now, text) = pending(port).await;
+            if now == expected {
+                return text;
+            }
+            assert!(started.elapsed().as_secs() < 10, "{port}pending {now}, not {expected}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{open:?} {pending:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    };
+    let (grpc_before, _) = pending("").await;
+    let (before, _) = pending("authzen_").await;
+    let silent = tokio::net::TcpStream::connect(app.authzen_addr.unwrap()).await.unwrap();
+    let text = until_pending("authzen_", before + 1.0).await;
+    assert_eq!(sample(&text, "roster_connections_pending"), Some(grpc_before), "{text}");
+    let open = sample(&text, "roster_authzen_connections_open").unwrap();
+    assert!(open >= before + 1.0, "{text}");
+    assert!(sample(&text, "roster_authzen_connections_max").is_some_and(|max| max > 0.0));
     drop(silent);
+    until_pending("authzen_", before).await;
     app.stop().await;
 }
 

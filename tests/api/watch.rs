@@ -648,7 +648,8 @@ async fn an_idle_stream_gets_a_checkpoint_every_second(backend: Backend) {
     let org = app.create_org(&owner, "Acme").await;
     let mut client = watcher(&app);
     let mut stream = open(&mut client, request("", &org)).await;
-    let mut last = Instant::now();
+    let first = Instant::now();
+    let mut last = first;
     let mut tokens = Vec::new();
     for _ in 0..3 {
         let checkpoint = next(&mut stream).await.unwrap();
@@ -659,6 +660,9 @@ async fn an_idle_stream_gets_a_checkpoint_every_second(backend: Backend) {
         assert!(gap < Duration::from_secs(3), "a checkpoint within a second: {gap:?}");
         tokens.push(checkpoint.token);
     }
+    // On average one a second, or nearly.
+    let three = first.elapsed();
+    assert!(three < Duration::from_millis(4500), "three checkpoints took {three:?}");
     let token = ChangeToken::parse(&tokens[2]).unwrap();
     assert_eq!(position(&tokens[2]), head(&app).await, "a checkpoint names the log's end");
     assert_eq!(token.organization.map(|(o, r)| (o.to_string(), r.0)), Some((org.clone(), 1)));

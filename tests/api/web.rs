@@ -134,8 +134,11 @@ async fn grpc_web_calls_pass_the_same_identity_limits_and_metrics_as_native_ones
         )
     };
     // Counted once its last byte is sent, which may be just after the page has read it.
-    let counted = wait_for_sample(app.metrics_addr.unwrap(), &series("OK"), 1.0, PATIENCE).await;
-    assert!(counted, "{}", series("OK"));
+    for code in ["OK", "UNAUTHENTICATED"] {
+        let series = series(code);
+        let counted = wait_for_sample(app.metrics_addr.unwrap(), &series, 1.0, PATIENCE).await;
+        assert!(counted, "{series}");
+    }
     let metrics = scrape(app.metrics_addr.unwrap()).await;
     assert_eq!(sample(&metrics, &series("OK")), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, &series("UNAUTHENTICATED")), Some(1.0), "{metrics}");

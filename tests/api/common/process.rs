@@ -18,10 +18,15 @@ pub fn free_port() -> u16 {
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
+    // Each at most once in this process: a port handed out may be unbound for a while (a mail
+    // server that is down on purpose).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     if range > 11000 {
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for _ in 0..100 {
             let port = rand::random_range(10000..range);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
                 return port;
             }
         }
